@@ -1,0 +1,125 @@
+"""Argument checks and small numerical helpers shared by every module.
+
+Errors name the argument, the value received and the accepted range, so a
+mistake in a long config surfaces at construction time with a readable message.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(value: Any) -> bool:
+  """True when `value` can be inspected on the host (not a tracer)."""
+  return not isinstance(value, jax.core.Tracer)
+
+
+def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
+  """Returns `value` as an int, or raises if it is not an int >= `minimum`."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise TypeError(f'{name} must be an int >= {minimum}, got {value!r}.')
+  if value < minimum:
+    raise ValueError(f'{name} must be an int >= {minimum}, got {value!r}.')
+  return int(value)
+
+
+def check_range(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> None:
+  """Raises `ValueError` if a concrete scalar `value` lies outside the range.
+
+  Arrays under `jit` (tracers) and schedules (callables) are not checked:
+  their values are unknown at construction time.
+  """
+  if callable(value) or not is_concrete(value):
+    return
+  try:
+    values = np.asarray(value, dtype=np.float64)
+  except (TypeError, ValueError):
+    raise TypeError(f'{name} must be a real number, got {value!r}.') from None
+  if values.size == 0:
+    return
+  lo_bad = low is not None and (
+      np.any(values < low) if low_inclusive else np.any(values <= low))
+  hi_bad = high is not None and (
+      np.any(values > high) if high_inclusive else np.any(values >= high))
+  if lo_bad or hi_bad or np.any(np.isnan(values)):
+    lo = '' if low is None else ('[' if low_inclusive else '(') + f'{low}'
+    hi = '' if high is None else f'{high}' + (']' if high_inclusive else ')')
+    if low is not None and high is not None:
+      accepted = f'in {lo}, {hi}'
+    elif low is not None:
+      accepted = ('>= ' if low_inclusive else '> ') + f'{low}'
+    else:
+      accepted = ('<= ' if high_inclusive else '< ') + f'{high}'
+    raise ValueError(f'{name} must be {accepted}, got {value!r}.')
+
+
+def check_matrix(name: str, x: Any) -> jax.Array:
+  """Returns `x` as an array with at least 2 axes of floating dtype."""
+  x = jnp.asarray(x)
+  if x.ndim < 2:
+    raise ValueError(
+        f'{name} must be a matrix or a batch of matrices (ndim >= 2), got'
+        f' shape {x.shape}.')
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f'{name} must have a floating dtype, got {x.dtype}.')
+  return x
+
+
+def resolve_compute_dtype(dtype: Any, compute_dtype: Any) -> jnp.dtype:
+  """The dtype to compute in: `compute_dtype`, else at least float32."""
+  if compute_dtype is not None:
+    compute_dtype = jnp.dtype(compute_dtype)
+    if not jnp.issubdtype(compute_dtype, jnp.floating):
+      raise TypeError(
+          f'compute_dtype must be a floating dtype, got {compute_dtype}.')
+    return compute_dtype
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def max_abs_scaled(x: jax.Array) -> jax.Array:
+  """`x / max|x|` per matrix (last two axes); zero matrices stay zero.
+
+  Dividing by the largest entry first keeps the later Frobenius norm finite
+  for entries as large as 1e30 and nonzero for entries as small as 1e-30 in
+  float32, so every LMO stays exactly homogeneous of degree 0.
+  """
+  peak = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
+  return x / jnp.where(peak > 0, peak, jnp.ones_like(peak))
+
+
+def frobenius_normalized(x: jax.Array, *, safety: float = 1.0,
+                         eps: float = 0.0) -> jax.Array:
+  """`x / (safety * ||x||_F + eps)` per matrix, after `max_abs_scaled`."""
+  x = max_abs_scaled(x)
+  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
+  denom = safety * norm + eps
+  return x / jnp.where(denom > 0, denom, jnp.ones_like(denom))
+
+
+def swap_last(x: jax.Array) -> jax.Array:
+  return jnp.swapaxes(x, -1, -2)
+
+
+def singular_value_mask(s: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Marks the singular values that are numerically nonzero.
+
+  Singular vectors of zero singular values are arbitrary; an LMO must give
+  them weight 0 (as Newton–Schulz does), so that a zero or rank-deficient
+  input yields a zero or low-rank direction rather than noise.
+  """
+  tol = (jnp.max(s, axis=-1, keepdims=True) * max(shape[-2:])
+         * jnp.finfo(s.dtype).eps)
+  return s > tol

@@ -1,0 +1,496 @@
+"""The LMO catalogue: linear minimisation oracles of matrix-norm balls.
+
+For a norm with unit ball `B`, `lmo(G) = argmax_{D ∈ B} ⟨G, D⟩` (the ascent
+sign: optimizers subtract it), so `⟨G, lmo(G)⟩ = ‖G‖_†`, the dual norm, and
+`lmo(G)` is a subgradient of `‖·‖_†` at `G`. Every LMO here acts on a matrix
+or a batch of matrices `(..., m, n)` and returns the input's shape and dtype.
+
+| constructor       | lmo(G), G = U Σ Vᵀ   | dual_norm(G)     | norm(X) (ball)    |
+|-------------------|----------------------|------------------|-------------------|
+| `spectral()`      | `U Vᵀ`               | `Σ σᵢ` (nuclear) | `σ₁`              |
+| `ky_fan(k)`       | `U_k V_kᵀ`           | `Σ_{i≤k} σᵢ`     | `max(σ₁, Σσᵢ/k)`  |
+| `frobenius()`     | `G / ‖G‖_F`          | `‖G‖_F`          | `‖X‖_F`           |
+| `sign(η)`         | `η·sign(G)`          | `η·‖G‖₁`         | `max|Xᵢⱼ| / η`    |
+| `mix((α, a), …)`  | `Σ αᵢ lmoᵢ(G)`       | `Σ αᵢ ‖G‖_†ᵢ`    | no closed form    |
+| `spectral_fn(h′)` | `U diag(h′(σ)) Vᵀ`   | `𝒦(G) = Σ h(σᵢ)` | when known        |
+
+`spectral_fn` covers any spectral function `𝒦` (the Lion-𝒦 view, where
+`∇𝒦` plays the LMO's role): `schatten(p)` and `huber_nuclear(δ)` are built on
+it.
+
+Stateful LMOs (the warm-started Ky Fan subspace iteration) keep their state
+outside: `state = lmo.init(shape, dtype)`, then
+`direction, state = lmo.update(g, state)`. Stateless ones have the empty
+state `()`.
+
+References:
+  A. Kravatskiy, I. Kozyrev, N. Kozlov, A. Vinogradov, D. Merkulov,
+  I. Oseledets, *The Ky Fan Norms and Beyond: Dual Norms and Combinations for
+  Matrix Optimization*, arXiv:2512.09678.
+
+  L. Chen, B. Liu, K. Liang, Q. Liu, *Lion Secretly Solves Constrained
+  Optimization*, arXiv:2310.05898.
+
+  T. Pethick et al., *Training Deep Learning Models with Norm-Constrained
+  LMOs* (Scion), arXiv:2502.07529.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from fanion_optax import lmo
+  >>> f_muon = lmo.mix((0.5, lmo.spectral(method="svd")), (0.5, lmo.frobenius()))
+  >>> g = jnp.array([[3.0, 0.0], [0.0, 4.0]])
+  >>> float(f_muon.dual_norm(g))  # 0.5 * nuclear + 0.5 * Frobenius
+  6.0
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from fanion_optax import _checks
+from fanion_optax import lowrank
+from fanion_optax import polar as polar_lib
+
+State = Any
+Shape = tuple[int, ...]
+
+
+def _singular_values(x: jax.typing.ArrayLike) -> jax.Array:
+  x = _checks.check_matrix('x', x)
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  return jnp.linalg.svd(x, compute_uv=False)
+
+
+def _frobenius_norm(x: jax.Array) -> jax.Array:
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  peak = jnp.max(jnp.abs(x), axis=(-2, -1))
+  return peak * jnp.sqrt(jnp.sum(jnp.square(_checks.max_abs_scaled(x)),
+                                 axis=(-2, -1)))
+
+
+class LMO(abc.ABC):
+  """A linear minimisation oracle over a batch of matrices `(..., m, n)`."""
+
+  stateful: bool = False
+
+  @abc.abstractmethod
+  def __call__(self, g: jax.typing.ArrayLike) -> jax.Array:
+    """The direction `argmax_{‖D‖ ≤ 1} ⟨g, D⟩`, stateless (cold start)."""
+
+  def init(self, shape: Shape, dtype: jax.typing.DTypeLike = jnp.float32
+           ) -> State:
+    """The state for matrices of `shape` `(..., m, n)`; `()` if stateless."""
+    del shape, dtype
+    return ()
+
+  def update(self, g: jax.typing.ArrayLike, state: State
+             ) -> tuple[jax.Array, State]:
+    """The direction and the next state (warm-started LMOs use `state`)."""
+    return self(g), state
+
+  @abc.abstractmethod
+  def dual_norm(self, g: jax.typing.ArrayLike) -> jax.Array:
+    """`‖g‖_† = ⟨g, lmo(g)⟩` per matrix, shape `g.shape[:-2]`."""
+
+  def norm(self, x: jax.typing.ArrayLike) -> jax.Array:
+    """The ball's norm per matrix, where it has a closed form."""
+    raise NotImplementedError(
+        f'{type(self).__name__} has no closed-form ball norm: the norm whose'
+        ' ball is a Minkowski sum of balls is an infimal convolution. Use the'
+        ' norms of its terms (or dual_norm) instead.')
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Spectral(LMO):
+  """Spectral-norm ball: `lmo(G) = U Vᵀ` (Muon). See `spectral`."""
+
+  method: polar_lib.PolarMethod = 'polar_express'
+  steps: int | None = None
+  compute_dtype: Any = None
+  eps: float = polar_lib.DEFAULT_EPS
+
+  def __call__(self, g):
+    return polar_lib.polar(g, method=self.method, steps=self.steps,
+                           compute_dtype=self.compute_dtype, eps=self.eps)
+
+  def dual_norm(self, g):
+    return jnp.sum(_singular_values(g), axis=-1)
+
+  def norm(self, x):
+    return _singular_values(x)[..., 0]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class KyFan(LMO):
+  """Ball dual to the Ky Fan-k norm: `lmo(G) = U_k V_kᵀ`. See `ky_fan`."""
+
+  k: int = 1
+  method: str = 'subspace'
+  iters: int | None = None
+  polar: polar_lib.PolarMethod = 'polar_express'
+  steps: int | None = None
+  compute_dtype: Any = None
+  eps: float = polar_lib.DEFAULT_EPS
+
+  @property
+  def stateful(self) -> bool:  # type: ignore[override]
+    return self.method == 'subspace'
+
+  def _is_full_rank(self, shape: Shape) -> bool:
+    return self.k >= min(shape[-2], shape[-1])
+
+  def _polar(self, g):
+    return polar_lib.polar(g, method=self.polar, steps=self.steps,
+                           compute_dtype=self.compute_dtype, eps=self.eps)
+
+  def __call__(self, g):
+    g = _checks.check_matrix('g', g)
+    if self._is_full_rank(g.shape):
+      return self._polar(g)
+    return lowrank.top_k_polar(g, self.k, method=self.method, iters=self.iters,
+                               compute_dtype=self.compute_dtype)
+
+  def init(self, shape, dtype=jnp.float32):
+    shape = tuple(shape)
+    if len(shape) < 2:
+      raise ValueError(f'shape must have at least 2 axes, got {shape}.')
+    if not self.stateful or self._is_full_rank(shape):
+      return ()
+    return lowrank.initial_subspace(shape, self.k, jnp.float32)
+
+  def update(self, g, state):
+    g = _checks.check_matrix('g', g)
+    if not self.stateful or self._is_full_rank(g.shape):
+      return self(g), state
+    direction, subspace = lowrank.top_k_polar(
+        g, self.k, method='subspace',
+        iters=lowrank.WARM_ITERS if self.iters is None else self.iters,
+        state=state, return_state=True, compute_dtype=self.compute_dtype)
+    # A non-finite input must not poison the warm start for later steps.
+    finite = jnp.all(jnp.isfinite(subspace), axis=(-2, -1), keepdims=True)
+    return direction, jnp.where(finite, subspace, state)
+
+  def dual_norm(self, g):
+    return jnp.sum(_singular_values(g)[..., :self.k], axis=-1)
+
+  def norm(self, x):
+    s = _singular_values(x)
+    return jnp.maximum(s[..., 0], jnp.sum(s, axis=-1) / self.k)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Frobenius(LMO):
+  """Frobenius ball: `lmo(G) = G / ‖G‖_F` (normalised SGD)."""
+
+  def __call__(self, g):
+    g = _checks.check_matrix('g', g)
+    x = g.astype(jnp.promote_types(g.dtype, jnp.float32))
+    return _checks.frobenius_normalized(x).astype(g.dtype)
+
+  def dual_norm(self, g):
+    return _frobenius_norm(_checks.check_matrix('g', g))
+
+  def norm(self, x):
+    return _frobenius_norm(_checks.check_matrix('x', x))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Sign(LMO):
+  """Scaled ℓ∞ ball `max|Xᵢⱼ| ≤ η`: `lmo(G) = η·sign(G)` (signSGD, Lion)."""
+
+  scale: jax.typing.ArrayLike = 1.0
+
+  def __call__(self, g):
+    g = _checks.check_matrix('g', g)
+    return (self.scale * jnp.sign(g.astype(jnp.float32))).astype(g.dtype)
+
+  def dual_norm(self, g):
+    g = _checks.check_matrix('g', g).astype(jnp.float32)
+    return self.scale * jnp.sum(jnp.abs(g), axis=(-2, -1))
+
+  def norm(self, x):
+    x = _checks.check_matrix('x', x).astype(jnp.float32)
+    return jnp.max(jnp.abs(x), axis=(-2, -1)) / self.scale
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Mixture(LMO):
+  """Minkowski sum of balls `Σ αᵢ·Bᵢ`: `lmo(G) = Σ αᵢ lmoᵢ(G)`. See `mix`."""
+
+  terms: tuple[tuple[jax.typing.ArrayLike, LMO], ...] = ()
+
+  @property
+  def stateful(self) -> bool:  # type: ignore[override]
+    return any(term.stateful for _, term in self.terms)
+
+  def _combine(self, g, directions):
+    acc = sum(weight * d.astype(jnp.float32)
+              for (weight, _), d in zip(self.terms, directions))
+    return acc.astype(g.dtype)
+
+  def __call__(self, g):
+    g = _checks.check_matrix('g', g)
+    return self._combine(g, [term(g) for _, term in self.terms])
+
+  def init(self, shape, dtype=jnp.float32):
+    return tuple(term.init(shape, dtype) for _, term in self.terms)
+
+  def update(self, g, state):
+    g = _checks.check_matrix('g', g)
+    outputs = [term.update(g, s) for (_, term), s in zip(self.terms, state)]
+    return (self._combine(g, [d for d, _ in outputs]),
+            tuple(s for _, s in outputs))
+
+  def dual_norm(self, g):
+    return sum(weight * term.dual_norm(g) for weight, term in self.terms)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SpectralFunction(LMO):
+  """`∇𝒦(G) = U diag(h′(σ)) Vᵀ` for a spectral function 𝒦. See `spectral_fn`."""
+
+  h_prime: Callable[[jax.Array], jax.Array] = jnp.ones_like
+  value: Callable[[jax.Array], jax.Array] | None = None
+  ball_norm: Callable[[jax.Array], jax.Array] | None = None
+  name: str = 'spectral_fn'
+
+  def __call__(self, g):
+    g = _checks.check_matrix('g', g)
+    x = g.astype(jnp.promote_types(g.dtype, jnp.float32))
+    u, s, vh = jnp.linalg.svd(x, full_matrices=False)
+    keep = _checks.singular_value_mask(s, x.shape)
+    weights = jnp.where(keep, self.h_prime(s), 0.0).astype(x.dtype)
+    return ((u * weights[..., None, :]) @ vh).astype(g.dtype)
+
+  def dual_norm(self, g):
+    if self.value is None:
+      raise NotImplementedError(
+          f'{self.name}: pass h= to spectral_fn to evaluate 𝒦(g).')
+    return self.value(_singular_values(g))
+
+  def norm(self, x):
+    if self.ball_norm is None:
+      return super().norm(x)
+    return self.ball_norm(_singular_values(x))
+
+
+def spectral(
+    *,
+    method: polar_lib.PolarMethod = 'polar_express',
+    steps: int | None = None,
+    compute_dtype: jax.typing.DTypeLike | None = None,
+    eps: float = polar_lib.DEFAULT_EPS,
+) -> Spectral:
+  """The spectral-norm LMO `U Vᵀ`, Muon's direction.
+
+  Args:
+    method: polar method (see `fanion_optax.polar`): `"polar_express"`,
+      `"newton_schulz"`, `"svd"` or coefficient rows.
+    steps: iteration count (default 5).
+    compute_dtype: arithmetic dtype (default float32).
+    eps: added to the normaliser.
+
+  Returns:
+    A stateless `LMO` whose dual norm is the nuclear norm.
+
+  References:
+    Chen, Li, Liu, arXiv:2506.15054; Jordan et al. (2024).
+  """
+  polar_lib.coefficient_schedule(method, steps)
+  _checks.resolve_compute_dtype(jnp.float32, compute_dtype)
+  return Spectral(method=method, steps=steps, compute_dtype=compute_dtype,
+                  eps=eps)
+
+
+def ky_fan(
+    k: int,
+    *,
+    method: str = 'subspace',
+    iters: int | None = None,
+    polar: polar_lib.PolarMethod = 'polar_express',
+    steps: int | None = None,
+    compute_dtype: jax.typing.DTypeLike | None = None,
+    eps: float = polar_lib.DEFAULT_EPS,
+) -> KyFan:
+  """The LMO dual to the Ky Fan-k norm: `U_k V_kᵀ` (Fanion-k; k=1 is Neon).
+
+  Its ball is `max(σ₁, Σσᵢ/k) ≤ 1` and its dual norm `Σ_{i≤k} σᵢ`. For a
+  matrix with `min(m, n) <= k` it is the full polar factor, computed with
+  `polar`/`steps`, so that Fanion-k with a large k is exactly Muon.
+
+  Args:
+    k: number of singular pairs, `>= 1`.
+    method: `"subspace"` (warm-started block subspace iteration, stateful) or
+      `"svd"` (exact, stateless).
+    iters: subspace iterations per call (default 2 warm, 10 cold).
+    polar: polar method for matrices with `min(m, n) <= k`.
+    steps: polar iteration count.
+    compute_dtype: arithmetic dtype (at least float32 for QR/SVD).
+    eps: added to the polar normaliser.
+
+  Returns:
+    An `LMO`; stateful when `method="subspace"`.
+
+  References:
+    Kravatskiy et al., arXiv:2512.09678; Ahn et al., arXiv:2504.05295.
+  """
+  k = _checks.check_int('k', k, minimum=1)
+  if method not in lowrank.METHODS:
+    raise ValueError(f'method must be one of {lowrank.METHODS}, got'
+                     f' {method!r}.')
+  if iters is not None:
+    _checks.check_int('iters', iters, minimum=0)
+  polar_lib.coefficient_schedule(polar, steps)
+  _checks.resolve_compute_dtype(jnp.float32, compute_dtype)
+  return KyFan(k=k, method=method, iters=iters, polar=polar, steps=steps,
+               compute_dtype=compute_dtype, eps=eps)
+
+
+def frobenius() -> Frobenius:
+  """The Frobenius-ball LMO `G / ‖G‖_F` (normalised SGD); zero maps to zero."""
+  return Frobenius()
+
+
+def sign(scale: jax.typing.ArrayLike = 1.0) -> Sign:
+  """The LMO of the ℓ∞ ball of radius `scale`: `scale·sign(G)`.
+
+  Args:
+    scale: the radius η > 0 (an array is accepted, e.g. under
+      `optax.inject_hyperparams`).
+
+  Returns:
+    A stateless `LMO` with dual norm `scale·‖G‖₁`.
+
+  References:
+    Chen, Liu, Liang, Liu, arXiv:2310.05898 (Lion = Lion-𝒦 with 𝒦 = ℓ₁).
+  """
+  _checks.check_range('scale', scale, low=0.0, low_inclusive=False)
+  return Sign(scale=scale)
+
+
+def mix(*terms: tuple[jax.typing.ArrayLike, LMO]) -> Mixture:
+  """The conic mixture `Σ αᵢ·lmoᵢ`: the LMO of the Minkowski sum `Σ αᵢ Bᵢ`.
+
+  F-Muon is `mix((α, spectral()), (1 − α, frobenius()))`, S-Muon
+  `mix((α, spectral()), (1 − α, sign(η)))`; the Fanion variants replace
+  `spectral()` by `ky_fan(k)`.
+
+  Args:
+    *terms: `(weight, lmo)` pairs with weights `>= 0`.
+
+  Returns:
+    An `LMO` whose dual norm is `Σ αᵢ ‖·‖_†ᵢ` and whose state is the tuple of
+    its terms' states.
+
+  References:
+    Kravatskiy et al., arXiv:2512.09678.
+  """
+  if not terms:
+    raise ValueError('terms must hold at least one (weight, lmo) pair.')
+  checked = []
+  for i, term in enumerate(terms):
+    if not (isinstance(term, tuple) and len(term) == 2
+            and isinstance(term[1], LMO)):
+      raise TypeError(f'terms[{i}] must be a (weight, LMO) pair, got {term!r}.')
+    _checks.check_range(f'terms[{i}] weight', term[0], low=0.0)
+    checked.append((term[0], term[1]))
+  return Mixture(terms=tuple(checked))
+
+
+def spectral_fn(
+    h_prime: Callable[[jax.Array], jax.Array],
+    *,
+    h: Callable[[jax.Array], jax.Array] | None = None,
+    name: str = 'spectral_fn',
+) -> SpectralFunction:
+  """`∇𝒦` for a spectral function `𝒦(X) = Σ h(σᵢ)`, via an SVD.
+
+  `∇𝒦(G) = U diag(h′(σ)) Vᵀ`; directions of zero singular values are
+  undetermined and get weight 0. Lion-𝒦 with this `∇𝒦` minimises
+  `f(X) + 𝒦*(λX)/λ`.
+
+  Args:
+    h_prime: maps the singular values `(..., r)` (descending) to the weights
+      `(..., r)`; an elementwise `h′` works as is.
+    h: optional elementwise `h`, so that `dual_norm(G)` returns `𝒦(G)`.
+    name: shown in errors and reprs.
+
+  Returns:
+    A stateless `LMO`.
+
+  References:
+    Chen, Liu, Liang, Liu, arXiv:2310.05898.
+  """
+  if not callable(h_prime):
+    raise TypeError(f'h_prime must be callable, got {h_prime!r}.')
+  if h is not None and not callable(h):
+    raise TypeError(f'h must be callable or None, got {h!r}.')
+  value = None if h is None else (lambda s: jnp.sum(h(s), axis=-1))
+  return SpectralFunction(h_prime=h_prime, value=value, name=name)
+
+
+def schatten(p: float) -> SpectralFunction:
+  """`∇‖·‖_{S_p}`: the LMO of the Schatten-q ball, `1/p + 1/q = 1`.
+
+  `lmo(G) = U diag((σ/‖σ‖_p)^{p−1}) Vᵀ`; `p = 1` is the polar factor
+  (spectral ball), `p = 2` is `G/‖G‖_F`, and `p → ∞` tends to Neon.
+
+  Args:
+    p: `>= 1`.
+
+  Returns:
+    A stateless `LMO`: `dual_norm` is `‖G‖_{S_p}`, `norm` is `‖X‖_{S_q}`.
+  """
+  _checks.check_range('p', p, low=1.0)
+  p = float(p)
+
+  def p_norm(s):
+    peak = s[..., :1]
+    scaled = s / jnp.where(peak > 0, peak, 1.0)
+    return peak[..., 0] * jnp.sum(scaled**p, axis=-1)**(1.0 / p)
+
+  def h_prime(s):
+    scale = p_norm(s)[..., None]
+    return (s / jnp.where(scale > 0, scale, 1.0))**(p - 1.0)
+
+  def q_norm(s):
+    if p == 1.0:
+      return s[..., 0]
+    q = p / (p - 1.0)
+    peak = s[..., :1]
+    scaled = s / jnp.where(peak > 0, peak, 1.0)
+    return peak[..., 0] * jnp.sum(scaled**q, axis=-1)**(1.0 / q)
+
+  return SpectralFunction(h_prime=h_prime, value=p_norm, ball_norm=q_norm,
+                          name=f'schatten(p={p})')
+
+
+def huber_nuclear(delta: float) -> SpectralFunction:
+  """The Huber-smoothed nuclear norm: `h′(σ) = min(σ/δ, 1)`.
+
+  `h(σ) = σ²/(2δ)` for `σ <= δ`, else `σ − δ/2`. Unlike an LMO its output
+  is not scale-invariant: singular values below δ are damped. `norm` is `σ₁`
+  (the domain of `𝒦*` is the spectral ball).
+
+  Args:
+    delta: smoothing width δ > 0.
+
+  Returns:
+    A stateless `LMO`-like oracle for Lion-𝒦.
+  """
+  _checks.check_range('delta', delta, low=0.0, low_inclusive=False)
+
+  def h(s):
+    return jnp.where(s <= delta, s * s / (2 * delta), s - delta / 2)
+
+  return SpectralFunction(
+      h_prime=lambda s: jnp.minimum(s / delta, 1.0),
+      value=lambda s: jnp.sum(h(s), axis=-1),
+      ball_norm=lambda s: s[..., 0],
+      name=f'huber_nuclear(delta={delta})')

@@ -1,0 +1,164 @@
+"""Top-k singular subspaces and the Ky Fan-k LMO direction `U_k V_kᵀ`.
+
+For `k ≪ min(m, n)` the direction `U_k V_kᵀ` costs `O(m·n·k)` by block
+subspace iteration with a Rayleigh–Ritz step, warm-started from the previous
+step's right subspace (the idea behind Dion): the optimizer's momentum drifts
+slowly, so one or two multiplications per step keep the subspace converged.
+
+References:
+  K. Ahn et al., *Dion: Distributed Orthonormalized Updates*, arXiv:2504.05295.
+
+  A. Kravatskiy et al., *The Ky Fan Norms and Beyond: Dual Norms and
+  Combinations for Matrix Optimization*, arXiv:2512.09678.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from fanion_optax import _checks
+
+METHODS = ('subspace', 'svd')
+WARM_ITERS = 2
+COLD_ITERS = 10
+_COLD_START_SEED = 0
+
+
+def effective_rank(shape: tuple[int, ...], k: int) -> int:
+  """`min(k, m, n)` for a `(..., m, n)` shape."""
+  return min(k, shape[-2], shape[-1])
+
+
+def initial_subspace(shape: tuple[int, ...], k: int,
+                     dtype: jax.typing.DTypeLike = jnp.float32) -> jax.Array:
+  """A fixed random orthonormal right subspace, the cold start.
+
+  Args:
+    shape: `(..., m, n)`, the shape of the matrices.
+    k: subspace dimension (clipped to `min(m, n)`).
+    dtype: the dtype of the subspace (at least float32 is used).
+
+  Returns:
+    `(..., n, min(k, m, n))` with orthonormal columns, identical for every
+    matrix of the batch (deterministic: seed 0).
+  """
+  k = effective_rank(shape, k)
+  dtype = jnp.promote_types(dtype, jnp.float32)
+  n = shape[-1]
+  gauss = jax.random.normal(jax.random.PRNGKey(_COLD_START_SEED), (n, k), dtype)
+  q, _ = jnp.linalg.qr(gauss)
+  return jnp.broadcast_to(q, (*shape[:-2], n, k))
+
+
+def top_k_svd(g: jax.Array, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Exact top-k singular triplets via a full SVD.
+
+  Args:
+    g: `(..., m, n)`.
+    k: number of pairs (`<= min(m, n)`).
+
+  Returns:
+    `(u, s, v)`: `(..., m, k)`, `(..., k)`, `(..., n, k)`, descending `s`.
+  """
+  u, s, vh = jnp.linalg.svd(g, full_matrices=False)
+  return u[..., :k], s[..., :k], _checks.swap_last(vh[..., :k, :])
+
+
+def subspace_iteration(
+    g: jax.Array, q: jax.Array, iters: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Block power iteration `Q ← orth(Gᵀ(G Q))` and a Rayleigh–Ritz step.
+
+  Args:
+    g: `(..., m, n)`.
+    q: `(..., n, k)` starting right subspace (orthonormal columns).
+    iters: number of `Gᵀ G` multiplications (0 keeps `q`).
+
+  Returns:
+    `(u, s, v)` Ritz triplets `(..., m, k)`, `(..., k)`, `(..., n, k)`:
+    `G Q = U Σ Wᵀ` (a small SVD) and `V = Q W`, descending `s`.
+  """
+  for _ in range(iters):
+    q, _ = jnp.linalg.qr(_checks.swap_last(g) @ (g @ q))
+  u, s, wh = jnp.linalg.svd(g @ q, full_matrices=False)
+  return u, s, q @ _checks.swap_last(wh)
+
+
+def top_k_polar(
+    g: jax.typing.ArrayLike,
+    k: int,
+    *,
+    method: str = 'subspace',
+    iters: int | None = None,
+    state: jax.Array | None = None,
+    return_state: bool = False,
+    compute_dtype: jax.typing.DTypeLike | None = None,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+  """`U_k V_kᵀ`: the top-k singular pairs of `g`, each with weight 1.
+
+  This is the LMO of the ball `max(σ₁, Σσᵢ/k) ≤ 1`, dual to the Ky Fan-k norm
+  `Σ_{i≤k} σᵢ`. Singular values that are zero get weight 0. When
+  `k >= min(m, n)` the result is the exact polar factor `U Vᵀ`.
+
+  Args:
+    g: `(..., m, n)`: a matrix or a batch over leading axes.
+    k: number of singular pairs, `>= 1`.
+    method: `"subspace"` (warm-startable block subspace iteration, `O(mnk)`
+      per iteration) or `"svd"` (exact).
+    iters: subspace iterations; default 2 when `state` is given (warm), 10
+      from the cold start. Ignored by `"svd"`.
+    state: `(..., n, min(k, m, n))` right subspace from a previous call
+      (`return_state=True`); `None` starts from a fixed random subspace.
+    return_state: also return the new right subspace (`V_k`, in float32).
+    compute_dtype: dtype of the arithmetic (at least float32; the QR and SVD
+      steps have no half-precision kernels).
+
+  Returns:
+    The direction, of `g`'s shape and dtype, and with `return_state=True`
+    the pair `(direction, new_state)`.
+
+  Raises:
+    ValueError: `k < 1`, an unknown method, or a state of the wrong shape.
+
+  References:
+    Ahn et al., arXiv:2504.05295; Kravatskiy et al., arXiv:2512.09678.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from fanion_optax import top_k_polar
+    >>> g = jnp.diag(jnp.array([3.0, 2.0, 1.0]))
+    >>> top_k_polar(g, 2, method="svd").tolist()
+    [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
+  """
+  k = _checks.check_int('k', k, minimum=1)
+  if method not in METHODS:
+    raise ValueError(f'method must be one of {METHODS}, got {method!r}.')
+  if iters is not None:
+    iters = _checks.check_int('iters', iters, minimum=0)
+  g = _checks.check_matrix('g', g)
+  dtype = jnp.promote_types(
+      _checks.resolve_compute_dtype(g.dtype, compute_dtype), jnp.float32)
+  x = _checks.max_abs_scaled(g.astype(dtype))
+  k = effective_rank(x.shape, k)
+  full_rank = k == min(x.shape[-2:])
+  if method == 'svd' or full_rank:
+    u, s, v = top_k_svd(x, k)
+  else:
+    if state is None:
+      q = initial_subspace(x.shape, k, dtype)
+      iters = COLD_ITERS if iters is None else iters
+    else:
+      expected = (*x.shape[:-2], x.shape[-1], k)
+      if tuple(state.shape) != expected:
+        raise ValueError(
+            f'state must have shape {expected} for g of shape {g.shape} and'
+            f' k={k}, got {tuple(state.shape)}.')
+      q = state.astype(dtype)
+      iters = WARM_ITERS if iters is None else iters
+    u, s, v = subspace_iteration(x, q, iters)
+  keep = _checks.singular_value_mask(s, x.shape).astype(dtype)
+  direction = ((u * keep[..., None, :]) @ _checks.swap_last(v)).astype(g.dtype)
+  if not return_state:
+    return direction
+  return direction, v.astype(jnp.float32)

@@ -1,0 +1,213 @@
+"""Polar-factor kernels: approximate `U Vᵀ` of a matrix `G = U Σ Vᵀ`.
+
+The polar factor is the linear minimisation oracle of the spectral-norm ball
+(the direction Muon follows). It is computed by odd-polynomial Newton–Schulz
+iterations on the wide orientation of the matrix, or exactly by an SVD.
+
+References:
+  K. Jordan et al., *Muon: An optimizer for hidden layers in neural networks*
+  (2024) — the quintic iteration (3.4445, −4.7750, 2.0315).
+
+  N. Amsel, D. Persson, C. Musco, R. Gower, *The Polar Express: Optimal Matrix
+  Sign Methods and Their Application to the Muon Algorithm*,
+  arXiv:2505.16932 — the optimal per-step coefficients.
+
+  L. Chen, J. Li, Q. Liu, *Muon Optimizes Under Spectral Norm Constraints*,
+  arXiv:2506.15054.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Union
+
+import jax
+import jax.numpy as jnp
+
+from fanion_optax import _checks
+
+CoefficientRows = tuple[tuple[float, float, float], ...]
+PolarMethod = Union[str, Sequence[Sequence[float]]]
+
+JORDAN_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+"""Jordan's quintic: fast, not convergent (singular values end in ~[0.7, 1.2])."""
+
+POLAR_EXPRESS_COEFFICIENTS: CoefficientRows = (
+    (8.28721201814563, -23.595886519098837, 17.300387312530933),
+    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+    (1.875, -1.25, 0.375),
+)
+"""Polar Express optimal coefficients (Amsel et al.), before the safety factor."""
+
+POLAR_EXPRESS_SAFETY = 1.01
+DEFAULT_STEPS = 5
+DEFAULT_EPS = 1e-7
+METHODS = ('newton_schulz', 'polar_express', 'svd')
+
+
+def _polar_express_rows() -> CoefficientRows:
+  # Every row but the table's last is damped so that rounding cannot push a
+  # singular value past the region where the polynomials map it towards 1.
+  s = POLAR_EXPRESS_SAFETY
+  damped = tuple((a / s, b / s**3, c / s**5)
+                 for a, b, c in POLAR_EXPRESS_COEFFICIENTS[:-1])
+  return damped + POLAR_EXPRESS_COEFFICIENTS[-1:]
+
+
+def coefficient_schedule(
+    method: PolarMethod = 'polar_express', steps: int | None = None
+) -> tuple[CoefficientRows | None, float]:
+  """Resolves a polar method into coefficient rows and a normalisation safety.
+
+  Args:
+    method: `"newton_schulz"`, `"polar_express"`, `"svd"`, or a sequence of
+      `(a, b, c)` rows, one per step.
+    steps: number of steps; `None` takes 5 for the named iterations and every
+      row of an explicit sequence.
+
+  Returns:
+    `(rows, safety)`: the rows to apply in order (`None` for `"svd"`) and the
+    factor the Frobenius norm is multiplied by before the first step.
+
+  Raises:
+    ValueError: for an unknown method, `steps < 1`, or more steps than the
+      table (8 for Polar Express) or the explicit sequence has.
+  """
+  if steps is not None:
+    steps = _checks.check_int('steps', steps, minimum=1)
+  if isinstance(method, str):
+    if method == 'svd':
+      return None, 1.0
+    if method == 'newton_schulz':
+      return (JORDAN_COEFFICIENTS,) * (steps or DEFAULT_STEPS), 1.0
+    if method == 'polar_express':
+      rows = _polar_express_rows()
+      steps = steps or DEFAULT_STEPS
+      if steps > len(rows):
+        raise ValueError(
+            f'steps must be in [1, {len(rows)}] for method="polar_express",'
+            f' got {steps}.')
+      return rows[:steps], POLAR_EXPRESS_SAFETY
+    raise ValueError(
+        f'method must be one of {METHODS} or a sequence of (a, b, c) rows,'
+        f' got {method!r}.')
+  try:
+    rows = tuple(tuple(float(c) for c in row) for row in method)
+  except TypeError:
+    raise ValueError(
+        f'method must be one of {METHODS} or a sequence of (a, b, c) rows,'
+        f' got {method!r}.') from None
+  if not rows or any(len(row) != 3 for row in rows):
+    raise ValueError(
+        'method given as coefficient rows must be a non-empty sequence of'
+        f' (a, b, c) triples, got {method!r}.')
+  steps = steps or len(rows)
+  if steps > len(rows):
+    raise ValueError(
+        f'steps must be in [1, {len(rows)}] for the {len(rows)} coefficient'
+        f' rows given, got {steps}.')
+  return rows[:steps], 1.0
+
+
+def newton_schulz_iterate(x: jax.Array, rows: CoefficientRows) -> jax.Array:
+  """Applies `X ← a·X + (b·A + c·A²)·X`, `A = X Xᵀ`, once per row.
+
+  Args:
+    x: `(..., m, n)` with `m <= n`, already scaled so that `σ₁(x) <= 1`.
+    rows: `(a, b, c)` per step.
+
+  Returns:
+    The iterate, same shape and dtype as `x`.
+  """
+  for a, b, c in rows:
+    gram = x @ _checks.swap_last(x)
+    x = a * x + (b * gram + c * (gram @ gram)) @ x
+  return x
+
+
+def _svd_polar(x: jax.Array) -> jax.Array:
+  u, s, vh = jnp.linalg.svd(x, full_matrices=False)
+  keep = _checks.singular_value_mask(s, x.shape).astype(x.dtype)
+  return (u * keep[..., None, :]) @ vh
+
+
+def polar(
+    g: jax.typing.ArrayLike,
+    *,
+    method: PolarMethod = 'polar_express',
+    steps: int | None = None,
+    compute_dtype: jax.typing.DTypeLike | None = None,
+    eps: float = DEFAULT_EPS,
+) -> jax.Array:
+  """Approximate polar factor `U Vᵀ` of `g = U Σ Vᵀ`.
+
+  The input is divided by its largest entry and then by `safety·‖g‖_F + eps`,
+  which puts every singular value in (0, 1]; wide orientation is used so the
+  Gram matrix is the small side (tall inputs are transposed and back).
+  Singular values that are exactly zero map to zero, so `polar(0) = 0`.
+
+  Args:
+    g: `(..., m, n)`: a matrix or a batch of matrices over leading axes.
+    method: `"polar_express"` (Amsel et al., up to 8 steps), `"newton_schulz"`
+      (Jordan's quintic), `"svd"` (exact), or a sequence of `(a, b, c)` rows.
+    steps: iteration count (default 5 for the named iterations).
+    compute_dtype: dtype of the arithmetic; default float32 (float64 inputs
+      stay float64). `jnp.bfloat16` is much faster on GPU/TPU.
+    eps: added to the normaliser.
+
+  Returns:
+    An array of `g`'s shape and dtype.
+
+  References:
+    Jordan et al. (2024); Amsel et al., arXiv:2505.16932.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from fanion_optax import polar
+    >>> o = polar(jnp.array([[3.0, 0.0], [0.0, 0.5]]), method="svd")
+    >>> o.round(4).tolist()
+    [[1.0, 0.0], [0.0, 1.0]]
+  """
+  rows, safety = coefficient_schedule(method, steps)
+  g = _checks.check_matrix('g', g)
+  dtype = _checks.resolve_compute_dtype(g.dtype, compute_dtype)
+  x = g.astype(dtype)
+  if rows is None:
+    # LAPACK/cuSOLVER have no half-precision SVD.
+    x = x.astype(jnp.promote_types(dtype, jnp.float32))
+    return _svd_polar(_checks.max_abs_scaled(x)).astype(g.dtype)
+  tall = x.shape[-2] > x.shape[-1]
+  if tall:
+    x = _checks.swap_last(x)
+  x = _checks.frobenius_normalized(x, safety=safety, eps=eps)
+  x = newton_schulz_iterate(x, rows)
+  if tall:
+    x = _checks.swap_last(x)
+  return x.astype(g.dtype)
+
+
+def lmo_gap(g: jax.typing.ArrayLike, o: jax.typing.ArrayLike) -> jax.Array:
+  """The spectral LMO gap `1 − ⟨G, O⟩ / (‖G‖_* · σ₁(O))`.
+
+  Zero for the exact polar factor; the fraction of the steepest-descent value
+  (the nuclear norm) that an approximate direction `O` loses once rescaled
+  into the spectral ball. Computed in float64 when enabled, else float32.
+
+  Args:
+    g: `(..., m, n)` the input matrix.
+    o: `(..., m, n)` the approximate direction.
+
+  Returns:
+    `(...)` the gap per matrix.
+  """
+  g = _checks.check_matrix('g', g).astype(jnp.float32)
+  o = _checks.check_matrix('o', o).astype(jnp.float32)
+  nuclear = jnp.sum(jnp.linalg.svd(g, compute_uv=False), axis=-1)
+  sigma1 = jnp.linalg.svd(o, compute_uv=False)[..., 0]
+  inner = jnp.sum(g * o, axis=(-2, -1))
+  return 1.0 - inner / (nuclear * sigma1)
