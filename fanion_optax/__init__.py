@@ -1,20 +1,49 @@
 """fanion_optax: dual-norm (LMO) optimizers for JAX and Optax.
 
-Muon, the Ky Fan "Fanions", the F-/S- mixtures and the general Lion-𝒦 family.
+Muon, the Ky Fan "Fanions", the F-/S- mixtures and the general Lion-𝒦 family
+with decoupled weight decay, as `optax.GradientTransformation`s.
 """
 
+from fanion_optax import diagnostics
 from fanion_optax import lmo
+from fanion_optax.alias import f_fanion
+from fanion_optax.alias import f_muon
+from fanion_optax.alias import fanion
+from fanion_optax.alias import lion_k
+from fanion_optax.alias import muon
+from fanion_optax.alias import neon
+from fanion_optax.alias import s_fanion
+from fanion_optax.alias import s_muon
 from fanion_optax.lowrank import top_k_polar
+from fanion_optax.partition import DimensionNumbers
 from fanion_optax.polar import coefficient_schedule
 from fanion_optax.polar import lmo_gap
 from fanion_optax.polar import polar
+from fanion_optax.transforms import add_decayed_weights
+from fanion_optax.transforms import scale_by_lion_k
+from fanion_optax.transforms import scale_by_lmo
+from fanion_optax.transforms import scale_by_shape
 
 __version__ = '0.1.0'
 
 __all__ = [
+    'DimensionNumbers',
+    'add_decayed_weights',
     'coefficient_schedule',
+    'diagnostics',
+    'f_fanion',
+    'f_muon',
+    'fanion',
+    'lion_k',
     'lmo',
     'lmo_gap',
+    'muon',
+    'neon',
     'polar',
+    's_fanion',
+    's_muon',
+    'scale_by_lion_k',
+    'scale_by_lmo',
+    'scale_by_shape',
     'top_k_polar',
 ]

@@ -21,6 +21,13 @@ def is_concrete(value: Any) -> bool:
 
 def check_int(name: str, value: Any, *, minimum: int = 1) -> int:
   """Returns `value` as an int, or raises if it is not an int >= `minimum`."""
+  if isinstance(value, jax.core.Tracer):
+    raise TypeError(
+        f'{name} must be a static int, got a traced value. With'
+        f' optax.inject_hyperparams, pass static_args=({name!r},).')
+  if (isinstance(value, (np.ndarray, jax.Array)) and value.ndim == 0
+      and jnp.issubdtype(value.dtype, jnp.integer)):
+    value = int(value)
   if isinstance(value, bool) or not isinstance(value, numbers.Integral):
     raise TypeError(f'{name} must be an int >= {minimum}, got {value!r}.')
   if value < minimum:

@@ -21,7 +21,7 @@ it.
 Stateful LMOs (the warm-started Ky Fan subspace iteration) keep their state
 outside: `state = lmo.init(shape, dtype)`, then
 `direction, state = lmo.update(g, state)`. Stateless ones have the empty
-state `()`.
+state `None`.
 
 References:
   A. Kravatskiy, I. Kozyrev, N. Kozlov, A. Vinogradov, D. Merkulov,
@@ -85,9 +85,9 @@ class LMO(abc.ABC):
 
   def init(self, shape: Shape, dtype: jax.typing.DTypeLike = jnp.float32
            ) -> State:
-    """The state for matrices of `shape` `(..., m, n)`; `()` if stateless."""
+    """The state for matrices of `shape` `(..., m, n)`; `None` if stateless."""
     del shape, dtype
-    return ()
+    return None
 
   def update(self, g: jax.typing.ArrayLike, state: State
              ) -> tuple[jax.Array, State]:
@@ -161,7 +161,7 @@ class KyFan(LMO):
     if len(shape) < 2:
       raise ValueError(f'shape must have at least 2 axes, got {shape}.')
     if not self.stateful or self._is_full_rank(shape):
-      return ()
+      return None
     return lowrank.initial_subspace(shape, self.k, jnp.float32)
 
   def update(self, g, state):

@@ -1,0 +1,104 @@
+"""Weights against the implicit constraint `‖X‖ ≤ s/λ` of Lion-𝒦 with decay.
+
+With decoupled decay λ > 0, shape factor s and ε·λ ≤ 1, the iterates of
+`X ← X − ε(s·lmo(N) + λX)` are driven into the LMO's ball of radius `s/λ`
+and stay there: outside, the excess shrinks by `(1 − ελ)` per step.
+
+References:
+  L. Chen, J. Li, Q. Liu, *Muon Optimizes Under Spectral Norm Constraints*,
+  arXiv:2506.15054.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fanion_optax import _checks
+from fanion_optax import lmo as lmo_lib
+from fanion_optax import partition
+
+
+class ConstraintEntry(NamedTuple):
+  """One matrix leaf of a `constraint_report`."""
+
+  norm: np.ndarray
+  """The ball norm of each matrix of the leaf, shape `(batch,)`."""
+  radius: float
+  """The implied radius `s/λ` (infinite without decay)."""
+  holds: bool
+  """Whether every matrix satisfies `norm <= radius·(1 + rtol)`."""
+  contraction: float | None
+  """`1 − ε·λ`, the factor the excess shrinks by per step (if ε is given)."""
+
+
+def constraint_report(
+    params: Any,
+    lmo: lmo_lib.LMO,
+    *,
+    weight_decay: float,
+    learning_rate: float | None = None,
+    shape_scale: str | None = 'muon',
+    dimension_numbers: Any = None,
+    exclude: Any = (),
+    rtol: float = 1e-3,
+) -> dict[str, ConstraintEntry]:
+  """Per matrix leaf: the weights' ball norm, the radius `s/λ`, and a verdict.
+
+  Args:
+    params: the parameter tree.
+    lmo: the optimizer's LMO; its `norm` is the ball's norm (a mixture has
+      none: report one of its terms).
+    weight_decay: λ ≥ 0 (0 gives an infinite radius).
+    learning_rate: ε, to report the contraction `1 − ελ` (must be ≤ 1/λ).
+    shape_scale: as the optimizer's `shape_scale`.
+    dimension_numbers: as the optimizer's `dimension_numbers`.
+    exclude: as the optimizer's `exclude`.
+    rtol: relative slack allowed for approximate LMOs (Newton–Schulz output
+      singular values exceed 1 slightly).
+
+  Returns:
+    `{path: ConstraintEntry}` for every matrix leaf.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import fanion_optax as fo
+    >>> params = {"w": 3.0 * jnp.eye(4)}
+    >>> report = fo.diagnostics.constraint_report(
+    ...     params, fo.lmo.spectral(), weight_decay=0.5)
+    >>> entry = report["w"]
+    >>> float(entry.norm[0]), entry.radius, entry.holds
+    (3.0, 2.0, False)
+  """
+  if not isinstance(lmo, lmo_lib.LMO):
+    raise TypeError(f'lmo must be a fanion_optax.lmo.LMO, got {lmo!r}.')
+  _checks.check_range('weight_decay', weight_decay, low=0.0)
+  _checks.check_range('rtol', rtol, low=0.0)
+  partition.check_shape_scale(shape_scale)
+  if learning_rate is not None:
+    _checks.check_range('learning_rate', learning_rate, low=0.0)
+    if weight_decay * learning_rate > 1:
+      raise ValueError(
+          'learning_rate * weight_decay must be <= 1 for the constraint to'
+          f' hold, got {learning_rate} * {weight_decay}.')
+  specs = partition.resolve_dimension_numbers(params, dimension_numbers,
+                                              exclude)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  report = {}
+  for (path, leaf), spec in zip(leaves, treedef.flatten_up_to(specs)):
+    if spec is None:
+      continue
+    leaf = jnp.asarray(leaf)
+    s = partition.shape_factor(*spec.fans(leaf.shape), shape_scale)
+    radius = s / weight_decay if weight_decay > 0 else float('inf')
+    norm = np.asarray(lmo.norm(spec.to_matrices(leaf)), dtype=np.float64)
+    report[partition.path_name(path)] = ConstraintEntry(
+        norm=norm, radius=radius,
+        holds=bool(np.all(norm <= radius * (1 + rtol))),
+        contraction=None if learning_rate is None else (
+            1.0 - learning_rate * weight_decay))
+  return report
