@@ -58,6 +58,14 @@ _COMMON_ARGS = """
     fallback_eps: default AdamW's eps.
     fallback_weight_decay: default AdamW's decoupled weight decay.
     mu_dtype: momentum dtype (default: the parameters' dtype).
+    axis_name: inside `jax.pmap(..., axis_name=...)` with replicated
+      gradients, split the LMO work across that axis's devices; the update
+      equals the single-device one.
+    mesh: under `jax.jit` over a `jax.sharding.Mesh` with sharded
+      parameters, orthogonalise whole matrices on their owner devices
+      (`shard_map`) instead of partitioning every matmul.
+    shard_axis: the mesh axis (or axes) to split the matrices over (default:
+      all axes of `mesh`).
 """
 
 
@@ -69,7 +77,8 @@ def _doc(fn):
 _COMMON_NAMES = (
     'weight_decay', 'weight_decay_mask', 'shape_scale', 'dimension_numbers',
     'exclude', 'fallback', 'fallback_learning_rate', 'fallback_b1',
-    'fallback_b2', 'fallback_eps', 'fallback_weight_decay', 'mu_dtype')
+    'fallback_b2', 'fallback_eps', 'fallback_weight_decay', 'mu_dtype',
+    'axis_name', 'mesh', 'shard_axis')
 
 
 def _common(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -113,6 +122,9 @@ def _build(
     fallback_eps: float,
     fallback_weight_decay: float,
     mu_dtype: Any,
+    axis_name: Any,
+    mesh: Any,
+    shard_axis: Any,
 ) -> optax.GradientTransformationExtraArgs:
   _checks.check_range('learning_rate', learning_rate, low=0.0)
   _checks.check_range('weight_decay', weight_decay, low=0.0)
@@ -132,7 +144,9 @@ def _build(
                     f' None, got {fallback!r}.')
   matrices = optax.chain(
       transforms.scale_by_lion_k(lmo, b1, b2, mu_dtype=mu_dtype,
-                                 dimension_numbers=dimension_numbers),
+                                 dimension_numbers=dimension_numbers,
+                                 axis_name=axis_name, mesh=mesh,
+                                 shard_axis=shard_axis),
       transforms.scale_by_shape(shape_scale,
                                 dimension_numbers=dimension_numbers),
       transforms.add_decayed_weights(weight_decay, weight_decay_mask),
@@ -161,6 +175,9 @@ def lion_k(
     fallback_eps: float = 1e-8,
     fallback_weight_decay: float = 0.0,
     mu_dtype: Any = None,
+    axis_name: Any = None,
+    mesh: Any = None,
+    shard_axis: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Lion-𝒦 with any LMO of `fanion_optax.lmo` as `∇𝒦`.
 
@@ -213,6 +230,9 @@ def muon(
     fallback_eps: float = 1e-8,
     fallback_weight_decay: float = 0.0,
     mu_dtype: Any = None,
+    axis_name: Any = None,
+    mesh: Any = None,
+    shard_axis: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Muon: momentum, then the polar factor `U Vᵀ` (the spectral-norm LMO).
 
@@ -283,6 +303,9 @@ def fanion(
     fallback_eps: float = 1e-8,
     fallback_weight_decay: float = 0.0,
     mu_dtype: Any = None,
+    axis_name: Any = None,
+    mesh: Any = None,
+    shard_axis: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Fanion-k: momentum, then `U_k V_kᵀ` (the LMO dual to Ky Fan-k).
 
@@ -335,6 +358,9 @@ def neon(
     fallback_eps: float = 1e-8,
     fallback_weight_decay: float = 0.0,
     mu_dtype: Any = None,
+    axis_name: Any = None,
+    mesh: Any = None,
+    shard_axis: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Neon: Fanion-1, the rank-one update `u₁ v₁ᵀ`.
 
@@ -388,6 +414,9 @@ def f_muon(
     fallback_eps: float = 1e-8,
     fallback_weight_decay: float = 0.0,
     mu_dtype: Any = None,
+    axis_name: Any = None,
+    mesh: Any = None,
+    shard_axis: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """F-Muon: the direction `α·U Vᵀ + (1 − α)·G/‖G‖_F`.
 
@@ -442,6 +471,9 @@ def s_muon(
     fallback_eps: float = 1e-8,
     fallback_weight_decay: float = 0.0,
     mu_dtype: Any = None,
+    axis_name: Any = None,
+    mesh: Any = None,
+    shard_axis: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """S-Muon: the direction `α·U Vᵀ + (1 − α)·η·sign(G)`.
 
@@ -501,6 +533,9 @@ def f_fanion(
     fallback_eps: float = 1e-8,
     fallback_weight_decay: float = 0.0,
     mu_dtype: Any = None,
+    axis_name: Any = None,
+    mesh: Any = None,
+    shard_axis: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """F-Fanion-k: `α·U_k V_kᵀ + (1 − α)·G/‖G‖_F` (k = 1: F-Neon).
 
@@ -558,6 +593,9 @@ def s_fanion(
     fallback_eps: float = 1e-8,
     fallback_weight_decay: float = 0.0,
     mu_dtype: Any = None,
+    axis_name: Any = None,
+    mesh: Any = None,
+    shard_axis: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   """S-Fanion-k: `α·U_k V_kᵀ + (1 − α)·η·sign(G)` (k = 1: S-Neon).
 

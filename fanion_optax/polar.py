@@ -19,7 +19,6 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +26,7 @@ import jax.numpy as jnp
 from fanion_optax import _checks
 
 CoefficientRows = tuple[tuple[float, float, float], ...]
-PolarMethod = Union[str, Sequence[Sequence[float]]]
+PolarMethod = str | Sequence[Sequence[float]]
 
 JORDAN_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 """Jordan's quintic: fast, not convergent (singular values end in ~[0.7, 1.2])."""

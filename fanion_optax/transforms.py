@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from fanion_optax import _checks
+from fanion_optax import distributed
 from fanion_optax import lmo as lmo_lib
 from fanion_optax import partition
 
@@ -78,6 +79,11 @@ class ScaleByLmoState(NamedTuple):
   lmo_state: tuple[Any, ...]
 
 
+def _split_options(axis_name, mesh, shard_axis) -> dict[str, Any]:
+  distributed.check_split_options(axis_name, mesh, shard_axis)
+  return dict(axis_name=axis_name, mesh=mesh, shard_axis=shard_axis)
+
+
 def _init_lmo_states(lmo, params, specs):
   """One LMO state per matrix leaf, as a flat tuple in tree order.
 
@@ -92,21 +98,27 @@ def _init_lmo_states(lmo, params, specs):
       if spec is not None)
 
 
-def _apply_lmo(lmo, specs, directions, states):
-  """`lmo.update` on every matrix leaf; returns (directions, states)."""
+def _apply_lmo(lmo, specs, directions, states, split):
+  """The LMO on every matrix leaf; returns (directions, states).
+
+  Leaves are viewed as `(batch, fan_in, fan_out)` stacks and handed to
+  `distributed.apply_lmo`, which batches same-shape matrices and splits the
+  work across devices as `split` (axis_name, mesh, shard_axis) asks.
+  """
   spec_leaves, treedef = jax.tree.flatten(specs, is_leaf=lambda x: x is None)
-  states = iter(states)
-  outputs = [
-      (None, None) if spec is None else _leaf_lmo(lmo, spec, x, next(states))
-      for spec, x in zip(spec_leaves, treedef.flatten_up_to(directions))]
-  return (treedef.unflatten([d for d, _ in outputs]),
-          tuple(s for spec, (_, s) in zip(spec_leaves, outputs)
-                if spec is not None))
-
-
-def _leaf_lmo(lmo, spec, x, state):
-  direction, state = lmo.update(spec.to_matrices(x), state)
-  return spec.from_matrices(direction, x.shape), state
+  leaves = treedef.flatten_up_to(directions)
+  matrix_ids = [i for i, spec in enumerate(spec_leaves) if spec is not None]
+  matrices, restorers = [], []
+  for i in matrix_ids:
+    whole, restore = distributed.replicate_explicit(leaves[i])
+    matrices.append(spec_leaves[i].to_matrices(whole))
+    restorers.append(restore)
+  outs, new_states = distributed.apply_lmo(lmo, matrices, list(states),
+                                           **split)
+  merged = [None] * len(leaves)
+  for i, out, restore in zip(matrix_ids, outs, restorers):
+    merged[i] = restore(spec_leaves[i].from_matrices(out, leaves[i].shape))
+  return treedef.unflatten(merged), tuple(new_states)
 
 
 def scale_by_lion_k(
@@ -116,6 +128,9 @@ def scale_by_lion_k(
     *,
     mu_dtype: jax.typing.DTypeLike | None = None,
     dimension_numbers: partition.DimensionNumbersSpec = None,
+    axis_name: Any = None,
+    mesh: jax.sharding.Mesh | None = None,
+    shard_axis: str | tuple[str, ...] | None = None,
 ) -> optax.GradientTransformation:
   """The Lion-𝒦 direction `∇𝒦(b1·M + (1 − b1)·g)`, then `M ← b2·M + (1−b2)·g`.
 
@@ -129,6 +144,12 @@ def scale_by_lion_k(
     dimension_numbers: how each leaf is read as matrices (see
       `fanion_optax.partition.resolve_dimension_numbers`); every leaf must
       resolve to a matrix.
+    axis_name: inside `jax.pmap(..., axis_name=...)` with replicated
+      updates, split the LMO work across that axis's devices (see
+      `fanion_optax.distributed`).
+    mesh: under `jax.jit` with sharded parameters, split the LMO work across
+      this mesh's devices.
+    shard_axis: the mesh axis (or axes) to split over; default all.
 
   Returns:
     A `GradientTransformation` with `ScaleByLionKState`; its updates have the
@@ -151,6 +172,7 @@ def scale_by_lion_k(
     raise TypeError(f'lmo must be a fanion_optax.lmo.LMO, got {lmo!r}.')
   _checks.check_range('b1', b1, low=0.0, high=1.0)
   _checks.check_range('b2', b2, low=0.0, high=1.0)
+  split = _split_options(axis_name, mesh, shard_axis)
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
 
   def init_fn(params):
@@ -174,7 +196,7 @@ def scale_by_lion_k(
     direction_in = jax.tree.map(
         lambda m, g: interpolate(beta1, m, g), state.mu, updates)
     directions, lmo_state = _apply_lmo(lmo, specs, direction_in,
-                                       state.lmo_state)
+                                       state.lmo_state, split)
     directions = jax.tree.map(lambda d, g: d.astype(g.dtype), directions,
                               updates)
     mu = jax.tree.map(
@@ -190,12 +212,18 @@ def scale_by_lmo(
     lmo: lmo_lib.LMO,
     *,
     dimension_numbers: partition.DimensionNumbersSpec = None,
+    axis_name: Any = None,
+    mesh: jax.sharding.Mesh | None = None,
+    shard_axis: str | tuple[str, ...] | None = None,
 ) -> optax.GradientTransformation:
   """Replaces each matrix update `u` by `lmo(u)` (to follow any momentum).
 
   Args:
     lmo: the oracle; warm-started state lives in this transformation's state.
     dimension_numbers: how each leaf is read as matrices.
+    axis_name: split the work across a pmap axis (see `scale_by_lion_k`).
+    mesh: split the work across a mesh's devices under sharded jit.
+    shard_axis: the mesh axis (or axes) to split over; default all.
 
   Returns:
     A `GradientTransformation` with `ScaleByLmoState`.
@@ -211,6 +239,7 @@ def scale_by_lmo(
   """
   if not isinstance(lmo, lmo_lib.LMO):
     raise TypeError(f'lmo must be a fanion_optax.lmo.LMO, got {lmo!r}.')
+  split = _split_options(axis_name, mesh, shard_axis)
 
   def init_fn(params):
     specs = _matrix_specs(params, dimension_numbers, 'scale_by_lmo')
@@ -219,7 +248,8 @@ def scale_by_lmo(
   def update_fn(updates, state, params=None):
     del params
     specs = _matrix_specs(updates, dimension_numbers, 'scale_by_lmo')
-    directions, lmo_state = _apply_lmo(lmo, specs, updates, state.lmo_state)
+    directions, lmo_state = _apply_lmo(lmo, specs, updates, state.lmo_state,
+                                       split)
     return directions, ScaleByLmoState(lmo_state=lmo_state)
 
   return optax.GradientTransformation(init_fn, update_fn)
