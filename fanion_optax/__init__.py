@@ -5,6 +5,8 @@ with decoupled weight decay, as `optax.GradientTransformation`s.
 """
 
 from fanion_optax import diagnostics
+from fanion_optax import distributed
+from fanion_optax import partition
 from fanion_optax import lmo
 from fanion_optax.alias import f_fanion
 from fanion_optax.alias import f_muon
@@ -31,6 +33,8 @@ __all__ = [
     'add_decayed_weights',
     'coefficient_schedule',
     'diagnostics',
+    'distributed',
+    'partition',
     'f_fanion',
     'f_muon',
     'fanion',

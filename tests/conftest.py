@@ -1,0 +1,12 @@
+"""Test configuration: 8 emulated CPU devices for the multi-device tests.
+
+XLA reads the flag when the CPU backend starts, so it is set here, before
+any test module touches a device.
+"""
+
+import os
+
+_FLAG = '--xla_force_host_platform_device_count=8'
+if _FLAG not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _FLAG
+                             ).strip()

@@ -1,0 +1,262 @@
+"""Multi-device optimizers: pmap split, sharded jit over meshes, FLOP split."""
+
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import fanion_optax as fo
+
+N_DEV = 8
+DN = fo.DimensionNumbers
+
+pytestmark = pytest.mark.skipif(
+    jax.device_count() < N_DEV,
+    reason='needs XLA_FLAGS=--xla_force_host_platform_device_count=8 '
+    '(set by tests/conftest.py before JAX starts)')
+
+
+def _params():
+  """Uneven counts and mixed shapes: 11 + 1 wide/tall, conv, stacked, bias."""
+  keys = iter(jax.random.split(jax.random.PRNGKey(0), 32))
+  params = {f'w{i}': jax.random.normal(next(keys), (12, 20)) for i in range(11)}
+  params['tall'] = jax.random.normal(next(keys), (20, 6))
+  params['conv'] = jax.random.normal(next(keys), (3, 3, 4, 8))
+  params['stack'] = jax.random.normal(next(keys), (3, 12, 20))
+  params['bias'] = jax.random.normal(next(keys), (20,))
+  return params
+
+
+def _dims(params):
+  def spec(path, x):
+    name = fo.partition.path_name(path)
+    if name == 'conv':
+      return DN((0, 1, 2), 3)
+    if name == 'stack':
+      return DN(1, 2)
+    return DN() if x.ndim == 2 else None
+  return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def _grads(params, step):
+  key = jax.random.PRNGKey(100 + step)
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  return treedef.unflatten(
+      [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+
+
+OPTIMIZERS = {
+    'muon': lambda **kw: fo.muon(0.02, weight_decay=0.1, **kw),
+    'fanion': lambda **kw: fo.fanion(0.02, 3, weight_decay=0.1, **kw),
+    'f_muon': lambda **kw: fo.f_muon(0.02, **kw),
+    's_fanion': lambda **kw: fo.s_fanion(0.02, 2, sign_scale=0.01, **kw),
+    'lion_schatten': lambda **kw: fo.lion_k(0.01, fo.lmo.schatten(3.0), **kw),
+}
+
+
+def _run_single(make, params, steps):
+  tx = make(dimension_numbers=_dims)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for t in range(steps):
+    updates, state = update(_grads(params, t), state, params)
+    params = jax.tree.map(lambda p, u: p + u, params, updates)
+  return params, state
+
+
+def _assert_close(a, b, atol=1e-5):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol,
+                               rtol=1e-4)
+
+
+@pytest.mark.parametrize('name', sorted(OPTIMIZERS))
+def test_pmap_split_equals_single_device(name):
+  make = OPTIMIZERS[name]
+  params = _params()
+  ref_params, ref_state = _run_single(make, params, steps=3)
+
+  tx = make(dimension_numbers=_dims, axis_name='devices')
+  replicate = lambda t: jax.tree.map(
+      lambda x: jnp.broadcast_to(x, (N_DEV,) + x.shape), t)
+  update = jax.pmap(tx.update, axis_name='devices')
+  state = replicate(tx.init(params))
+  p = replicate(params)
+  for t in range(3):
+    updates, state = update(replicate(_grads(params, t)), state, p)
+    p = jax.tree.map(lambda a, u: a + u, p, updates)
+  for device in (0, N_DEV - 1):
+    _assert_close(jax.tree.map(lambda x: x[device], p), ref_params)
+    _assert_close(jax.tree.map(lambda x: x[device], state), ref_state)
+
+
+def test_pmap_warm_state_is_split_and_gathered():
+  params = _params()
+  tx = fo.fanion(0.02, 3, dimension_numbers=_dims, axis_name='d')
+  state = tx.init(params)
+  lmo_states = state.matrices[0].lmo_state
+  # One (batch, n, k) subspace per matrix leaf in tree order (conv, stack,
+  # tall, w0, ..., w10), shared by every device.
+  assert [s.shape for s in lmo_states] == (
+      [(1, 8, 3), (3, 20, 3), (1, 6, 3)] + [(1, 20, 3)] * 11)
+  replicate = lambda t: jax.tree.map(
+      lambda x: jnp.broadcast_to(x, (N_DEV,) + x.shape), t)
+  _, new_state = jax.pmap(tx.update, axis_name='d')(
+      replicate(_grads(params, 0)), replicate(state), replicate(params))
+  new_lmo = new_state.matrices[0].lmo_state
+  for s in new_lmo:
+    # Every device holds the same, updated subspace.
+    np.testing.assert_allclose(s[0], s[-1], atol=1e-6)
+  assert not np.allclose(new_lmo[0][0], lmo_states[0])
+
+
+def _mesh(shape, names, axis_type):
+  return jax.make_mesh(shape, names, axis_types=(axis_type,) * len(shape))
+
+
+def _shard_params(params, mesh, model_axis, data_axis=None):
+  """FSDP-like layout: last axis over `model_axis`, first over `data_axis`."""
+  def place(x):
+    spec = [None] * x.ndim
+    spec[-1] = model_axis
+    if data_axis is not None and x.ndim >= 2 and x.shape[0] % mesh.shape[
+        data_axis] == 0:
+      spec[0] = data_axis
+    if x.shape[-1] % mesh.shape[model_axis]:
+      spec[-1] = None
+    return jax.device_put(x, NamedSharding(mesh, P(*spec)))
+  return jax.tree.map(place, params)
+
+
+
+@pytest.mark.parametrize('axis_type', [AxisType.Auto, AxisType.Explicit])
+@pytest.mark.parametrize('split', [False, True])
+@pytest.mark.parametrize('name', ['muon', 'fanion', 'f_muon'])
+def test_sharded_jit_matches_unsharded_and_keeps_shardings(axis_type, split,
+                                                           name):
+  make = OPTIMIZERS[name]
+  params = {f'w{i}': jax.random.normal(jax.random.PRNGKey(i), (12, 24))
+            for i in range(5)}
+  params['stack'] = jax.random.normal(jax.random.PRNGKey(9), (3, 12, 24))
+  params['bias'] = jnp.ones((24,))
+  ref_params, ref_state = _run_single(make, params, steps=2)
+
+  mesh = _mesh((N_DEV,), ('model',), axis_type)
+  sharded = _shard_params(params, mesh, 'model')
+  kwargs = dict(mesh=mesh, shard_axis='model') if split else {}
+  tx = make(dimension_numbers=_dims, **kwargs)
+  state = tx.init(sharded)
+  update = jax.jit(tx.update)
+  p = sharded
+  for t in range(2):
+    grads = _shard_params(_grads(params, t), mesh, 'model')
+    updates, state = update(grads, state, p)
+    p = jax.tree.map(lambda a, u: a + u, p, updates)
+  _assert_close(p, ref_params)
+  _assert_close(state, ref_state)
+  for key in params:
+    assert p[key].sharding.is_equivalent_to(sharded[key].sharding,
+                                            p[key].ndim), key
+  mu = state.matrices[0].mu
+  assert mu['w0'].sharding.is_equivalent_to(sharded['w0'].sharding, 2)
+
+
+@pytest.mark.parametrize('axis_type', [AxisType.Auto, AxisType.Explicit])
+def test_two_dimensional_mesh(axis_type):
+  params = {f'w{i}': jax.random.normal(jax.random.PRNGKey(i), (16, 24))
+            for i in range(6)}
+  params['bias'] = jnp.ones((24,))
+  ref_params, _ = _run_single(OPTIMIZERS['muon'], params, steps=2)
+  mesh = _mesh((4, 2), ('data', 'model'), axis_type)
+  sharded = _shard_params(params, mesh, 'model', data_axis='data')
+  assert sharded['w0'].sharding.spec == P('data', 'model')
+  for kwargs in ({}, dict(mesh=mesh), dict(mesh=mesh, shard_axis='data')):
+    tx = OPTIMIZERS['muon'](dimension_numbers=_dims, **kwargs)
+    state = tx.init(sharded)
+    update = jax.jit(tx.update)
+    p = sharded
+    for t in range(2):
+      grads = _shard_params(_grads(params, t), mesh, 'model', 'data')
+      updates, state = update(grads, state, p)
+      p = jax.tree.map(lambda a, u: a + u, p, updates)
+    _assert_close(p, ref_params)
+    assert p['w0'].sharding.is_equivalent_to(sharded['w0'].sharding, 2)
+
+
+def _flops(compiled):
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost['flops'])
+
+
+def _same_shape_params(count=16, shape=(64, 128)):
+  return {f'w{i:02d}': jax.random.normal(jax.random.PRNGKey(i), shape)
+          for i in range(count)}
+
+
+def test_pmap_split_divides_flops_per_device():
+  params = _same_shape_params()
+  grads = _grads(params, 0)
+  single = fo.muon(0.02)
+  single_flops = _flops(jax.jit(single.update).lower(
+      grads, single.init(params), params).compile())
+  replicate = lambda t: jax.tree.map(
+      lambda x: jnp.broadcast_to(x, (N_DEV,) + x.shape), t)
+  args = (replicate(grads), replicate(single.init(params)), replicate(params))
+  no_split = _flops(jax.pmap(single.update, axis_name='d').lower(
+      *args).compile())
+  split_tx = fo.muon(0.02, axis_name='d')
+  split = _flops(jax.pmap(split_tx.update, axis_name='d').lower(
+      *args).compile())
+  assert no_split == pytest.approx(single_flops, rel=0.05)
+  assert split <= 1.3 * single_flops / N_DEV
+
+
+def test_mesh_split_divides_flops_per_device():
+  params = _same_shape_params()
+  grads = _grads(params, 0)
+  single = fo.muon(0.02)
+  single_flops = _flops(jax.jit(single.update).lower(
+      grads, single.init(params), params).compile())
+  for axis_type in (AxisType.Auto, AxisType.Explicit):
+    mesh = _mesh((N_DEV,), ('fsdp',), axis_type)
+    sp, sg = (_shard_params(t, mesh, 'fsdp') for t in (params, grads))
+    tx = fo.muon(0.02, mesh=mesh)
+    split = _flops(jax.jit(tx.update).lower(sg, tx.init(sp), sp).compile())
+    assert split <= 1.3 * single_flops / N_DEV, axis_type
+    no_split_tx = fo.muon(0.02)
+    no_split = _flops(jax.jit(no_split_tx.update).lower(
+        sg, no_split_tx.init(sp), sp).compile())
+    # GSPMD alone replicates at least the Gram products on every device.
+    assert no_split > 2 * split, axis_type
+
+
+def test_split_option_errors():
+  mesh = _mesh((N_DEV,), ('x',), AxisType.Auto)
+  with pytest.raises(ValueError, match='axis_name'):
+    fo.muon(0.02, axis_name='d', mesh=mesh)
+  with pytest.raises(ValueError, match='shard_axis'):
+    fo.muon(0.02, shard_axis='x')
+  with pytest.raises(ValueError, match="shard_axis 'y'"):
+    fo.muon(0.02, mesh=mesh, shard_axis='y')
+  with pytest.raises(TypeError, match='mesh'):
+    fo.muon(0.02, mesh='not a mesh')
+
+
+def test_apply_lmo_groups_and_restores_order():
+  mats = [jax.random.normal(jax.random.PRNGKey(i), shape) for i, shape in
+          enumerate([(2, 5, 7), (1, 7, 5), (3, 5, 7), (1, 4, 4)])]
+  spectral = fo.lmo.spectral(method='svd')
+  outs, states = fo.distributed.apply_lmo(spectral, mats, [None] * 4)
+  assert states == [None] * 4
+  for m, o in zip(mats, outs):
+    u, _, vh = np.linalg.svd(np.asarray(m), full_matrices=False)
+    np.testing.assert_allclose(o, u @ vh, atol=1e-5)
+
+
