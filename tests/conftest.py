@@ -10,3 +10,7 @@ _FLAG = '--xla_force_host_platform_device_count=8'
 if _FLAG not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _FLAG
                              ).strip()
+
+# Run as a subprocess by test_multihost.py; importing it would change the
+# device count of this process.
+collect_ignore = ['multihost_worker.py']

@@ -1,0 +1,113 @@
+"""One process of the multi-host test (run by tests/test_multihost.py).
+
+    python multihost_worker.py OUT.npz                      # single process
+    python multihost_worker.py OUT.npz PROC NPROCS PORT     # under jax.distributed
+
+Trains a small MLP for a few steps with `muon` and `f_muon`; in the
+multi-process run the parameters are FSDP-sharded over a global mesh of every
+process's CPU devices and the optimizers split the orthogonalisation work
+(`mesh=`). Process 0 writes the final parameters to OUT.npz.
+"""
+
+import os
+import sys
+
+LOCAL_DEVICES = 4
+os.environ['XLA_FLAGS'] = (
+    f'--xla_force_host_platform_device_count={LOCAL_DEVICES}')
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import fanion_optax as fo  # noqa: E402
+
+STEPS = 4
+
+
+def initial_params():
+  rng = np.random.default_rng(0)
+  params = {f'hidden{i}': rng.normal(size=(16, 16)).astype(np.float32) * 0.3
+            for i in range(6)}
+  params['out'] = rng.normal(size=(16, 8)).astype(np.float32) * 0.3
+  params['bias'] = np.zeros(16, np.float32)
+  return params
+
+
+def data():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(64, 16)).astype(np.float32)
+  y = rng.normal(size=(64, 8)).astype(np.float32)
+  return x, y
+
+
+def loss_fn(params, x, y):
+  h = x
+  for i in range(6):
+    h = jnp.tanh(h @ params[f'hidden{i}'] + params['bias'])
+  return jnp.mean((h @ params['out'] - y) ** 2)
+
+
+def make_optimizer(name, mesh):
+  kwargs = {} if mesh is None else dict(mesh=mesh)
+  if name == 'muon':
+    return fo.muon(0.05, weight_decay=0.1, **kwargs)
+  return fo.f_muon(0.05, weight_decay=0.1, **kwargs)
+
+
+def train(name, mesh=None, place=lambda t: t):
+  params = place(initial_params())
+  x, y = data()
+  tx = make_optimizer(name, mesh)
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(loss_fn)(params, x, y)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  for _ in range(STEPS):
+    params, state = step(params, state)
+  return params
+
+
+def main(argv):
+  out = argv[1]
+  if len(argv) == 2:
+    results = {name: train(name) for name in ('muon', 'f_muon')}
+  else:
+    proc, nprocs, port = int(argv[2]), int(argv[3]), int(argv[4])
+    jax.distributed.initialize(f'localhost:{port}', num_processes=nprocs,
+                               process_id=proc)
+    assert jax.process_count() == nprocs
+    assert jax.device_count() == nprocs * LOCAL_DEVICES
+    mesh = jax.make_mesh((jax.device_count(),), ('fsdp',),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+
+    def place(tree):
+      def put(x):
+        spec = P('fsdp') if x.shape[0] % jax.device_count() == 0 else P()
+        sharding = NamedSharding(mesh, spec)
+        return jax.make_array_from_callback(x.shape, sharding,
+                                            lambda idx: x[idx])
+      return jax.tree.map(put, tree)
+
+    results = {}
+    for name in ('muon', 'f_muon'):
+      params = train(name, mesh, place)
+      results[name] = multihost_utils.process_allgather(params, tiled=True)
+  if jax.process_index() == 0:
+    flat = {f'{name}/{key}': np.asarray(value)
+            for name, tree in results.items() for key, value in tree.items()}
+    np.savez(out, **flat)
+  if len(argv) > 2:
+    jax.distributed.shutdown()
+
+
+if __name__ == '__main__':
+  main(sys.argv)
