@@ -208,14 +208,17 @@ class Sign(LMO):
 
   def __call__(self, g):
     g = _checks.check_matrix('g', g)
-    return (self.scale * jnp.sign(g.astype(jnp.float32))).astype(g.dtype)
+    wide = jnp.promote_types(g.dtype, jnp.float32)
+    return (self.scale * jnp.sign(g).astype(wide)).astype(g.dtype)
 
   def dual_norm(self, g):
-    g = _checks.check_matrix('g', g).astype(jnp.float32)
+    g = _checks.check_matrix('g', g)
+    g = g.astype(jnp.promote_types(g.dtype, jnp.float32))
     return self.scale * jnp.sum(jnp.abs(g), axis=(-2, -1))
 
   def norm(self, x):
-    x = _checks.check_matrix('x', x).astype(jnp.float32)
+    x = _checks.check_matrix('x', x)
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     return jnp.max(jnp.abs(x), axis=(-2, -1)) / self.scale
 
 
@@ -230,7 +233,8 @@ class Mixture(LMO):
     return any(term.stateful for _, term in self.terms)
 
   def _combine(self, g, directions):
-    acc = sum(weight * d.astype(jnp.float32)
+    wide = jnp.promote_types(g.dtype, jnp.float32)
+    acc = sum(weight * d.astype(wide)
               for (weight, _), d in zip(self.terms, directions))
     return acc.astype(g.dtype)
 
@@ -442,12 +446,13 @@ def schatten(p: float) -> SpectralFunction:
   (spectral ball), `p = 2` is `G/‖G‖_F`, and `p → ∞` tends to Neon.
 
   Args:
-    p: `>= 1`.
+    p: in `[1, ∞)` (`p = ∞` is Neon: use `ky_fan(1)`).
 
   Returns:
     A stateless `LMO`: `dual_norm` is `‖G‖_{S_p}`, `norm` is `‖X‖_{S_q}`.
   """
-  _checks.check_range('p', p, low=1.0)
+  _checks.check_range('p', p, low=1.0, high=float('inf'),
+                      high_inclusive=False)
   p = float(p)
 
   def p_norm(s):

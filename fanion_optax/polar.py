@@ -97,7 +97,7 @@ def coefficient_schedule(
         f' got {method!r}.')
   try:
     rows = tuple(tuple(float(c) for c in row) for row in method)
-  except TypeError:
+  except (TypeError, ValueError):
     raise ValueError(
         f'method must be one of {METHODS} or a sequence of (a, b, c) rows,'
         f' got {method!r}.') from None
@@ -204,8 +204,10 @@ def lmo_gap(g: jax.typing.ArrayLike, o: jax.typing.ArrayLike) -> jax.Array:
   Returns:
     `(...)` the gap per matrix.
   """
-  g = _checks.check_matrix('g', g).astype(jnp.float32)
-  o = _checks.check_matrix('o', o).astype(jnp.float32)
+  g = _checks.check_matrix('g', g)
+  o = _checks.check_matrix('o', o)
+  dtype = jnp.promote_types(jnp.promote_types(g.dtype, o.dtype), jnp.float32)
+  g, o = g.astype(dtype), o.astype(dtype)
   nuclear = jnp.sum(jnp.linalg.svd(g, compute_uv=False), axis=-1)
   sigma1 = jnp.linalg.svd(o, compute_uv=False)[..., 0]
   inner = jnp.sum(g * o, axis=(-2, -1))
