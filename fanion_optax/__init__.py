@@ -6,8 +6,8 @@ with decoupled weight decay, as `optax.GradientTransformation`s.
 
 from fanion_optax import diagnostics
 from fanion_optax import distributed
-from fanion_optax import partition
 from fanion_optax import lmo
+from fanion_optax import partition
 from fanion_optax.alias import f_fanion
 from fanion_optax.alias import f_muon
 from fanion_optax.alias import fanion
@@ -25,6 +25,7 @@ from fanion_optax.transforms import add_decayed_weights
 from fanion_optax.transforms import scale_by_lion_k
 from fanion_optax.transforms import scale_by_lmo
 from fanion_optax.transforms import scale_by_shape
+from fanion_optax.transforms import skip_nonfinite
 
 __version__ = '0.1.0'
 
@@ -49,5 +50,6 @@ __all__ = [
     'scale_by_lion_k',
     'scale_by_lmo',
     'scale_by_shape',
+    'skip_nonfinite',
     'top_k_polar',
 ]

@@ -66,6 +66,11 @@ _COMMON_ARGS = """
       (`shard_map`) instead of partitioning every matmul.
     shard_axis: the mesh axis (or axes) to split the matrices over (default:
       all axes of `mesh`).
+    skip_nonfinite: skip (and count) steps whose gradients or updates hold
+      NaN/Inf, leaving parameters and state untouched (see
+      `fanion_optax.skip_nonfinite`). Without it a NaN gradient gives NaN
+      updates and momentum for the affected leaves (the Ky Fan warm-start
+      subspace alone keeps its last finite value).
 """
 
 
@@ -78,7 +83,7 @@ _COMMON_NAMES = (
     'weight_decay', 'weight_decay_mask', 'shape_scale', 'dimension_numbers',
     'exclude', 'fallback', 'fallback_learning_rate', 'fallback_b1',
     'fallback_b2', 'fallback_eps', 'fallback_weight_decay', 'mu_dtype',
-    'axis_name', 'mesh', 'shard_axis')
+    'axis_name', 'mesh', 'shard_axis', 'skip_nonfinite')
 
 
 def _common(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -125,6 +130,7 @@ def _build(
     axis_name: Any,
     mesh: Any,
     shard_axis: Any,
+    skip_nonfinite: bool,
 ) -> optax.GradientTransformationExtraArgs:
   _checks.check_range('learning_rate', learning_rate, low=0.0)
   _checks.check_range('weight_decay', weight_decay, low=0.0)
@@ -152,8 +158,11 @@ def _build(
       transforms.add_decayed_weights(weight_decay, weight_decay_mask),
       optax.scale_by_learning_rate(learning_rate),
   )
-  return partition.route(matrices, fallback,
-                         dimension_numbers=dimension_numbers, exclude=exclude)
+  tx = partition.route(matrices, fallback,
+                       dimension_numbers=dimension_numbers, exclude=exclude)
+  if not isinstance(skip_nonfinite, bool):
+    raise TypeError(f'skip_nonfinite must be a bool, got {skip_nonfinite!r}.')
+  return transforms.skip_nonfinite(tx) if skip_nonfinite else tx
 
 
 @_doc
@@ -178,6 +187,7 @@ def lion_k(
     axis_name: Any = None,
     mesh: Any = None,
     shard_axis: Any = None,
+    skip_nonfinite: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Lion-𝒦 with any LMO of `fanion_optax.lmo` as `∇𝒦`.
 
@@ -233,6 +243,7 @@ def muon(
     axis_name: Any = None,
     mesh: Any = None,
     shard_axis: Any = None,
+    skip_nonfinite: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Muon: momentum, then the polar factor `U Vᵀ` (the spectral-norm LMO).
 
@@ -306,6 +317,7 @@ def fanion(
     axis_name: Any = None,
     mesh: Any = None,
     shard_axis: Any = None,
+    skip_nonfinite: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Fanion-k: momentum, then `U_k V_kᵀ` (the LMO dual to Ky Fan-k).
 
@@ -361,6 +373,7 @@ def neon(
     axis_name: Any = None,
     mesh: Any = None,
     shard_axis: Any = None,
+    skip_nonfinite: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Neon: Fanion-1, the rank-one update `u₁ v₁ᵀ`.
 
@@ -417,6 +430,7 @@ def f_muon(
     axis_name: Any = None,
     mesh: Any = None,
     shard_axis: Any = None,
+    skip_nonfinite: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """F-Muon: the direction `α·U Vᵀ + (1 − α)·G/‖G‖_F`.
 
@@ -474,6 +488,7 @@ def s_muon(
     axis_name: Any = None,
     mesh: Any = None,
     shard_axis: Any = None,
+    skip_nonfinite: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """S-Muon: the direction `α·U Vᵀ + (1 − α)·η·sign(G)`.
 
@@ -536,6 +551,7 @@ def f_fanion(
     axis_name: Any = None,
     mesh: Any = None,
     shard_axis: Any = None,
+    skip_nonfinite: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """F-Fanion-k: `α·U_k V_kᵀ + (1 − α)·G/‖G‖_F` (k = 1: F-Neon).
 
@@ -596,6 +612,7 @@ def s_fanion(
     axis_name: Any = None,
     mesh: Any = None,
     shard_axis: Any = None,
+    skip_nonfinite: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """S-Fanion-k: `α·U_k V_kᵀ + (1 − α)·η·sign(G)` (k = 1: S-Neon).
 

@@ -333,3 +333,68 @@ def add_decayed_weights(
     return new, AddDecayedWeightsState(count=optax.safe_increment(state.count))
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+class SkipNonfiniteState(NamedTuple):
+  """State of `skip_nonfinite`."""
+
+  inner_state: Any
+  skipped: jax.Array
+  """Total number of skipped steps, int32."""
+  consecutive: jax.Array
+  """Skipped steps since the last applied one, int32."""
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def skip_nonfinite(
+    inner: optax.GradientTransformation,
+) -> optax.GradientTransformationExtraArgs:
+  """Skips steps whose gradients or updates contain NaN or Inf.
+
+  A skipped step returns zero updates (the parameters stay exactly as they
+  were, weight decay included) and keeps `inner`'s state as it was; the
+  skip is counted in the state. Unlike `optax.apply_if_finite` there is no
+  limit after which non-finite updates go through.
+
+  Args:
+    inner: the transformation to protect.
+
+  Returns:
+    A `GradientTransformationExtraArgs` with `SkipNonfiniteState`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import fanion_optax as fo
+    >>> tx = fo.skip_nonfinite(fo.muon(0.02))
+    >>> params = {"w": jnp.ones((2, 2))}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.full((2, 2), jnp.nan)}, state,
+    ...                            params)
+    >>> updates["w"].tolist(), int(state.skipped)
+    ([[0.0, 0.0], [0.0, 0.0]], 1)
+  """
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params):
+    zero = jnp.zeros([], jnp.int32)
+    return SkipNonfiniteState(inner.init(params), zero, zero)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    new_updates, new_inner = inner.update(updates, state.inner_state, params,
+                                          **extra_args)
+    ok = _all_finite(updates) & _all_finite(new_updates)
+    keep = lambda new, old: jax.tree.map(
+        lambda a, b: jnp.where(ok, a, b), new, old)
+    out = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)),
+                       new_updates)
+    skipped = jnp.where(ok, 0, 1).astype(jnp.int32)
+    return out, SkipNonfiniteState(
+        inner_state=keep(new_inner, state.inner_state),
+        skipped=state.skipped + skipped,
+        consecutive=jnp.where(ok, 0, state.consecutive + 1).astype(jnp.int32))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
