@@ -11,6 +11,7 @@ from fanion_optax import partition
 from fanion_optax.alias import f_fanion
 from fanion_optax.alias import f_muon
 from fanion_optax.alias import fanion
+from fanion_optax.alias import inject_hyperparams
 from fanion_optax.alias import lion_k
 from fanion_optax.alias import muon
 from fanion_optax.alias import neon
@@ -39,6 +40,7 @@ __all__ = [
     'f_fanion',
     'f_muon',
     'fanion',
+    'inject_hyperparams',
     'lion_k',
     'lmo',
     'lmo_gap',

@@ -9,8 +9,11 @@ radius `s/λ` (Chen, Li, Liu, arXiv:2506.15054); see
 `fanion_optax.diagnostics.constraint_report`.
 
 Hyperparameters that are numbers (learning rates, decays, momentum, `alpha`,
-`sign_scale`) work under `optax.inject_hyperparams`; integer structure
-arguments (`k`, `ns_steps`) must then be listed in its `static_args`.
+`sign_scale`) work under `optax.inject_hyperparams`. Use
+`fanion_optax.inject_hyperparams`, which marks the structural arguments
+(`k`, `ns_steps`, `lmo`, `dimension_numbers`, masks, …) static: with plain
+`optax.inject_hyperparams` they must be listed in `static_args`, since it
+would trace integers and call any callable as a schedule.
 
 References:
   L. Chen, J. Li, Q. Liu, arXiv:2506.15054 (Muon and the spectral ball).
@@ -21,6 +24,7 @@ References:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import optax
@@ -28,6 +32,7 @@ import optax
 from fanion_optax import _checks
 from fanion_optax import lmo as lmo_lib
 from fanion_optax import partition
+from fanion_optax import polar as polar_lib
 from fanion_optax import transforms
 
 ScalarOrSchedule = optax.ScalarOrSchedule
@@ -102,6 +107,29 @@ def _momentum_betas(momentum: ScalarOrSchedule, nesterov: bool):
   if callable(momentum):
     return (lambda count: momentum(count) ** 2), momentum
   return momentum * momentum, momentum
+
+
+def _spectral(polar, ns_steps, compute_dtype):
+  """The spectral LMO, with errors named after the optimizer's arguments."""
+  _check_polar(polar, ns_steps)
+  return lmo_lib.spectral(method=polar, steps=ns_steps,
+                          compute_dtype=compute_dtype)
+
+
+def _check_polar(polar, ns_steps):
+  if ns_steps is not None:
+    _checks.check_int('ns_steps', ns_steps, minimum=1)
+  try:
+    polar_lib.coefficient_schedule(polar, ns_steps)
+  except ValueError as err:
+    message = str(err).replace('method', 'polar', 1).replace(
+        'steps must', 'ns_steps must', 1)
+    raise ValueError(message) from None
+
+
+def _sign(sign_scale):
+  _checks.check_range('sign_scale', sign_scale, low=0.0, low_inclusive=False)
+  return lmo_lib.sign(sign_scale)
 
 
 def _check_alpha(alpha: Any, allow_extrapolation: bool) -> None:
@@ -280,12 +308,12 @@ def muon(
     >>> params = optax.apply_updates(params, updates)
   """
   b1, b2 = _momentum_betas(momentum, nesterov)
-  oracle = lmo_lib.spectral(method=polar, steps=ns_steps,
-                            compute_dtype=compute_dtype)
+  oracle = _spectral(polar, ns_steps, compute_dtype)
   return _build(learning_rate, oracle, b1, b2, **_common(locals()))
 
 
 def _ky_fan(k, method, iters, polar, ns_steps, compute_dtype):
+  _check_polar(polar, ns_steps)
   return lmo_lib.ky_fan(k, method=method, iters=iters, polar=polar,
                         steps=ns_steps, compute_dtype=compute_dtype)
 
@@ -455,8 +483,7 @@ def f_muon(
   """
   b1, b2 = _momentum_betas(momentum, nesterov)
   oracle = _mixture(alpha, allow_extrapolation,
-                    lmo_lib.spectral(method=polar, steps=ns_steps,
-                                     compute_dtype=compute_dtype),
+                    _spectral(polar, ns_steps, compute_dtype),
                     lmo_lib.frobenius())
   return _build(learning_rate, oracle, b1, b2, **_common(locals()))
 
@@ -516,9 +543,8 @@ def s_muon(
   """
   b1, b2 = _momentum_betas(momentum, nesterov)
   oracle = _mixture(alpha, allow_extrapolation,
-                    lmo_lib.spectral(method=polar, steps=ns_steps,
-                                     compute_dtype=compute_dtype),
-                    lmo_lib.sign(sign_scale))
+                    _spectral(polar, ns_steps, compute_dtype),
+                    _sign(sign_scale))
   return _build(learning_rate, oracle, b1, b2, **_common(locals()))
 
 
@@ -640,7 +666,50 @@ def s_fanion(
   b1, b2 = _momentum_betas(momentum, nesterov)
   oracle = _mixture(alpha, allow_extrapolation,
                     _ky_fan(k, method, iters, polar, ns_steps, compute_dtype),
-                    lmo_lib.sign(sign_scale))
+                    _sign(sign_scale))
   return _build(learning_rate, oracle, b1, b2, **_common(locals()))
 
 
+
+
+STRUCTURAL_ARGS = (
+    'lmo', 'k', 'ns_steps', 'iters', 'polar', 'method', 'compute_dtype',
+    'dimension_numbers', 'weight_decay_mask', 'exclude', 'fallback',
+    'mu_dtype', 'axis_name', 'mesh', 'shard_axis', 'shape_scale')
+
+
+def inject_hyperparams(
+    factory: Any,
+    static_args: str | tuple[str, ...] = (),
+    hyperparam_dtype: Any = None,
+) -> Any:
+  """`optax.inject_hyperparams` with this package's structural args static.
+
+  Numeric hyperparameters (learning rates, decays, momentum, `alpha`,
+  `sign_scale`, `b1`, `b2`) become injectable and schedulable; `k`,
+  `ns_steps`, `lmo`, `dimension_numbers`, masks and the other structural
+  arguments stay static.
+
+  Args:
+    factory: an optimizer of this package (or any optax factory).
+    static_args: further argument names to keep static.
+    hyperparam_dtype: as in `optax.inject_hyperparams`.
+
+  Returns:
+    The wrapped factory.
+
+  Example:
+    >>> import fanion_optax as fo
+    >>> tx = fo.inject_hyperparams(fo.fanion)(learning_rate=0.5, k=4)
+    >>> import jax.numpy as jnp
+    >>> state = tx.init({"w": jnp.ones((8, 8))})
+    >>> hp = state.hyperparams
+    >>> float(hp["learning_rate"]), "momentum" in hp, "k" in hp
+    (0.5, True, False)
+  """
+  extra = (static_args,) if isinstance(static_args, str) else tuple(
+      static_args)
+  parameters = inspect.signature(factory).parameters
+  static = tuple(a for a in STRUCTURAL_ARGS if a in parameters) + extra
+  return optax.inject_hyperparams(factory, static_args=static,
+                                  hyperparam_dtype=hyperparam_dtype)

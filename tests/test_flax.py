@@ -40,16 +40,22 @@ def _dimension_numbers(params):
 
 ROUTING = dict(dimension_numbers=_dimension_numbers, exclude=['embed'])
 
+# Exact polar factors and top-k SVDs compile faster on CPU than unrolled
+# Newton–Schulz; the defaults (Polar Express, warm-started subspace
+# iteration) are exercised by 'muon', 'fanion' and 'neon'.
 OPTIMIZERS = {
     'muon': lambda: fo.muon(0.02, weight_decay=0.01, **ROUTING),
     'fanion': lambda: fo.fanion(0.02, 2, weight_decay=0.01, **ROUTING),
     'neon': lambda: fo.neon(0.02, weight_decay=0.01, **ROUTING),
-    'f_muon': lambda: fo.f_muon(0.02, weight_decay=0.01, **ROUTING),
-    's_muon': lambda: fo.s_muon(0.02, sign_scale=0.01, weight_decay=0.01,
+    'f_muon': lambda: fo.f_muon(0.02, polar='svd', weight_decay=0.01,
                                 **ROUTING),
-    'f_fanion': lambda: fo.f_fanion(0.02, 2, weight_decay=0.01, **ROUTING),
-    's_fanion': lambda: fo.s_fanion(0.02, 2, weight_decay=0.01, **ROUTING),
-    'lion_k_sign': lambda: fo.lion_k(1e-3, fo.lmo.sign(), weight_decay=0.01,
+    's_muon': lambda: fo.s_muon(0.02, sign_scale=0.01, polar='svd',
+                                weight_decay=0.01, **ROUTING),
+    'f_fanion': lambda: fo.f_fanion(0.02, 2, method='svd', weight_decay=0.01,
+                                    **ROUTING),
+    's_fanion': lambda: fo.s_fanion(0.02, 2, sign_scale=0.01, method='svd',
+                                    weight_decay=0.01, **ROUTING),
+    'lion_k_sign': lambda: fo.lion_k(0.01, fo.lmo.sign(), weight_decay=0.01,
                                      shape_scale=None, **ROUTING),
     'lion_k_frobenius': lambda: fo.lion_k(0.05, fo.lmo.frobenius(),
                                           **ROUTING),
@@ -60,7 +66,9 @@ OPTIMIZERS = {
 
 def _data():
   key_tokens, key_targets = jax.random.split(jax.random.PRNGKey(0))
-  tokens = jax.random.randint(key_tokens, (16, 4, 4), 0, VOCAB)
+  # Only the first half of the vocabulary occurs, so some embedding rows get
+  # no gradient.
+  tokens = jax.random.randint(key_tokens, (16, 4, 4), 0, VOCAB // 2)
   targets = jax.random.normal(key_targets, (16, OUT))
   return tokens, targets
 
@@ -111,11 +119,9 @@ def test_nnx_optimizer_trains(name):
   final = float(_nnx_loss(model, tokens, targets))
   assert losses[0] == pytest.approx(initial, rel=1e-5)
   assert np.all(np.isfinite(losses)) and final < 0.9 * initial, losses
-  assert not jax.tree.leaves(
-      nnx.state(optimizer), is_leaf=lambda x: isinstance(x, optax.MaskedNode)
-  ) or not any(isinstance(x, optax.MaskedNode) for x in jax.tree.leaves(
-      nnx.state(optimizer),
-      is_leaf=lambda x: isinstance(x, optax.MaskedNode)))
+  leaves = jax.tree.leaves(nnx.state(optimizer),
+                           is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+  assert not any(isinstance(x, optax.MaskedNode) for x in leaves)
 
 
 def _kernel_singular_values(delta, shape):
@@ -149,7 +155,7 @@ def test_nnx_routing_first_step_closed_form():
   optimizer = nnx.Optimizer(model, fo.muon(lr, polar='svd', **ROUTING),
                             wrt=nnx.Param)
   to_dict = lambda: jax.tree.map(
-      np.asarray, nnx.state(model, nnx.Param).to_pure_dict())
+      np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   before = to_dict()
   _nnx_step(model, optimizer, tokens, targets)
   _check_first_muon_step(before, to_dict(), lr)

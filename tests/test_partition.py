@@ -142,7 +142,8 @@ def test_resolve_default_marks_2d_leaves():
 
 
 @pytest.mark.parametrize('exclude', ['embed', ['embed'], ('^embed/',),
-                                     ['emb.d/embedding$', 'nomatch']])
+                                     ['emb.d/embedding$', 'nomatch'],
+                                     'bedding'])  # searched, not matched
 def test_resolve_exclude(exclude):
   specs = partition.resolve_dimension_numbers(_params(), exclude=exclude)
   assert specs['embed']['embedding'] is None

@@ -323,3 +323,38 @@ def test_state_types_are_named_tuples():
                     transforms.ScaleByLmoState)
   assert isinstance(fo.add_decayed_weights(0.1).init(params),
                     transforms.AddDecayedWeightsState)
+
+
+def test_skip_nonfinite_wrapper():
+  b1, b2, lr = 0.5, 0.9, 0.1
+  g1, g2 = _rand((6, 10), 1), _rand((6, 10), 2)
+  tx = fo.skip_nonfinite(optax.chain(fo.scale_by_lion_k(fo.lmo.sign(), b1, b2),
+                                     optax.scale(-lr)))
+  state = tx.init({'w': jnp.zeros((6, 10))})
+  assert int(state.skipped) == 0 and int(state.consecutive) == 0
+  expected = _np_lion_k([g1, g2], _np_sign, b1, b2)
+  updates, state = tx.update({'w': jnp.asarray(g1)}, state)
+  np.testing.assert_allclose(np.asarray(updates['w']), -lr * expected[0],
+                             rtol=1e-7)
+  kept = state.inner_state
+  for count, value in enumerate((np.nan, np.inf), start=1):
+    bad = g2.copy()
+    bad[2, 3] = value
+    updates, state = tx.update({'w': jnp.asarray(bad)}, state)
+    np.testing.assert_array_equal(np.asarray(updates['w']), 0.0)
+    assert int(state.skipped) == count and int(state.consecutive) == count
+    np.testing.assert_array_equal(np.asarray(state.inner_state[0].mu['w']),
+                                  np.asarray(kept[0].mu['w']))
+    assert int(state.inner_state[0].count) == 1
+  updates, state = tx.update({'w': jnp.asarray(g2)}, state)
+  np.testing.assert_allclose(np.asarray(updates['w']), -lr * expected[1],
+                             rtol=1e-7)
+  assert int(state.skipped) == 2 and int(state.consecutive) == 0
+
+
+def test_skip_nonfinite_catches_nonfinite_updates_of_finite_grads():
+  tx = fo.skip_nonfinite(optax.scale(np.inf))
+  params = {'w': jnp.ones((2, 3))}
+  updates, state = tx.update(params, tx.init(params))
+  np.testing.assert_array_equal(np.asarray(updates['w']), 0.0)
+  assert int(state.skipped) == 1
