@@ -178,7 +178,10 @@ def apply_lmo(
     states: the LMO state of each.
     axis_name: split across the devices of this mapped axis (pmap).
     mesh: split across this mesh's devices (sharded jit).
-    shard_axis: the mesh axes to split over (default: all).
+    shard_axis: the mesh axes to split over (default: all). On a 2-D
+      `(data, model)` mesh prefer one axis (e.g. the FSDP axis): moving a
+      matrix sharded over both axes to a stack sharded over both in one
+      resharding can make XLA rematerialise it whole.
 
   Returns:
     The directions and new states, in the input order.

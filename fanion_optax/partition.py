@@ -138,9 +138,18 @@ def check_shape_scale(mode: Any) -> None:
 
 
 def path_name(path: Sequence[Any]) -> str:
-  """`'layers/0/kernel'`-style name of a pytree key path."""
+  """`'layers/0/kernel'`-style name of a pytree key path.
+
+  A trailing `.value` attribute (the array inside a Flax NNX `Variable`) is
+  dropped, so a leaf has the same name whether `nnx.Optimizer` passes
+  variables (at `init`) or raw arrays (at `update`).
+  """
+  keys = list(path)
+  if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and (
+      keys[-1].name == 'value'):
+    keys.pop()
   parts = []
-  for key in path:
+  for key in keys:
     for attr in ('key', 'name', 'idx'):
       if hasattr(key, attr):
         parts.append(str(getattr(key, attr)))

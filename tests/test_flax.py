@@ -199,3 +199,24 @@ def test_linen_routing_first_step_closed_form():
   before = jax.tree.map(np.asarray, state.params)
   state, _ = _linen_step(state, tokens, targets)
   _check_first_muon_step(before, jax.tree.map(np.asarray, state.params), lr)
+
+
+def test_exclude_anchored_at_end_under_nnx_optimizer():
+  """NNX passes Variables at init and arrays at update: same names."""
+  model = nnx.Sequential(nnx.Embed(10, 6, rngs=nnx.Rngs(0)),
+                         nnx.Linear(6, 6, rngs=nnx.Rngs(1)))
+  state = nnx.state(model, nnx.Param)
+  names_init = [fo.partition.path_name(p)
+                for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+  names_update = [fo.partition.path_name(p) for p, _ in
+                  jax.tree_util.tree_flatten_with_path(nnx.as_pure(state))[0]]
+  assert names_init == names_update
+  assert 'layers/0/embedding' in names_init
+  tx = fo.muon(0.02, exclude=[r'embedding$'])
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  before = np.asarray(model.layers[0].embedding[...])
+  grads = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))
+  optimizer.update(model, grads)
+  after = np.asarray(model.layers[0].embedding[...])
+  # AdamW's first step moves every entry by lr (bias-corrected sign).
+  np.testing.assert_allclose(before - after, 0.02, rtol=1e-4)
