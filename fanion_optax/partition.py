@@ -304,8 +304,14 @@ def route(
     outputs = []
     for tx, inner, is_matrix in ((matrix_tx, state.matrices, True),
                                  (fallback_tx, state.fallback, False)):
+      part = select(updates, specs, matrices=is_matrix)
+      if not jax.tree.leaves(part):
+        # Nothing routed here (a bare array selects to a bare None, which
+        # transformations needing params would reject).
+        outputs.append((part, inner))
+        continue
       outputs.append(tx.update(
-          select(updates, specs, matrices=is_matrix), inner,
+          part, inner,
           None if params is None else select(params, specs,
                                              matrices=is_matrix),
           **extra_args))

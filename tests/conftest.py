@@ -6,6 +6,10 @@ any test module touches a device.
 
 import os
 
+# JAX's CPU SVD/QR call OpenBLAS, whose threads fight XLA's for the cores;
+# one thread is several times faster for the small matrices tested here.
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
+
 _FLAG = '--xla_force_host_platform_device_count=8'
 if _FLAG not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _FLAG

@@ -1,0 +1,101 @@
+"""Runs every notebook in notebooks/ top to bottom at its small size.
+
+Each notebook ends with a `RESULTS` dict; the test appends a cell that prints
+it as JSON and checks a few facts the notebook demonstrates. The kernel
+inherits this process's environment, so `FANION_NOTEBOOK_SMALL=1` (set here)
+selects the small sizes, and the XLA flags from conftest.py apply too.
+"""
+
+import json
+import pathlib
+
+import pytest
+
+nbformat = pytest.importorskip('nbformat')
+nbclient = pytest.importorskip('nbclient')
+pytest.importorskip('ipykernel')
+pytest.importorskip('matplotlib')
+
+NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / 'notebooks'
+MARKER = 'RESULTS_JSON='
+DUMP = ('import json\n'
+        'print("' + MARKER + '" + json.dumps(RESULTS, default=lambda o: '
+        'o.item() if hasattr(o, "item") else str(o)))')
+
+
+def run_notebook(name, tmp_path, monkeypatch):
+  """Executes notebooks/NAME.ipynb in tmp_path; returns its RESULTS dict."""
+  monkeypatch.setenv('FANION_NOTEBOOK_SMALL', '1')
+  nb = nbformat.read(NOTEBOOKS / f'{name}.ipynb', as_version=4)
+  nb.cells.append(nbformat.v4.new_code_cell(DUMP))
+  client = nbclient.NotebookClient(
+      nb, kernel_name='python3', timeout=300, record_timing=False,
+      resources={'metadata': {'path': str(tmp_path)}})
+  client.execute()  # raises CellExecutionError on the first failing cell
+  for cell in nb.cells:
+    for out in cell.get('outputs', []):
+      assert out.get('output_type') != 'error', out
+  text = ''.join(out.get('text', '') for out in nb.cells[-1].outputs)
+  line = next(x for x in text.splitlines() if x.startswith(MARKER))
+  return json.loads(line[len(MARKER):])
+
+
+def test_every_notebook_is_tested():
+  names = sorted(p.stem for p in NOTEBOOKS.glob('*.ipynb'))
+  assert names == sorted(
+      ['quickstart', 'implicit_constraint', 'least_squares',
+       'custom_geometry'])
+
+
+def test_notebooks_have_badge_and_colab_only_install():
+  for path in NOTEBOOKS.glob('*.ipynb'):
+    nb = nbformat.read(path, as_version=4)
+    assert 'colab.research.google.com/github/' in nb.cells[0].source
+    assert f'notebooks/{path.stem}.ipynb' in nb.cells[0].source
+    first_code = next(c for c in nb.cells if c.cell_type == 'code')
+    assert 'find_spec("google.colab")' in first_code.source
+    assert 'FANION_NOTEBOOK_SMALL' in first_code.source
+
+
+def test_quickstart(tmp_path, monkeypatch):
+  results = run_notebook('quickstart', tmp_path, monkeypatch)
+  assert results['chain_vs_alias'] == 0.0
+  assert results['lion_k_vs_optax_lion'] == 0.0
+  runs = results['runs']
+  assert set(runs) == {'adamw', 'muon', 'f_muon', 's_muon', 'fanion-8'}
+  for name, r in runs.items():
+    # Chance is ~0.14 (the most frequent class); every optimizer learns.
+    assert r['test_acc'] > 0.3, (name, r)
+
+
+def test_implicit_constraint(tmp_path, monkeypatch):
+  results = run_notebook('implicit_constraint', tmp_path, monkeypatch)
+  # With an exact LMO the ball norm never exceeds the guaranteed envelope
+  # 1 + (r0 - 1)(1 - lr*wd)^t (in units of the radius s/λ).
+  for name in ('muon', 'fanion-8', 'f_muon'):
+    assert results[name]['max_ratio_over_envelope'] <= 1 + 1e-3, name
+  assert results['muon']['first_step_inside'] is not None
+  assert results['muon']['max_ratio_after_entry'] <= 1 + 1e-3
+  # Without decay the spectral norm leaves the ball.
+  assert results['muon, λ=0']['final_sigma1'] > 2.0
+
+
+def test_least_squares(tmp_path, monkeypatch):
+  results = run_notebook('least_squares', tmp_path, monkeypatch)
+  for name in ('Muon', 'F-Muon', 'S-Muon', 'NSGD'):
+    assert results[name]['iters'] is not None, name
+  muon = results['Muon']['iters']
+  neon = results['Fanion-1']['iters']
+  assert neon is None or neon > muon
+
+
+def test_custom_geometry(tmp_path, monkeypatch):
+  results = run_notebook('custom_geometry', tmp_path, monkeypatch)
+  approximate = {'spectral (Polar Express, 5)', 'spectral (Newton–Schulz, 5)'}
+  checks = results['checks']
+  assert 'row_norm (custom class)' in checks
+  for name, gap in checks.items():
+    if name not in approximate:
+      assert abs(gap) < 1e-4, (name, gap)
+  for name, r in results['runs'].items():
+    assert r['test_loss'] < 2.3, (name, r)  # below log(10): it learned
