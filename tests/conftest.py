@@ -15,6 +15,6 @@ if _FLAG not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _FLAG
                              ).strip()
 
-# Run as a subprocess by test_multihost.py; importing it would change the
-# device count of this process.
-collect_ignore = ['multihost_worker.py']
+# Run as subprocesses by test_multihost.py and test_resume.py; importing
+# them would change this process's devices or build optimizers.
+collect_ignore = ['multihost_worker.py', 'resume_worker.py']
