@@ -21,6 +21,7 @@ import numpy as np
 from fanion_optax import _checks
 from fanion_optax import lmo as lmo_lib
 from fanion_optax import partition
+from fanion_optax import polar as polar_lib
 
 
 class ConstraintEntry(NamedTuple):
@@ -36,6 +37,15 @@ class ConstraintEntry(NamedTuple):
   """`1 − ε·λ`, the factor the excess shrinks by per step (if ε is given)."""
 
 
+def _polar_widening(lmo: lmo_lib.LMO) -> float:
+  """How far the LMO's polar approximation can overshoot the unit ball."""
+  if isinstance(lmo, lmo_lib.Spectral):
+    return polar_lib.singular_value_bound(lmo.method, lmo.steps)
+  if isinstance(lmo, lmo_lib.KyFan):
+    return polar_lib.singular_value_bound(lmo.polar, lmo.steps)
+  return 1.0
+
+
 def constraint_report(
     params: Any,
     lmo: lmo_lib.LMO,
@@ -45,7 +55,7 @@ def constraint_report(
     shape_scale: str | None = 'muon',
     dimension_numbers: Any = None,
     exclude: Any = (),
-    rtol: float = 1e-3,
+    rtol: float | None = None,
 ) -> dict[str, ConstraintEntry]:
   """Per matrix leaf: the weights' ball norm, the radius `s/λ`, and a verdict.
 
@@ -58,11 +68,11 @@ def constraint_report(
     shape_scale: as the optimizer's `shape_scale`.
     dimension_numbers: as the optimizer's `dimension_numbers`.
     exclude: as the optimizer's `exclude`.
-    rtol: relative slack. Exact LMOs keep the weights inside `s/λ` to
-      rounding; approximate polar factors have singular values above 1 and
-      widen the ball by as much: about 1.12 for Polar Express at 5 steps,
-      1.2 for Jordan's Newton–Schulz, 1 + 1e-6 for Polar Express at 8 steps
-      (use e.g. `rtol=0.15` for the 5-step defaults).
+    rtol: relative slack. Exact LMOs keep the weights inside `s/λ` up to
+      rounding, but approximate polar factors have singular values above 1
+      and widen the ball by as much (1.12 for Polar Express at 5 steps, 1.20
+      for Jordan's Newton–Schulz). Default: that widening
+      (`polar.singular_value_bound` of the LMO's polar method) plus 1e-3.
 
   Returns:
     `{path: ConstraintEntry}` for every matrix leaf.
@@ -80,6 +90,8 @@ def constraint_report(
   if not isinstance(lmo, lmo_lib.LMO):
     raise TypeError(f'lmo must be a fanion_optax.lmo.LMO, got {lmo!r}.')
   _checks.check_range('weight_decay', weight_decay, low=0.0)
+  if rtol is None:
+    rtol = _polar_widening(lmo) - 1.0 + 1e-3
   _checks.check_range('rtol', rtol, low=0.0)
   partition.check_shape_scale(shape_scale)
   if learning_rate is not None:

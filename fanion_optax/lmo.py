@@ -168,10 +168,23 @@ class KyFan(LMO):
     g = _checks.check_matrix('g', g)
     if not self.stateful or self._is_full_rank(g.shape):
       return self(g), state
-    direction, subspace = lowrank.top_k_polar(
-        g, self.k, method='subspace',
-        iters=lowrank.WARM_ITERS if self.iters is None else self.iters,
-        state=state, return_state=True, compute_dtype=self.compute_dtype)
+    def run(iters):
+      return lowrank.top_k_polar(
+          g, self.k, method='subspace', iters=iters, state=state,
+          return_state=True, compute_dtype=self.compute_dtype)
+
+    if self.iters is not None:
+      direction, subspace = run(self.iters)
+    else:
+      # The first step starts from `init`'s random subspace and needs the
+      # cold-start iteration count; later steps are warm.
+      start = lowrank.initial_subspace(g.shape, self.k)
+      if getattr(state, 'shape', None) != start.shape:
+        return run(lowrank.WARM_ITERS)  # top_k_polar names the bad state
+      cold = jnp.all(state == start)
+      direction, subspace = jax.lax.cond(
+          cold, lambda: run(lowrank.COLD_ITERS),
+          lambda: run(lowrank.WARM_ITERS))
     # A non-finite input must not poison the warm start for later steps.
     finite = jnp.all(jnp.isfinite(subspace), axis=(-2, -1), keepdims=True)
     return direction, jnp.where(finite, subspace, state)
@@ -332,7 +345,8 @@ def ky_fan(
     k: number of singular pairs, `>= 1`.
     method: `"subspace"` (warm-started block subspace iteration, stateful) or
       `"svd"` (exact, stateless).
-    iters: subspace iterations per call (default 2 warm, 10 cold).
+    iters: subspace iterations per call (default: 10 from the cold start —
+      a stateless call, or the first `update` after `init` — then 2).
     polar: polar method for matrices with `min(m, n) <= k`.
     steps: polar iteration count.
     compute_dtype: arithmetic dtype (at least float32 for QR/SVD).

@@ -58,15 +58,24 @@ class DimensionNumbers:
       ValueError: axes out of range, empty, or shared by both groups.
     """
     def normalize(name, axes):
-      axes = (axes,) if isinstance(axes, int) else tuple(axes)
+      if isinstance(axes, int):
+        axes = (axes,)
+      elif isinstance(axes, (tuple, list)):
+        axes = tuple(axes)
+      else:
+        raise TypeError(f'dimension_numbers.{name} must be an int or a'
+                        f' sequence of ints, got {axes!r}.')
       if not axes:
         raise ValueError(f'dimension_numbers.{name} must not be empty.')
       out = []
       for ax in axes:
-        if not isinstance(ax, int) or not -ndim <= ax < ndim:
+        if isinstance(ax, bool) or not isinstance(ax, int):
+          raise TypeError(
+              f'dimension_numbers.{name} must hold ints, got {axes!r}.')
+        if not -ndim <= ax < ndim:
           raise ValueError(
               f'dimension_numbers.{name}={axes!r} does not fit an array with'
-              f' {ndim} axes.')
+              f' {ndim} axes: axes must be in [-{ndim}, {ndim}).')
         out.append(ax % ndim)
       if len(set(out)) != len(out):
         raise ValueError(f'dimension_numbers.{name}={axes!r} repeats an axis.')
@@ -232,22 +241,21 @@ def resolve_dimension_numbers(
 
 
 def _as_patterns(exclude: Sequence[str] | str) -> tuple[str, ...]:
-  if isinstance(exclude, str):
-    return (exclude,)
-  exclude = tuple(exclude)
-  for p in exclude:
+  patterns = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+  for p in patterns:
     if not isinstance(p, str):
       raise TypeError(f'exclude must hold regex strings, got {p!r}.')
-    re.compile(p)
-  return exclude
+    try:
+      re.compile(p)
+    except re.error as err:
+      raise ValueError(
+          f'exclude holds an invalid regex {p!r}: {err}') from None
+  return patterns
 
 
 def check_exclude(exclude: Sequence[str] | str) -> tuple[str, ...]:
   """Validates `exclude` at construction time (raises on a bad regex)."""
-  try:
-    return _as_patterns(exclude)
-  except re.error as err:
-    raise ValueError(f'exclude holds an invalid regex: {err}') from None
+  return _as_patterns(exclude)
 
 
 def select(tree: Any, specs: Any, *, matrices: bool) -> Any:

@@ -353,7 +353,7 @@ def _all_finite(tree: Any) -> jax.Array:
 def skip_nonfinite(
     inner: optax.GradientTransformation,
 ) -> optax.GradientTransformationExtraArgs:
-  """Skips steps whose gradients or updates contain NaN or Inf.
+  """Skips steps whose gradients, updates or new state contain NaN or Inf.
 
   A skipped step returns zero updates (the parameters stay exactly as they
   were, weight decay included) and keeps `inner`'s state as it was; the
@@ -377,6 +377,9 @@ def skip_nonfinite(
     >>> updates["w"].tolist(), int(state.skipped)
     ([[0.0, 0.0], [0.0, 0.0]], 1)
   """
+  if not isinstance(inner, optax.GradientTransformation):
+    raise TypeError('inner must be an optax.GradientTransformation, got'
+                    f' {inner!r}.')
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
@@ -386,7 +389,10 @@ def skip_nonfinite(
   def update_fn(updates, state, params=None, **extra_args):
     new_updates, new_inner = inner.update(updates, state.inner_state, params,
                                           **extra_args)
-    ok = _all_finite(updates) & _all_finite(new_updates)
+    # The new state is checked too: finite gradients can still overflow a
+    # second moment to inf, which would freeze the leaf from then on.
+    ok = (_all_finite(updates) & _all_finite(new_updates)
+          & _all_finite(new_inner))
     keep = lambda new, old: jax.tree.map(
         lambda a, b: jnp.where(ok, a, b), new, old)
     out = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)),

@@ -5,6 +5,7 @@ spectral ball, `max(σ₁, Σσᵢ/k)` for the Ky Fan dual ball, `‖X‖_F`,
 `max|Xᵢⱼ|/η`, and the Schatten-q norm; radii against `s/λ` (SPEC §2.3).
 """
 
+import importlib
 import math
 
 import jax.numpy as jnp
@@ -14,6 +15,8 @@ import pytest
 import fanion_optax as fo
 from fanion_optax.diagnostics import ConstraintEntry
 from fanion_optax.partition import DimensionNumbers as DN
+
+_polar = importlib.import_module('fanion_optax.polar')
 
 
 def _rand(shape, seed, scale=1.0):
@@ -110,7 +113,14 @@ def test_norms_and_radii_match_closed_forms(lmo_name, shape_scale):
                                rtol=2e-5)
     radius = _shape_factor(*FANS[name], shape_scale) / lam
     assert entry.radius == pytest.approx(radius, rel=1e-12)
-    assert entry.holds == bool(np.all(entry.norm <= radius * (1 + 1e-3)))
+    # Default slack: the LMO's polar overshoot (SPEC §3.1) plus 1e-3.
+    lmo = LMOS[lmo_name]
+    method = getattr(lmo, 'method', None) if isinstance(
+        lmo, fo.lmo.Spectral) else getattr(lmo, 'polar', None)
+    widen = (_polar.singular_value_bound(method, lmo.steps)
+             if method is not None else 1.0)
+    assert entry.holds == bool(
+        np.all(entry.norm <= radius * (widen + 1e-3)))
     assert entry.contraction is None
 
 
@@ -137,7 +147,7 @@ def test_ky_fan_ball_norm_both_branches(sigma, k, expected):
 def test_holds_flag(sigma1, lam, holds):
   x = _with_spectrum(6, 6, (sigma1, 1.0, 0.5))
   entry = fo.diagnostics.constraint_report(
-      {'w': x}, fo.lmo.spectral(), weight_decay=lam)['w']
+      {'w': x}, fo.lmo.spectral(method='svd'), weight_decay=lam)['w']
   assert entry.radius == pytest.approx(2.0)
   np.testing.assert_allclose(entry.norm, [sigma1], rtol=1e-5)
   assert entry.holds is holds
@@ -145,7 +155,7 @@ def test_holds_flag(sigma1, lam, holds):
 
 def test_rtol_controls_slack():
   x = {'w': _with_spectrum(6, 6, (2.05, 1.0))}
-  lmo = fo.lmo.spectral()
+  lmo = fo.lmo.spectral(method='svd')
   assert not fo.diagnostics.constraint_report(
       x, lmo, weight_decay=0.5)['w'].holds
   assert fo.diagnostics.constraint_report(
@@ -223,3 +233,18 @@ def test_docstring_example():
   entry = report['w']
   assert (float(entry.norm[0]), entry.radius, entry.holds) == (3.0, 2.0,
                                                                False)
+
+
+def test_default_slack_follows_the_polar_overshoot():
+  # sigma_1 = 2.1 against radius 2: outside the exact ball, inside the ball
+  # widened by Polar Express 5 steps' overshoot (1.1236), not Jordan-free.
+  x = {'w': np.diag([2.1, 1.0, 0.5]).astype(np.float32)}
+  report = lambda lmo: fo.diagnostics.constraint_report(
+      x, lmo, weight_decay=0.5, shape_scale=None)['w'].holds
+  assert report(fo.lmo.spectral())
+  assert not report(fo.lmo.spectral(method='svd'))
+  assert not report(fo.lmo.spectral(steps=8))
+  assert _polar.singular_value_bound('polar_express', 5) == pytest.approx(
+      1.1236, abs=1e-3)
+  assert _polar.singular_value_bound('newton_schulz', 5) == pytest.approx(
+      1.2024, abs=1e-3)

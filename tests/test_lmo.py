@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fanion_optax import lmo
+from fanion_optax import lowrank
 from fanion_optax import polar
 
 WIDE = (12, 20)
@@ -574,3 +575,15 @@ def test_bad_inputs_at_call_time(name):
     oracle(np.ones(5, np.float32))
   with pytest.raises(TypeError, match='g must have a floating dtype'):
     oracle(np.ones(WIDE, np.int32))
+
+
+def test_ky_fan_first_update_after_init_uses_cold_iterations():
+  # From init's random subspace the first update must converge as far as a
+  # stateless (cold, 10-iteration) call; later updates are warm (2).
+  g = jax.random.normal(jax.random.PRNGKey(11), (48, 32))
+  oracle = lmo.ky_fan(4)
+  first, state = oracle.update(g, oracle.init(g.shape))
+  np.testing.assert_allclose(first, oracle(g), atol=1e-6)
+  second, _ = oracle.update(g, state)
+  warm = lowrank.top_k_polar(g, 4, state=state, iters=lowrank.WARM_ITERS)
+  np.testing.assert_allclose(second, warm, atol=1e-6)
