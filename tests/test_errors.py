@@ -14,7 +14,6 @@ raises the error it should (the row then moves to `CASES`).
 """
 
 import os
-import re
 from typing import Any
 from typing import NamedTuple
 
