@@ -22,6 +22,7 @@ from fanion_optax.partition import DimensionNumbers
 from fanion_optax.polar import coefficient_schedule
 from fanion_optax.polar import lmo_gap
 from fanion_optax.polar import polar
+from fanion_optax.polar import singular_value_bound
 from fanion_optax.transforms import add_decayed_weights
 from fanion_optax.transforms import scale_by_lion_k
 from fanion_optax.transforms import scale_by_lmo
@@ -52,6 +53,7 @@ __all__ = [
     'scale_by_lion_k',
     'scale_by_lmo',
     'scale_by_shape',
+    'singular_value_bound',
     'skip_nonfinite',
     'top_k_polar',
 ]
