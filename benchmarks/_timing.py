@@ -1,0 +1,223 @@
+"""Shared helpers for the benchmarks: side-by-side timing and JSON output.
+
+Timing design. Every candidate is a zero-argument callable that runs an
+already compiled (ahead-of-time) JAX function on fixed inputs. Candidates are
+warmed up first (one call each, blocked), then timed in interleaved rounds:
+each round calls every candidate once, round-robin, with the starting
+candidate rotated from one round to the next. Slow drifts of the machine
+(other processes, frequency scaling) therefore hit every candidate alike, and
+the median over rounds discards the outliers. Ratios are reported both as
+the ratio of medians and as the median of per-round (paired) ratios.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+Candidate = Callable[[], Any]
+
+
+def compile_ahead(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+  """Jits, lowers and compiles `fn` for `args`; returns it and the seconds.
+
+  The compiled executable accepts only arguments of the same shapes and
+  dtypes, so no compilation can happen later, inside a timed region.
+  """
+  start = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+def time_call(fn: Candidate) -> tuple[float, Any]:
+  """Seconds for one call of `fn` (output blocked on) and the output."""
+  start = time.perf_counter()
+  out = jax.block_until_ready(fn())
+  return time.perf_counter() - start, out
+
+
+@dataclasses.dataclass
+class Timing:
+  """The timed repetitions of one candidate."""
+
+  name: str
+  times: list[float] = dataclasses.field(default_factory=list)
+  compile_s: float | None = None
+
+  @property
+  def median(self) -> float:
+    return statistics.median(self.times)
+
+  @property
+  def min(self) -> float:
+    return min(self.times)
+
+
+def run_round(candidates: Mapping[str, Candidate],
+              order: Sequence[str] | None = None) -> dict[str, float]:
+  """Calls every candidate once, in `order`; returns the seconds of each."""
+  order = list(candidates) if order is None else list(order)
+  return {name: time_call(candidates[name])[0] for name in order}
+
+
+def time_side_by_side(
+    candidates: Mapping[str, Candidate],
+    *,
+    reps: int,
+    warmup: int = 1,
+    compile_s: Mapping[str, float] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Timing]:
+  """Times the candidates in `reps` interleaved, rotated rounds.
+
+  Args:
+    candidates: name -> zero-argument callable (already compiled work).
+    reps: number of timed rounds.
+    warmup: untimed calls of each candidate before the first round.
+    compile_s: optional compile seconds per name, stored in the result.
+    progress: optional callback, given one line per round.
+
+  Returns:
+    name -> `Timing` with `reps` samples each.
+  """
+  names = list(candidates)
+  for _ in range(warmup):
+    for name in names:
+      jax.block_until_ready(candidates[name]())
+  timings = {
+      name: Timing(name, compile_s=(compile_s or {}).get(name))
+      for name in names}
+  for r in range(reps):
+    shift = r % len(names)
+    order = names[shift:] + names[:shift]
+    for name, seconds in run_round(candidates, order).items():
+      timings[name].times.append(seconds)
+    if progress is not None:
+      progress(f'round {r + 1}/{reps}')
+  return timings
+
+
+def summarize(timings: Mapping[str, Timing],
+              baseline: str | None = None) -> dict[str, dict[str, Any]]:
+  """Median/min seconds per candidate and ratios to `baseline`.
+
+  `ratio` is median(candidate) / median(baseline); `paired_ratio` is the
+  median over rounds of candidate / baseline within the same round (the
+  rounds are interleaved, so this cancels drift between rounds).
+  """
+  out = {}
+  base = timings[baseline] if baseline is not None else None
+  for name, timing in timings.items():
+    row: dict[str, Any] = {
+        'median_s': timing.median,
+        'min_s': timing.min,
+        'times_s': list(timing.times),
+        'compile_s': timing.compile_s,
+    }
+    if base is not None:
+      row['ratio'] = timing.median / base.median
+      pairs = [t / b for t, b in zip(timing.times, base.times)]
+      row['paired_ratio'] = statistics.median(pairs) if pairs else None
+    out[name] = row
+  return out
+
+
+def _git_commit() -> str | None:
+  try:
+    return subprocess.run(
+        ['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
+        check=True, cwd=os.path.dirname(os.path.abspath(__file__)),
+        timeout=10).stdout.strip() or None
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def _cpu_model() -> str | None:
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or None
+
+
+def load_average() -> list[float] | None:
+  """The 1/5/15-minute load averages (other work competing for the CPU)."""
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except (AttributeError, OSError):
+    return None
+
+
+def metadata(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  """Where and how a benchmark ran: date, versions, device, CPU, command."""
+  import jaxlib
+  import optax
+
+  argv = sys.argv if argv is None else argv
+  device = jax.devices()[0]
+  try:
+    affinity = len(os.sched_getaffinity(0))
+  except AttributeError:
+    affinity = None
+  try:
+    import fanion_optax
+    fanion_version = fanion_optax.__version__
+  except (ImportError, AttributeError):
+    fanion_version = None
+  return {
+      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec='seconds'),
+      'jax': jax.__version__,
+      'jaxlib': getattr(jaxlib, '__version__', None),
+      'optax': optax.__version__,
+      'numpy': np.__version__,
+      'fanion_optax': fanion_version,
+      'git_commit': _git_commit(),
+      'platform': device.platform,
+      'device_kind': device.device_kind,
+      'device_count': jax.device_count(),
+      'cpu_count': os.cpu_count(),
+      'cpu_affinity': affinity,
+      'cpu_model': _cpu_model(),
+      'load_average': load_average(),
+      'machine': platform.machine(),
+      'python': platform.python_version(),
+      'command': shlex.join([os.path.basename(sys.executable), *argv]),
+  }
+
+
+def _to_json(value: Any) -> Any:
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, (np.ndarray, jax.Array)):
+    return np.asarray(value).tolist()
+  raise TypeError(f'not JSON serialisable: {type(value).__name__}')
+
+
+def write_json(path: str, payload: Mapping[str, Any],
+               argv: Sequence[str] | None = None) -> dict[str, Any]:
+  """Writes `{"metadata": ..., **payload}` to `path` (dirs created)."""
+  document = {'metadata': metadata(argv), **payload}
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(document, f, indent=2, default=_to_json)
+    f.write('\n')
+  return document
