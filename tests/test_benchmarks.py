@@ -1,0 +1,31 @@
+"""Every benchmark runs in --quick mode and writes its JSON, plot and report."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('name', ['lmo', 'step', 'distributed'])
+def test_benchmark_quick_mode(name, tmp_path):
+  env = dict(os.environ, OPENBLAS_NUM_THREADS='1')
+  subprocess.run([sys.executable, '-m', f'benchmarks.{name}', '--quick',
+                  '--out', str(tmp_path)], cwd=ROOT, env=env, check=True,
+                 timeout=600, stdout=subprocess.DEVNULL)
+  with open(tmp_path / f'{name}.json', encoding='utf-8') as f:
+    result = json.load(f)
+  assert result['metadata']['jax']
+  assert result['targets'], 'each benchmark states its targets'
+  assert all(isinstance(v, bool) for v in result['targets'].values())
+  assert os.path.getsize(tmp_path / f'{name}.png') > 1000
+
+
+def test_report_renders_committed_results(tmp_path):
+  from benchmarks import report
+  text = report.main(['--out', str(tmp_path / 'README.md')])
+  assert '## lmo' in text
+  assert '| `ns_vs_optax_ratio_le_1.05` |' in text
