@@ -167,24 +167,24 @@ def eval_step(model, x, y):
 def train(name: str, args: argparse.Namespace, train_data: np.ndarray,
           val_data: np.ndarray, progress) -> dict[str, Any]:
   """Trains one model; returns its loss curves and timings."""
-  model = CharTransformer(d_model=args.d_model, layers=args.layers,
-                          heads=args.heads, context=args.context,
-                          rngs=nnx.Rngs(args.seed))
-  optimizer = nnx.Optimizer(model, make_optimizer(name, args.steps),
-                            wrt=nnx.Param)
-  data = batches(train_data, args.batch, args.context, args.seed)
+  # One transformation object for both runs: nnx.jit keys its cache on it.
+  tx = make_optimizer(name, args.steps)
+
+  def fresh():
+    model = CharTransformer(d_model=args.d_model, layers=args.layers,
+                            heads=args.heads, context=args.context,
+                            rngs=nnx.Rngs(args.seed))
+    return (model, nnx.Optimizer(model, tx, wrt=nnx.Param),
+            batches(train_data, args.batch, args.context, args.seed))
+
   val_batches = list(zip(range(args.eval_batches),
                          batches(val_data, args.batch, args.context, 1234)))
-  x, y = next(data)
   # Compile both steps on a throw-away copy so timings exclude compilation.
+  model, optimizer, data = fresh()
+  x, y = next(data)
   train_step(model, optimizer, x, y).block_until_ready()
   eval_step(model, x, y).block_until_ready()
-  model = CharTransformer(d_model=args.d_model, layers=args.layers,
-                          heads=args.heads, context=args.context,
-                          rngs=nnx.Rngs(args.seed))
-  optimizer = nnx.Optimizer(model, make_optimizer(name, args.steps),
-                            wrt=nnx.Param)
-  data = batches(train_data, args.batch, args.context, args.seed)
+  model, optimizer, data = fresh()
   curve, val_curve, seconds = [], [], 0.0
   for step in range(1, args.steps + 1):
     x, y = next(data)
