@@ -24,8 +24,8 @@ same-shape matrices (N = 8, 16 and the uneven 11; shapes 256x256 and
   jit_explicit[_split]  the same two with `AxisType.Explicit`
 
 and `fo.fanion(0.02, k=16)` in the single and split modes (its T is its own
-single-device count; XLA counts both branches of its cold/warm-start
-`lax.cond`). It reports per-device FLOPs divided by T/8 (1.0 is a perfect
+single-device count; for the cold/warm-start `lax.cond` of its first step
+XLA's cost analysis reports the costlier, cold branch). It reports per-device FLOPs divided by T/8 (1.0 is a perfect
 split; the target is <= 1.3 for the split modes with >= 8 same-shape
 matrices; an uneven N cannot beat `ceil(N/8)*8/N` with whole matrices), and
 the wall-clock ms/step of every mode, timed interleaved. The 8 devices are
@@ -48,6 +48,9 @@ _DEVICE_FLAG = '--xla_force_host_platform_device_count'
 if _DEVICE_FLAG not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
                              + f' {_DEVICE_FLAG}={N_DEVICES}').strip()
+# jaxlib's CPU LAPACK kernels come from SciPy's OpenBLAS; its threads nested
+# inside XLA's pool oversubscribe the cores (see benchmarks/step.py).
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
 import argparse  # noqa: E402
 import math  # noqa: E402
@@ -491,10 +494,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           'counts': list(counts),
           'reps': args.reps,
           'fanion_timed': time_lowrank,
+          'openblas_num_threads': os.environ.get('OPENBLAS_NUM_THREADS'),
           'lapack_deadlock_risk_detected': risk,
           'warmup': 1,
           'dtype': 'float32',
           'optimizers': {k: v[0] for k, v in OPTIMIZERS.items()},
+          'fanion_flops_note': (
+              "KyFan.update picks 10 (cold) or 2 (warm) subspace iterations"
+              " with lax.cond; XLA's cost analysis reports the costlier"
+              ' branch, so the fanion FLOPs are those of the cold first'
+              ' step (about 3.5x a warm step at 256x256, k=16).'),
           'modes': MODE_LABELS,
           'mesh': (f"jax.make_mesh(({N_DEVICES},), ('{AXIS}',),"
                    ' axis_types=(Auto|Explicit,)); every leaf sharded along'

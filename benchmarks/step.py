@@ -28,25 +28,33 @@ Results go to `<out>/step.json` and `<out>/step.png`.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
-import re
-import statistics
-import sys
-import time
-from collections.abc import Callable
-from collections.abc import Sequence
-from typing import Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from optax import contrib
+# jaxlib's CPU LAPACK kernels (the QR/SVD of the Fanion subspace iteration)
+# come from SciPy's OpenBLAS and already split a batch over XLA's thread pool;
+# OpenBLAS threads nested inside oversubscribe the cores (about 13x slower
+# QR on 2 busy cores). XLA's own matmuls do not use OpenBLAS.
+OPENBLAS_THREADS_DEFAULT = '1'
+os.environ.setdefault('OPENBLAS_NUM_THREADS', OPENBLAS_THREADS_DEFAULT)
 
-import fanion_optax as fo
-from benchmarks import _timing
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import re  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from optax import contrib  # noqa: E402
+
+import fanion_optax as fo  # noqa: E402
+from benchmarks import _timing  # noqa: E402
 
 EXCLUDE = (r'wte', r'wpe', r'head')
 BASELINE = 'optax.adamw'
@@ -57,16 +65,6 @@ FULL_REPS, QUICK_REPS = 3, 2
 LOWRANK = r'fanion|neon'
 """The candidates whose LMO calls batched LAPACK kernels (QR, SVD) in the
 warm-started subspace iteration."""
-LAPACK_DEADLOCK = (
-    'jaxlib < 0.11 on CPU runs batched LAPACK custom calls (QR, SVD) by'
-    ' splitting the batch over the XLA intra-op thread pool and blocking a'
-    ' pool thread until the chunks finish (jax::ParallelBatchMap); when the'
-    ' thunk executor runs as many independent batched LAPACK calls at once as'
-    ' the pool has threads (here: the 4 shape groups of the GPT-2 tree, 2'
-    ' threads on a 2-core host) every thread waits and the step never'
-    ' finishes. Pure-JAX reproducer: four jnp.linalg.qr calls on (12, n, 64)'
-    ' batches in one jit.')
-
 
 @dataclasses.dataclass(frozen=True)
 class Model:
@@ -190,27 +188,6 @@ def candidates(k: int) -> dict[str, tuple[str, Callable[[], Any]]]:
           lambda: fo.lion_k(3e-4, fo.lmo.sign(), shape_scale=None,
                             exclude=ex)),
   }
-
-
-def lapack_deadlock_risk(model: Model) -> bool:
-  """Whether the subspace Fanions can deadlock here (see LAPACK_DEADLOCK).
-
-  True on the CPU backend with jaxlib < 0.11, stacks of >= 2 same-shape
-  matrices and at most 4 CPUs in this process's affinity (the pool size).
-  """
-  import jaxlib
-
-  if jax.devices()[0].platform != 'cpu' or model.layers < 2:
-    return False
-  try:
-    version = tuple(int(v) for v in jaxlib.__version__.split('.')[:2])
-  except ValueError:
-    return False
-  try:
-    cpus = len(os.sched_getaffinity(0))
-  except AttributeError:
-    cpus = os.cpu_count() or 1
-  return version < (0, 11) and cpus <= 4
 
 
 def make_step(tx: optax.GradientTransformation):
@@ -382,12 +359,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--skip', default=None, metavar='REGEX',
                       help='leave out the candidates whose name matches'
                       ' REGEX (searched)')
-  parser.add_argument('--lowrank', choices=('auto', 'yes', 'no'),
-                      default='auto',
-                      help='time the subspace Fanion/Neon candidates: "auto"'
-                      ' (default) leaves them out, with a note in the JSON,'
-                      ' where they can deadlock (CPU, jaxlib < 0.11, <= 4'
-                      ' CPUs, full-size tree; quick mode keeps them)')
   parser.add_argument('--out', default=os.path.join('benchmarks', 'results'),
                       help='results directory (default benchmarks/results)')
   args = parser.parse_args(argv)
@@ -428,14 +399,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if args.skip:
     for name in [n for n in specs if re.search(args.skip, n)]:
       skipped[name] = f'--skip {args.skip!r}'
-  lowrank_risk = (not args.quick) and lapack_deadlock_risk(model)
-  if args.lowrank == 'no' or (args.lowrank == 'auto' and lowrank_risk):
-    reason = ('--lowrank no' if args.lowrank == 'no' else
-              'left out by --lowrank auto: ' + LAPACK_DEADLOCK)
-    for name in [n for n in specs if re.search(LOWRANK, n)]:
-      skipped.setdefault(name, reason)
   for name in skipped:
-    _log(f'  skipping {name}: {skipped[name][:100]}')
+    _log(f'  skipping {name}: {skipped[name]}')
   labels = {name: spec[0] for name, spec in specs.items()}
   specs = {n: spec for n, spec in specs.items() if n not in skipped}
   for name in (BASELINE, OPTAX_MUON, OURS_NS):
@@ -492,8 +457,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           'params': counts,
           'excluded_to_fallback': list(EXCLUDE),
           'fanion_k': args.k,
-          'lowrank': args.lowrank,
-          'lapack_deadlock_risk_detected': lowrank_risk,
+          'openblas_num_threads': os.environ.get('OPENBLAS_NUM_THREADS'),
           'reps': args.reps,
           'warmup': 1,
           'dtype': 'float32',
