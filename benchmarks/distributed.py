@@ -103,12 +103,16 @@ OPTIMIZERS: dict[str, tuple[str, Callable[..., Any], tuple[str, ...]]] = {
 
 
 LAPACK_DEADLOCK = (
-    'not timed: on CPU with jaxlib < 0.11 batched LAPACK custom calls (the QR'
-    ' and SVD of the Fanion subspace iteration) split their batch over the'
-    ' XLA intra-op thread pool and block a pool thread until it finishes'
-    ' (jax::ParallelBatchMap); several such calls at once (shape groups,'
-    ' virtual devices) can occupy every pool thread and deadlock. FLOPs come'
-    ' from compilation alone and are unaffected.')
+    'not timed: on CPU with jaxlib < 0.11 a batched LAPACK custom call (the QR'
+    ' and SVD of the Fanion subspace iteration) splits its batch over the XLA'
+    ' intra-op thread pool and blocks its thread until the chunks finish'
+    ' (jax::ParallelBatchMap). fanion_optax serialises the shape groups of one'
+    ' program, but the 8 virtual devices run their programs at once: e.g.'
+    ' fo.fanion(0.02, 16, axis_name=...) under jax.pmap with 16 matrices of'
+    ' 512x1024 (2 per device) deadlocks on its first call on a 2-core host'
+    ' (8 threads parked in ParallelBatchMap, no CPU progress), while 8'
+    ' matrices (1 per device, no split) run. FLOPs come from compilation'
+    ' alone and are unaffected.')
 
 
 def lapack_deadlock_risk() -> bool:

@@ -23,6 +23,10 @@ process, in interleaved rotated rounds after one warm-up call each (see
 `fo.muon(polar="newton_schulz", ns_steps=5)` (the same arithmetic as
 `optax.contrib.muon`) to `optax.contrib.muon` with the target <= 1.05.
 
+The full tree takes about 9 minutes on 2 CPU cores (a Muon step is ~16 s
+there; 3 rounds by default); `--layers N` shrinks the tree, `--skip REGEX`
+leaves candidates out. `OPENBLAS_NUM_THREADS` defaults to 1 (see below).
+
 Results go to `<out>/step.json` and `<out>/step.png`.
 """
 
@@ -471,7 +475,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                      ' outside the timed region, to bound memory, except the'
                      ' warm-started Fanion/Neon candidates, timed on the'
                      ' state after their warm-up step (warm branch)'),
-          'flops': "XLA's compiled cost_analysis()['flops'] of the step",
+          'flops': ("XLA's compiled cost_analysis()['flops'] of the step;"
+                    ' for Fanion/Neon it counts the costlier branch of'
+                    " KyFan.update's cold/warm lax.cond (the 10-iteration"
+                    ' cold start), while the timing is of warm steps'),
       },
       'candidates': rows,
       'skipped': {name: {'label': labels[name], 'reason': reason}
