@@ -33,6 +33,28 @@ import numpy as np
 Candidate = Callable[[], Any]
 
 
+def log(msg: str) -> None:
+  """Prints one progress line at once (benchmarks run for minutes)."""
+  print(msg, flush=True)
+
+
+def progress_bar(total: int, desc: str, unit: str = 'it'):
+  """A tqdm progress bar on stderr; `bar.update()` after each unit of work.
+
+  Use as a context manager. `bar.write(msg)` prints above the bar.
+  """
+  from tqdm.auto import tqdm
+  return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True,
+              mininterval=1.0)
+
+
+def fmt(x: Any) -> str:
+  """Three significant digits for floats, `str` otherwise (README tables)."""
+  if isinstance(x, float):
+    return f'{x:.3g}'
+  return str(x)
+
+
 def compile_ahead(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
   """Jits, lowers and compiles `fn` for `args`; returns it and the seconds.
 

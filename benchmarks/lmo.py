@@ -636,5 +636,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   return document
 
 
+def markdown(d: dict[str, Any]) -> str:
+  """The tables of `benchmarks/README.md` for one result document."""
+  methods = d['methods']
+  lines = ['| size | method | median ms | ratio to optax NS | gap (Gaussian) |'
+           ' gap (decaying) |', '|---|---|---|---|---|---|']
+  for entry in d['sizes']:
+    for key, r in entry['methods'].items():
+      lines.append(
+          f'| {entry["size"]} | {methods.get(key, key)} |'
+          f' {1e3 * r["median_s"]:.2f} | {_timing.fmt(r.get("ratio"))} |'
+          f' {_timing.fmt(r.get("lmo_gap_gaussian", "—"))} |'
+          f' {_timing.fmt(r.get("lmo_gap_decaying", "—"))} |')
+  drift = d.get('drift', {})
+  caps = [f'{r["capture"]:.5f}' for r in drift.get('records', [])]
+  text = '\n'.join(lines) + '\n'
+  if caps:
+    text += (f'\nWarm-started top-{drift.get("k")} on a drifting'
+             f' {drift.get("shape")} sequence, Ky Fan-k captured per step:'
+             f' {", ".join(caps)}.\n\nDesign: {drift.get("design", "")}\n')
+  return text
+
+
 if __name__ == '__main__':
   main()

@@ -1,17 +1,27 @@
 """Writes benchmarks/README.md from the JSON results (never typed by hand).
 
     python -m benchmarks.report            # after running the benchmarks
+
+Every module `benchmarks/<name>.py` (not starting with `_`) is a benchmark:
+its docstring's first line describes it, `python -m benchmarks.<name>` runs
+it and writes `results/<name>.json` and `results/<name>.png`, and its
+`markdown(document)` renders the tables shown here.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import pkgutil
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, 'results')
+ORDER = ('lmo', 'step', 'scaling', 'distributed', 'quadratic', 'charlm',
+         'cnn', 'gpu')
+"""Section order in the README; benchmarks not listed come last."""
 
 INTRO = """\
 # Benchmarks
@@ -21,15 +31,18 @@ files in `results/`; rerun a benchmark, then the report, to refresh them.
 Timings are medians of interleaved repetitions measured side by side in one
 process (so machine noise hits every candidate alike) and are quoted as
 ratios; absolute milliseconds depend on the machine and its load, recorded
-with each result. Each benchmark takes `--quick` (a few seconds; run by
-`tests/test_benchmarks.py` so the scripts cannot rot) and `--out DIR`.
-
-| benchmark | command | what it measures |
-|---|---|---|
-| LMO kernels | `python -m benchmarks.lmo` | polar-factor and top-k time and LMO gap vs `optax.contrib.muon`'s Newton–Schulz |
-| optimizer step | `python -m benchmarks.step` | one jitted step on a GPT-2-small-shaped tree, ratio to `optax.adamw` |
-| distributed | `python -m benchmarks.distributed` | per-device FLOPs (XLA cost analysis) with and without the work split, 8 emulated CPU devices |
+with each result. Each benchmark shows a progress bar, takes `--quick` (a few
+seconds; run by `tests/test_benchmarks.py` so the scripts cannot rot) and
+`--out DIR`, and states pass/fail targets in its JSON.
 """
+
+
+def benchmark_names() -> list[str]:
+  """The benchmark modules of this package, in README order."""
+  found = [m.name for m in pkgutil.iter_modules([HERE])
+           if not m.name.startswith('_') and m.name != 'report']
+  rank = {name: i for i, name in enumerate(ORDER)}
+  return sorted(found, key=lambda name: (rank.get(name, len(ORDER)), name))
 
 
 def _meta(d: dict[str, Any]) -> str:
@@ -49,102 +62,39 @@ def _targets(d: dict[str, Any]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def _fmt(x: Any) -> str:
-  if isinstance(x, float):
-    return f'{x:.3g}'
-  return str(x)
-
-
-def _lmo_table(d: dict[str, Any]) -> str:
-  methods = d['methods']
-  lines = ['| size | method | median ms | ratio to optax NS | gap (Gaussian) |'
-           ' gap (decaying) |', '|---|---|---|---|---|---|']
-  for entry in d['sizes']:
-    for key, r in entry['methods'].items():
-      lines.append(
-          f'| {entry["size"]} | {methods.get(key, key)} |'
-          f' {1e3 * r["median_s"]:.2f} | {_fmt(r.get("ratio"))} |'
-          f' {_fmt(r.get("lmo_gap_gaussian", "—"))} |'
-          f' {_fmt(r.get("lmo_gap_decaying", "—"))} |')
-  drift = d.get('drift', {})
-  caps = [f'{r["capture"]:.5f}' for r in drift.get('records', [])]
-  text = '\n'.join(lines) + '\n'
-  if caps:
-    text += (f'\nWarm-started top-{drift.get("k")} on a drifting'
-             f' {drift.get("shape")} sequence, Ky Fan-k captured per step:'
-             f' {", ".join(caps)}.\n\nDesign: {drift.get("design", "")}\n')
-  return text
-
-
-def _step_table(d: dict[str, Any]) -> str:
-  lines = ['| optimizer | ms/step | ratio to optax.adamw | GFLOP/step |',
-           '|---|---|---|---|']
-  for key, r in d['candidates'].items():
-    flops = r.get('flops')
-    lines.append(f'| {r.get("label", key)} | {r["ms_per_step"]:.0f} |'
-                 f' {r["ratio"]:.2f} |'
-                 f' {"—" if flops is None else f"{flops / 1e9:.0f}"} |')
-  model = d.get('config', {}).get('model_description', '')
-  return f'Parameter tree: {model}.\n\n' + '\n'.join(lines) + '\n'
-
-
-def _distributed_table(d: dict[str, Any]) -> str:
-  modes = d.get('config', {}).get('modes', {})
-  lines = ['| case | optimizer | mode | GFLOP/device | ÷ (single/8) |',
-           '|---|---|---|---|---|']
-  for case in d['cases']:
-    for opt, o in case['optimizers'].items():
-      for mode, m in o['modes'].items():
-        lines.append(f'| {case["name"]} | {opt} | {modes.get(mode, mode)} |'
-                     f' {m["flops_per_device"] / 1e9:.2f} |'
-                     f' {m["ratio_to_ideal"]:.2f} |')
-  note = d.get('config', {}).get('device_note', '')
-  return (note + ' With N matrices on n devices each device orthogonalises'
-          ' ceil(N/n) whole matrices, so an uneven N = 11 on 8 devices costs'
-          ' 2/1.375 = 1.45× the ideal by construction.\n\n'
-          + '\n'.join(lines) + '\n')
-
-
-def _generic_table(rows: list[dict[str, Any]]) -> str:
-  columns = [c for c in rows[0] if not isinstance(rows[0][c], (dict, list))]
-  lines = ['| ' + ' | '.join(columns) + ' |',
-           '|' + '---|' * len(columns)]
-  for row in rows:
-    lines.append('| ' + ' | '.join(_fmt(row.get(c, '')) for c in columns)
-                 + ' |')
+def _index(names: list[str]) -> str:
+  lines = ['| benchmark | command | what it measures |', '|---|---|---|']
+  for name in names:
+    doc = (importlib.import_module(f'benchmarks.{name}').__doc__ or '')
+    summary = doc.strip().splitlines()[0] if doc.strip() else ''
+    lines.append(f'| [{name}](#{name}) | `python -m benchmarks.{name}` |'
+                 f' {summary} |')
   return '\n'.join(lines) + '\n'
 
 
-def _section(name: str, d: dict[str, Any]) -> str:
+def _section(name: str, d: dict[str, Any], results_dir: str) -> str:
+  module = importlib.import_module(f'benchmarks.{name}')
   out = [f'## {name}\n', f'Measured with {_meta(d)}.\n']
   if d.get('config', {}).get('quick') or d.get('quick'):
     out.append('**Quick mode** (smoke-test sizes): not representative.\n')
   out.append(_targets(d))
-  if name == 'lmo':
-    out.append(_lmo_table(d))
-  elif name == 'step' and 'candidates' in d:
-    out.append(_step_table(d))
-  elif name == 'distributed' and 'cases' in d:
-    out.append(_distributed_table(d))
-  else:
-    for key in ('rows', 'results', 'records', 'table'):
-      rows = d.get(key)
-      if isinstance(rows, list) and rows and isinstance(rows[0], dict):
-        out.append(_generic_table(rows))
-        break
-  png = os.path.join(RESULTS, f'{name}.png')
-  if os.path.exists(png):
+  out.append(module.markdown(d))
+  if os.path.exists(os.path.join(results_dir, f'{name}.png')):
     out.append(f'\n![{name}](results/{name}.png)\n')
   return '\n'.join(part for part in out if part)
 
 
 def render(results_dir: str = RESULTS) -> str:
-  parts = [INTRO]
-  for name in ('lmo', 'step', 'distributed'):
+  names = benchmark_names()
+  parts = [INTRO, _index(names)]
+  for name in names:
     path = os.path.join(results_dir, f'{name}.json')
     if os.path.exists(path):
       with open(path, encoding='utf-8') as f:
-        parts.append(_section(name, json.load(f)))
+        parts.append(_section(name, json.load(f), results_dir))
+    else:
+      parts.append(f'## {name}\n\nNo committed results yet: run'
+                   f' `python -m benchmarks.{name}`.\n')
   return '\n'.join(parts)
 
 

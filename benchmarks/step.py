@@ -500,5 +500,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   return document
 
 
+def markdown(d: dict[str, Any]) -> str:
+  """The tables of `benchmarks/README.md` for one result document."""
+  lines = ['| optimizer | ms/step | ratio to optax.adamw | GFLOP/step |',
+           '|---|---|---|---|']
+  for key, r in d['candidates'].items():
+    flops = r.get('flops')
+    lines.append(f'| {r.get("label", key)} | {r["ms_per_step"]:.0f} |'
+                 f' {r["ratio"]:.2f} |'
+                 f' {"—" if flops is None else f"{flops / 1e9:.0f}"} |')
+  model = d.get('config', {}).get('model_description', '')
+  return f'Parameter tree: {model}.\n\n' + '\n'.join(lines) + '\n'
+
+
 if __name__ == '__main__':
   main()

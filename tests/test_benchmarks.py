@@ -7,10 +7,12 @@ import sys
 
 import pytest
 
+from benchmarks import report
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize('name', ['lmo', 'step', 'distributed'])
+@pytest.mark.parametrize('name', report.benchmark_names())
 def test_benchmark_quick_mode(name, tmp_path):
   env = dict(os.environ, OPENBLAS_NUM_THREADS='1')
   subprocess.run([sys.executable, '-m', f'benchmarks.{name}', '--quick',
@@ -22,10 +24,13 @@ def test_benchmark_quick_mode(name, tmp_path):
   assert result['targets'], 'each benchmark states its targets'
   assert all(isinstance(v, bool) for v in result['targets'].values())
   assert os.path.getsize(tmp_path / f'{name}.png') > 1000
+  assert report.benchmark_names().count(name) == 1
+  from importlib import import_module
+  table = import_module(f'benchmarks.{name}').markdown(result)
+  assert table.count('|') > 10, 'the README section has a table'
 
 
 def test_report_renders_committed_results(tmp_path):
-  from benchmarks import report
   text = report.main(['--out', str(tmp_path / 'README.md')])
   assert '## lmo' in text
   assert '| `ns_vs_optax_ratio_le_1.05` |' in text
