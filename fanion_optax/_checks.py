@@ -85,14 +85,38 @@ def check_matrix(name: str, x: Any) -> jax.Array:
   return x
 
 
+def check_float_dtype(name: str, value: Any) -> jnp.dtype:
+  """Returns `value` as a floating `jnp.dtype`, or raises naming `name`."""
+  try:
+    dtype = jnp.dtype(value)
+  except TypeError:
+    raise TypeError(f'{name} must be a floating dtype such as jnp.float32 or'
+                    f' "bfloat16", got {value!r}.') from None
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f'{name} must be a floating dtype such as jnp.float32 or'
+                    f' "bfloat16", got {dtype}.')
+  return dtype
+
+
+def check_bool(name: str, value: Any) -> None:
+  """Raises `TypeError` unless `value` is a Python bool."""
+  if not isinstance(value, bool):
+    raise TypeError(f'{name} must be a bool, got {value!r}.')
+
+
+def check_bool_tree(name: str, tree: Any) -> None:
+  """Raises `TypeError` unless every leaf of `tree` is a bool (or None)."""
+  bad = [leaf for leaf in jax.tree.leaves(tree)
+         if not isinstance(leaf, (bool, np.bool_))]
+  if bad:
+    raise TypeError(f'{name} must be a tree of bools (or a callable returning'
+                    f' one), got a leaf {bad[0]!r}.')
+
+
 def resolve_compute_dtype(dtype: Any, compute_dtype: Any) -> jnp.dtype:
   """The dtype to compute in: `compute_dtype`, else at least float32."""
   if compute_dtype is not None:
-    compute_dtype = jnp.dtype(compute_dtype)
-    if not jnp.issubdtype(compute_dtype, jnp.floating):
-      raise TypeError(
-          f'compute_dtype must be a floating dtype, got {compute_dtype}.')
-    return compute_dtype
+    return check_float_dtype('compute_dtype', compute_dtype)
   return jnp.promote_types(dtype, jnp.float32)
 
 

@@ -133,6 +133,7 @@ def _sign(sign_scale):
 
 
 def _check_alpha(alpha: Any, allow_extrapolation: bool) -> None:
+  _checks.check_bool('allow_extrapolation', allow_extrapolation)
   if not allow_extrapolation:
     _checks.check_range('alpha', alpha, low=0.0, high=1.0)
 
@@ -163,7 +164,15 @@ def _build(
   _checks.check_range('learning_rate', learning_rate, low=0.0)
   _checks.check_range('weight_decay', weight_decay, low=0.0)
   partition.check_shape_scale(shape_scale)
+  if mu_dtype is not None:
+    _checks.check_float_dtype('mu_dtype', mu_dtype)
+  if weight_decay_mask is not None and not callable(weight_decay_mask):
+    _checks.check_bool_tree('weight_decay_mask', weight_decay_mask)
   if fallback is None:
+    for name, beta in (('fallback_b1', fallback_b1),
+                       ('fallback_b2', fallback_b2)):
+      _checks.check_range(name, beta, low=0.0, high=1.0, high_inclusive=False)
+    _checks.check_range('fallback_eps', fallback_eps, low=0.0)
     fb_lr = learning_rate if fallback_learning_rate is None else (
         fallback_learning_rate)
     _checks.check_range('fallback_learning_rate', fb_lr, low=0.0)

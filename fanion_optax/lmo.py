@@ -321,6 +321,7 @@ def spectral(
   """
   polar_lib.coefficient_schedule(method, steps)
   _checks.resolve_compute_dtype(jnp.float32, compute_dtype)
+  _checks.check_range('eps', eps, low=0.0)
   return Spectral(method=method, steps=steps, compute_dtype=compute_dtype,
                   eps=eps)
 
@@ -366,6 +367,7 @@ def ky_fan(
     _checks.check_int('iters', iters, minimum=0)
   polar_lib.coefficient_schedule(polar, steps)
   _checks.resolve_compute_dtype(jnp.float32, compute_dtype)
+  _checks.check_range('eps', eps, low=0.0)
   return KyFan(k=k, method=method, iters=iters, polar=polar, steps=steps,
                compute_dtype=compute_dtype, eps=eps)
 

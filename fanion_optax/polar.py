@@ -175,6 +175,7 @@ def polar(
     [[1.0, 0.0], [0.0, 1.0]]
   """
   rows, safety = coefficient_schedule(method, steps)
+  _checks.check_range('eps', eps, low=0.0)
   g = _checks.check_matrix('g', g)
   dtype = _checks.resolve_compute_dtype(g.dtype, compute_dtype)
   x = g.astype(dtype)

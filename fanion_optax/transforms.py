@@ -171,9 +171,10 @@ def scale_by_lion_k(
   if not isinstance(lmo, lmo_lib.LMO):
     raise TypeError(f'lmo must be a fanion_optax.lmo.LMO, got {lmo!r}.')
   _checks.check_range('b1', b1, low=0.0, high=1.0)
-  _checks.check_range('b2', b2, low=0.0, high=1.0)
+  _checks.check_range('b2', b2, low=0.0, high=1.0, high_inclusive=False)
   split = _split_options(axis_name, mesh, shard_axis)
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  mu_dtype = None if mu_dtype is None else _checks.check_float_dtype(
+      'mu_dtype', mu_dtype)
 
   def init_fn(params):
     specs = _matrix_specs(params, dimension_numbers, 'scale_by_lion_k')
@@ -311,6 +312,8 @@ def add_decayed_weights(
     A `GradientTransformation`; `params` must be passed to `update`.
   """
   _checks.check_range('weight_decay', weight_decay, low=0.0)
+  if mask is not None and not callable(mask):
+    _checks.check_bool_tree('mask', mask)
 
   def init_fn(params):
     del params
@@ -324,6 +327,7 @@ def add_decayed_weights(
       full_mask = jax.tree.map(lambda _: True, updates)
     else:
       spec = mask(params) if callable(mask) else mask
+      _checks.check_bool_tree('mask', spec)
       full_mask = jax.tree.map(
           lambda m, sub: jax.tree.map(lambda _: m, sub), spec, updates,
           is_leaf=lambda x: x is None or isinstance(x, bool))
