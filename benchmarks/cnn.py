@@ -3,7 +3,7 @@
 Run from the repository root:
 
   python -m benchmarks.cnn            # full run (2 CPU cores: ~4.5 min at
-                                      # load average 6-11, ~7.5 min at 13)
+                                      # load average 6-11, ~8.5 min at 13)
   python -m benchmarks.cnn --quick --out /tmp/cnn_quick   # smoke test
 
 Task (generated, nothing is downloaded): 8×8 grey images of one of ten
