@@ -6,7 +6,9 @@ mistake in a long config surfaces at construction time with a readable message.
 
 from __future__ import annotations
 
+import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -154,3 +156,28 @@ def singular_value_mask(s: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   tol = (jnp.max(s, axis=-1, keepdims=True) * max(shape[-2:])
          * jnp.finfo(s.dtype).eps)
   return s > tol
+
+
+def per_matrix_on_cpu(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """`fn` of `(..., m, n)`, run one matrix at a time on the CPU backend.
+
+  jaxlib's CPU LAPACK kernels (QR, SVD) split a batch over XLA's intra-op
+  thread pool and block a pool thread while they wait. When as many batched
+  calls run at once as the pool has threads (one per device under `pmap` or
+  `shard_map` on emulated CPU devices, or independent shape groups of one
+  program), every thread waits and the program hangs (jaxlib 0.10). A single
+  matrix runs inline, so `lax.map` over the batch cannot deadlock. GPU and
+  TPU solvers keep the batched call.
+  """
+  def mapped(x: jax.Array, **kwargs: Any) -> Any:
+    batch = x.shape[:-2]
+    if math.prod(batch) <= 1 or jax.default_backend() != 'cpu':
+      return fn(x, **kwargs)
+    out = jax.lax.map(lambda a: fn(a, **kwargs),
+                      x.reshape(-1, *x.shape[-2:]))
+    return jax.tree.map(lambda o: o.reshape(*batch, *o.shape[1:]), out)
+  return mapped
+
+
+svd = per_matrix_on_cpu(jnp.linalg.svd)
+qr = per_matrix_on_cpu(jnp.linalg.qr)

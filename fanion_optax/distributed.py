@@ -160,15 +160,6 @@ def _update_mesh(lmo: lmo_lib.LMO, x, state, mesh: Mesh,
   return _take((out, new_state), 0, batch)
 
 
-def _uses_lapack(lmo: lmo_lib.LMO) -> bool:
-  """Whether the LMO calls QR/SVD kernels (not only matmuls)."""
-  if isinstance(lmo, lmo_lib.Mixture):
-    return any(_uses_lapack(term) for _, term in lmo.terms)
-  if isinstance(lmo, lmo_lib.Spectral):
-    return isinstance(lmo.method, str) and lmo.method == 'svd'
-  return not isinstance(lmo, (lmo_lib.Frobenius, lmo_lib.Sign))
-
-
 def apply_lmo(
     lmo: lmo_lib.LMO,
     matrices: Sequence[jax.Array],
@@ -201,25 +192,16 @@ def apply_lmo(
     groups.setdefault((m.shape[1:], m.dtype), []).append(i)
   out: list[Any] = [None] * len(matrices)
   new_states: list[Any] = [None] * len(matrices)
-  serialize = _uses_lapack(lmo) and jax.default_backend() == 'cpu'
-  previous = None
   for members in groups.values():
     sizes = [matrices[i].shape[0] for i in members]
     x = _concat([matrices[i] for i in members])
     state = _concat([states[i] for i in members])
-    if serialize and previous is not None:
-      # jaxlib's CPU LAPACK kernels (QR, SVD) split a batch over XLA's
-      # thread pool and block a pool thread meanwhile: as many independent
-      # batched calls as pool threads deadlock. Chaining the shape groups
-      # runs one at a time.
-      previous, x = jax.lax.optimization_barrier((previous, x))
     if axis_name is not None:
       d, s = _update_pmap(lmo, x, state, axis_name)
     elif axes is not None:
       d, s = _update_mesh(lmo, x, state, mesh, axes)
     else:
       d, s = lmo.update(x, state)
-    previous = d
     offset = 0
     for i, size in zip(members, sizes):
       out[i], new_states[i] = _take((d, s), offset, size)

@@ -64,7 +64,7 @@ Shape = tuple[int, ...]
 def _singular_values(x: jax.typing.ArrayLike) -> jax.Array:
   x = _checks.check_matrix('x', x)
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  return jnp.linalg.svd(x, compute_uv=False)
+  return _checks.svd(x, compute_uv=False)
 
 
 def _frobenius_norm(x: jax.Array) -> jax.Array:
@@ -280,7 +280,7 @@ class SpectralFunction(LMO):
   def __call__(self, g):
     g = _checks.check_matrix('g', g)
     x = g.astype(jnp.promote_types(g.dtype, jnp.float32))
-    u, s, vh = jnp.linalg.svd(x, full_matrices=False)
+    u, s, vh = _checks.svd(x, full_matrices=False)
     keep = _checks.singular_value_mask(s, x.shape)
     weights = jnp.where(keep, self.h_prime(s), 0.0).astype(x.dtype)
     return ((u * weights[..., None, :]) @ vh).astype(g.dtype)

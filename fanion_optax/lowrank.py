@@ -47,7 +47,7 @@ def initial_subspace(shape: tuple[int, ...], k: int,
   dtype = jnp.promote_types(dtype, jnp.float32)
   n = shape[-1]
   gauss = jax.random.normal(jax.random.PRNGKey(_COLD_START_SEED), (n, k), dtype)
-  q, _ = jnp.linalg.qr(gauss)
+  q, _ = _checks.qr(gauss)
   return jnp.broadcast_to(q, (*shape[:-2], n, k))
 
 
@@ -61,7 +61,7 @@ def top_k_svd(g: jax.Array, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   Returns:
     `(u, s, v)`: `(..., m, k)`, `(..., k)`, `(..., n, k)`, descending `s`.
   """
-  u, s, vh = jnp.linalg.svd(g, full_matrices=False)
+  u, s, vh = _checks.svd(g, full_matrices=False)
   return u[..., :k], s[..., :k], _checks.swap_last(vh[..., :k, :])
 
 
@@ -80,8 +80,8 @@ def subspace_iteration(
     `G Q = U Σ Wᵀ` (a small SVD) and `V = Q W`, descending `s`.
   """
   for _ in range(iters):
-    q, _ = jnp.linalg.qr(_checks.swap_last(g) @ (g @ q))
-  u, s, wh = jnp.linalg.svd(g @ q, full_matrices=False)
+    q, _ = _checks.qr(_checks.swap_last(g) @ (g @ q))
+  u, s, wh = _checks.svd(g @ q, full_matrices=False)
   return u, s, q @ _checks.swap_last(wh)
 
 

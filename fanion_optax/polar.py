@@ -132,7 +132,7 @@ def newton_schulz_iterate(x: jax.Array, rows: CoefficientRows) -> jax.Array:
 
 
 def _svd_polar(x: jax.Array) -> jax.Array:
-  u, s, vh = jnp.linalg.svd(x, full_matrices=False)
+  u, s, vh = _checks.svd(x, full_matrices=False)
   keep = _checks.singular_value_mask(s, x.shape).astype(x.dtype)
   return (u * keep[..., None, :]) @ vh
 
@@ -215,8 +215,8 @@ def lmo_gap(g: jax.typing.ArrayLike, o: jax.typing.ArrayLike) -> jax.Array:
   o = _checks.check_matrix('o', o)
   dtype = jnp.promote_types(jnp.promote_types(g.dtype, o.dtype), jnp.float32)
   g, o = g.astype(dtype), o.astype(dtype)
-  nuclear = jnp.sum(jnp.linalg.svd(g, compute_uv=False), axis=-1)
-  sigma1 = jnp.linalg.svd(o, compute_uv=False)[..., 0]
+  nuclear = jnp.sum(_checks.svd(g, compute_uv=False), axis=-1)
+  sigma1 = _checks.svd(o, compute_uv=False)[..., 0]
   inner = jnp.sum(g * o, axis=(-2, -1))
   return 1.0 - inner / (nuclear * sigma1)
 
