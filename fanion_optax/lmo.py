@@ -177,8 +177,10 @@ class KyFan(LMO):
       direction, subspace = run(self.iters)
     else:
       # The first step starts from `init`'s random subspace and needs the
-      # cold-start iteration count; later steps are warm.
-      start = lowrank.initial_subspace(g.shape, self.k)
+      # cold-start iteration count; later steps are warm. Evaluated while
+      # tracing, the start is a constant rather than a QR on every step.
+      with jax.ensure_compile_time_eval():
+        start = lowrank.initial_subspace(g.shape, self.k)
       if getattr(state, 'shape', None) != start.shape:
         return run(lowrank.WARM_ITERS)  # top_k_polar names the bad state
       cold = jnp.all(state == start)
