@@ -1,5 +1,8 @@
 """Shared helpers for the benchmarks: side-by-side timing and JSON output.
 
+Also random parameter trees from trees of shapes, XLA FLOP counts and
+console tables, used by several benchmarks.
+
 Timing design. Every candidate is a zero-argument callable that runs an
 already compiled (ahead-of-time) JAX function on fixed inputs. Candidates are
 warmed up first (one call each, blocked), then timed in interleaved rounds:
@@ -28,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 Candidate = Callable[[], Any]
@@ -53,6 +57,61 @@ def fmt(x: Any) -> str:
   if isinstance(x, float):
     return f'{x:.3g}'
   return str(x)
+
+
+def is_shape(x: Any) -> bool:
+  """Whether `x` is a shape tuple (a leaf of a tree of shapes)."""
+  return isinstance(x, tuple) and all(isinstance(v, int) for v in x)
+
+
+def random_tree(shapes: Any, seed: int, scale: float = 1.0) -> Any:
+  """`scale * N(0, 1)` float32 arrays for a tree of shapes (a key per leaf)."""
+  leaves, treedef = jax.tree.flatten(shapes, is_leaf=is_shape)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  return treedef.unflatten([scale * jax.random.normal(k, s, jnp.float32)
+                            for k, s in zip(keys, leaves)])
+
+
+def flops_of(compiled: Any) -> float | None:
+  """XLA's FLOP count of a compiled executable (per device), or `None`.
+
+  Some backends report no cost analysis; the count is best-effort there.
+  """
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # noqa: BLE001 - cost analysis is best-effort
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if not cost or 'flops' not in cost:
+    return None
+  return float(cost['flops'])
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[Any]],
+               left: int = 1) -> str:
+  """A console table; columns sized to fit, the first `left` left-aligned.
+
+  Strings are printed as they are, `None` as `-`, other values with `fmt`.
+  """
+  cells = [list(header)] + [
+      ['-' if v is None else v if isinstance(v, str) else fmt(v)
+       for v in row] for row in rows]
+  widths = [max(len(row[j]) for row in cells) for j in range(len(header))]
+
+  def line(row):
+    return ' '.join(v.ljust(w) if j < left else v.rjust(w)
+                    for j, (v, w) in enumerate(zip(row, widths)))
+  rule = '-' * len(line(cells[0]))
+  return '\n'.join([line(cells[0]), rule, *map(line, cells[1:])])
+
+
+def print_targets(targets: Mapping[str, Mapping[str, Any]],
+                  detail: Callable[[Mapping[str, Any]], str]) -> None:
+  """One `[PASS]`/`[FAIL]` line per target (`detail(target)` after it)."""
+  for name, target in targets.items():
+    log(f'  [{"PASS" if target["passed"] else "FAIL"}] {name}:'
+        f' {detail(target)}')
 
 
 def compile_ahead(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:

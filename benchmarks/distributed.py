@@ -132,10 +132,6 @@ def lapack_deadlock_risk() -> bool:
   return version < (0, 11) and cpus <= 4
 
 
-def _log(msg: str) -> None:
-  print(msg, flush=True)
-
-
 # ----------------------------------------------------------------------------
 # Parameter trees.
 
@@ -189,17 +185,6 @@ def mixed_case(width: int, layers: int) -> dict[str, Any]:
   }
 
 
-def _is_shape(x: Any) -> bool:
-  return isinstance(x, tuple) and all(isinstance(v, int) for v in x)
-
-
-def random_tree(shapes: Any, seed: int) -> Any:
-  leaves, treedef = jax.tree.flatten(shapes, is_leaf=_is_shape)
-  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-  return treedef.unflatten([jax.random.normal(k, s, jnp.float32)
-                            for k, s in zip(keys, leaves)])
-
-
 def whole_matrix_optimum(case: dict[str, Any]) -> float:
   """The least per-device FLOPs / (T/8) when whole matrices are split.
 
@@ -221,13 +206,6 @@ def whole_matrix_optimum(case: dict[str, Any]) -> float:
 
 # ----------------------------------------------------------------------------
 # Compilation in each mode.
-
-
-def flops_of(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return float(cost['flops'])
 
 
 def _mesh(axis_type) -> jax.sharding.Mesh:
@@ -282,11 +260,11 @@ def compile_mode(make: Callable[..., Any], mode: str, params: Any,
   return compiled, args, seconds
 
 
-def bench_case(case: dict[str, Any], reps: int, time_lowrank: bool
-               ) -> dict[str, Any]:
+def bench_case(case: dict[str, Any], reps: int, time_lowrank: bool,
+               log: Callable[[str], None] = _timing.log) -> dict[str, Any]:
   t0 = time.perf_counter()
-  params = random_tree(case['shapes'], seed=0)
-  grads = random_tree(case['shapes'], seed=1)
+  params = _timing.random_tree(case['shapes'], seed=0)
+  grads = _timing.random_tree(case['shapes'], seed=1)
   optimum = whole_matrix_optimum(case)
   runs: dict[str, Callable[[], Any]] = {}
   compile_s: dict[str, float] = {}
@@ -297,7 +275,7 @@ def bench_case(case: dict[str, Any], reps: int, time_lowrank: bool
       compiled, args, seconds = compile_mode(
           make, mode, params, grads, case['dimension_numbers'])
       key = f'{opt}/{mode}'
-      rows[mode] = {'flops_per_device': flops_of(compiled),
+      rows[mode] = {'flops_per_device': _timing.flops_of(compiled),
                     'compile_s': seconds}
       if opt == 'muon' or time_lowrank:
         if opt != 'muon':
@@ -315,7 +293,7 @@ def bench_case(case: dict[str, Any], reps: int, time_lowrank: bool
       if mode in SPLIT_MODES:
         row['ratio_to_whole_matrix_optimum'] = row['ratio_to_ideal'] / optimum
     results[opt] = {'optimizer': label, 'modes': rows}
-  _log(f'  [{case["name"]}] compiled in'
+  log(f'  [{case["name"]}] compiled in'
        f' {time.perf_counter() - t0:.1f}s; timing {len(runs)} modes,'
        f' {reps} round(s)')
   timings = _timing.time_side_by_side(runs, reps=reps, warmup=1,
@@ -326,7 +304,7 @@ def bench_case(case: dict[str, Any], reps: int, time_lowrank: bool
     results[opt]['modes'][mode].update(
         wall_ms_cpu_emulated=1e3 * row['median_s'],
         wall_times_s_cpu_emulated=row['times_s'])
-  _log(f'  [{case["name"]}] done in {time.perf_counter() - t0:.1f}s')
+  log(f'  [{case["name"]}] done in {time.perf_counter() - t0:.1f}s')
   out = {k: v for k, v in case.items()
          if k not in ('shapes', 'dimension_numbers')}
   out['whole_matrix_optimum'] = optimum
@@ -358,21 +336,20 @@ def evaluate_targets(cases: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def print_table(cases: list[dict[str, Any]]) -> None:
-  head = (f'{"case":<20} {"optimizer/mode":<28} {"GFLOP/dev":>10}'
-          f' {"/(T/8)":>7} {"/optimum":>8} {"wall ms*":>9}')
-  print(head)
-  print('-' * len(head))
+  rows = []
   for case in cases:
     for opt, res in case['optimizers'].items():
       for mode, row in res['modes'].items():
         opt_ratio = row.get('ratio_to_whole_matrix_optimum')
         wall = row['wall_ms_cpu_emulated']
-        print(f'{case["name"]:<20} {opt + "/" + mode:<28}'
-              f' {row["flops_per_device"] / 1e9:>10.3f}'
-              f' {row["ratio_to_ideal"]:>7.3f}'
-              f' {"-" if opt_ratio is None else f"{opt_ratio:.3f}":>8}'
-              f' {"-" if wall is None else f"{wall:.1f}":>9}')
-    print()
+        rows.append([case['name'], f'{opt}/{mode}',
+                     f'{row["flops_per_device"] / 1e9:.3f}',
+                     f'{row["ratio_to_ideal"]:.3f}',
+                     None if opt_ratio is None else f'{opt_ratio:.3f}',
+                     None if wall is None else f'{wall:.1f}'])
+  print(_timing.text_table(
+      ['case', 'optimizer/mode', 'GFLOP/dev', '/(T/8)', '/optimum',
+       'wall ms*'], rows, left=2))
   print('* wall-clock of 8 virtual CPU devices sharing the host cores: not a'
         ' speed-up measure.')
 
@@ -461,24 +438,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   cases = [same_shape_case(n, s) for s in shapes for n in counts]
   if not args.quick:
     cases.append(mixed_case(FULL_MIXED_WIDTH, FULL_MIXED_LAYERS))
-  _log(f'distributed benchmark ({"quick" if args.quick else "full"}):'
+  _timing.log(f'distributed benchmark ({"quick" if args.quick else "full"}):'
        f' {len(cases)} cases, reps {args.reps}, {jax.device_count()}'
        f' {jax.devices()[0].platform} devices')
   risk = lapack_deadlock_risk()
   time_lowrank = (args.time_lowrank == 'yes'
                   or (args.time_lowrank == 'auto' and not risk))
   if not time_lowrank:
-    _log(f'  fanion{FANION_K} modes: FLOPs only ({LAPACK_DEADLOCK[:60]}...)')
-  results = [bench_case(case, args.reps, time_lowrank) for case in cases]
+    _timing.log(f'  fanion{FANION_K} modes: FLOPs only ({LAPACK_DEADLOCK[:60]}...)')
+  results = []
+  with _timing.progress_bar(len(cases), 'distributed', unit='case') as bar:
+    for case in cases:
+      results.append(bench_case(case, args.reps, time_lowrank, log=bar.write))
+      bar.update()
   targets = evaluate_targets(results)
   elapsed = time.perf_counter() - start
 
   print()
   print_table(results)
-  for name, target in targets.items():
-    print(f'  [{"PASS" if target["passed"] else "FAIL"}] {name}:'
-          f' {target["ratio_to_ideal"]:.3f}'
-          f' (whole-matrix optimum {target["whole_matrix_optimum"]:.3f})')
+  _timing.print_targets(
+      targets, lambda t: f'{t["ratio_to_ideal"]:.3f} (whole-matrix optimum'
+      f' {t["whole_matrix_optimum"]:.3f})')
 
   os.makedirs(args.out, exist_ok=True)
   json_path = os.path.join(args.out, 'distributed.json')
@@ -534,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   plot(results, png_path,
        f'fanion_optax work split: XLA FLOPs per device, {N_DEVICES}'
        ' CPU-emulated devices' + (' [quick]' if args.quick else ''))
-  _log(f'wrote {json_path} and {png_path} ({elapsed:.0f}s)')
+  _timing.log(f'wrote {json_path} and {png_path} ({elapsed:.0f}s)')
   return payload
 
 

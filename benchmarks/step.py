@@ -1,31 +1,51 @@
-"""Benchmark of one full optimizer step on a GPT-2-small-shaped parameter tree.
+"""Benchmark of one full optimizer step on GPT-2-small- and ResNet-50-shaped parameter trees.
 
 Run from the repository root:
 
-  python -m benchmarks.step            # full GPT-2 small tree
+  python -m benchmarks.step                 # both full trees
+  python -m benchmarks.step --tree resnet   # one tree
   python -m benchmarks.step --quick --out /tmp/step_quick   # smoke test
 
-The parameter tree has GPT-2 small's shapes (Flax `(fan_in, fan_out)`
-layout): per layer an attention qkv kernel `(768, 2304)` and bias, an
-attention projection `(768, 768)` and bias, an MLP `(768, 3072)` and
-`(3072, 768)` with biases and two LayerNorms; a token embedding `wte`
-`(50257, 768)`, a position embedding `wpe` `(1024, 768)`, a final LayerNorm
-and an untied output head `(768, 50257)`. The embeddings and the head go to
-the AdamW fallback (`exclude=[r"wte", r"wpe", r"head"]`; for
-`optax.contrib.muon` a `muon_weight_dimension_numbers` tree with `None`
-there), so every Muon-like optimizer orthogonalises the same 48 matrices.
+Two parameter trees (random float32 arrays of the real shapes, Flax layout):
+
+* `gpt2`: GPT-2 small, `(fan_in, fan_out)` kernels. Per layer an attention
+  qkv kernel `(768, 2304)` and bias, an attention projection `(768, 768)` and
+  bias, an MLP `(768, 3072)` and `(3072, 768)` with biases and two
+  LayerNorms; a token embedding `wte` `(50257, 768)`, a position embedding
+  `wpe` `(1024, 768)`, a final LayerNorm and an untied head `(768, 50257)`.
+  The embeddings and the head go to the AdamW fallback
+  (`exclude=[r"wte", r"wpe", r"head"]`), leaving 48 matrices.
+* `resnet`: ResNet-50 for ImageNet, with the parameter names of Flax's
+  ImageNet example (`conv_init`, `BottleneckResNetBlock_i/Conv_j`,
+  `conv_proj`, BatchNorm `scale`/`bias`, `Dense_0`; 25.6M parameters).
+  Every conv kernel `(kh, kw, in, out)` is read as one `(kh·kw·in, out)`
+  matrix through `dimension_numbers=` (`fo.DimensionNumbers(reduction_axes=
+  (0, 1, 2), output_axes=3)`), 53 matrices; BatchNorm parameters and the
+  `(2048, 1000)` head go to the fallback.
+
+`optax.contrib.muon` gets the same split, translated leaf by leaf from
+fanion_optax's resolved dimension numbers into a
+`muon_weight_dimension_numbers` tree (`MuonDimensionNumbers(reduction_axis,
+output_axis)`, `None` for the fallback), so every Muon-like candidate
+orthogonalises the same matrices. The Fanion candidates use rank `k` (64)
+in both trees; a matrix with `min(m, n) <= k` (ResNet's stem and first
+stage, whose narrow side is 64) gets the full polar factor, as the library
+defines Fanion-k there (the JSON counts these matrices per tree).
 
 One step is `tx.update` followed by `optax.apply_updates`, jitted and
-compiled ahead of time (nothing donated). Every candidate is timed in the same
-process, in interleaved rotated rounds after one warm-up call each (see
-`benchmarks._timing`); the report gives the median ms/step, the ratio to
-`optax.adamw`, XLA's compiled FLOP count per step, and the ratio of
-`fo.muon(polar="newton_schulz", ns_steps=5)` (the same arithmetic as
-`optax.contrib.muon`) to `optax.contrib.muon` with the target <= 1.05.
+compiled ahead of time (nothing donated). Per tree every candidate is timed
+in the same process, in interleaved rotated rounds after one warm-up call
+each; the report gives the median ms/step, the ratio to `optax.adamw`,
+XLA's compiled FLOP count per step, and per tree the target: the paired
+ratio of `fo.muon(polar="newton_schulz", ns_steps=5)` (the same arithmetic
+as `optax.contrib.muon`) to `optax.contrib.muon` <= 1.05.
 
-The full tree takes about 9 minutes on 2 CPU cores (a Muon step is ~16 s
-there; 3 rounds by default); `--layers N` shrinks the tree, `--skip REGEX`
-leaves candidates out. `OPENBLAS_NUM_THREADS` defaults to 1 (see below).
+The full run took 26 minutes on 2 CPU cores shared with other jobs (load
+average 4 to 14), most of it the GPT-2 tree (a Muon step there is ~16 s on
+idle cores; hence 2 timed rounds by default on GPT-2, 3 on ResNet); `--layers N` shrinks GPT-2, `--skip REGEX` leaves candidates
+out. `OPENBLAS_NUM_THREADS` defaults to 1 (see below). `--quick` (one
+narrow GPT-2 layer, one ResNet block of width 16, k = 8; only AdamW, the two
+Newton-Schulz Muons and Fanion, as compilation dominates) runs in ~20 s.
 
 Results go to `<out>/step.json` and `<out>/step.png`.
 """
@@ -52,7 +72,6 @@ from collections.abc import Sequence  # noqa: E402
 from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from optax import contrib  # noqa: E402
@@ -60,137 +79,194 @@ from optax import contrib  # noqa: E402
 import fanion_optax as fo  # noqa: E402
 from benchmarks import _timing  # noqa: E402
 
-EXCLUDE = (r'wte', r'wpe', r'head')
 BASELINE = 'optax.adamw'
 OPTAX_MUON = 'optax.contrib.muon'
 OURS_NS = 'fo.muon(newton_schulz)'
 NS_RATIO_MAX = 1.05
-FULL_REPS, QUICK_REPS = 3, 2
+TARGET = 'muon_newton_schulz_vs_optax_muon_le_1.05'
+QUICK_REPS = 2
+FULL_K, QUICK_K = 64, 8
 LOWRANK = r'fanion|neon'
 """The candidates whose LMO calls batched LAPACK kernels (QR, SVD) in the
 warm-started subspace iteration."""
+CONV = fo.DimensionNumbers(reduction_axes=(0, 1, 2), output_axes=3)
+
+
+# ----------------------------------------------------------------------------
+# The parameter trees.
+
 
 @dataclasses.dataclass(frozen=True)
-class Model:
-  """GPT-2-like shapes."""
+class GPT2:
+  """GPT-2-like shapes; embeddings and head go to the fallback."""
 
   layers: int = 12
   width: int = 768
   vocab: int = 50257
   context: int = 1024
+  full_reps = 2
+
+  name = 'gpt2'
+  exclude = (r'wte', r'wpe', r'head')
+  fallback = f'exclude={list(exclude)} (embeddings and head)'
+
+  @property
+  def title(self) -> str:
+    return 'GPT-2 small' if self == GPT2() else 'GPT-2-like (reduced)'
 
   def describe(self) -> str:
-    return (f'{self.layers} layers, width {self.width}, vocab {self.vocab},'
-            f' context {self.context}')
+    return (f'GPT-2: {self.layers} layers, width {self.width}, vocab'
+            f' {self.vocab}, context {self.context}')
+
+  def shapes(self) -> dict[str, Any]:
+    """The nested dict of shapes; leaf names follow GPT-2 / Flax."""
+    d = self.width
+
+    def dense(fan_in, fan_out):
+      return {'kernel': (fan_in, fan_out), 'bias': (fan_out,)}
+
+    def layer_norm():
+      return {'scale': (d,), 'bias': (d,)}
+
+    tree: dict[str, Any] = {
+        'wte': {'embedding': (self.vocab, d)},
+        'wpe': {'embedding': (self.context, d)},
+    }
+    tree['h'] = {
+        str(i): {
+            'ln_1': layer_norm(),
+            'attn': {'c_attn': dense(d, 3 * d), 'c_proj': dense(d, d)},
+            'ln_2': layer_norm(),
+            'mlp': {'c_fc': dense(d, 4 * d), 'c_proj': dense(4 * d, d)},
+        }
+        for i in range(self.layers)
+    }
+    tree['ln_f'] = layer_norm()
+    tree['head'] = {'kernel': (d, self.vocab)}
+    return tree
+
+  def fo_kwargs(self) -> dict[str, Any]:
+    """How a fanion_optax optimizer is told which leaves are matrices."""
+    return {'exclude': list(self.exclude)}
 
 
-FULL_MODEL = Model()
-QUICK_MODEL = Model(layers=2, width=64, vocab=512, context=64)
+@dataclasses.dataclass(frozen=True)
+class ResNet:
+  """Bottleneck ResNet shapes (ResNet-50 by default) as in Flax's example."""
+
+  stages: tuple[int, ...] = (3, 4, 6, 3)
+  width: int = 64
+  classes: int = 1000
+  full_reps = 3
+
+  name = 'resnet'
+  fallback = ('dimension_numbers: 4-D conv kernels -> DimensionNumbers((0, 1,'
+              ' 2), 3); BatchNorm scale/bias and the Dense_0 head -> None')
+
+  @property
+  def title(self) -> str:
+    return 'ResNet-50' if self == ResNet() else 'ResNet-like (reduced)'
+
+  def describe(self) -> str:
+    return (f'ResNet: bottleneck stages {list(self.stages)}, width'
+            f' {self.width}, {self.classes} classes, NHWC conv kernels')
+
+  def shapes(self) -> dict[str, Any]:
+    """The nested dict of shapes; names follow flax/examples/imagenet."""
+    def norm(c):
+      return {'scale': (c,), 'bias': (c,)}
+
+    tree: dict[str, Any] = {'conv_init': {'kernel': (7, 7, 3, self.width)},
+                            'bn_init': norm(self.width)}
+    fan_in, block = self.width, 0
+    for i, count in enumerate(self.stages):
+      f = self.width * 2**i
+      for j in range(count):
+        b = {'Conv_0': {'kernel': (1, 1, fan_in, f)}, 'BatchNorm_0': norm(f),
+             'Conv_1': {'kernel': (3, 3, f, f)}, 'BatchNorm_1': norm(f),
+             'Conv_2': {'kernel': (1, 1, f, 4 * f)},
+             'BatchNorm_2': norm(4 * f)}
+        if j == 0:
+          b['conv_proj'] = {'kernel': (1, 1, fan_in, 4 * f)}
+          b['norm_proj'] = norm(4 * f)
+        tree[f'BottleneckResNetBlock_{block}'] = b
+        fan_in, block = 4 * f, block + 1
+    tree['Dense_0'] = {'kernel': (fan_in, self.classes),
+                       'bias': (self.classes,)}
+    return tree
+
+  def fo_kwargs(self) -> dict[str, Any]:
+    """Conv kernels are `(kh·kw·in, out)` matrices; the rest the fallback."""
+    return {'dimension_numbers': lambda params: jax.tree.map(
+        lambda x: CONV if x.ndim == 4 else None, params)}
 
 
-# ----------------------------------------------------------------------------
-# The parameter tree.
+FULL_TREES = {'gpt2': GPT2(), 'resnet': ResNet()}
+QUICK_TREES = {'gpt2': GPT2(layers=1, width=64, vocab=512, context=64),
+               'resnet': ResNet(stages=(1,), width=16, classes=10)}
 
 
-def param_shapes(model: Model) -> dict[str, Any]:
-  """The nested dict of shapes; leaf names follow GPT-2 / Flax."""
-  d = model.width
-
-  def dense(fan_in, fan_out):
-    return {'kernel': (fan_in, fan_out), 'bias': (fan_out,)}
-
-  def layer_norm():
-    return {'scale': (d,), 'bias': (d,)}
-
-  tree: dict[str, Any] = {
-      'wte': {'embedding': (model.vocab, d)},
-      'wpe': {'embedding': (model.context, d)},
-  }
-  tree['h'] = {
-      str(i): {
-          'ln_1': layer_norm(),
-          'attn': {'c_attn': dense(d, 3 * d), 'c_proj': dense(d, d)},
-          'ln_2': layer_norm(),
-          'mlp': {'c_fc': dense(d, 4 * d), 'c_proj': dense(4 * d, d)},
-      }
-      for i in range(model.layers)
-  }
-  tree['ln_f'] = layer_norm()
-  tree['head'] = {'kernel': (d, model.vocab)}
-  return tree
+def matrix_specs(tree, params: Any) -> Any:
+  """fanion_optax's resolved `DimensionNumbers` (or `None`) per leaf."""
+  return fo.partition.resolve_dimension_numbers(params, **tree.fo_kwargs())
 
 
-def _is_shape(x: Any) -> bool:
-  return isinstance(x, tuple) and all(isinstance(v, int) for v in x)
+def optax_muon_dimension_numbers(tree, params: Any) -> Any:
+  """The same split as `matrix_specs`, for `optax.contrib.muon`."""
+  return jax.tree.map(
+      lambda spec: None if spec is None else contrib.MuonDimensionNumbers(
+          reduction_axis=spec.reduction_axes, output_axis=spec.output_axes),
+      matrix_specs(tree, params), is_leaf=lambda x: x is None)
 
 
-def random_tree(shapes: Any, seed: int, scale: float) -> Any:
-  """Gaussian float32 arrays of the given shapes (one key per leaf)."""
-  leaves, treedef = jax.tree.flatten(shapes, is_leaf=_is_shape)
-  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-  return treedef.unflatten([
-      scale * jax.random.normal(k, shape, jnp.float32)
-      for k, shape in zip(keys, leaves)])
-
-
-def is_excluded(path) -> bool:
-  name = fo.partition.path_name(path)
-  return any(re.search(p, name) for p in EXCLUDE)
-
-
-def optax_muon_dimension_numbers(params: Any) -> Any:
-  """`MuonDimensionNumbers()` for hidden matrices, `None` elsewhere."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, x: (contrib.MuonDimensionNumbers()
-                       if x.ndim == 2 and not is_excluded(path) else None),
-      params)
-
-
-def count_params(params: Any) -> dict[str, int]:
-  """Total, matrix (orthogonalised) and fallback parameter counts."""
-  total = matrix = matrices = 0
-  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+def count_params(tree, params: Any, k: int) -> dict[str, int]:
+  """Parameter counts, and the matrices where Fanion-k is the full polar."""
+  total = matrix = matrices = full_rank = 0
+  # The resolved specs have params' structure, so the leaves pair up.
+  specs = jax.tree.leaves(matrix_specs(tree, params),
+                          is_leaf=lambda x: x is None)
+  for x, spec in zip(jax.tree.leaves(params), specs):
     total += x.size
-    if x.ndim == 2 and not is_excluded(path):
+    if spec is not None:
+      batch, m, n = spec.matrix_shape(x.shape)
       matrix += x.size
-      matrices += 1
+      matrices += batch
+      full_rank += batch * (min(m, n) <= k)
   return {'total': total, 'matrix': matrix, 'fallback': total - matrix,
-          'matrices': matrices}
+          'matrices': matrices, 'matrices_min_side_le_k': full_rank}
 
 
 # ----------------------------------------------------------------------------
 # Candidates.
 
 
-def candidates(k: int) -> dict[str, tuple[str, Callable[[], Any]]]:
-  """name -> (label, constructor)."""
-  ex = list(EXCLUDE)
+def candidates(tree, k: int) -> dict[str, tuple[str, Callable[[], Any]]]:
+  """name -> (label, constructor) for one tree."""
+  kw = tree.fo_kwargs()
+  dims = lambda params: optax_muon_dimension_numbers(tree, params)
   return {
       BASELINE: ('optax.adamw(3e-4)', lambda: optax.adamw(3e-4)),
       OPTAX_MUON: (
           'optax.contrib.muon(0.02, ns_steps=5), Jordan coefficients',
-          lambda: contrib.muon(
-              0.02, ns_steps=5,
-              muon_weight_dimension_numbers=optax_muon_dimension_numbers)),
+          lambda: contrib.muon(0.02, ns_steps=5,
+                               muon_weight_dimension_numbers=dims)),
       OURS_NS: (
           'fo.muon(0.02, polar="newton_schulz", ns_steps=5)',
-          lambda: fo.muon(0.02, polar='newton_schulz', ns_steps=5,
-                          exclude=ex)),
+          lambda: fo.muon(0.02, polar='newton_schulz', ns_steps=5, **kw)),
       'fo.muon': ('fo.muon(0.02) (Polar Express, 5 steps)',
-                  lambda: fo.muon(0.02, exclude=ex)),
-      'fo.f_muon': ('fo.f_muon(0.02)', lambda: fo.f_muon(0.02, exclude=ex)),
-      'fo.s_muon': ('fo.s_muon(0.02)', lambda: fo.s_muon(0.02, exclude=ex)),
+                  lambda: fo.muon(0.02, **kw)),
+      'fo.f_muon': ('fo.f_muon(0.02)', lambda: fo.f_muon(0.02, **kw)),
+      'fo.s_muon': ('fo.s_muon(0.02)', lambda: fo.s_muon(0.02, **kw)),
       f'fo.fanion(k={k})': (f'fo.fanion(0.02, {k})',
-                            lambda: fo.fanion(0.02, k, exclude=ex)),
-      'fo.neon': ('fo.neon(0.02)', lambda: fo.neon(0.02, exclude=ex)),
+                            lambda: fo.fanion(0.02, k, **kw)),
+      'fo.neon': ('fo.neon(0.02)', lambda: fo.neon(0.02, **kw)),
       f'fo.f_fanion(k={k})': (f'fo.f_fanion(0.02, {k})',
-                              lambda: fo.f_fanion(0.02, k, exclude=ex)),
+                              lambda: fo.f_fanion(0.02, k, **kw)),
       f'fo.s_fanion(k={k})': (f'fo.s_fanion(0.02, {k})',
-                              lambda: fo.s_fanion(0.02, k, exclude=ex)),
+                              lambda: fo.s_fanion(0.02, k, **kw)),
       'fo.lion_k(sign)': (
           'fo.lion_k(3e-4, fo.lmo.sign(), shape_scale=None)',
-          lambda: fo.lion_k(3e-4, fo.lmo.sign(), shape_scale=None,
-                            exclude=ex)),
+          lambda: fo.lion_k(3e-4, fo.lmo.sign(), shape_scale=None, **kw)),
   }
 
 
@@ -199,18 +275,6 @@ def make_step(tx: optax.GradientTransformation):
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
   return step
-
-
-def flops_of(compiled) -> float | None:
-  try:
-    cost = compiled.cost_analysis()
-  except Exception:  # noqa: BLE001 - cost analysis is best-effort
-    return None
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  if not cost or 'flops' not in cost:
-    return None
-  return float(cost['flops'])
 
 
 def time_steps(
@@ -223,7 +287,7 @@ def time_steps(
     keep_state: Sequence[str] = (),
     warmup: int = 1,
     compile_s: dict[str, float] | None = None,
-    progress: Callable[[str], None] | None = None,
+    on_call: Callable[[], None] = lambda: None,
 ) -> dict[str, _timing.Timing]:
   """Interleaved rotated rounds, like `_timing.time_side_by_side`.
 
@@ -235,20 +299,18 @@ def time_steps(
   alive (each holds AdamW moments of the 77M embedding and head parameters)
   would need ~15 GB, one at a time ~5 GB, and a stateless step costs the
   same whatever the state's values (fixed iteration counts, no data-
-  dependent control flow).
+  dependent control flow). `on_call` runs after every call (progress).
   """
   names = list(steps)
   kept: dict[str, Any] = {}
 
-  def state_of(name):
-    if name in kept:
-      return kept[name]
-    return jax.block_until_ready(inits[name](params))
-
   def call(name):
-    state = state_of(name)
+    state = kept.get(name)
+    if state is None:
+      state = jax.block_until_ready(inits[name](params))
     seconds, (_, new_state) = _timing.time_call(
         lambda: steps[name](params, state, grads))
+    on_call()
     return seconds, new_state
 
   for _ in range(warmup):
@@ -264,76 +326,108 @@ def time_steps(
     for name in names[shift:] + names[:shift]:
       seconds, _ = call(name)
       timings[name].times.append(seconds)
-    if progress is not None:
-      progress(f'round {r + 1}/{reps}')
   return timings
 
 
-def _log(msg: str) -> None:
-  print(msg, flush=True)
+def bench_tree(tree, specs: dict[str, tuple[str, Callable[[], Any]]],
+               k: int, reps: int, bar) -> dict[str, Any]:
+  """Compiles and times every candidate on one tree; its rows and counts."""
+  shapes = tree.shapes()
+  params = _timing.random_tree(shapes, seed=0, scale=0.02)
+  grads = _timing.random_tree(shapes, seed=1)
+  counts = count_params(tree, params, k)
+  bar.write(f'[{tree.name}] {tree.describe()}: {counts["total"] / 1e6:.1f}M'
+            f' parameters, {counts["matrix"] / 1e6:.1f}M in'
+            f' {counts["matrices"]} matrices ({counts["matrices_min_side_le_k"]}'
+            f' with min(m, n) <= k={k}); {reps} rounds')
+  inits, steps, compile_s, flops = {}, {}, {}, {}
+  for name, (_, make) in specs.items():
+    tx = make()
+    inits[name] = jax.jit(tx.init)
+    state = jax.block_until_ready(inits[name](params))
+    steps[name], compile_s[name] = _timing.compile_ahead(
+        make_step(tx), params, state, grads)
+    flops[name] = _timing.flops_of(steps[name])
+    del state
+    bar.update()
+  warm = [name for name in steps if re.search(LOWRANK, name)]
+  timings = time_steps(steps, inits, params, grads, reps=reps,
+                       keep_state=warm, compile_s=compile_s,
+                       on_call=bar.update)
+  rows = _timing.summarize(timings, baseline=BASELINE)
+  for name, row in rows.items():
+    row['label'] = specs[name][0]
+    row['flops'] = flops[name]
+    row['ms_per_step'] = 1e3 * row['median_s']
+  return {'title': tree.title, 'description': tree.describe(),
+          'shape_config': dataclasses.asdict(tree), 'reps': reps,
+          'params': counts, 'fallback': tree.fallback,
+          'candidates': rows}
 
 
 # ----------------------------------------------------------------------------
 # Targets, table, plot.
 
 
-def evaluate_targets(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def evaluate_target(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
   ours, theirs = rows[OURS_NS], rows[OPTAX_MUON]
   pairs = [a / b for a, b in zip(ours['times_s'], theirs['times_s'])]
   paired = statistics.median(pairs)
-  medians = ours['median_s'] / theirs['median_s']
-  mins = ours['min_s'] / theirs['min_s']
   return {
-      'muon_newton_schulz_vs_optax_muon_le_1.05': {
-          'passed': paired <= NS_RATIO_MAX,
-          'threshold': NS_RATIO_MAX,
-          'judged_on': 'paired_ratio (median over rounds of the per-round'
-                       ' ratio; the rounds are interleaved)',
-          'paired_ratio': paired,
-          'ratio_of_medians': medians,
-          'ratio_of_mins': mins,
-          'per_round_ratios': pairs,
-          'flops_ratio': (ours['flops'] / theirs['flops']
-                          if ours['flops'] and theirs['flops'] else None),
-      },
+      'passed': paired <= NS_RATIO_MAX,
+      'threshold': NS_RATIO_MAX,
+      'judged_on': 'paired_ratio (median over rounds of the per-round'
+                   ' ratio; the rounds are interleaved)',
+      'paired_ratio': paired,
+      'ratio_of_medians': ours['median_s'] / theirs['median_s'],
+      'ratio_of_mins': ours['min_s'] / theirs['min_s'],
+      'per_round_ratios': pairs,
+      'flops_ratio': (ours['flops'] / theirs['flops']
+                      if ours['flops'] and theirs['flops'] else None),
   }
 
 
 def print_table(rows: dict[str, dict[str, Any]]) -> None:
-  head = (f'{"optimizer":<24} {"median ms":>10} {"min ms":>10}'
-          f' {"x adamw":>8} {"paired":>7} {"GFLOP":>9} {"compile s":>9}')
-  print(head)
-  print('-' * len(head))
-  for name, row in rows.items():
-    gflop = '-' if row['flops'] is None else f'{row["flops"] / 1e9:.1f}'
-    print(f'{name:<24} {1e3 * row["median_s"]:>10.1f}'
-          f' {1e3 * row["min_s"]:>10.1f} {row["ratio"]:>8.2f}'
-          f' {row["paired_ratio"]:>7.2f} {gflop:>9} {row["compile_s"]:>9.1f}')
+  print(_timing.text_table(
+      ['optimizer', 'median ms', 'min ms', 'x adamw', 'paired', 'GFLOP',
+       'compile s'],
+      [[name, f'{1e3 * r["median_s"]:.1f}', f'{1e3 * r["min_s"]:.1f}',
+        f'{r["ratio"]:.2f}', f'{r["paired_ratio"]:.2f}',
+        None if r['flops'] is None else f'{r["flops"] / 1e9:.1f}',
+        f'{r["compile_s"]:.1f}'] for name, r in rows.items()]))
 
 
-def plot(rows: dict[str, dict[str, Any]], path: str, title: str,
+def plot(trees: dict[str, dict[str, Any]], path: str, title: str,
          skipped: Sequence[str] = ()) -> None:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  names = list(rows)[::-1]
-  ratios = [rows[n]['ratio'] for n in names]
-  colors = ['tab:gray' if n.startswith('optax') else 'tab:blue'
-            for n in names]
-  fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.8))
-  y = np.arange(len(names))
-  ax.barh(y, ratios, color=colors)
-  for yi, name, r in zip(y, names, ratios):
-    ax.text(r, yi, f' {r:.2f}x ({1e3 * rows[name]["median_s"]:.0f} ms)',
-            va='center', fontsize=8)
-  ax.axvline(1.0, color='k', lw=0.8, ls='--')
-  ax.set_yticks(y, names)
-  ax.set_xscale('log')
-  ax.set_xlim(right=max(ratios) * 3)
-  ax.set_xlabel('median step time / optax.adamw step time (log scale)')
-  ax.set_title(title, fontsize=9)
-  ax.grid(True, axis='x', which='both', alpha=0.3)
+  n = max(len(t['candidates']) for t in trees.values())
+  fig, axes = plt.subplots(1, len(trees), squeeze=False,
+                           figsize=(7.5 * len(trees), 0.45 * n + 2.2))
+  for ax, result in zip(axes[0], trees.values()):
+    rows = result['candidates']
+    names = list(rows)[::-1]
+    ratios = [rows[name]['ratio'] for name in names]
+    colors = ['tab:gray' if name.startswith('optax') else 'tab:blue'
+              for name in names]
+    y = np.arange(len(names))
+    ax.barh(y, ratios, color=colors)
+    for yi, name, r in zip(y, names, ratios):
+      ax.text(r, yi, f' {r:.2f}x ({rows[name]["ms_per_step"]:.0f} ms)',
+              va='center', fontsize=8)
+    ax.axvline(1.0, color='k', lw=0.8, ls='--')
+    ax.set_yticks(y, names)
+    ax.set_xscale('log')
+    ax.set_xlim(right=max(ratios) * 4)
+    ax.set_xlabel('median step time / optax.adamw step time (log scale)')
+    p = result['params']
+    ax.set_title(f'{result["title"]} tree: {p["total"] / 1e6:.3g}M params,'
+                 f' {p["matrices"]} matrices, median of {result["reps"]}',
+                 fontsize=9)
+    ax.grid(True, axis='x', which='both', alpha=0.3)
+  fig.suptitle(title, fontsize=10)
   if skipped:
     fig.text(0.01, 0.01, 'not run here (see "skipped" in the JSON): '
              + ', '.join(skipped), fontsize=7, color='tab:red')
@@ -349,138 +443,130 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog='python -m benchmarks.step', description=__doc__.splitlines()[0])
   parser.add_argument('--quick', action='store_true',
-                      help='tiny tree (2 layers, width 64, vocab 512) and'
-                      f' {QUICK_REPS} reps: a smoke test')
+                      help='tiny trees (1 GPT-2 layer of width 64, one'
+                      f' ResNet block of width 16), k={QUICK_K},'
+                      f' {QUICK_REPS} reps, only adamw, the two Newton-Schulz'
+                      ' Muons and fanion: a smoke test')
+  parser.add_argument('--tree', choices=('gpt2', 'resnet', 'all'),
+                      default='all', help='which parameter tree (default'
+                      ' all)')
   parser.add_argument('--reps', type=int, default=None,
-                      help=f'timed rounds (default {FULL_REPS}, quick'
+                      help='timed rounds (default: GPT-2'
+                      f' {GPT2.full_reps}, ResNet {ResNet.full_reps}; quick'
                       f' {QUICK_REPS})')
   parser.add_argument('--layers', type=int, default=None,
-                      help='number of transformer layers (default 12, quick'
-                      ' 2)')
+                      help='number of GPT-2 layers (default 12, quick 1)')
   parser.add_argument('--k', type=int, default=None,
-                      help='rank of the Fanion candidates (default 64, quick'
-                      ' 16)')
+                      help=f'rank of the Fanion candidates (default {FULL_K},'
+                      f' quick {QUICK_K})')
   parser.add_argument('--skip', default=None, metavar='REGEX',
                       help='leave out the candidates whose name matches'
                       ' REGEX (searched)')
   parser.add_argument('--out', default=os.path.join('benchmarks', 'results'),
                       help='results directory (default benchmarks/results)')
   args = parser.parse_args(argv)
-  model = QUICK_MODEL if args.quick else FULL_MODEL
+  trees = dict(QUICK_TREES if args.quick else FULL_TREES)
+  if args.tree != 'all':
+    trees = {args.tree: trees[args.tree]}
   if args.layers is not None:
     if args.layers < 1:
       parser.error('--layers must be >= 1')
-    model = dataclasses.replace(model, layers=args.layers)
-  args.model = model
-  args.reps = args.reps or (QUICK_REPS if args.quick else FULL_REPS)
-  if args.reps < 1:
+    if 'gpt2' in trees:
+      trees['gpt2'] = dataclasses.replace(trees['gpt2'], layers=args.layers)
+  args.trees = trees
+  if args.reps is not None and args.reps < 1:
     parser.error('--reps must be >= 1')
-  args.k = args.k or (16 if args.quick else 64)
-  if not 1 <= args.k < model.width:
-    parser.error(f'--k must be in [1, width={model.width})')
+  args.k = args.k or (QUICK_K if args.quick else FULL_K)
+  if args.k < 1:
+    parser.error('--k must be >= 1')
   return args
+
+
+def reps_for(tree, args: argparse.Namespace) -> int:
+  if args.reps is not None:
+    return args.reps
+  return QUICK_REPS if args.quick else tree.full_reps
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parse_args(argv)
-  model = args.model
   start = time.perf_counter()
-  _log(f'step benchmark ({"quick" if args.quick else "full"}):'
-       f' {model.describe()}; reps {args.reps};'
-       f' device {jax.devices()[0].device_kind}')
-
-  shapes = param_shapes(model)
-  params = random_tree(shapes, seed=0, scale=0.02)
-  grads = random_tree(shapes, seed=1, scale=1.0)
-  counts = count_params(params)
-  _log(f'  {counts["total"] / 1e6:.1f}M parameters,'
-       f' {counts["matrix"] / 1e6:.1f}M in {counts["matrices"]} hidden'
-       ' matrices')
-
-  specs = candidates(args.k)
-  skipped = {}
-  if args.skip:
-    for name in [n for n in specs if re.search(args.skip, n)]:
-      skipped[name] = f'--skip {args.skip!r}'
-  for name in skipped:
-    _log(f'  skipping {name}: {skipped[name]}')
-  labels = {name: spec[0] for name, spec in specs.items()}
-  specs = {n: spec for n, spec in specs.items() if n not in skipped}
+  _timing.log(f'step benchmark ({"quick" if args.quick else "full"}):'
+              f' trees {", ".join(args.trees)}; k {args.k};'
+              f' device {jax.devices()[0].device_kind}')
+  specs = {name: candidates(tree, args.k)
+           for name, tree in args.trees.items()}
+  first = next(iter(specs.values()))
+  skipped = ({n: f'--skip {args.skip!r}' for n in first
+              if re.search(args.skip, n)} if args.skip else {})
+  if args.quick:
+    # Compilation dominates a smoke test: keep one candidate per code path.
+    quick = (BASELINE, OPTAX_MUON, OURS_NS, f'fo.fanion(k={args.k})')
+    skipped.update({n: '--quick' for n in first
+                    if n not in quick and n not in skipped})
   for name in (BASELINE, OPTAX_MUON, OURS_NS):
-    if name not in specs:
+    if name in skipped:
       raise SystemExit(f'{name} is needed for the ratios; do not skip it.')
-  inits, steps, compile_s, flops = {}, {}, {}, {}
-  for name, (_, make) in specs.items():
-    tx = make()
-    inits[name] = jax.jit(tx.init)
-    state = jax.block_until_ready(inits[name](params))
-    steps[name], compile_s[name] = _timing.compile_ahead(
-        make_step(tx), params, state, grads)
-    flops[name] = flops_of(steps[name])
-    del state
-    _log(f'  compiled {name} in {compile_s[name]:.1f}s')
-
-  last = [time.perf_counter()]
-
-  def progress(line):
-    now = time.perf_counter()
-    _log(f'  {line} ({now - last[0]:.1f}s)')
-    last[0] = now
-
-  warm = [name for name in steps if re.search(LOWRANK, name)]
-  timings = time_steps(steps, inits, params, grads, reps=args.reps,
-                       keep_state=warm, compile_s=compile_s,
-                       progress=progress)
-  rows = _timing.summarize(timings, baseline=BASELINE)
-  for name, row in rows.items():
-    row['label'] = specs[name][0]
-    row['flops'] = flops[name]
-    row['ms_per_step'] = 1e3 * row['median_s']
-  targets = evaluate_targets(rows)
+  labels = {name: spec[0] for name, spec in first.items()}
+  specs = {t: {n: s for n, s in cands.items() if n not in skipped}
+           for t, cands in specs.items()}
+  # One unit per compilation and per step call (warm-up and timed rounds).
+  total = sum(len(specs[name]) * (2 + reps_for(tree, args))
+              for name, tree in args.trees.items())
+  results: dict[str, dict[str, Any]] = {}
+  with _timing.progress_bar(total, 'step', unit='call') as bar:
+    for name, tree in args.trees.items():
+      results[name] = bench_tree(tree, specs[name], args.k,
+                                 reps_for(tree, args), bar)
+  targets = {}
+  for name, result in results.items():
+    result['target'] = evaluate_target(result['candidates'])
+    targets[f'{name}_{TARGET}'] = result['target']
   elapsed = time.perf_counter() - start
 
-  print()
-  print_table(rows)
-  for name, target in targets.items():
-    print(f'  [{"PASS" if target["passed"] else "FAIL"}] {name}:'
-          f' paired {target["paired_ratio"]:.3f},'
-          f' medians {target["ratio_of_medians"]:.3f}')
+  for result in results.values():
+    print(f'\n{result["description"]}')
+    print_table(result['candidates'])
+  _timing.print_targets(
+      targets, lambda t: f'paired {t["paired_ratio"]:.3f}, medians'
+      f' {t["ratio_of_medians"]:.3f}')
 
   os.makedirs(args.out, exist_ok=True)
   json_path = os.path.join(args.out, 'step.json')
   png_path = os.path.join(args.out, 'step.png')
-  full_model = (model == FULL_MODEL)
   payload = {
       'benchmark': 'step',
       'config': {
           'quick': args.quick,
-          'model': dataclasses.asdict(model),
-          'model_description': model.describe(),
-          'is_full_gpt2_small': full_model,
-          'params': counts,
-          'excluded_to_fallback': list(EXCLUDE),
+          'trees': list(args.trees),
           'fanion_k': args.k,
+          'fanion_k_note': ('matrices with min(m, n) <= k get the full polar'
+                            ' factor (Fanion-k is Muon there); counted per'
+                            ' tree in params.matrices_min_side_le_k'),
           'openblas_num_threads': os.environ.get('OPENBLAS_NUM_THREADS'),
-          'reps': args.reps,
+          'reps': {name: r['reps'] for name, r in results.items()},
           'warmup': 1,
           'dtype': 'float32',
           'baseline': BASELINE,
+          'optax_muon_split': ('muon_weight_dimension_numbers translated'
+                               " from fanion_optax's resolved dimension"
+                               ' numbers: the same matrices in both'),
           'step': ('jit(tx.update + optax.apply_updates), compiled ahead of'
                    ' time, nothing donated; params 0.02*N(0,1), grads'
                    ' N(0,1), fixed across calls'),
           'timing': ('compile excluded, one warm-up call each, then'
-                     ' interleaved rotated rounds in one process; median.'
-                     ' Each call gets a freshly initialised state, made'
-                     ' outside the timed region, to bound memory, except the'
-                     ' warm-started Fanion/Neon candidates, timed on the'
-                     ' state after their warm-up step (warm branch)'),
+                     ' interleaved rotated rounds per tree in one process;'
+                     ' median. Each call gets a freshly initialised state,'
+                     ' made outside the timed region, to bound memory,'
+                     ' except the warm-started Fanion/Neon candidates, timed'
+                     ' on the state after their warm-up step (warm branch)'),
           'flops': ("XLA's compiled cost_analysis()['flops'] of the step;"
                     ' for Fanion/Neon it counts the costlier branch of'
                     " KyFan.update's cold/warm lax.cond (the 10-iteration"
                     ' cold start), while the timing is of warm steps'),
       },
-      'candidates': rows,
+      'trees': results,
       'skipped': {name: {'label': labels[name], 'reason': reason}
                   for name, reason in skipped.items()},
       'targets': {name: t['passed'] for name, t in targets.items()},
@@ -490,27 +576,47 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   document = _timing.write_json(
       json_path, payload, argv=['-m', 'benchmarks.step', *argv])
   meta = document['metadata']
-  plot(rows, png_path,
-       f'One optimizer step, GPT-2-shaped tree ({model.describe()};'
-       f' {counts["total"] / 1e6:.0f}M params),\nfloat32 on'
-       f' {meta["device_kind"]} ({meta["cpu_affinity"]} CPUs), median of'
-       f' {args.reps}' + (' [quick]' if args.quick else ''),
+  plot(results, png_path,
+       f'One optimizer step (update + apply), float32 on'
+       f' {meta["device_kind"]} ({meta["cpu_affinity"]} CPUs), Fanion'
+       f' k={args.k}' + (' [quick: tiny trees]' if args.quick else ''),
        skipped=list(skipped))
-  _log(f'wrote {json_path} and {png_path} ({elapsed:.0f}s)')
+  _timing.log(f'wrote {json_path} and {png_path} ({elapsed:.0f}s)')
   return document
+
+
+def _num(x: float) -> str:
+  return f'{x:.0f}' if x >= 100 else f'{x:.3g}'
 
 
 def markdown(d: dict[str, Any]) -> str:
   """The tables of `benchmarks/README.md` for one result document."""
-  lines = ['| optimizer | ms/step | ratio to optax.adamw | GFLOP/step |',
-           '|---|---|---|---|']
-  for key, r in d['candidates'].items():
-    flops = r.get('flops')
-    lines.append(f'| {r.get("label", key)} | {r["ms_per_step"]:.0f} |'
-                 f' {r["ratio"]:.2f} |'
-                 f' {"—" if flops is None else f"{flops / 1e9:.0f}"} |')
-  model = d.get('config', {}).get('model_description', '')
-  return f'Parameter tree: {model}.\n\n' + '\n'.join(lines) + '\n'
+  k = d['config']['fanion_k']
+  out = []
+  for result in d['trees'].values():
+    p, t = result['params'], result['target']
+    lines = [f'**{result["title"]}** ({result["description"]};'
+             f' {p["total"] / 1e6:.3g}M parameters, {p["matrix"] / 1e6:.3g}M'
+             f' in {p["matrices"]} matrices, {p["matrices_min_side_le_k"]} of'
+             f' them with min(m, n) <= k = {k}; fallback: {result["fallback"]};'
+             f' median of {result["reps"]} rounds).', '',
+             '| optimizer | ms/step | ratio to optax.adamw | GFLOP/step |',
+             '|---|---|---|---|']
+    for r in result['candidates'].values():
+      flops = r['flops']
+      lines.append(f'| {r["label"]} | {_num(r["ms_per_step"])} |'
+                   f' {r["ratio"]:.2f} |'
+                   f' {"—" if flops is None else _num(flops / 1e9)} |')
+    lines += ['', f'fo.muon(newton_schulz) / optax.contrib.muon: paired'
+              f' {t["paired_ratio"]:.3f} (target <= {t["threshold"]}).']
+    out.append('\n'.join(lines))
+  return ('The step is `update` + `apply_updates`, compiled ahead of time;'
+          ' all Muon-like candidates orthogonalise the same matrices (the'
+          ' embeddings, heads and vectors go to AdamW). Full-rank polar'
+          ' methods cost about the same FLOPs whatever the coefficients,'
+          ' Fanion-k costs O(mnk) per warm step instead of O(mn·min(m, n)),'
+          ' so its advantage grows with the width of the matrices.\n\n'
+          + '\n\n'.join(out) + '\n')
 
 
 if __name__ == '__main__':
