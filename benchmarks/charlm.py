@@ -2,7 +2,8 @@
 
 Run from the repository root:
 
-  python -m benchmarks.charlm            # full run (2 loaded CPU cores: ~MINUTES)
+  python -m benchmarks.charlm            # full run (2 CPU cores: 13 min at
+                                         # load average 6, ~25 min at 13)
   python -m benchmarks.charlm --quick --out /tmp/charlm_quick   # smoke test
 
 Model and data: the demo's `CharTransformer` (`fanion_optax.demo`: byte
@@ -10,16 +11,19 @@ vocabulary, d_model 64, 2 pre-norm blocks of 4-head causal attention and a
 4x MLP, context 64) on the demo's corpus (Python standard-library source read
 from the running interpreter, ~480 KB), split in order into train (80%),
 validation (10%, used only to pick learning rates) and held-out test (10%,
-never used for a choice). Each run trains for 300 steps of 32 random windows,
+never used for a choice). Each run trains for 200 steps of 32 random windows,
 with the demo's cosine-decayed learning rates, weight decay 0.01 and AdamW on
 embeddings, positions and head (the matrices of attention and MLP go through
 each optimizer's LMO). Losses are the mean next-byte cross-entropy
 (nats/byte) over every non-overlapping 64-byte window of a split.
 
-Budget. 300 steps is the demo's step count per run; the benchmark's larger
-budget is the sweep and the seeds (30 runs instead of 5). Longer runs
-(`--steps 1000`) did not fit the 30-minute limit on the shared, loaded 2-core
-machine (load average ~12: ~0.2 s per step plus ~30 s per compilation).
+Budget: SMALLER than the issue asked. The issue asks for a larger budget
+than the demo's 300 steps per run; on the shared 2-core machine (load average
+~13-14 from parallel jobs: ~0.3 s per step and ~20-30 s per compilation) the
+runs of this protocol at 300 steps would take ~60 min, so the default is
+200 steps (`--steps 1000` runs the larger budget where the CPU allows). What
+the benchmark adds over the demo is the learning-rate sweep, the seeds and
+the separate validation and test splits (36 runs instead of 5).
 
 Optimizers: AdamW, Muon, F-Muon (α = 0.5), S-Muon (α = 0.5, η = 1e-3, as in
 the demo), Fanion-1 and Fanion-8. Every LMO matrix of this model has
@@ -29,8 +33,10 @@ k ≥ min(m, n) to the polar factor): it is left out of the default run
 (`--optimizers ...,fanion64` adds it). A width at which rank 64 is a real
 restriction (d_model ≥ 128, 4x the FLOPs) does not fit the CPU budget.
 
-Protocol: for each optimizer a 3-point learning-rate sweep (0.5x, 1x, 2x the
-demo's default: 3e-3 for AdamW, 0.02 for the others) with seed 0; the
+Protocol: for each optimizer a 4-point learning-rate sweep (0.5x, 1x, 2x, 4x
+the demo's default: 3e-3 for AdamW, 0.02 for the others) with seed 0 (a
+first full run with 0.5x, 1x, 2x put the optimum of AdamW, Muon, F-Muon and
+S-Muon at the 2x edge, and Fanion-1's at 0.5x); the
 learning rate with the lowest final validation loss is kept and seeds 1 and
 2 (which change the initialisation and the batch order) are run at it. The
 held-out loss is reported as mean ± std (ddof=1) over the 3 seeds. One
@@ -77,8 +83,8 @@ LABELS = {'adamw': 'AdamW', 'muon': 'Muon', 'f_muon': 'F-Muon',
           'fanion64': 'Fanion-64'}
 DEFAULT_LR = {'adamw': 3e-3}
 """Peak learning rates of `demo.make_optimizer` (0.02 for the LMO ones)."""
-FULL = dict(steps=300, batch=32, context=64, d_model=64, layers=2, heads=4,
-            lr_multipliers=(0.5, 1.0, 2.0), seeds=3, max_eval_batches=None)
+FULL = dict(steps=200, batch=32, context=64, d_model=64, layers=2, heads=4,
+            lr_multipliers=(0.5, 1.0, 2.0, 4.0), seeds=3, max_eval_batches=None)
 QUICK = dict(steps=40, batch=8, context=32, d_model=32, layers=1, heads=2,
              lr_multipliers=(1.0,), seeds=1, max_eval_batches=4)
 SPLITS = (0.8, 0.9)  # train | validation | test boundaries
@@ -271,7 +277,8 @@ def plot(document: dict[str, Any], path: str) -> None:
     ax.set_ylim(min(tails) - 0.05, max(tails) + 0.05)
   for ax in axes:
     ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=8)
+  axes[0].legend(fontsize=8, loc='upper center', ncol=3,
+                 bbox_to_anchor=(0.5, -0.13))
   axes[2].legend(fontsize=8)
   fig.suptitle(_title(document))
   fig.tight_layout()
@@ -396,7 +403,11 @@ def markdown(document: dict[str, Any]) -> str:
       f'\nProtocol: the demo\'s CharTransformer (d_model {cfg["d_model"]},'
       f' {cfg["layers"]} layers, {cfg["heads"]} heads, context'
       f' {cfg["context"]}) trained for {cfg["steps"]} steps of'
-      f' {cfg["batch"]} windows on {cfg["split_bytes"]["train"]:,} bytes of'
+      f' {cfg["batch"]} windows'
+      + (' (fewer than the demo\'s 300: the loaded 2-core machine did not'
+         ' allow more in 30 min)'
+         if cfg['steps'] < 300 and not cfg['quick'] else '')
+      + f' on {cfg["split_bytes"]["train"]:,} bytes of'
       ' Python standard-library source (cosine-decayed learning rate, weight'
       ' decay 0.01, AdamW at 3e-3 on embeddings and head). The learning rate'
       f' is swept over {mults} the default with seed 0 and picked on a'
@@ -408,8 +419,14 @@ def markdown(document: dict[str, Any]) -> str:
       f' {cfg["d_model"]}, so Fanion-k with k ≥ {cfg["d_model"]} is the full'
       ' polar factor, i.e. Muon. Targets: Muon below AdamW; F-/S-Muon within'
       f' max({NOISE_SIGMAS:g}·pooled std, {MATCH_TOL}) of Muon; Fanion-1 above'
-      f' Muon by more than {NOISE_SIGMAS:g}·pooled std.\n')
-  return text
+      f' Muon by more than {NOISE_SIGMAS:g}·pooled std.')
+  grid = cfg['lr_multipliers']
+  edge = [r['label'] for r in results.values()
+          if len(grid) > 1 and r['best_multiplier'] in (grid[0], grid[-1])]
+  if edge:
+    text += (f' The best learning rate lies at an edge of the grid for'
+             f' {", ".join(edge)}: their optimum may lie outside it.')
+  return text + '\n'
 
 
 if __name__ == '__main__':
