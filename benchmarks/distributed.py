@@ -25,14 +25,13 @@ same-shape matrices (N = 8, 16 and the uneven 11; shapes 256x256 and
 
 and `fo.fanion(0.02, k=16)` in the single and split modes (its T is its own
 single-device count; for the cold/warm-start `lax.cond` of its first step
-XLA's cost analysis reports the costlier, cold branch). It reports per-device FLOPs divided by T/8 (1.0 is a perfect
-split; the target is <= 1.3 for the split modes with >= 8 same-shape
-matrices; an uneven N cannot beat `ceil(N/8)*8/N` with whole matrices), and
-the wall-clock ms/step of every mode, timed interleaved. The 8 devices are
-virtual devices sharing the host's few CPU cores, so wall-clock time says
-nothing about speed-up; only the FLOP counts are evidence. Where batched
-LAPACK calls can deadlock (CPU, jaxlib < 0.11, <= 4 CPUs; see
-`LAPACK_DEADLOCK`) the Fanion modes are compiled and counted but not run.
+XLA's cost analysis reports the costlier, cold branch). It reports
+per-device FLOPs divided by T/8 (1.0 is a perfect split; the target is
+<= 1.3 for the split modes with >= 8 same-shape matrices; an uneven N cannot
+beat `ceil(N/8)*8/N` with whole matrices), and the wall-clock ms/step of
+every mode, timed interleaved. The 8 devices are virtual devices sharing the
+host's few CPU cores, so wall-clock time says nothing about speed-up; only
+the FLOP counts are evidence.
 
 `--quick`: 64x64 matrices, N = 8 and 11, no mixed tree, 1 rep.
 
@@ -100,36 +99,6 @@ OPTIMIZERS: dict[str, tuple[str, Callable[..., Any], tuple[str, ...]]] = {
                           lambda **kw: fo.fanion(0.02, FANION_K, **kw),
                           FANION_MODES),
 }
-
-
-LAPACK_DEADLOCK = (
-    'not timed: on CPU with jaxlib < 0.11 a batched LAPACK custom call (the QR'
-    ' and SVD of the Fanion subspace iteration) splits its batch over the XLA'
-    ' intra-op thread pool and blocks its thread until the chunks finish'
-    ' (jax::ParallelBatchMap). fanion_optax serialises the shape groups of one'
-    ' program, but the 8 virtual devices run their programs at once: e.g.'
-    ' fo.fanion(0.02, 16, axis_name=...) under jax.pmap with 16 matrices of'
-    ' 512x1024 (2 per device) deadlocks on its first call on a 2-core host'
-    ' (8 threads parked in ParallelBatchMap, no CPU progress), while 8'
-    ' matrices (1 per device, no split) run. FLOPs come from compilation'
-    ' alone and are unaffected.')
-
-
-def lapack_deadlock_risk() -> bool:
-  """CPU backend, jaxlib < 0.11 and a small intra-op pool (<= 4 CPUs)."""
-  import jaxlib
-
-  if jax.devices()[0].platform != 'cpu':
-    return False
-  try:
-    version = tuple(int(v) for v in jaxlib.__version__.split('.')[:2])
-  except ValueError:
-    return False
-  try:
-    cpus = len(os.sched_getaffinity(0))
-  except AttributeError:
-    cpus = os.cpu_count() or 1
-  return version < (0, 11) and cpus <= 4
 
 
 # ----------------------------------------------------------------------------
@@ -260,7 +229,7 @@ def compile_mode(make: Callable[..., Any], mode: str, params: Any,
   return compiled, args, seconds
 
 
-def bench_case(case: dict[str, Any], reps: int, time_lowrank: bool,
+def bench_case(case: dict[str, Any], reps: int,
                log: Callable[[str], None] = _timing.log) -> dict[str, Any]:
   t0 = time.perf_counter()
   params = _timing.random_tree(case['shapes'], seed=0)
@@ -277,15 +246,11 @@ def bench_case(case: dict[str, Any], reps: int, time_lowrank: bool,
       key = f'{opt}/{mode}'
       rows[mode] = {'flops_per_device': _timing.flops_of(compiled),
                     'compile_s': seconds}
-      if opt == 'muon' or time_lowrank:
-        if opt != 'muon':
-          # Warm-started LMO: time the warm step, not the cold first one.
-          args = (args[0], jax.block_until_ready(compiled(*args)[1]), args[2])
-        runs[key] = lambda c=compiled, a=args: c(*a)
-        compile_s[key] = seconds
-      else:
-        rows[mode].update(wall_ms_cpu_emulated=None,
-                          wall_note=LAPACK_DEADLOCK)
+      if opt != 'muon':
+        # Warm-started LMO: time the warm step, not the cold first one.
+        args = (args[0], jax.block_until_ready(compiled(*args)[1]), args[2])
+      runs[key] = lambda c=compiled, a=args: c(*a)
+      compile_s[key] = seconds
     total = rows['single']['flops_per_device']
     for mode, row in rows.items():
       row['ratio_to_ideal'] = row['flops_per_device'] / (total / N_DEVICES)
@@ -410,11 +375,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--reps', type=int, default=None,
                       help=f'timed rounds per case (default {FULL_REPS},'
                       f' quick {QUICK_REPS})')
-  parser.add_argument('--time-lowrank', choices=('auto', 'yes', 'no'),
-                      default='auto',
-                      help='time the Fanion modes: "auto" (default) only'
-                      ' reports their FLOPs where batched LAPACK calls can'
-                      ' deadlock (CPU, jaxlib < 0.11, <= 4 CPUs)')
   parser.add_argument('--out', default=os.path.join('benchmarks', 'results'),
                       help='results directory (default benchmarks/results)')
   args = parser.parse_args(argv)
@@ -441,15 +401,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   _timing.log(f'distributed benchmark ({"quick" if args.quick else "full"}):'
        f' {len(cases)} cases, reps {args.reps}, {jax.device_count()}'
        f' {jax.devices()[0].platform} devices')
-  risk = lapack_deadlock_risk()
-  time_lowrank = (args.time_lowrank == 'yes'
-                  or (args.time_lowrank == 'auto' and not risk))
-  if not time_lowrank:
-    _timing.log(f'  fanion{FANION_K} modes: FLOPs only ({LAPACK_DEADLOCK[:60]}...)')
   results = []
   with _timing.progress_bar(len(cases), 'distributed', unit='case') as bar:
     for case in cases:
-      results.append(bench_case(case, args.reps, time_lowrank, log=bar.write))
+      results.append(bench_case(case, args.reps, log=bar.write))
       bar.update()
   targets = evaluate_targets(results)
   elapsed = time.perf_counter() - start
@@ -477,9 +432,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           'shapes': [list(s) for s in shapes],
           'counts': list(counts),
           'reps': args.reps,
-          'fanion_timed': time_lowrank,
           'openblas_num_threads': os.environ.get('OPENBLAS_NUM_THREADS'),
-          'lapack_deadlock_risk_detected': risk,
           'warmup': 1,
           'dtype': 'float32',
           'optimizers': {k: v[0] for k, v in OPTIMIZERS.items()},
