@@ -40,8 +40,8 @@ XLA's compiled FLOP count per step, and per tree the target: the paired
 ratio of `fo.muon(polar="newton_schulz", ns_steps=5)` (the same arithmetic
 as `optax.contrib.muon`) to `optax.contrib.muon` <= 1.05.
 
-The full run took 26 minutes on 2 CPU cores shared with other jobs (load
-average 4 to 14), most of it the GPT-2 tree (a Muon step there is ~16 s on
+The full run took 15 minutes on 2 CPU cores shared with other jobs (load
+average 4 to 10; 26 minutes at 14), most of it the GPT-2 tree (a Muon step there is ~16 s on
 idle cores; hence 2 timed rounds by default on GPT-2, 3 on ResNet); `--layers N` shrinks GPT-2, `--skip REGEX` leaves candidates
 out. `OPENBLAS_NUM_THREADS` defaults to 1 (see below). `--quick` (one
 narrow GPT-2 layer, one ResNet block of width 16, k = 8; only AdamW, the two
