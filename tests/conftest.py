@@ -5,6 +5,12 @@ any test module touches a device.
 """
 
 import os
+import sys
+
+# `reference.py` (NumPy references shared by the tests) is imported as a
+# plain module; with `--import-mode=importlib` pytest does not put this
+# directory (not a package) on `sys.path`, so put it there.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # JAX's CPU SVD/QR call OpenBLAS, whose threads fight XLA's for the cores;
 # one thread is several times faster for the small matrices tested here.

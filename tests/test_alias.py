@@ -6,6 +6,7 @@ mixtures (Kravatskiy et al.), `optax.lion` and `optax.adamw` for Lion and the
 fallback, and the implicit-constraint inequalities of SPEC.md §2.2.
 """
 
+import functools
 import math
 
 import jax
@@ -13,6 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from reference import np_polar
+from reference import np_top_k
+from reference import svd
 
 import fanion_optax as fo
 from fanion_optax.partition import DimensionNumbers as DN
@@ -59,22 +63,6 @@ def _np_shape_factor(fan_in, fan_out, mode):
   return 1.0
 
 
-def _svd(x):
-  return np.linalg.svd(np.asarray(x, np.float64), full_matrices=False)
-
-
-def _np_polar(x):
-  u, _, vh = _svd(x)
-  return u @ vh
-
-
-def _np_top_k(k):
-  def fn(x):
-    u, _, vh = _svd(x)
-    return u[..., :k] @ vh[..., :k, :]
-  return fn
-
-
 def _np_frob(x):
   return x / np.sqrt(np.sum(x * x, axis=(-2, -1), keepdims=True))
 
@@ -97,7 +85,7 @@ STACK = ((0,), (1,), (2,))
 
 
 def _np_muon(x0, grads, *, lr, momentum, wd, views, nesterov=True,
-             shape_scale='muon', lmo=_np_polar):
+             shape_scale='muon', lmo=np_polar):
   """Jordan's Muon on the leaves named in `views` (flat dicts of arrays).
 
   `m ← μ m + (1−μ) g`; direction `(1−μ) g + μ m` (Nesterov) or `m`;
@@ -219,16 +207,16 @@ def test_mixtures_match_closed_forms(name):
   common = dict(momentum=mu, weight_decay=wd)
   if name == 'f_muon':
     tx = fo.f_muon(lr, alpha, polar='svd', **common)
-    ref = _np_mix(alpha, _np_polar, _np_frob)
+    ref = _np_mix(alpha, np_polar, _np_frob)
   elif name == 's_muon':
     tx = fo.s_muon(lr, alpha, eta, polar='svd', **common)
-    ref = _np_mix(alpha, _np_polar, _np_eta_sign(eta))
+    ref = _np_mix(alpha, np_polar, _np_eta_sign(eta))
   elif name == 'f_fanion':
     tx = fo.f_fanion(lr, k, alpha, method='svd', **common)
-    ref = _np_mix(alpha, _np_top_k(k), _np_frob)
+    ref = _np_mix(alpha, functools.partial(np_top_k, k=k), _np_frob)
   else:
     tx = fo.s_fanion(lr, k, alpha, eta, method='svd', **common)
-    ref = _np_mix(alpha, _np_top_k(k), _np_eta_sign(eta))
+    ref = _np_mix(alpha, functools.partial(np_top_k, k=k), _np_eta_sign(eta))
   params = {k_: jnp.asarray(_rand(s, 3 + i))
             for i, (k_, s) in enumerate(MIX_SHAPES.items())}
   grads = _grads(MIX_SHAPES, 4, seed=1)
@@ -245,7 +233,7 @@ def test_alpha_extrapolation_follows_closed_form():
   params = {'w': jnp.zeros((6, 10))}
   g = _rand((6, 10), 5)
   updates, _ = tx.update({'w': jnp.asarray(g)}, tx.init(params), params)
-  want = -lr * (alpha * _np_polar(g) + (1 - alpha) * _np_frob(g))
+  want = -lr * (alpha * np_polar(g) + (1 - alpha) * _np_frob(g))
   np.testing.assert_allclose(np.asarray(updates['w']), want, atol=1e-6)
 
 
@@ -278,7 +266,8 @@ def test_fanion_svd_matches_numpy_top_k():
   tx = fo.fanion(lr, k, method='svd', momentum=mu, weight_decay=0.1)
   got, _ = _run(tx, params, grads)
   want = _np_muon(_flat(params), [_flat(g) for g in grads], lr=lr,
-                  momentum=mu, wd=0.1, views=MIX_VIEWS, lmo=_np_top_k(k))
+                  momentum=mu, wd=0.1, views=MIX_VIEWS,
+                  lmo=functools.partial(np_top_k, k=k))
   _assert_trajectories(got, want, MIX_VIEWS)
 
 
@@ -338,7 +327,8 @@ def test_neon_is_fanion_one(method):
   if method == 'svd':
     ref = _np_muon(_flat(params), [_flat(g) for g in grads], lr=0.05,
                    momentum=0.95, wd=0.1,
-                   views={"['a']": MAT2, "['b']": MAT2}, lmo=_np_top_k(1))
+                   views={"['a']": MAT2, "['b']": MAT2},
+                   lmo=functools.partial(np_top_k, k=1))
     _assert_trajectories(got, ref, ref[0])
 
 
@@ -354,15 +344,15 @@ def _constraint_cases():
       'muon': (
           lambda lr, wd: fo.muon(lr, polar='svd', weight_decay=wd),
           fo.lmo.spectral(method='svd'),
-          lambda g: _svd(g)[1].sum()),
+          lambda g: svd(g)[1].sum()),
       'fanion_svd': (
           lambda lr, wd: fo.fanion(lr, 2, method='svd', weight_decay=wd),
           fo.lmo.ky_fan(2, method='svd'),
-          lambda g: _svd(g)[1][:2].sum()),
+          lambda g: svd(g)[1][:2].sum()),
       'fanion_subspace': (
           lambda lr, wd: fo.fanion(lr, 2, weight_decay=wd),
           fo.lmo.ky_fan(2, method='svd'),
-          lambda g: _svd(g)[1][:2].sum()),
+          lambda g: svd(g)[1][:2].sum()),
       # F-Muon's ball α·B_spec + (1−α)·B_F has no closed-form norm. Both
       # balls lie in the spectral unit ball (σ₁ ≤ ‖·‖_F), so the Minkowski
       # sum lies in α·B_spec + (1−α)·B_spec = B_spec: σ₁(X) ≤ s/λ is a valid
@@ -372,7 +362,7 @@ def _constraint_cases():
       'f_muon': (
           lambda lr, wd: fo.f_muon(lr, alpha, polar='svd', weight_decay=wd),
           fo.lmo.spectral(method='svd'),
-          lambda g: alpha * _svd(g)[1].sum() + (1 - alpha) * np.linalg.norm(
+          lambda g: alpha * svd(g)[1].sum() + (1 - alpha) * np.linalg.norm(
               np.asarray(g, np.float64))),
   }
 
@@ -685,10 +675,10 @@ def test_schedules_equal_per_step_constants(name):
   grads = _grads({'w': (6, 10), 'b': (10,)}, 4, seed=6)
   if name == 'muon':
     tx = fo.muon(lr, momentum=mom, weight_decay=wd, polar='svd')
-    ref_lmo = _np_polar
+    ref_lmo = np_polar
   else:
     tx = fo.f_muon(lr, 0.4, momentum=mom, weight_decay=wd, polar='svd')
-    ref_lmo = _np_mix(0.4, _np_polar, _np_frob)
+    ref_lmo = _np_mix(0.4, np_polar, _np_frob)
   got, _ = _run(tx, params, grads, jit=True)
   want = _np_muon(_flat(params), [_flat(g) for g in grads], lr=lr,
                   momentum=mom, wd=wd, views={"['w']": MAT2}, lmo=ref_lmo)

@@ -11,6 +11,8 @@ import math
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import singular_values
+from reference import with_spectrum
 
 import fanion_optax as fo
 from fanion_optax.diagnostics import ConstraintEntry
@@ -22,17 +24,6 @@ _polar = importlib.import_module('fanion_optax.polar')
 def _rand(shape, seed, scale=1.0):
   rng = np.random.default_rng(seed)
   return (scale * rng.standard_normal(shape)).astype(np.float32)
-
-
-def _sv(x):
-  return np.linalg.svd(np.asarray(x, np.float64), compute_uv=False)
-
-
-def _with_spectrum(m, n, sigma, seed=0):
-  rng = np.random.default_rng(seed)
-  u, _ = np.linalg.qr(rng.standard_normal((m, len(sigma))))
-  v, _ = np.linalg.qr(rng.standard_normal((n, len(sigma))))
-  return ((u * np.asarray(sigma)) @ v.T).astype(np.float32)
 
 
 def _params():
@@ -68,7 +59,7 @@ def _shape_factor(fan_in, fan_out, mode):
 
 
 def _np_norms(name, x):
-  sv = _sv(x)
+  sv = singular_values(x)
   if name == 'spectral':
     return sv[..., 0]
   if name.startswith('ky_fan'):
@@ -131,7 +122,7 @@ def test_norms_and_radii_match_closed_forms(lmo_name, shape_scale):
     ((2.0, 1.5, 0.5), 1, 4.0),  # k = 1: the nuclear norm
 ])
 def test_ky_fan_ball_norm_both_branches(sigma, k, expected):
-  x = _with_spectrum(8, 10, sigma)
+  x = with_spectrum((8, 10), sigma)
   report = fo.diagnostics.constraint_report(
       {'w': x}, fo.lmo.ky_fan(k), weight_decay=1.0, shape_scale=None)
   np.testing.assert_allclose(report['w'].norm, [expected], rtol=1e-5)
@@ -145,7 +136,7 @@ def test_ky_fan_ball_norm_both_branches(sigma, k, expected):
     (2.5, 0.5, False),
 ])
 def test_holds_flag(sigma1, lam, holds):
-  x = _with_spectrum(6, 6, (sigma1, 1.0, 0.5))
+  x = with_spectrum((6, 6), (sigma1, 1.0, 0.5))
   entry = fo.diagnostics.constraint_report(
       {'w': x}, fo.lmo.spectral(method='svd'), weight_decay=lam)['w']
   assert entry.radius == pytest.approx(2.0)
@@ -154,7 +145,7 @@ def test_holds_flag(sigma1, lam, holds):
 
 
 def test_rtol_controls_slack():
-  x = {'w': _with_spectrum(6, 6, (2.05, 1.0))}
+  x = {'w': with_spectrum((6, 6), (2.05, 1.0))}
   lmo = fo.lmo.spectral(method='svd')
   assert not fo.diagnostics.constraint_report(
       x, lmo, weight_decay=0.5)['w'].holds

@@ -7,6 +7,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import gapped_spectrum
+from reference import gaussian
+from reference import np_polar
+from reference import np_top_k
+from reference import singular_values
+from reference import svd
+from reference import to_f64
+from reference import with_spectrum
+from reference import x64
 
 from fanion_optax import lmo
 from fanion_optax import lowrank
@@ -21,65 +30,17 @@ ETA = 0.3
 SCALES = [1e-20, 1e-3, 7.0, 1e20]
 
 
-def _x64():
-  """A context with 64-bit types enabled (`jax.enable_x64` on new JAX)."""
-  if hasattr(jax, 'enable_x64'):
-    return jax.enable_x64(True)
-  from jax.experimental import enable_x64  # older JAX
-  return enable_x64()
-
-
-def _gaussian(shape, seed=0):
-  return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-
-def _with_spectrum(shape, sigma, seed=0):
-  rng = np.random.default_rng(seed)
-  m, n = shape
-  r = len(sigma)
-  u, _ = np.linalg.qr(rng.standard_normal((m, r)))
-  v, _ = np.linalg.qr(rng.standard_normal((n, r)))
-  return ((u * np.asarray(sigma)) @ v.T).astype(np.float32)
-
-
-def _gapped(shape):
-  r = min(shape)
-  return np.concatenate([[10.0, 9.0, 8.0], 0.9**np.arange(r - 3)])
-
-
-def _svd(g):
-  return np.linalg.svd(np.asarray(g, np.float64), full_matrices=False)
-
-
-def _sv(g):
-  return np.linalg.svd(np.asarray(g, np.float64), compute_uv=False)
-
-
-def _np_polar(g):
-  u, _, vh = _svd(g)
-  return u @ vh
-
-
-def _np_top_k(g, k):
-  u, _, vh = _svd(g)
-  return u[..., :, :k] @ vh[..., :k, :]
-
-
 def _np_frobenius(x):
   return np.sqrt(np.sum(np.asarray(x, np.float64)**2, axis=(-2, -1)))
 
 
 def _np_schatten(x, p):
-  return np.sum(_sv(x)**p, axis=-1)**(1.0 / p)
+  return np.sum(singular_values(x)**p, axis=-1)**(1.0 / p)
 
 
 def _np_weighted(g, weights_fn):
-  u, s, vh = _svd(g)
+  u, s, vh = svd(g)
   return (u * weights_fn(s)[..., None, :]) @ vh
-
-
-def _f64(x):
-  return np.asarray(jnp.asarray(x).astype(jnp.float32), np.float64)
 
 
 # name -> (constructor, dual norm closed form, ball norm closed form or None,
@@ -87,14 +48,15 @@ def _f64(x):
 EXACT = {
     'spectral_svd': (
         lambda: lmo.spectral(method='svd'),
-        lambda g: _sv(g).sum(-1),
-        lambda x: _sv(x)[..., 0],
-        _np_polar),
+        lambda g: singular_values(g).sum(-1),
+        lambda x: singular_values(x)[..., 0],
+        np_polar),
     'ky_fan_svd': (
         lambda: lmo.ky_fan(K, method='svd'),
-        lambda g: _sv(g)[..., :K].sum(-1),
-        lambda x: np.maximum(_sv(x)[..., 0], _sv(x).sum(-1) / K),
-        lambda g: _np_top_k(g, K)),
+        lambda g: singular_values(g)[..., :K].sum(-1),
+        lambda x: np.maximum(singular_values(x)[..., 0],
+                             singular_values(x).sum(-1) / K),
+        lambda g: np_top_k(g, K)),
     'frobenius': (
         lmo.frobenius,
         _np_frobenius,
@@ -120,17 +82,17 @@ EXACT = {
     'f_muon': (
         lambda: lmo.mix((0.5, lmo.spectral(method='svd')),
                         (0.5, lmo.frobenius())),
-        lambda g: 0.5 * _sv(g).sum(-1) + 0.5 * _np_frobenius(g),
+        lambda g: 0.5 * singular_values(g).sum(-1) + 0.5 * _np_frobenius(g),
         None,
-        lambda g: 0.5 * _np_polar(g)
+        lambda g: 0.5 * np_polar(g)
         + 0.5 * g / _np_frobenius(g)[..., None, None]),
     's_fanion': (
         lambda: lmo.mix((0.7, lmo.ky_fan(K, method='svd')),
                         (0.3, lmo.sign(0.01))),
-        lambda g: 0.7 * _sv(g)[..., :K].sum(-1)
+        lambda g: 0.7 * singular_values(g)[..., :K].sum(-1)
         + 0.3 * 0.01 * np.abs(g).sum((-2, -1)),
         None,
-        lambda g: 0.7 * _np_top_k(g, K) + 0.3 * 0.01 * np.sign(g)),
+        lambda g: 0.7 * np_top_k(g, K) + 0.3 * 0.01 * np.sign(g)),
 }
 EXACT_NAMES = sorted(EXACT)
 BALL_NAMES = [name for name in EXACT_NAMES if EXACT[name][2] is not None]
@@ -158,10 +120,10 @@ STATELESS = [name for name in ALL_NAMES if name != 'ky_fan_subspace']
 def test_inner_product_equals_dual_norm(name, shape):
   make, dual, _, _ = EXACT[name]
   oracle = make()
-  g = _gaussian(shape, seed=1)
+  g = gaussian(shape, seed=1)
   d = oracle(g)
   assert d.shape == shape and d.dtype == jnp.float32
-  inner = np.sum(g * _f64(d))
+  inner = np.sum(g * to_f64(d))
   np.testing.assert_allclose(inner, float(oracle.dual_norm(g)), rtol=1e-5)
   np.testing.assert_allclose(inner, dual(g), rtol=1e-5)
 
@@ -169,7 +131,7 @@ def test_inner_product_equals_dual_norm(name, shape):
 @pytest.mark.parametrize('name', EXACT_NAMES)
 def test_dual_norm_closed_form_batched(name):
   make, dual, _, _ = EXACT[name]
-  g = _gaussian(BATCH, seed=2)
+  g = gaussian(BATCH, seed=2)
   value = make().dual_norm(g)
   assert value.shape == BATCH[:-2]
   np.testing.assert_allclose(np.asarray(value), dual(g), rtol=1e-5)
@@ -178,14 +140,14 @@ def test_dual_norm_closed_form_batched(name):
 @pytest.mark.parametrize('name', EXACT_NAMES)
 def test_direction_closed_form(name):
   make, _, _, direction = EXACT[name]
-  g = _gaussian(PAIR, seed=3)
-  np.testing.assert_allclose(_f64(make()(g)), direction(g), atol=2e-5)
+  g = gaussian(PAIR, seed=3)
+  np.testing.assert_allclose(to_f64(make()(g)), direction(g), atol=2e-5)
 
 
 @pytest.mark.parametrize('name', BALL_NAMES)
 def test_ball_norm_closed_form(name):
   make, _, ball, _ = EXACT[name]
-  x = _gaussian(BATCH, seed=4)
+  x = gaussian(BATCH, seed=4)
   value = make().norm(x)
   assert value.shape == BATCH[:-2]
   np.testing.assert_allclose(np.asarray(value), ball(x), rtol=1e-5)
@@ -195,32 +157,32 @@ def test_ball_norm_closed_form(name):
 def test_lmo_lies_on_the_unit_sphere(name):
   make, _, ball, _ = EXACT[name]
   oracle = make()
-  g = _gaussian(PAIR, seed=5)
+  g = gaussian(PAIR, seed=5)
   d = oracle(g)
   np.testing.assert_allclose(np.asarray(oracle.norm(d)), 1.0, rtol=1e-5)
-  np.testing.assert_allclose(ball(_f64(d)), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(ball(to_f64(d)), 1.0, rtol=1e-5)
 
 
 def test_mixture_norm_is_not_implemented():
   f_muon = EXACT['f_muon'][0]()
   with pytest.raises(NotImplementedError, match='infimal convolution'):
-    f_muon.norm(_gaussian(WIDE))
+    f_muon.norm(gaussian(WIDE))
 
 
 def test_spectral_fn_without_closed_forms_raises_not_implemented():
   oracle = lmo.spectral_fn(jnp.ones_like)
   with pytest.raises(NotImplementedError, match='h='):
-    oracle.dual_norm(_gaussian(WIDE))
+    oracle.dual_norm(gaussian(WIDE))
   with pytest.raises(NotImplementedError):
-    oracle.norm(_gaussian(WIDE))
+    oracle.norm(gaussian(WIDE))
 
 
 def test_spectral_fn_with_h_gives_its_value():
   oracle = lmo.spectral_fn(lambda s: 2.0 * s, h=jnp.square)
-  g = _gaussian(PAIR, seed=6)
+  g = gaussian(PAIR, seed=6)
   np.testing.assert_allclose(np.asarray(oracle.dual_norm(g)),
-                             np.sum(_sv(g)**2, axis=-1), rtol=1e-5)
-  np.testing.assert_allclose(_f64(oracle(g)), 2.0 * g, atol=1e-5)
+                             np.sum(singular_values(g)**2, axis=-1), rtol=1e-5)
+  np.testing.assert_allclose(to_f64(oracle(g)), 2.0 * g, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------
@@ -229,7 +191,7 @@ def test_spectral_fn_with_h_gives_its_value():
 
 @pytest.mark.parametrize('k', [12, 13, 50])
 def test_ky_fan_full_rank_is_the_polar_factor(k):
-  g = _gaussian(WIDE, seed=7)
+  g = gaussian(WIDE, seed=7)
   np.testing.assert_array_equal(np.asarray(lmo.ky_fan(k)(g)),
                                 np.asarray(polar(g)))
   np.testing.assert_array_equal(
@@ -237,7 +199,7 @@ def test_ky_fan_full_rank_is_the_polar_factor(k):
                             steps=3)(g)),
       np.asarray(polar(g, method='newton_schulz', steps=3)))
   np.testing.assert_allclose(
-      np.asarray(lmo.ky_fan(k, polar='svd')(g)), _np_polar(g), atol=2e-5)
+      np.asarray(lmo.ky_fan(k, polar='svd')(g)), np_polar(g), atol=2e-5)
   # Its update path agrees and carries no state.
   oracle = lmo.ky_fan(k)
   assert oracle.init(WIDE) is None
@@ -249,67 +211,67 @@ def test_ky_fan_full_rank_is_the_polar_factor(k):
 @pytest.mark.parametrize('alpha', [0.3, 0.5])
 @pytest.mark.parametrize('k', [1, K, 12])
 def test_f_mixture_closed_form(alpha, k):
-  g = _gaussian(WIDE, seed=8)
+  g = gaussian(WIDE, seed=8)
   oracle = lmo.mix((alpha, lmo.ky_fan(k, method='svd', polar='svd')),
                    (1.0 - alpha, lmo.frobenius()))
-  expected = alpha * _np_top_k(g, k) + (1 - alpha) * g / _np_frobenius(g)
-  np.testing.assert_allclose(_f64(oracle(g)), expected, atol=2e-5)
+  expected = alpha * np_top_k(g, k) + (1 - alpha) * g / _np_frobenius(g)
+  np.testing.assert_allclose(to_f64(oracle(g)), expected, atol=2e-5)
 
 
 @pytest.mark.parametrize('alpha,eta', [(0.5, 0.01), (0.8, 3e-4)])
 @pytest.mark.parametrize('k', [1, K, 12])
 def test_s_mixture_closed_form(alpha, eta, k):
-  g = _gaussian(WIDE, seed=9)
+  g = gaussian(WIDE, seed=9)
   oracle = lmo.mix((alpha, lmo.ky_fan(k, method='svd', polar='svd')),
                    (1.0 - alpha, lmo.sign(eta)))
-  expected = alpha * _np_top_k(g, k) + (1 - alpha) * eta * np.sign(g)
-  np.testing.assert_allclose(_f64(oracle(g)), expected, atol=2e-5)
+  expected = alpha * np_top_k(g, k) + (1 - alpha) * eta * np.sign(g)
+  np.testing.assert_allclose(to_f64(oracle(g)), expected, atol=2e-5)
 
 
 def test_mixture_accepts_array_weights():
-  g = _gaussian(WIDE, seed=10)
+  g = gaussian(WIDE, seed=10)
   oracle = lmo.mix((jnp.asarray(0.25), lmo.frobenius()),
                    (jnp.asarray(0.75), lmo.sign(1.0)))
   expected = 0.25 * g / _np_frobenius(g) + 0.75 * np.sign(g)
-  np.testing.assert_allclose(_f64(oracle(g)), expected, atol=1e-6)
+  np.testing.assert_allclose(to_f64(oracle(g)), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize('shape', [WIDE, TALL])
 def test_spectral_fn_ones_is_the_polar_factor(shape):
-  g = _gaussian(shape, seed=11)
-  np.testing.assert_allclose(_f64(lmo.spectral_fn(jnp.ones_like)(g)),
-                             _np_polar(g), atol=2e-5)
+  g = gaussian(shape, seed=11)
+  np.testing.assert_allclose(to_f64(lmo.spectral_fn(jnp.ones_like)(g)),
+                             np_polar(g), atol=2e-5)
 
 
 def test_schatten_1_and_2_are_spectral_and_frobenius():
-  g = _gaussian(PAIR, seed=12)
+  g = gaussian(PAIR, seed=12)
   np.testing.assert_allclose(np.asarray(lmo.schatten(1)(g)),
                              np.asarray(lmo.spectral(method='svd')(g)),
                              atol=2e-5)
   np.testing.assert_allclose(np.asarray(lmo.schatten(2)(g)),
                              np.asarray(lmo.frobenius()(g)), atol=2e-6)
   np.testing.assert_allclose(np.asarray(lmo.schatten(1).dual_norm(g)),
-                             _sv(g).sum(-1), rtol=1e-5)
+                             singular_values(g).sum(-1), rtol=1e-5)
   np.testing.assert_allclose(np.asarray(lmo.schatten(2).norm(g)),
                              _np_frobenius(g), rtol=1e-5)
   np.testing.assert_allclose(np.asarray(lmo.schatten(1).norm(g)),
-                             _sv(g)[..., 0], rtol=1e-5)
+                             singular_values(g)[..., 0], rtol=1e-5)
 
 
 def test_large_schatten_p_tends_to_neon():
-  g = _with_spectrum(WIDE, _gapped(WIDE), seed=13)
-  np.testing.assert_allclose(_f64(lmo.schatten(200.0)(g)), _np_top_k(g, 1),
+  g = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=13)
+  np.testing.assert_allclose(to_f64(lmo.schatten(200.0)(g)), np_top_k(g, 1),
                              atol=1e-6)
 
 
 @pytest.mark.parametrize('delta', [2.0, 4.0])
 def test_huber_nuclear(delta):
-  g = _gaussian(PAIR, seed=14)
+  g = gaussian(PAIR, seed=14)
   oracle = lmo.huber_nuclear(delta)
-  s = _sv(g)
+  s = singular_values(g)
   assert s.min() < delta < s.max()  # both branches are exercised
   expected = _np_weighted(g, lambda s: np.minimum(s / delta, 1.0))
-  np.testing.assert_allclose(_f64(oracle(g)), expected, atol=2e-5)
+  np.testing.assert_allclose(to_f64(oracle(g)), expected, atol=2e-5)
   h = np.where(s <= delta, s * s / (2 * delta), s - delta / 2)
   np.testing.assert_allclose(np.asarray(oracle.dual_norm(g)), h.sum(-1),
                              rtol=1e-5)
@@ -317,7 +279,7 @@ def test_huber_nuclear(delta):
                              rtol=1e-5)
   # Not scale-invariant: below delta it is linear, huber(c g) = c g / delta.
   c = np.float32(0.5 * delta / s.max())
-  np.testing.assert_allclose(_f64(oracle(c * g)), c * g / delta, atol=1e-6)
+  np.testing.assert_allclose(to_f64(oracle(c * g)), c * g / delta, atol=1e-6)
 
 
 @pytest.mark.parametrize('name', EXACT_NAMES)
@@ -327,7 +289,7 @@ def test_float64_under_x64(name):
   make, dual, _, direction = EXACT[name]
   oracle = make()
   g = np.random.default_rng(30).standard_normal(WIDE)
-  with _x64():
+  with x64():
     d = oracle(jnp.asarray(g))
     value = oracle.dual_norm(jnp.asarray(g))
     tiny = oracle(jnp.asarray(1e-50 * g))
@@ -346,11 +308,12 @@ def test_schatten_infinity_is_neon_or_rejected():
   except ValueError as e:
     assert 'p' in str(e)
     return
-  g = _with_spectrum(WIDE, _gapped(WIDE), seed=31)
-  np.testing.assert_allclose(_f64(oracle(g)), _np_top_k(g, 1), atol=1e-5)
-  np.testing.assert_allclose(float(oracle.dual_norm(g)), _sv(g)[0],
+  g = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=31)
+  np.testing.assert_allclose(to_f64(oracle(g)), np_top_k(g, 1), atol=1e-5)
+  np.testing.assert_allclose(float(oracle.dual_norm(g)), singular_values(g)[0],
                              rtol=1e-5)
-  np.testing.assert_allclose(float(oracle.norm(g)), _sv(g).sum(), rtol=1e-5)
+  np.testing.assert_allclose(float(oracle.norm(g)), singular_values(g).sum(),
+                             rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------
@@ -361,7 +324,7 @@ def test_schatten_infinity_is_neon_or_rejected():
 @pytest.mark.parametrize('name', SCALE_INVARIANT)
 def test_degree_zero_homogeneity(name, scale):
   oracle = CATALOGUE[name]()
-  g = _with_spectrum(WIDE, _gapped(WIDE), seed=15)
+  g = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=15)
   base = np.asarray(oracle(g))
   scaled = np.asarray(oracle(np.float32(scale) * g))
   assert np.all(np.isfinite(scaled))
@@ -372,7 +335,7 @@ def test_degree_zero_homogeneity(name, scale):
 @pytest.mark.parametrize('name', ALL_NAMES)
 def test_oddness(name, shape):
   oracle = CATALOGUE[name]()
-  g = _with_spectrum(shape, _gapped(shape), seed=16)
+  g = with_spectrum(shape, gapped_spectrum(shape), seed=16)
   np.testing.assert_allclose(np.asarray(oracle(-g)), -np.asarray(oracle(g)),
                              atol=1e-6)
 
@@ -391,8 +354,8 @@ def test_zero_input_gives_zero(name):
 @pytest.mark.parametrize('name', ALL_NAMES)
 def test_batched_matches_per_matrix(name):
   oracle = CATALOGUE[name]()
-  g = _gaussian(PAIR, seed=17)
-  g[1] = _with_spectrum(WIDE, _gapped(WIDE), seed=18)
+  g = gaussian(PAIR, seed=17)
+  g[1] = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=18)
   d = np.asarray(oracle(g))
   assert d.shape == PAIR
   # The subspace cold start only converges on the gapped matrix.
@@ -408,17 +371,18 @@ def test_batched_matches_per_matrix(name):
 @pytest.mark.parametrize('name', ALL_NAMES)
 def test_bfloat16_in_bfloat16_out(name):
   oracle = CATALOGUE[name]()
-  g = jnp.asarray(_with_spectrum(WIDE, _gapped(WIDE), seed=19), jnp.bfloat16)
+  g = jnp.asarray(with_spectrum(WIDE, gapped_spectrum(WIDE), seed=19),
+                  jnp.bfloat16)
   d = oracle(g)
   assert d.dtype == jnp.bfloat16 and d.shape == WIDE
   reference = np.asarray(oracle(g.astype(jnp.float32)))
-  np.testing.assert_allclose(_f64(d), reference, atol=1e-2)
+  np.testing.assert_allclose(to_f64(d), reference, atol=1e-2)
 
 
 @pytest.mark.parametrize('name', ALL_NAMES)
 def test_jit_with_the_lmo_closed_over(name):
   oracle = CATALOGUE[name]()
-  g = _with_spectrum(WIDE, _gapped(WIDE), seed=20)
+  g = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=20)
   np.testing.assert_allclose(np.asarray(jax.jit(lambda x: oracle(x))(g)),
                              np.asarray(oracle(g)), atol=1e-5)
 
@@ -447,7 +411,7 @@ def test_stateless_init_and_update(name):
     assert state == (None, None)
   else:
     assert state is None
-  g = _gaussian(PAIR, seed=21)
+  g = gaussian(PAIR, seed=21)
   d, new_state = oracle.update(g, state)
   assert new_state == state
   np.testing.assert_array_equal(np.asarray(d), np.asarray(oracle(g)))
@@ -457,17 +421,17 @@ def test_ky_fan_subspace_state_converges_on_a_fixed_matrix():
   oracle = lmo.ky_fan(K)
   state = oracle.init(PAIR)
   assert state.shape == (2, 20, K) and state.dtype == jnp.float32
-  g = np.stack([_with_spectrum(WIDE, _gapped(WIDE), seed=22),
-                _gaussian(WIDE, seed=23)])
+  g = np.stack([with_spectrum(WIDE, gapped_spectrum(WIDE), seed=22),
+                gaussian(WIDE, seed=23)])
   for _ in range(30):
     d, state = oracle.update(g, state)
     assert state.shape == (2, 20, K)
     assert np.all(np.isfinite(np.asarray(state)))
   # The gapped matrix is exact; the Gaussian one (small gaps) has converged
   # in the Ky Fan-k value it captures.
-  np.testing.assert_allclose(np.asarray(d[0]), _np_top_k(g[0], K), atol=1e-4)
+  np.testing.assert_allclose(np.asarray(d[0]), np_top_k(g[0], K), atol=1e-4)
   capture = np.sum(g[1] * np.asarray(d[1], np.float64)) / np.sum(
-      _sv(g[1])[:K])
+      singular_values(g[1])[:K])
   assert capture >= 0.9999
   s = np.asarray(state, np.float64)
   np.testing.assert_allclose(np.swapaxes(s, -1, -2) @ s,
@@ -476,8 +440,8 @@ def test_ky_fan_subspace_state_converges_on_a_fixed_matrix():
 
 def test_ky_fan_update_keeps_state_on_non_finite_input():
   oracle = lmo.ky_fan(K)
-  g = np.stack([_with_spectrum(WIDE, _gapped(WIDE), seed=24),
-                _with_spectrum(WIDE, _gapped(WIDE), seed=25)])
+  g = np.stack([with_spectrum(WIDE, gapped_spectrum(WIDE), seed=24),
+                with_spectrum(WIDE, gapped_spectrum(WIDE), seed=25)])
   _, state = oracle.update(g, oracle.init(PAIR))
   bad = g.copy()
   bad[1, 3, 4] = np.nan
@@ -488,14 +452,14 @@ def test_ky_fan_update_keeps_state_on_non_finite_input():
   # The poisoned matrix keeps its previous state ...
   np.testing.assert_array_equal(new_state[1], np.asarray(state)[1])
   # ... and the healthy one is still updated (and tracks its top-k).
-  np.testing.assert_allclose(np.asarray(d[0]), -_np_top_k(g[0], K),
+  np.testing.assert_allclose(np.asarray(d[0]), -np_top_k(g[0], K),
                              atol=1e-4)
   v = new_state[0].astype(np.float64)
-  _, _, vh = _svd(g[0])
+  _, _, vh = svd(g[0])
   np.testing.assert_allclose(v @ v.T, vh[:K].T @ vh[:K], atol=1e-4)
   # With the kept state the next finite step is as good as ever.
   d, _ = oracle.update(g, new_state)
-  np.testing.assert_allclose(np.asarray(d), _np_top_k(g, K), atol=1e-4)
+  np.testing.assert_allclose(np.asarray(d), np_top_k(g, K), atol=1e-4)
 
 
 def test_mixture_state_is_the_tuple_of_its_terms_states():
@@ -506,26 +470,25 @@ def test_mixture_state_is_the_tuple_of_its_terms_states():
   assert state[1] is None
   np.testing.assert_array_equal(np.asarray(state[0]),
                                 np.asarray(lmo.ky_fan(K).init(PAIR)))
-  g = np.stack([_with_spectrum(WIDE, _gapped(WIDE), seed=26),
-                _with_spectrum(WIDE, _gapped(WIDE), seed=27)])
+  g = np.stack([with_spectrum(WIDE, gapped_spectrum(WIDE), seed=26),
+                with_spectrum(WIDE, gapped_spectrum(WIDE), seed=27)])
   for _ in range(3):
     d, state = oracle.update(g, state)
   assert isinstance(state, tuple) and len(state) == 2
   assert state[0].shape == (2, 20, K) and state[1] is None
-  expected = 0.5 * _np_top_k(g, K) + 0.5 * g / _np_frobenius(g)[:, None,
-                                                                  None]
+  expected = 0.5 * np_top_k(g, K) + 0.5 * g / _np_frobenius(g)[:, None, None]
   np.testing.assert_allclose(np.asarray(d), expected, atol=1e-4)
 
 
 def test_ky_fan_update_under_jit():
   oracle = lmo.ky_fan(K)
-  g = np.stack([_with_spectrum(WIDE, _gapped(WIDE), seed=28),
-                _with_spectrum(WIDE, _gapped(WIDE), seed=29)])
+  g = np.stack([with_spectrum(WIDE, gapped_spectrum(WIDE), seed=28),
+                with_spectrum(WIDE, gapped_spectrum(WIDE), seed=29)])
   update = jax.jit(oracle.update)
   state = oracle.init(PAIR)
   for _ in range(3):
     d, state = update(g, state)
-  np.testing.assert_allclose(np.asarray(d), _np_top_k(g, K), atol=1e-4)
+  np.testing.assert_allclose(np.asarray(d), np_top_k(g, K), atol=1e-4)
 
 
 def test_init_rejects_vector_shape():

@@ -9,6 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import gapped_spectrum
+from reference import gaussian
+from reference import np_top_k
+from reference import singular_values
+from reference import with_spectrum
+from reference import x64
 
 from fanion_optax import top_k_polar
 from fanion_optax.lowrank import initial_subspace
@@ -19,45 +25,8 @@ BATCH = (2, 3, 6, 10)
 METHODS = ('svd', 'subspace')
 
 
-def _x64():
-  """A context with 64-bit types enabled (`jax.enable_x64` on new JAX)."""
-  if hasattr(jax, 'enable_x64'):
-    return jax.enable_x64(True)
-  from jax.experimental import enable_x64  # older JAX
-  return enable_x64()
-
-
-def _gaussian(shape, seed=0):
-  return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-
-def _with_spectrum(shape, sigma, seed=0):
-  """A batch of `U diag(sigma) Vᵀ` (orthonormal U, V drawn per matrix)."""
-  rng = np.random.default_rng(seed)
-  *batch, m, n = shape
-  sigma = np.asarray(sigma, np.float64)
-  r = len(sigma)
-  out = np.empty((int(np.prod(batch, dtype=int)), m, n), np.float32)
-  for i in range(out.shape[0]):
-    u, _ = np.linalg.qr(rng.standard_normal((m, r)))
-    v, _ = np.linalg.qr(rng.standard_normal((n, r)))
-    out[i] = (u * sigma) @ v.T
-  return out.reshape(shape)
-
-
 def _distinct(shape):
   return np.linspace(3.0, 0.5, min(shape[-2:]))
-
-
-def _gapped(shape):
-  """sigma = [10, 9, 8, 1, 0.9, 0.81, ...]: a clear gap after the third."""
-  r = min(shape[-2:])
-  return np.concatenate([[10.0, 9.0, 8.0], 0.9**np.arange(r - 3)])
-
-
-def _np_top_k(g, k):
-  u, _, vh = np.linalg.svd(np.asarray(g, np.float64), full_matrices=False)
-  return u[..., :, :k] @ vh[..., :k, :]
 
 
 def _np_right_projector(g, k):
@@ -66,12 +35,8 @@ def _np_right_projector(g, k):
   return v @ np.swapaxes(v, -1, -2)
 
 
-def _singular_values(x):
-  return np.linalg.svd(np.asarray(x, np.float64), compute_uv=False)
-
-
 def _ky_fan(g, k):
-  return _singular_values(g)[..., :k].sum(-1)
+  return singular_values(g)[..., :k].sum(-1)
 
 
 # ---------------------------------------------------------------------------
@@ -82,11 +47,11 @@ def _ky_fan(g, k):
 @pytest.mark.parametrize('k', [1, 3, 'min'])
 def test_svd_matches_numpy_top_k(shape, k):
   k = min(shape[-2:]) if k == 'min' else k
-  g = _with_spectrum(shape, _distinct(shape), seed=1)
+  g = with_spectrum(shape, _distinct(shape), seed=1)
   d = top_k_polar(g, k, method='svd')
   assert d.shape == shape and d.dtype == jnp.float32
-  np.testing.assert_allclose(np.asarray(d), _np_top_k(g, k), atol=1e-5)
-  s = _singular_values(d)
+  np.testing.assert_allclose(np.asarray(d), np_top_k(g, k), atol=1e-5)
+  s = singular_values(d)
   np.testing.assert_allclose(s[..., :k], 1.0, atol=1e-5)
   np.testing.assert_allclose(s[..., k:], 0.0, atol=1e-5)
 
@@ -96,7 +61,7 @@ def test_svd_matches_numpy_top_k(shape, k):
 @pytest.mark.parametrize('extra', [0, 3])
 def test_k_at_least_min_is_full_polar_factor(method, shape, extra):
   k = min(shape[-2:]) + extra
-  g = _gaussian(shape, seed=2)
+  g = gaussian(shape, seed=2)
   d, state = top_k_polar(g, k, method=method, return_state=True)
   u, _, vh = np.linalg.svd(g.astype(np.float64), full_matrices=False)
   np.testing.assert_allclose(np.asarray(d), u @ vh, atol=2e-5)
@@ -105,9 +70,9 @@ def test_k_at_least_min_is_full_polar_factor(method, shape, extra):
 
 @pytest.mark.parametrize('shape', [WIDE, TALL, BATCH])
 def test_subspace_cold_start_with_spectral_gap(shape):
-  g = _with_spectrum(shape, _gapped(shape), seed=3)
+  g = with_spectrum(shape, gapped_spectrum(shape), seed=3)
   d, state = top_k_polar(g, 3, method='subspace', return_state=True)
-  np.testing.assert_allclose(np.asarray(d), _np_top_k(g, 3), atol=1e-4)
+  np.testing.assert_allclose(np.asarray(d), np_top_k(g, 3), atol=1e-4)
   assert state.shape == (*shape[:-2], shape[-1], 3)
   assert state.dtype == jnp.float32
   # The state spans the top-3 right singular subspace, orthonormally.
@@ -119,7 +84,7 @@ def test_subspace_cold_start_with_spectral_gap(shape):
 
 
 def test_subspace_agrees_with_svd_method():
-  g = _with_spectrum(WIDE, _gapped(WIDE), seed=4)
+  g = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=4)
   np.testing.assert_allclose(np.asarray(top_k_polar(g, 3)),
                              np.asarray(top_k_polar(g, 3, method='svd')),
                              atol=1e-4)
@@ -128,11 +93,11 @@ def test_subspace_agrees_with_svd_method():
 @pytest.mark.parametrize('shape', [WIDE, TALL])
 def test_exact_state_with_zero_iterations_is_exact(shape):
   # Rayleigh–Ritz alone recovers U_k V_kᵀ from the exact right subspace.
-  g = _with_spectrum(shape, _distinct(shape), seed=5)
+  g = with_spectrum(shape, _distinct(shape), seed=5)
   _, _, vh = np.linalg.svd(g.astype(np.float64), full_matrices=False)
   state = jnp.asarray(vh[:4].T, jnp.float32)
   d = top_k_polar(g, 4, state=state, iters=0)
-  np.testing.assert_allclose(np.asarray(d), _np_top_k(g, 4), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(d), np_top_k(g, 4), atol=1e-5)
 
 
 # ---------------------------------------------------------------------------
@@ -141,14 +106,14 @@ def test_exact_state_with_zero_iterations_is_exact(shape):
 
 def test_warm_start_tracks_drift_with_spectral_gap():
   k = 3
-  g0 = _with_spectrum(WIDE, _gapped(WIDE), seed=6)
-  drift = _gaussian(WIDE, seed=7)
+  g0 = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=6)
+  drift = gaussian(WIDE, seed=7)
   d, state = top_k_polar(g0, k, return_state=True)
   for t in range(1, 11):
     g = g0 + np.float32(0.01 * t) * drift
     d, state = top_k_polar(g, k, state=state, return_state=True)
     assert np.all(np.isfinite(np.asarray(state)))
-    np.testing.assert_allclose(np.asarray(d), _np_top_k(g, k), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(d), np_top_k(g, k), atol=1e-4)
     capture = np.sum(g * np.asarray(d, np.float64)) / _ky_fan(g, k)
     assert capture >= 0.999
 
@@ -158,8 +123,8 @@ def test_warm_start_converges_where_cold_start_does_not():
   # ~91% of the Ky Fan norm (measured), while the warm start keeps
   # improving along the drifting sequence (1 - capture ~ 5e-6 measured).
   k = 3
-  g0 = _gaussian(WIDE, seed=3)
-  drift = _gaussian(WIDE, seed=8)
+  g0 = gaussian(WIDE, seed=3)
+  drift = gaussian(WIDE, seed=8)
   _, state = top_k_polar(g0, k, return_state=True)
   for t in range(1, 21):
     g = g0 + np.float32(0.01 * t) * drift
@@ -167,7 +132,7 @@ def test_warm_start_converges_where_cold_start_does_not():
     if t >= 10:
       capture = np.sum(g * np.asarray(d, np.float64)) / _ky_fan(g, k)
       assert capture >= 0.9999
-      np.testing.assert_allclose(np.asarray(d), _np_top_k(g, k), atol=1e-2)
+      np.testing.assert_allclose(np.asarray(d), np_top_k(g, k), atol=1e-2)
   cold = top_k_polar(g, k, iters=2)
   assert np.sum(g * np.asarray(cold, np.float64)) / _ky_fan(g, k) < 0.99
 
@@ -188,22 +153,22 @@ def test_zero_matrix(method, shape):
 
 def test_state_after_zero_matrix_is_still_a_usable_warm_start():
   _, state = top_k_polar(jnp.zeros(WIDE), 3, return_state=True)
-  g = _with_spectrum(WIDE, _gapped(WIDE), seed=9)
+  g = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=9)
   d = top_k_polar(g, 3, state=state, iters=6)
-  np.testing.assert_allclose(np.asarray(d), _np_top_k(g, 3), atol=1e-4)
+  np.testing.assert_allclose(np.asarray(d), np_top_k(g, 3), atol=1e-4)
 
 
 @pytest.mark.parametrize('method', METHODS)
 @pytest.mark.parametrize('k', [3, 12])
 @pytest.mark.parametrize('shape', [WIDE, TALL])
 def test_rank_deficient_input_gives_rank_r_output(method, k, shape):
-  g = _with_spectrum(shape, [3.0, 1.0], seed=10)  # rank 2
+  g = with_spectrum(shape, [3.0, 1.0], seed=10)  # rank 2
   d = np.asarray(top_k_polar(g, k, method=method))
   assert np.all(np.isfinite(d))
-  s = _singular_values(d)
+  s = singular_values(d)
   np.testing.assert_allclose(s[:2], 1.0, atol=1e-5)
   np.testing.assert_allclose(s[2:], 0.0, atol=1e-5)
-  np.testing.assert_allclose(d, _np_top_k(g, 2), atol=1e-5)
+  np.testing.assert_allclose(d, np_top_k(g, 2), atol=1e-5)
 
 
 @pytest.mark.parametrize('method', METHODS)
@@ -214,10 +179,10 @@ def test_rank_deficient_input_gives_rank_r_output(method, k, shape):
 def test_duplicated_singular_values(method, spectrum, k, ky_fan):
   sigma = {'ones': np.ones(12),
            'plateau': [3.0, 2.0, 2.0, 2.0] + [1.0] * 8}[spectrum]
-  g = _with_spectrum(WIDE, sigma, seed=11)
+  g = with_spectrum(WIDE, sigma, seed=11)
   d = np.asarray(top_k_polar(g, k, method=method), np.float64)
   assert np.all(np.isfinite(d))
-  s = _singular_values(d)
+  s = singular_values(d)
   np.testing.assert_allclose(s[:k], 1.0, atol=1e-4)
   np.testing.assert_allclose(s[k:], 0.0, atol=1e-4)
   # Any top-k choice within the plateau attains the Ky Fan-k norm.
@@ -227,7 +192,7 @@ def test_duplicated_singular_values(method, spectrum, k, ky_fan):
 @pytest.mark.parametrize('method', METHODS)
 def test_identity_matrix(method):
   d = np.asarray(top_k_polar(jnp.eye(*WIDE), 3, method=method), np.float64)
-  s = _singular_values(d)
+  s = singular_values(d)
   np.testing.assert_allclose(s, [1.0] * 3 + [0.0] * 9, atol=1e-5)
   # Its square block is a rank-3 orthogonal projector; the rest is zero.
   p = d[:, :12]
@@ -275,7 +240,7 @@ def test_initial_subspace_is_at_least_float32():
 @pytest.mark.parametrize('method', METHODS)
 @pytest.mark.parametrize('scale', [1e-20, 1e-3, 7.0, 1e20])
 def test_degree_zero_homogeneity(method, scale):
-  g = _with_spectrum(WIDE, _gapped(WIDE), seed=12)
+  g = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=12)
   base = np.asarray(top_k_polar(g, 3, method=method))
   scaled = np.asarray(top_k_polar(np.float32(scale) * g, 3, method=method))
   np.testing.assert_allclose(scaled, base, atol=1e-5)
@@ -283,7 +248,7 @@ def test_degree_zero_homogeneity(method, scale):
 
 @pytest.mark.parametrize('method', METHODS)
 def test_oddness(method):
-  g = _with_spectrum(TALL, _gapped(TALL), seed=13)
+  g = with_spectrum(TALL, gapped_spectrum(TALL), seed=13)
   np.testing.assert_allclose(np.asarray(top_k_polar(-g, 3, method=method)),
                              -np.asarray(top_k_polar(g, 3, method=method)),
                              atol=1e-5)
@@ -291,7 +256,7 @@ def test_oddness(method):
 
 @pytest.mark.parametrize('method', METHODS)
 def test_batched_matches_per_matrix(method):
-  g = _with_spectrum(BATCH, _gapped(BATCH), seed=14)
+  g = with_spectrum(BATCH, gapped_spectrum(BATCH), seed=14)
   d, state = top_k_polar(g, 3, method=method, return_state=True)
   assert d.shape == BATCH and state.shape == (2, 3, 10, 3)
   for i in range(2):
@@ -302,24 +267,24 @@ def test_batched_matches_per_matrix(method):
       np.testing.assert_allclose(
           np.asarray(state[i, j]) @ np.asarray(state[i, j]).T,
           np.asarray(sij) @ np.asarray(sij).T, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(d), _np_top_k(g, 3), atol=1e-4)
+  np.testing.assert_allclose(np.asarray(d), np_top_k(g, 3), atol=1e-4)
 
 
 @pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize('method', METHODS)
 def test_half_precision_inputs(method, dtype):
-  g = jnp.asarray(_with_spectrum(WIDE, _gapped(WIDE), seed=15), dtype)
+  g = jnp.asarray(with_spectrum(WIDE, gapped_spectrum(WIDE), seed=15), dtype)
   d, state = top_k_polar(g, 3, method=method, return_state=True)
   assert d.dtype == dtype and d.shape == WIDE
   assert state.dtype == jnp.float32
-  ref = _np_top_k(np.asarray(g.astype(jnp.float32)), 3)
+  ref = np_top_k(np.asarray(g.astype(jnp.float32)), 3)
   atol = 8e-3 if dtype == jnp.bfloat16 else 1e-3
   np.testing.assert_allclose(np.asarray(d.astype(jnp.float32)), ref,
                              atol=atol)
 
 
 def test_compute_dtype_is_at_least_float32():
-  g = _with_spectrum(WIDE, _gapped(WIDE), seed=16)
+  g = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=16)
   np.testing.assert_array_equal(
       np.asarray(top_k_polar(g, 3, compute_dtype=jnp.bfloat16)),
       np.asarray(top_k_polar(g, 3)))
@@ -327,27 +292,27 @@ def test_compute_dtype_is_at_least_float32():
 
 @pytest.mark.parametrize('method', METHODS)
 def test_float64_under_x64(method):
-  g = _with_spectrum(WIDE, _gapped(WIDE), seed=17).astype(np.float64)
+  g = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=17).astype(np.float64)
   g = g + 1e-3 * np.random.default_rng(18).standard_normal(WIDE)
-  with _x64():
+  with x64():
     d, state = top_k_polar(jnp.asarray(g), 3, method=method, iters=20,
                            return_state=True)
     assert d.dtype == jnp.float64
     assert state.dtype == jnp.float32
     d = np.asarray(d)
-  np.testing.assert_allclose(d, _np_top_k(g, 3), atol=1e-10)
+  np.testing.assert_allclose(d, np_top_k(g, 3), atol=1e-10)
 
 
 @pytest.mark.parametrize('method', METHODS)
 def test_jit(method):
-  g = _with_spectrum(BATCH, _gapped(BATCH), seed=19)
+  g = with_spectrum(BATCH, gapped_spectrum(BATCH), seed=19)
   f = jax.jit(functools.partial(top_k_polar, k=3, method=method,
                                 return_state=True))
   d, state = f(g)
-  np.testing.assert_allclose(np.asarray(d), _np_top_k(g, 3), atol=1e-4)
-  g2 = g + np.float32(0.01) * _gaussian(BATCH, seed=20)
+  np.testing.assert_allclose(np.asarray(d), np_top_k(g, 3), atol=1e-4)
+  g2 = g + np.float32(0.01) * gaussian(BATCH, seed=20)
   d2, state2 = f(g2, state=state)
-  np.testing.assert_allclose(np.asarray(d2), _np_top_k(g2, 3), atol=1e-4)
+  np.testing.assert_allclose(np.asarray(d2), np_top_k(g2, 3), atol=1e-4)
   assert state2.shape == state.shape
 
 
@@ -356,30 +321,30 @@ def test_jit(method):
 
 
 def test_wrong_state_shape_raises():
-  g = _gaussian(WIDE)
+  g = gaussian(WIDE)
   with pytest.raises(ValueError, match='state'):
     top_k_polar(g, 3, state=jnp.zeros((20, 2)))
   with pytest.raises(ValueError, match='state'):
     top_k_polar(g, 3, state=jnp.zeros((12, 3)))
   with pytest.raises(ValueError, match='state'):
-    top_k_polar(_gaussian(BATCH), 3, state=jnp.zeros((10, 3)))
+    top_k_polar(gaussian(BATCH), 3, state=jnp.zeros((10, 3)))
 
 
 @pytest.mark.parametrize('k,error', [(0, ValueError), (-2, ValueError),
                                      (1.5, TypeError), (True, TypeError)])
 def test_bad_k_raises(k, error):
   with pytest.raises(error, match='k'):
-    top_k_polar(_gaussian(WIDE), k)
+    top_k_polar(gaussian(WIDE), k)
 
 
 def test_unknown_method_raises():
   with pytest.raises(ValueError, match='method'):
-    top_k_polar(_gaussian(WIDE), 2, method='power')
+    top_k_polar(gaussian(WIDE), 2, method='power')
 
 
 def test_negative_iters_raises():
   with pytest.raises(ValueError, match='iters'):
-    top_k_polar(_gaussian(WIDE), 2, iters=-1)
+    top_k_polar(gaussian(WIDE), 2, iters=-1)
 
 
 def test_non_matrix_input_raises():

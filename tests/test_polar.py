@@ -11,6 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import gaussian
+from reference import np_polar
+from reference import with_spectrum
+from reference import x64
 
 from fanion_optax import coefficient_schedule
 from fanion_optax import lmo_gap
@@ -50,32 +54,6 @@ ITERATIVE = ('newton_schulz', 'polar_express')
 JORDAN_5_GAP = 0.3
 POLAR_EXPRESS_5_GAP = 0.2
 POLAR_EXPRESS_8_GAP = 1e-4
-
-
-def _x64():
-  """A context with 64-bit types enabled (`jax.enable_x64` on new JAX)."""
-  if hasattr(jax, 'enable_x64'):
-    return jax.enable_x64(True)
-  from jax.experimental import enable_x64  # older JAX
-  return enable_x64()
-
-
-def _gaussian(shape, seed=0):
-  return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-
-def _with_spectrum(m, n, sigma, seed=0):
-  """`U diag(sigma) Vᵀ` with Haar-like orthonormal U (m, r), V (n, r)."""
-  rng = np.random.default_rng(seed)
-  r = len(sigma)
-  u, _ = np.linalg.qr(rng.standard_normal((m, r)))
-  v, _ = np.linalg.qr(rng.standard_normal((n, r)))
-  return ((u * np.asarray(sigma)) @ v.T).astype(np.float32)
-
-
-def _np_polar(g):
-  u, _, vh = np.linalg.svd(np.asarray(g, np.float64), full_matrices=False)
-  return u @ vh
 
 
 def _np_gap(g, o):
@@ -118,15 +96,15 @@ def _f32(x):
 
 @pytest.mark.parametrize('shape', SHAPES)
 def test_svd_matches_numpy_polar_factor(shape):
-  g = _gaussian(shape, seed=1)
+  g = gaussian(shape, seed=1)
   o = polar(g, method='svd')
   assert o.shape == shape and o.dtype == jnp.float32
-  np.testing.assert_allclose(np.asarray(o), _np_polar(g), atol=2e-5)
+  np.testing.assert_allclose(np.asarray(o), np_polar(g), atol=2e-5)
 
 
 @pytest.mark.parametrize('shape', [WIDE, TALL])
 def test_svd_output_is_orthonormal(shape):
-  o = np.asarray(polar(_gaussian(shape, seed=2), method='svd'), np.float64)
+  o = np.asarray(polar(gaussian(shape, seed=2), method='svd'), np.float64)
   small = o @ o.T if shape[0] <= shape[1] else o.T @ o
   np.testing.assert_allclose(small, np.eye(min(shape)), atol=1e-5)
 
@@ -195,7 +173,7 @@ def test_coefficient_schedule_explicit_rows():
 ])
 @pytest.mark.parametrize('shape', SHAPES)
 def test_named_iterations_match_numpy_reference(method, rows, safety, shape):
-  g = _gaussian(shape, seed=3)
+  g = gaussian(shape, seed=3)
   o = polar(g, method=method)
   assert o.shape == shape and o.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(o),
@@ -204,14 +182,14 @@ def test_named_iterations_match_numpy_reference(method, rows, safety, shape):
 
 @pytest.mark.parametrize('steps', [1, 2, 8])
 def test_polar_express_steps_match_numpy_reference(steps):
-  g = _gaussian(WIDE, seed=4)
+  g = gaussian(WIDE, seed=4)
   o = polar(g, method='polar_express', steps=steps)
   ref = _np_newton_schulz(g, _damped_polar_express_rows()[:steps], SAFETY)
   np.testing.assert_allclose(np.asarray(o), ref, atol=3e-5)
 
 
 def test_explicit_jordan_rows_equal_newton_schulz():
-  g = _gaussian(BATCH, seed=5)
+  g = gaussian(BATCH, seed=5)
   explicit = polar(g, method=[JORDAN] * 5)
   named = polar(g, method='newton_schulz')
   np.testing.assert_array_equal(np.asarray(explicit), np.asarray(named))
@@ -224,9 +202,9 @@ def test_explicit_jordan_rows_equal_newton_schulz():
 @pytest.mark.parametrize('shape', [WIDE, TALL])
 def test_classic_cubic_converges_to_polar_factor(shape):
   m, n = shape
-  g = _with_spectrum(m, n, np.linspace(1.0, 0.5, min(m, n)), seed=6)
+  g = with_spectrum((m, n), np.linspace(1.0, 0.5, min(m, n)), seed=6)
   o = polar(g, method=((1.5, -0.5, 0.0),) * 30)
-  np.testing.assert_allclose(np.asarray(o), _np_polar(g), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(o), np_polar(g), atol=1e-5)
 
 
 # ---------------------------------------------------------------------------
@@ -234,14 +212,14 @@ def test_classic_cubic_converges_to_polar_factor(shape):
 
 
 def test_lmo_gap_matches_numpy_reference():
-  g = _gaussian(BATCH, seed=7)
-  o = _gaussian(BATCH, seed=8)
+  g = gaussian(BATCH, seed=7)
+  o = gaussian(BATCH, seed=8)
   gap = lmo_gap(g, o)
   assert gap.shape == BATCH[:-2]
   np.testing.assert_allclose(np.asarray(gap), _np_gap(g, o), rtol=1e-5,
                              atol=1e-6)
   # The exact polar factor has gap 0; a scaled copy of g has a known gap.
-  np.testing.assert_allclose(np.asarray(lmo_gap(g, _np_polar(g))), 0.0,
+  np.testing.assert_allclose(np.asarray(lmo_gap(g, np_polar(g))), 0.0,
                              atol=1e-5)
   np.testing.assert_allclose(np.asarray(lmo_gap(g, 2.0 * g)), _np_gap(g, g),
                              rtol=1e-5)
@@ -250,8 +228,8 @@ def test_lmo_gap_matches_numpy_reference():
 def test_lmo_gap_float64_under_x64():
   # Documented: "Computed in float64 when enabled, else float32."
   g = np.random.default_rng(9).standard_normal(WIDE)
-  with _x64():
-    gap = lmo_gap(jnp.asarray(g), jnp.asarray(_np_polar(g)))
+  with x64():
+    gap = lmo_gap(jnp.asarray(g), jnp.asarray(np_polar(g)))
     assert gap.dtype == jnp.float64
     assert abs(float(gap)) < 1e-12
 
@@ -269,7 +247,7 @@ def _gaps(g):
 @pytest.mark.parametrize('seed', [0, 1])
 @pytest.mark.parametrize('shape', GAP_SHAPES)
 def test_gap_bounds_gaussian(shape, seed):
-  g = _gaussian(shape, seed)
+  g = gaussian(shape, seed)
   jordan, express5, express8 = _gaps(g)
   assert 0.0 < jordan < JORDAN_5_GAP
   assert 0.0 < express5 < POLAR_EXPRESS_5_GAP
@@ -285,7 +263,7 @@ def test_polar_express_beats_jordan_on_gaussians(shape, seed):
   # Holds for aspect ratios up to ~2. For very wide Gaussians (8 x 40, well
   # conditioned) Jordan can be marginally ahead (measured 0.106 vs 0.112),
   # so that shape is only held to the absolute bounds above.
-  jordan, express5, express8 = _gaps(_gaussian(shape, seed))
+  jordan, express5, express8 = _gaps(gaussian(shape, seed))
   assert express5 < jordan
   assert express8 < express5
 
@@ -297,7 +275,7 @@ def test_gap_bounds_decaying_spectrum(shape, spectrum):
   r = min(m, n)
   sigma = (0.9**np.arange(r) if spectrum == '0.9^i'
            else np.geomspace(1.0, 1e-3, r))
-  jordan, express5, express8 = _gaps(_with_spectrum(m, n, sigma, seed=m + n))
+  jordan, express5, express8 = _gaps(with_spectrum((m, n), sigma, seed=m + n))
   assert jordan < JORDAN_5_GAP
   assert express5 < POLAR_EXPRESS_5_GAP
   assert express8 < POLAR_EXPRESS_8_GAP
@@ -307,22 +285,22 @@ def test_gap_bounds_decaying_spectrum(shape, spectrum):
                                   'cond1e2', 'cond1e3'])
 def test_polar_express_8_steps_singular_values_near_one(case):
   g = {
-      'gauss_wide': _gaussian(WIDE, seed=10),
-      'gauss_tall': _gaussian(TALL, seed=11),
-      '0.9^i': _with_spectrum(*WIDE, 0.9**np.arange(12), seed=12),
-      'cond1e2': _with_spectrum(*WIDE, np.geomspace(1, 1e-2, 12), seed=13),
-      'cond1e3': _with_spectrum(*TALL, np.geomspace(1, 1e-3, 12), seed=14),
+      'gauss_wide': gaussian(WIDE, seed=10),
+      'gauss_tall': gaussian(TALL, seed=11),
+      '0.9^i': with_spectrum(WIDE, 0.9**np.arange(12), seed=12),
+      'cond1e2': with_spectrum(WIDE, np.geomspace(1, 1e-2, 12), seed=13),
+      'cond1e3': with_spectrum(TALL, np.geomspace(1, 1e-3, 12), seed=14),
   }[case]
   o = polar(g, method='polar_express', steps=8)
   s = np.linalg.svd(np.asarray(o, np.float64), compute_uv=False)
   np.testing.assert_allclose(s, 1.0, atol=1e-3)
-  np.testing.assert_allclose(np.asarray(o), _np_polar(g), atol=2e-3)
+  np.testing.assert_allclose(np.asarray(o), np_polar(g), atol=2e-3)
 
 
 @pytest.mark.parametrize('shape', [WIDE, TALL, SQUARE])
 def test_jordan_singular_values_land_in_documented_band(shape):
   # SPEC: "roughly [0.7, 1.2]"; measured [0.68, 1.14] on these matrices.
-  g = _gaussian(shape, seed=15)
+  g = gaussian(shape, seed=15)
   s = np.linalg.svd(_f32(polar(g, method='newton_schulz')), compute_uv=False)
   assert s.min() > 0.6 and s.max() < 1.25
 
@@ -342,7 +320,7 @@ def test_zero_matrix_gives_exact_zeros(method, shape):
 
 @pytest.mark.parametrize('method', METHODS)
 def test_zero_matrix_in_batch_does_not_affect_others(method):
-  g = _gaussian(BATCH, seed=16)
+  g = gaussian(BATCH, seed=16)
   g[1, 2] = 0.0
   o = np.asarray(polar(g, method=method))
   assert np.all(o[1, 2] == 0.0)
@@ -354,7 +332,7 @@ def test_zero_matrix_in_batch_does_not_affect_others(method):
 @pytest.mark.parametrize('transpose', [False, True])
 @pytest.mark.parametrize('method', METHODS)
 def test_vector_shaped_matrices(method, transpose):
-  g = _gaussian(ROW, seed=17)
+  g = gaussian(ROW, seed=17)
   if transpose:
     g = g.T
   unit = g / np.linalg.norm(g)
@@ -374,7 +352,7 @@ def test_vector_shaped_matrices(method, transpose):
                                         (jnp.float16, 1e-3)])
 @pytest.mark.parametrize('method', METHODS)
 def test_half_precision_inputs(method, dtype, atol):
-  g = jnp.asarray(_gaussian(WIDE, seed=18), dtype)
+  g = jnp.asarray(gaussian(WIDE, seed=18), dtype)
   o = polar(g, method=method)
   assert o.dtype == dtype and o.shape == g.shape
   # The computation runs in float32 on the same (rounded) input; only the
@@ -385,7 +363,7 @@ def test_half_precision_inputs(method, dtype, atol):
 
 @pytest.mark.parametrize('method', ITERATIVE)
 def test_bfloat16_compute_dtype_iterations(method):
-  g = _gaussian(WIDE, seed=19)
+  g = gaussian(WIDE, seed=19)
   o = polar(g, method=method, compute_dtype=jnp.bfloat16)
   assert o.dtype == jnp.float32
   assert np.all(np.isfinite(np.asarray(o)))
@@ -395,23 +373,23 @@ def test_bfloat16_compute_dtype_iterations(method):
 
 
 def test_bfloat16_compute_dtype_svd():
-  g = _gaussian(WIDE, seed=20)
+  g = gaussian(WIDE, seed=20)
   o = polar(g, method='svd', compute_dtype=jnp.bfloat16)
   assert o.dtype == jnp.float32
   rounded = _f32(jnp.asarray(g, jnp.bfloat16))
-  np.testing.assert_allclose(np.asarray(o), _np_polar(rounded), atol=2e-5)
-  np.testing.assert_allclose(np.asarray(o), _np_polar(g), atol=5e-2)
+  np.testing.assert_allclose(np.asarray(o), np_polar(rounded), atol=2e-5)
+  np.testing.assert_allclose(np.asarray(o), np_polar(g), atol=5e-2)
 
 
 @pytest.mark.parametrize('method', METHODS)
 def test_float64_under_x64(method):
   g = np.random.default_rng(21).standard_normal(WIDE)
-  with _x64():
+  with x64():
     o = polar(jnp.asarray(g), method=method)
     assert o.dtype == jnp.float64
     o = np.asarray(o)
   if method == 'svd':
-    ref = _np_polar(g)
+    ref = np_polar(g)
   else:
     rows, safety = {'newton_schulz': ((JORDAN,) * 5, 1.0),
                     'polar_express': (_damped_polar_express_rows()[:5],
@@ -422,15 +400,15 @@ def test_float64_under_x64(method):
 
 def test_float64_polar_express_8_steps_is_exact():
   g = np.random.default_rng(22).standard_normal(WIDE)
-  with _x64():
+  with x64():
     o = np.asarray(polar(jnp.asarray(g), method='polar_express', steps=8))
-  np.testing.assert_allclose(o, _np_polar(g), atol=1e-8)
+  np.testing.assert_allclose(o, np_polar(g), atol=1e-8)
 
 
 @pytest.mark.parametrize('scale', [1e-20, 1e-3, 7.0, 1e20])
 @pytest.mark.parametrize('method', METHODS)
 def test_degree_zero_homogeneity(method, scale):
-  g = _gaussian(WIDE, seed=23)
+  g = gaussian(WIDE, seed=23)
   base = np.asarray(polar(g, method=method))
   scaled = np.asarray(polar(np.float32(scale) * g, method=method))
   assert np.all(np.isfinite(scaled))
@@ -440,14 +418,14 @@ def test_degree_zero_homogeneity(method, scale):
 @pytest.mark.parametrize('shape', [WIDE, TALL])
 @pytest.mark.parametrize('method', METHODS)
 def test_oddness(method, shape):
-  g = _gaussian(shape, seed=24)
+  g = gaussian(shape, seed=24)
   np.testing.assert_allclose(np.asarray(polar(-g, method=method)),
                              -np.asarray(polar(g, method=method)), atol=1e-6)
 
 
 @pytest.mark.parametrize('method', METHODS)
 def test_batched_matches_per_matrix(method):
-  g = _gaussian(BATCH, seed=25)
+  g = gaussian(BATCH, seed=25)
   o = np.asarray(polar(g, method=method))
   for i in range(2):
     for j in range(3):
@@ -457,7 +435,7 @@ def test_batched_matches_per_matrix(method):
 
 @pytest.mark.parametrize('method', METHODS)
 def test_jit_and_vmap(method):
-  g = _gaussian(BATCH, seed=26)
+  g = gaussian(BATCH, seed=26)
   f = functools.partial(polar, method=method)
   eager = np.asarray(f(g))
   # XLA may fuse differently under jit: float32 rounding only.
@@ -465,7 +443,7 @@ def test_jit_and_vmap(method):
   np.testing.assert_allclose(np.asarray(jax.jit(jax.vmap(f))(g)), eager,
                              atol=1e-5)
   if method == 'svd':
-    np.testing.assert_allclose(eager, _np_polar(g), atol=2e-5)
+    np.testing.assert_allclose(eager, np_polar(g), atol=2e-5)
 
 
 # ---------------------------------------------------------------------------
@@ -487,7 +465,7 @@ def test_jit_and_vmap(method):
         'rows_too_few', 'rows_of_2', 'rows_of_4', 'rows_empty', 'not_a_sequence',
         'rows_of_strings'])
 def test_bad_method_or_steps_raise_value_error(kwargs, match):
-  g = _gaussian(WIDE)
+  g = gaussian(WIDE)
   with pytest.raises(ValueError, match=match):
     polar(g, **kwargs)
   with pytest.raises(ValueError, match=match):
@@ -497,7 +475,7 @@ def test_bad_method_or_steps_raise_value_error(kwargs, match):
 @pytest.mark.parametrize('steps', [1.5, '3', True])
 def test_non_int_steps_raise_type_error(steps):
   with pytest.raises(TypeError, match='steps'):
-    polar(_gaussian(WIDE), method='newton_schulz', steps=steps)
+    polar(gaussian(WIDE), method='newton_schulz', steps=steps)
 
 
 @pytest.mark.parametrize('shape', [(6,), ()])
@@ -516,7 +494,7 @@ def test_non_float_input_raises_type_error(dtype):
 
 def test_non_float_compute_dtype_raises_type_error():
   with pytest.raises(TypeError, match='compute_dtype'):
-    polar(_gaussian(WIDE), compute_dtype=jnp.int32)
+    polar(gaussian(WIDE), compute_dtype=jnp.int32)
 
 
 def test_lmo_gap_bad_input_names_argument():
@@ -529,13 +507,13 @@ def test_lmo_gap_bad_input_names_argument():
 @pytest.mark.parametrize('steps', [np.int64(3), np.asarray(3, np.int32),
                                    jnp.asarray(3)])
 def test_integer_scalar_arrays_are_accepted_as_steps(steps):
-  g = _gaussian(WIDE, seed=27)
+  g = gaussian(WIDE, seed=27)
   np.testing.assert_array_equal(
       np.asarray(polar(g, method='newton_schulz', steps=steps)),
       np.asarray(polar(g, method='newton_schulz', steps=3)))
 
 
 def test_traced_steps_raise_type_error():
-  g = _gaussian(WIDE, seed=28)
+  g = gaussian(WIDE, seed=28)
   with pytest.raises(TypeError, match='steps must be a static int'):
     jax.jit(lambda s: polar(g, method='newton_schulz', steps=s))(3)

@@ -37,6 +37,8 @@ from hypothesis import Phase
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
+from reference import singular_values
+from reference import to_f64
 
 import fanion_optax as fo
 from fanion_optax import lmo
@@ -84,14 +86,6 @@ def _matrix(shape, dtype_name, seed, exponent, zeros, *, floor=0.0):
   return jnp.asarray(g.astype(np.float32), DTYPES[dtype_name])
 
 
-def _f64(x):
-  return np.asarray(jnp.asarray(x).astype(jnp.float32), np.float64)
-
-
-def _sv(x):
-  return np.linalg.svd(_f64(x), compute_uv=False)
-
-
 def _eps(dtype):
   return float(jnp.finfo(dtype).eps)
 
@@ -130,12 +124,12 @@ def _catalogue():
   def spectral_ball(bound, compute_eps=0.0):
     def check(out, g, dtype):
       tol = _tol(dtype, out.shape) + 4 * compute_eps
-      assert _sv(out).max(initial=0.0) <= bound + tol
+      assert singular_values(to_f64(out)).max(initial=0.0) <= bound + tol
     return check
 
   def ky_fan_ball(k, polar_bound):
     def check(out, g, dtype):
-      s = _sv(out)
+      s = singular_values(to_f64(out))
       full = k >= min(g.shape[-2:])
       bound = polar_bound if full else 1.0
       ball = np.maximum(s.max(axis=-1), s.sum(axis=-1) / k)
@@ -145,14 +139,14 @@ def _catalogue():
     return check
 
   def frobenius_ball(out, g, dtype):
-    norm = np.sqrt(np.sum(_f64(out)**2, axis=(-2, -1)))
+    norm = np.sqrt(np.sum(to_f64(out)**2, axis=(-2, -1)))
     assert np.all(norm <= 1.0 + _tol(dtype, out.shape)), norm
 
   def sign_ball(eta):
     def check(out, g, dtype):
       # The radius as the output dtype rounds it.
       radius = float(jnp.asarray(eta, dtype).astype(jnp.float32))
-      assert np.all(np.abs(_f64(out)) <= radius)
+      assert np.all(np.abs(to_f64(out)) <= radius)
     return check
 
   def schatten_ball(p):
@@ -171,8 +165,8 @@ def _catalogue():
         else:
           d = oracle(g)
         ball(d, g, dtype)
-        total = total + weight * _f64(d)
-      np.testing.assert_allclose(_f64(out), total, rtol=2 * _eps(dtype),
+        total = total + weight * to_f64(d)
+      np.testing.assert_allclose(to_f64(out), total, rtol=2 * _eps(dtype),
                                  atol=2 * _eps(dtype))
     return check
 
@@ -266,9 +260,9 @@ def test_lmo_output_finite_in_dtype_and_in_ball(name, m):
   oracle, ball = CATALOGUE[name]
   out = oracle(g)
   assert out.shape == g.shape and out.dtype == g.dtype
-  assert np.all(np.isfinite(_f64(out)))
+  assert np.all(np.isfinite(to_f64(out)))
   if m['zeros'] == 'all':
-    assert not np.any(_f64(out))
+    assert not np.any(to_f64(out))
   ball(out, g, g.dtype)
   # The stateful path (an optimizer's first step: for the Ky Fan subspace
   # method 2 iterations from the cold start, not the 10 of a stateless
@@ -276,9 +270,9 @@ def test_lmo_output_finite_in_dtype_and_in_ball(name, m):
   state = oracle.init(g.shape, jnp.float32)
   out2, new_state = oracle.update(g, state)
   assert out2.dtype == g.dtype
-  assert np.all(np.isfinite(_f64(out2)))
+  assert np.all(np.isfinite(to_f64(out2)))
   if m['zeros'] == 'all':
-    assert not np.any(_f64(out2))
+    assert not np.any(to_f64(out2))
   assert (jax.tree.structure(new_state, is_leaf=lambda x: x is None)
           == jax.tree.structure(state, is_leaf=lambda x: x is None))
   for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state)):
@@ -296,20 +290,20 @@ def test_lmo_homogeneous_of_degree_zero_and_odd(name, m):
   g = _matrix(m['shape'], m['dtype'], m['seed'], 0.0, m['zeros'],
               floor=1 / 16)
   oracle, _ = CATALOGUE[name]
-  out = _f64(oracle(g))
+  out = to_f64(oracle(g))
   lo, hi = POW2[m['dtype']]
   j = round(lo + (hi - lo) * m['unit'])
   scaled = jnp.asarray(np.asarray(g.astype(jnp.float32)) * np.float32(2.0**j),
                        g.dtype)
   # The scaling is exact: the LMO sees the same matrix up to 2^j.
-  np.testing.assert_array_equal(_f64(scaled) / 2.0**j, _f64(g))
+  np.testing.assert_array_equal(to_f64(scaled) / 2.0**j, to_f64(g))
   if name not in NOT_HOMOGENEOUS:
     if name in HOMOGENEOUS_TO_ROUNDING:
-      np.testing.assert_allclose(_f64(oracle(scaled)), out,
+      np.testing.assert_allclose(to_f64(oracle(scaled)), out,
                                  atol=4 * _eps(g.dtype))
     else:
-      np.testing.assert_array_equal(_f64(oracle(scaled)), out)
-  negated = _f64(oracle(-g))
+      np.testing.assert_array_equal(to_f64(oracle(scaled)), out)
+  negated = to_f64(oracle(-g))
   if name in POLYNOMIAL:
     np.testing.assert_array_equal(negated, -out)
   else:
@@ -391,13 +385,13 @@ def test_optimizer_updates_finite_and_state_structure_kept(
     assert _signature(state) == signature
     for key, u in updates.items():
       assert u.shape == params[key].shape and u.dtype == params[key].dtype
-      assert np.all(np.isfinite(_f64(u))), key
+      assert np.all(np.isfinite(to_f64(u))), key
     params = optax.apply_updates(params, updates)
-    assert all(np.all(np.isfinite(_f64(p))) for p in params.values())
+    assert all(np.all(np.isfinite(to_f64(p))) for p in params.values())
   if skip:
     # The policy's invariant: whatever the scale (AdamW's second moment
     # overflows for gradients near 1e30), the kept state is finite.
-    assert all(np.all(np.isfinite(_f64(x))) for x in jax.tree.leaves(state))
+    assert all(np.all(np.isfinite(to_f64(x))) for x in jax.tree.leaves(state))
 
 
 def test_float16_fallback_adamw_is_not_finite():
@@ -413,5 +407,5 @@ def test_float16_fallback_adamw_is_not_finite():
   for value, bad in ((0.0, np.isnan), (1e-3, np.isinf)):
     grads = jax.tree.map(lambda p: jnp.full_like(p, value), params)
     updates, _ = tx.update(grads, tx.init(params), params)
-    assert np.all(np.isfinite(_f64(updates['w'])))
-    assert np.all(bad(_f64(updates['b']))), value
+    assert np.all(np.isfinite(to_f64(updates['w'])))
+    assert np.all(bad(to_f64(updates['b']))), value

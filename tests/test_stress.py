@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.extend import core as jax_core
+from reference import singular_values
+from reference import with_spectrum
 
 import fanion_optax as fo
 from fanion_optax import lmo
@@ -36,19 +38,6 @@ from fanion_optax import lmo
 polar_module = importlib.import_module('fanion_optax.polar')
 
 CUBIC = ((1.5, -0.5, 0.0),) * 30
-
-
-def _with_spectrum(shape, sigma, seed=0):
-  rng = np.random.default_rng(seed)
-  m, n = shape
-  r = len(sigma)
-  u, _ = np.linalg.qr(rng.standard_normal((m, r)))
-  v, _ = np.linalg.qr(rng.standard_normal((n, r)))
-  return jnp.asarray((u * np.asarray(sigma)) @ v.T, jnp.float32)
-
-
-def _sv(x):
-  return np.linalg.svd(np.asarray(x, np.float64), compute_uv=False)
 
 
 # ---------------------------------------------------------------------------
@@ -75,14 +64,14 @@ POLAR_METHODS = {
 def test_condition_1e8_every_polar_method(shape, spectrum):
   sigma = SPECTRA[spectrum](min(shape))
   assert sigma.max() / sigma.min() == pytest.approx(1e8)
-  g = _with_spectrum(shape, sigma)
+  g = jnp.asarray(with_spectrum(shape, sigma))
   for (method, steps), (max_gap, max_sigma) in POLAR_METHODS.items():
     o = fo.polar(g, method=CUBIC if method == 'cubic-30' else method,
                  steps=steps)
     assert np.isfinite(np.asarray(o)).all(), method
     gap = float(fo.lmo_gap(g, o))
     assert -1e-5 <= gap <= max_gap, (method, steps, gap)
-    assert _sv(o).max() <= max_sigma, (method, steps)
+    assert singular_values(o).max() <= max_sigma, (method, steps)
   # Low precision arithmetic stays finite on the same input.
   o = fo.polar(g, compute_dtype=jnp.bfloat16)
   assert np.isfinite(np.asarray(o)).all()
@@ -91,7 +80,7 @@ def test_condition_1e8_every_polar_method(shape, spectrum):
 
 def test_condition_1e8_ky_fan_and_batched():
   sigma = np.logspace(0, -8, 32)
-  g = jnp.stack([_with_spectrum((64, 32), sigma, seed=s) for s in range(3)])
+  g = jnp.stack([with_spectrum((64, 32), sigma, seed=s) for s in range(3)])
   for oracle in (lmo.ky_fan(4), lmo.ky_fan(4, method='svd')):
     o = oracle(g)
     s = np.linalg.svd(np.asarray(o, np.float64), compute_uv=False)
@@ -111,7 +100,7 @@ def test_condition_1e8_ky_fan_and_batched():
 @pytest.mark.parametrize('shape', [(40, 24), (24, 40)], ids=str)
 def test_rank_deficient_ky_fan_has_rank_r(shape, rank):
   sigma = [3.0, 2.0, 1.0][:rank]
-  g = _with_spectrum(shape, sigma)
+  g = jnp.asarray(with_spectrum(shape, sigma))
   for method in ('subspace', 'svd'):
     oracle = lmo.ky_fan(5, method=method)
     outputs = {'cold': oracle(g)}
@@ -121,7 +110,7 @@ def test_rank_deficient_ky_fan_has_rank_r(shape, rank):
     for label, o in outputs.items():
       o = np.asarray(o)
       assert np.isfinite(o).all()
-      s = _sv(o)
+      s = singular_values(o)
       np.testing.assert_allclose(s[:rank], 1.0, atol=1e-5,
                                  err_msg=f'{method} {label}')
       assert s[rank:].max() < 1e-5, (method, label)
@@ -134,11 +123,11 @@ def test_rank_deficient_ky_fan_has_rank_r(shape, rank):
 
 @pytest.mark.parametrize('rank', [1, 3])
 def test_rank_deficient_polar_keeps_null_space_small(rank):
-  g = _with_spectrum((40, 24), [3.0, 2.0, 1.0][:rank])
+  g = jnp.asarray(with_spectrum((40, 24), [3.0, 2.0, 1.0][:rank]))
   for method, steps in POLAR_METHODS:
     o = fo.polar(g, method=CUBIC if method == 'cubic-30' else method,
                  steps=steps)
-    s = _sv(o)
+    s = singular_values(o)
     assert np.isfinite(s).all()
     # Rounding noise (~1e-8) in the null space grows by the polynomial's
     # slope at 0: 1.5 per cubic step (1.5^30 ≈ 2e5), so the cubic keeps it
@@ -170,7 +159,7 @@ TIES = {
 @pytest.mark.parametrize('spectrum', sorted(TIES))
 def test_ky_fan_with_tied_singular_values(spectrum, shape, method):
   sigma = np.asarray(TIES[spectrum])
-  g = _with_spectrum(shape, sigma, seed=1)
+  g = jnp.asarray(with_spectrum(shape, sigma, seed=1))
   for k in (1, 2, 3, 4):
     oracle = lmo.ky_fan(k, method=method)
     outputs = {'cold': oracle(g)}
@@ -181,7 +170,7 @@ def test_ky_fan_with_tied_singular_values(spectrum, shape, method):
     for label, o in outputs.items():
       o = np.asarray(o)
       assert np.isfinite(o).all()
-      s = _sv(o)
+      s = singular_values(o)
       where = f'k={k} {label}'
       np.testing.assert_allclose(s[:k], 1.0, atol=1e-5, err_msg=where)
       assert s[k:].max() < 1e-5, where
@@ -255,11 +244,11 @@ def test_muon_update_on_tall_parameter_has_no_gram_matrix():
   params = {'w': jnp.ones(TALL)}
   tx = fo.muon(0.02)
   state = tx.init(params)
-  g = {'w': _with_spectrum(TALL, np.linspace(1.0, 0.1, 8))}
+  g = {'w': jnp.asarray(with_spectrum(TALL, np.linspace(1.0, 0.1, 8)))}
   jaxpr = jax.make_jaxpr(tx.update)(g, state, params)
   assert _largest_intermediate(jaxpr.jaxpr) <= SMALL
   updates, _ = jax.jit(tx.update)(g, state, params)
-  s = _sv(updates['w'])
+  s = singular_values(updates['w'])
   # Muon's direction times the learning rate (shape factor 1: fan_out <
   # fan_in); all eight directions kept.
   assert s.max() <= 0.02 * 1.125 and s.min() > 0.02 * 0.8
