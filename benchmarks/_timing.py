@@ -302,3 +302,28 @@ def write_json(path: str, payload: Mapping[str, Any],
     json.dump(document, f, indent=2, default=_to_json)
     f.write('\n')
   return document
+
+
+def save_results(name: str, out: str, payload: Mapping[str, Any],
+                 argv: Sequence[str],
+                 draw: Callable[[dict[str, Any], str], None]
+                 ) -> dict[str, Any]:
+  """Writes `<out>/<name>.json` (with `metadata`) and `<out>/<name>.png`.
+
+  Args:
+    name: the benchmark (module) name.
+    out: results directory (created if missing).
+    payload: the results; `metadata` is added.
+    argv: the benchmark's command-line arguments (recorded).
+    draw: `(document, png_path) -> None`, the plot.
+
+  Returns:
+    The document written.
+  """
+  json_path = os.path.join(out, f'{name}.json')
+  png_path = os.path.join(out, f'{name}.png')
+  document = write_json(json_path, payload,
+                        argv=['-m', f'benchmarks.{name}', *argv])
+  draw(document, png_path)
+  log(f'wrote {json_path} and {png_path}')
+  return document

@@ -588,10 +588,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       'target_details': details,
       'results': results,
   }
-  os.makedirs(args.out, exist_ok=True)
-  document = _timing.write_json(os.path.join(args.out, 'cnn.json'), payload,
-                                argv=['-m', 'benchmarks.cnn', *argv])
-  plot(document, os.path.join(args.out, 'cnn.png'))
+  document = _timing.save_results('cnn', args.out, payload, argv, plot)
   for name, ok in document['targets'].items():
     _timing.log(f'  target {name}: {"pass" if ok else "FAIL"}')
   return document

@@ -200,33 +200,35 @@ def _replicate_pmap(tree: Any) -> Any:
 
 def compile_mode(make: Callable[..., Any], mode: str, params: Any,
                  grads: Any, dimension_numbers: Any
-                 ) -> tuple[Any, tuple[Any, ...], float]:
-  """(compiled update, its arguments, compile seconds) for one mode."""
+                 ) -> tuple[Any, tuple[Any, ...], float, Any]:
+  """(compiled update, its arguments, compile seconds, the staged update)
+  for one mode; the staged update (`jax.jit` or `jax.pmap` of `tx.update`)
+  compiles for other arguments with `.lower(*args).compile()`."""
   kw: dict[str, Any] = {'dimension_numbers': dimension_numbers}
   if mode == 'single':
     tx = make(**kw)
     device = jax.devices()[0]
     g, p = jax.device_put((grads, params), device)
     args = (g, tx.init(p), p)
-    compiled, seconds = _timing.compile_ahead(tx.update, *args)
-    return compiled, args, seconds
-  if mode.startswith('pmap'):
+    staged = jax.jit(tx.update)
+  elif mode.startswith('pmap'):
     if mode == 'pmap_split':
       kw['axis_name'] = PMAP_AXIS
     tx = make(**kw)
     args = _replicate_pmap((grads, tx.init(params), params))
-    start = time.perf_counter()
-    compiled = jax.pmap(tx.update, axis_name=PMAP_AXIS).lower(*args).compile()
-    return compiled, args, time.perf_counter() - start
-  axis_type = AxisType.Explicit if 'explicit' in mode else AxisType.Auto
-  mesh = _mesh(axis_type)
-  if mode.endswith('_split'):
-    kw['mesh'] = mesh
-  tx = make(**kw)
-  g, p = _shard_last(grads, mesh), _shard_last(params, mesh)
-  args = (g, tx.init(p), p)
-  compiled, seconds = _timing.compile_ahead(tx.update, *args)
-  return compiled, args, seconds
+    staged = jax.pmap(tx.update, axis_name=PMAP_AXIS)
+  else:
+    axis_type = AxisType.Explicit if 'explicit' in mode else AxisType.Auto
+    mesh = _mesh(axis_type)
+    if mode.endswith('_split'):
+      kw['mesh'] = mesh
+    tx = make(**kw)
+    g, p = _shard_last(grads, mesh), _shard_last(params, mesh)
+    args = (g, tx.init(p), p)
+    staged = jax.jit(tx.update)
+  start = time.perf_counter()
+  compiled = staged.lower(*args).compile()
+  return compiled, args, time.perf_counter() - start, staged
 
 
 def bench_case(case: dict[str, Any], reps: int,
@@ -241,14 +243,17 @@ def bench_case(case: dict[str, Any], reps: int,
   for opt, (label, make, modes) in OPTIMIZERS.items():
     rows: dict[str, Any] = {}
     for mode in modes:
-      compiled, args, seconds = compile_mode(
+      compiled, args, seconds, staged = compile_mode(
           make, mode, params, grads, case['dimension_numbers'])
       key = f'{opt}/{mode}'
       rows[mode] = {'flops_per_device': _timing.flops_of(compiled),
                     'compile_s': seconds}
       if opt != 'muon':
-        # Warm-started LMO: time the warm step, not the cold first one.
+        # Warm-started LMO: time the warm step, not the cold first one. The
+        # first step can also move the LMO state to the mesh's sharding, so
+        # the timed step is compiled for the warm state.
         args = (args[0], jax.block_until_ready(compiled(*args)[1]), args[2])
+        compiled = staged.lower(*args).compile()
       runs[key] = lambda c=compiled, a=args: c(*a)
       compile_s[key] = seconds
     total = rows['single']['flops_per_device']
@@ -415,9 +420,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       targets, lambda t: f'{t["ratio_to_ideal"]:.3f} (whole-matrix optimum'
       f' {t["whole_matrix_optimum"]:.3f})')
 
-  os.makedirs(args.out, exist_ok=True)
-  json_path = os.path.join(args.out, 'distributed.json')
-  png_path = os.path.join(args.out, 'distributed.png')
   payload = {
       'benchmark': 'distributed',
       'config': {
@@ -462,13 +464,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       'target_details': targets,
       'elapsed_s': elapsed,
   }
-  _timing.write_json(json_path, payload,
-                     argv=['-m', 'benchmarks.distributed', *argv])
-  plot(results, png_path,
-       f'fanion_optax work split: XLA FLOPs per device, {N_DEVICES}'
-       ' CPU-emulated devices' + (' [quick]' if args.quick else ''))
-  _timing.log(f'wrote {json_path} and {png_path} ({elapsed:.0f}s)')
-  return payload
+  return _timing.save_results(
+      'distributed', args.out, payload, argv,
+      lambda _, png: plot(
+          results, png,
+          f'fanion_optax work split: XLA FLOPs per device, {N_DEVICES}'
+          ' CPU-emulated devices' + (' [quick]' if args.quick else '')))
 
 
 def markdown(d: dict[str, Any]) -> str:

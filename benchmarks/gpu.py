@@ -644,14 +644,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       'target_details': targets,
       'elapsed_s': elapsed,
   }
-  os.makedirs(args.out, exist_ok=True)
-  json_path = os.path.join(args.out, 'gpu.json')
-  png_path = os.path.join(args.out, 'gpu.png')
-  document = _timing.write_json(json_path, payload,
-                                argv=['-m', 'benchmarks.gpu', *argv])
-  plot(document, png_path)
-  _timing.log(f'wrote {json_path} and {png_path} ({elapsed:.0f}s)')
-  return document
+  return _timing.save_results('gpu', args.out, payload, argv, plot)
 
 
 def _pct(x: float) -> str:

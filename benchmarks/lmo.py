@@ -768,9 +768,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   print_table(sweeps)
   print_targets(targets, drift)
 
-  os.makedirs(args.out, exist_ok=True)
-  json_path = os.path.join(args.out, 'lmo.json')
-  png_path = os.path.join(args.out, 'lmo.png')
   payload = {
       'benchmark': 'lmo',
       'config': {
@@ -806,11 +803,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       'target_details': targets,
       'elapsed_s': elapsed,
   }
-  document = _timing.write_json(
-      json_path, payload, argv=['-m', 'benchmarks.lmo', *argv])
-  plot(sweeps, png_path, _title(document))
-  _timing.log(f'wrote {json_path} and {png_path} ({elapsed:.0f}s)')
-  return document
+  return _timing.save_results(
+      'lmo', args.out, payload, argv,
+      lambda document, png: plot(sweeps, png, _title(document)))
 
 
 def _frontier_table(sizes: list[dict[str, Any]],

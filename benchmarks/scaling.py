@@ -648,18 +648,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       'target_details': targets,
       'elapsed_s': elapsed,
   }
-  os.makedirs(args.out, exist_ok=True)
-  json_path = os.path.join(args.out, 'scaling.json')
-  png_path = os.path.join(args.out, 'scaling.png')
-  document = _timing.write_json(
-      json_path, payload, argv=['-m', 'benchmarks.scaling', *argv])
-  plot(document, png_path)
   for name, fit in fits['time'].items():
     _timing.log(f'  time slope {name}: {_slope_text(fit)}')
   _timing.log(f'  time slope vs k: {_slope_text(fits["time_vs_k"])}')
   _timing.print_targets(targets, _target_detail)
-  _timing.log(f'wrote {json_path} and {png_path} ({elapsed:.0f}s)')
-  return document
+  return _timing.save_results('scaling', args.out, payload, argv, plot)
 
 
 if __name__ == '__main__':

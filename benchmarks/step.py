@@ -532,9 +532,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       targets, lambda t: f'paired {t["paired_ratio"]:.3f}, medians'
       f' {t["ratio_of_medians"]:.3f}')
 
-  os.makedirs(args.out, exist_ok=True)
-  json_path = os.path.join(args.out, 'step.json')
-  png_path = os.path.join(args.out, 'step.png')
   payload = {
       'benchmark': 'step',
       'config': {
@@ -573,16 +570,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       'target_details': targets,
       'elapsed_s': elapsed,
   }
-  document = _timing.write_json(
-      json_path, payload, argv=['-m', 'benchmarks.step', *argv])
-  meta = document['metadata']
-  plot(results, png_path,
-       f'One optimizer step (update + apply), float32 on'
-       f' {meta["device_kind"]} ({meta["cpu_affinity"]} CPUs), Fanion'
-       f' k={args.k}' + (' [quick: tiny trees]' if args.quick else ''),
-       skipped=list(skipped))
-  _timing.log(f'wrote {json_path} and {png_path} ({elapsed:.0f}s)')
-  return document
+
+  def draw(document, png):
+    meta = document['metadata']
+    plot(results, png,
+         f'One optimizer step (update + apply), float32 on'
+         f' {meta["device_kind"]} ({meta["cpu_affinity"]} CPUs), Fanion'
+         f' k={args.k}' + (' [quick: tiny trees]' if args.quick else ''),
+         skipped=list(skipped))
+
+  return _timing.save_results('step', args.out, payload, argv, draw)
 
 
 def _num(x: float) -> str:

@@ -166,17 +166,19 @@ def per_matrix_on_cpu(fn: Callable[..., Any]) -> Callable[..., Any]:
   calls run at once as the pool has threads (one per device under `pmap` or
   `shard_map` on emulated CPU devices, or independent shape groups of one
   program), every thread waits and the program hangs (jaxlib 0.10). A single
-  matrix runs inline, so `lax.map` over the batch cannot deadlock. GPU and
-  TPU solvers keep the batched call.
+  matrix runs inline, so one call per matrix cannot deadlock, and the
+  independent calls still run in parallel. GPU and TPU solvers keep the
+  batched call.
   """
-  def mapped(x: jax.Array, **kwargs: Any) -> Any:
+  def per_matrix(x: jax.Array, **kwargs: Any) -> Any:
     batch = x.shape[:-2]
     if math.prod(batch) <= 1 or jax.default_backend() != 'cpu':
       return fn(x, **kwargs)
-    out = jax.lax.map(lambda a: fn(a, **kwargs),
-                      x.reshape(-1, *x.shape[-2:]))
-    return jax.tree.map(lambda o: o.reshape(*batch, *o.shape[1:]), out)
-  return mapped
+    flat = x.reshape(-1, *x.shape[-2:])
+    outs = [fn(flat[i], **kwargs) for i in range(flat.shape[0])]
+    return jax.tree.map(
+        lambda *o: jnp.stack(o).reshape(*batch, *o[0].shape), *outs)
+  return per_matrix
 
 
 svd = per_matrix_on_cpu(jnp.linalg.svd)

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fanion_optax import _checks
 
@@ -27,10 +28,13 @@ def test_per_matrix_qr_matches_single_matrix_calls():
     np.testing.assert_allclose(r[i], r_i, atol=1e-6)
 
 
-def test_per_matrix_maps_on_cpu_and_keeps_single_matrices_inline():
-  batched = jax.make_jaxpr(_checks.qr)(jnp.ones((3, 4, 2)))
-  single = jax.make_jaxpr(_checks.qr)(jnp.ones((1, 4, 2)))
+@pytest.mark.parametrize('batch, calls, shape', [
+    ((3,), 3, (4, 2)), ((2, 2), 4, (4, 2)), ((1,), 1, (1, 4, 2)),
+    ((), 1, (4, 2))])
+def test_per_matrix_calls_lapack_once_per_matrix_on_cpu(batch, calls, shape):
   assert jax.default_backend() == 'cpu'
-  # One matrix per LAPACK call: a scan (lax.map) around the QR.
-  assert 'scan' in str(batched)
-  assert 'scan' not in str(single)
+  jaxpr = jax.make_jaxpr(_checks.qr)(jnp.ones((*batch, 4, 2)))
+  # jnp.linalg.qr is a jitted function named "qr" around the LAPACK call.
+  qrs = [e for e in jaxpr.eqns if e.params.get('name') == 'qr']
+  assert len(qrs) == calls
+  assert {e.invars[0].aval.shape for e in qrs} == {shape}

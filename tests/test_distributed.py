@@ -157,10 +157,14 @@ def test_sharded_jit_matches_unsharded_and_keeps_shardings(axis_type, split,
   state = tx.init(sharded)
   update = jax.jit(tx.update)
   p = sharded
+  shardings = []
   for t in range(2):
     grads = _shard_params(_grads(params, t), mesh, 'model')
     updates, state = update(grads, state, p)
     p = jax.tree.map(lambda a, u: a + u, p, updates)
+    shardings.append([x.sharding for x in jax.tree.leaves(state)])
+  # From the second step on the state keeps its sharding: one compilation.
+  assert shardings[0] == shardings[1]
   _assert_close(p, ref_params)
   _assert_close(state, ref_state)
   for key in params:
