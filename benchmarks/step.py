@@ -87,8 +87,8 @@ TARGET = 'muon_newton_schulz_vs_optax_muon_le_1.05'
 QUICK_REPS = 2
 FULL_K, QUICK_K = 64, 8
 LOWRANK = r'fanion|neon'
-"""The candidates whose LMO calls batched LAPACK kernels (QR, SVD) in the
-warm-started subspace iteration."""
+"""The candidates with a warm-started LMO state (the subspace iteration):
+they are timed on the warm state, not the cold first step."""
 CONV = fo.DimensionNumbers(reduction_axes=(0, 1, 2), output_axes=3)
 
 
