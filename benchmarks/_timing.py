@@ -15,6 +15,7 @@ the ratio of medians and as the median of per-round (paired) ratios.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import json
@@ -327,3 +328,36 @@ def save_results(name: str, out: str, payload: Mapping[str, Any],
   draw(document, png_path)
   log(f'wrote {json_path} and {png_path}')
   return document
+
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           'results')
+
+
+def benchmark_parser(name: str, doc: str, quick_help: str
+                     ) -> argparse.ArgumentParser:
+  """The argument parser every benchmark starts from: `--quick` and `--out`.
+
+  Args:
+    name: the benchmark (module) name.
+    doc: the module docstring; its first line is the description.
+    quick_help: what `--quick` shrinks.
+  """
+  parser = argparse.ArgumentParser(prog=f'python -m benchmarks.{name}',
+                                   description=doc.splitlines()[0])
+  parser.add_argument('--quick', action='store_true', help=quick_help)
+  parser.add_argument('--out', default=RESULTS_DIR,
+                      help='results directory (default benchmarks/results)')
+  return parser
+
+
+def positive_ints(text: str) -> list[int]:
+  """`"8,32,8"` -> `[8, 32]`: an argparse type for comma-separated sizes."""
+  try:
+    values = [int(v) for v in text.split(',') if v.strip()]
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f'expected comma-separated integers, got {text!r}') from None
+  if not values or min(values) < 1:
+    raise argparse.ArgumentTypeError(f'expected positive integers: {text!r}')
+  return sorted(set(values))

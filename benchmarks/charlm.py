@@ -292,17 +292,14 @@ def replot(out: str) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog='python -m benchmarks.charlm', description=__doc__.splitlines()[0])
-  parser.add_argument('--quick', action='store_true',
-                      help='tiny model, AdamW and Muon, 1 seed (smoke test)')
+  parser = _timing.benchmark_parser(
+      'charlm', __doc__,
+      'tiny model, AdamW and Muon, 1 seed (smoke test)')
   parser.add_argument('--steps', type=int, default=None,
                       help=f'training steps per run (default {FULL["steps"]})')
   parser.add_argument('--optimizers', default=None,
                       help=f'comma-separated subset of {",".join(OPTIMIZERS)}'
                       ' (must include muon)')
-  parser.add_argument('--out', default=os.path.join('benchmarks', 'results'),
-                      help='results directory (default benchmarks/results)')
   parser.add_argument('--replot', action='store_true',
                       help='only redraw <out>/charlm.png from <out>/charlm.json')
   args = parser.parse_args(argv)

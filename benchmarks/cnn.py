@@ -48,10 +48,8 @@ Results go to `<out>/cnn.json` and `<out>/cnn.png`.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -554,11 +552,8 @@ def markdown(document: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--quick', action='store_true',
-                      help='smoke-test sizes (seconds)')
-  parser.add_argument('--out', default=os.path.join(
-      os.path.dirname(os.path.abspath(__file__)), 'results'))
+  parser = _timing.benchmark_parser('cnn', __doc__,
+                                    'smoke-test sizes (seconds)')
   args = parser.parse_args(argv)
   argv = [] if argv is None else list(argv)
   cfg = dict(QUICK if args.quick else FULL)

@@ -371,17 +371,13 @@ def plot(cases: list[dict[str, Any]], path: str, title: str) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog='python -m benchmarks.distributed',
-      description=__doc__.splitlines()[0])
-  parser.add_argument('--quick', action='store_true',
-                      help='64x64 matrices, N = 8 and 11, no mixed tree, 1'
-                      ' rep')
+  parser = _timing.benchmark_parser(
+      'distributed', __doc__,
+      '64x64 matrices, N = 8 and 11, no mixed tree, 1'
+      ' rep')
   parser.add_argument('--reps', type=int, default=None,
                       help=f'timed rounds per case (default {FULL_REPS},'
                       f' quick {QUICK_REPS})')
-  parser.add_argument('--out', default=os.path.join('benchmarks', 'results'),
-                      help='results directory (default benchmarks/results)')
   args = parser.parse_args(argv)
   args.reps = args.reps or (QUICK_REPS if args.quick else FULL_REPS)
   if args.reps < 1:

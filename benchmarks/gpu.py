@@ -510,10 +510,9 @@ def plot(document: dict[str, Any], path: str) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog='python -m benchmarks.gpu', description=__doc__.splitlines()[0])
-  parser.add_argument('--quick', action='store_true',
-                      help='tiny shapes and tree, any device (a smoke test)')
+  parser = _timing.benchmark_parser(
+      'gpu', __doc__,
+      'tiny shapes and tree, any device (a smoke test)')
   parser.add_argument('--allow-cpu', action='store_true',
                       help='run the full configuration on a device that is'
                       ' not a GPU (hours on a CPU; not representative)')
@@ -529,8 +528,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--k', type=int, default=None,
                       help=f'top-k / Fanion rank (default {FULL_K}, quick'
                       f' {QUICK_K})')
-  parser.add_argument('--out', default=os.path.join('benchmarks', 'results'),
-                      help='results directory (default benchmarks/results)')
   args = parser.parse_args(argv)
   quick = args.quick
   args.shapes = list(QUICK_SHAPES if quick else FULL_SHAPES)

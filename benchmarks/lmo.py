@@ -654,22 +654,10 @@ def _parse_sizes(text: str) -> list[tuple[int, int]]:
   return sizes
 
 
-def _parse_ks(text: str) -> list[int]:
-  try:
-    ks = [int(v) for v in text.split(',') if v.strip()]
-  except ValueError:
-    raise argparse.ArgumentTypeError(
-        f'ks must look like 8,32,128; got {text!r}') from None
-  if not ks or min(ks) < 1:
-    raise argparse.ArgumentTypeError(f'ks must be positive, got {text!r}')
-  return ks
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog='python -m benchmarks.lmo', description=__doc__.splitlines()[0])
-  parser.add_argument('--quick', action='store_true',
-                      help='tiny sizes and reps (a smoke test, a few seconds)')
+  parser = _timing.benchmark_parser(
+      'lmo', __doc__,
+      'tiny sizes and reps (a smoke test, a few seconds)')
   parser.add_argument('--sizes', type=_parse_sizes, default=None,
                       help='comma-separated MxN list, e.g. 256x256,1024x1024')
   parser.add_argument('--dtypes', default=','.join(DTYPES),
@@ -678,7 +666,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--reps', type=int, default=None,
                       help=f'timed rounds per size (default {FULL_REPS},'
                       f' quick {QUICK_REPS})')
-  parser.add_argument('--ks', type=_parse_ks, default=None,
+  parser.add_argument('--ks', type=_timing.positive_ints, default=None,
                       help='top-k ranks of the warm subspace iteration'
                       f' (default {",".join(map(str, FULL_KS))}, quick'
                       f' {",".join(map(str, QUICK_KS))})')
@@ -692,8 +680,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--drift-steps', type=int, default=None,
                       help=f'steps of the drift experiment (default'
                       f' {FULL_DRIFT_STEPS}, quick {QUICK_DRIFT_STEPS})')
-  parser.add_argument('--out', default=os.path.join('benchmarks', 'results'),
-                      help='results directory (default benchmarks/results)')
   parser.add_argument('--replot', action='store_true',
                       help='only redraw <out>/lmo.png from <out>/lmo.json')
   args = parser.parse_args(argv)

@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -371,19 +370,15 @@ def plot(document: dict[str, Any], path: str) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog='python -m benchmarks.quadratic',
-      description=__doc__.splitlines()[0])
-  parser.add_argument('--quick', action='store_true',
-                      help=f'n = {QUICK_N}, a 3 x 2 grid (smoke test)')
+  parser = _timing.benchmark_parser(
+      'quadratic', __doc__,
+      f'n = {QUICK_N}, a 3 x 2 grid (smoke test)')
   parser.add_argument('--n', type=int, default=None,
                       help=f'matrix size (default {FULL_N}, quick {QUICK_N};'
                       ' the paper used 500)')
   parser.add_argument('--max-iters', type=int, default=None,
                       help=f'iteration budget (default {FULL_MAX_ITERS},'
                       f' quick {QUICK_MAX_ITERS})')
-  parser.add_argument('--out', default=os.path.join('benchmarks', 'results'),
-                      help='results directory (default benchmarks/results)')
   args = parser.parse_args(argv)
   args.n = args.n or (QUICK_N if args.quick else FULL_N)
   args.max_iters = args.max_iters or (

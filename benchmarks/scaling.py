@@ -494,30 +494,17 @@ def markdown(d: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------
 
 
-def _int_list(text: str) -> list[int]:
-  try:
-    values = [int(v) for v in text.split(',') if v.strip()]
-  except ValueError:
-    raise argparse.ArgumentTypeError(
-        f'expected comma-separated integers, got {text!r}') from None
-  if not values or min(values) < 1:
-    raise argparse.ArgumentTypeError(f'expected positive integers: {text!r}')
-  return sorted(set(values))
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog='python -m benchmarks.scaling',
-      description=__doc__.splitlines()[0])
-  parser.add_argument('--quick', action='store_true',
-                      help='tiny sizes and reps (a smoke test, a few seconds)')
-  parser.add_argument('--sizes', type=_int_list, default=None,
+  parser = _timing.benchmark_parser(
+      'scaling', __doc__,
+      'tiny sizes and reps (a smoke test, a few seconds)')
+  parser.add_argument('--sizes', type=_timing.positive_ints, default=None,
                       help='comma-separated n of the size sweep (default'
                       f' {",".join(map(str, FULL_SIZES))})')
   parser.add_argument('--k', type=int, default=None,
                       help=f'Fanion rank of the size sweep (default {FULL_K},'
                       f' quick {QUICK_K})')
-  parser.add_argument('--ks', type=_int_list, default=None,
+  parser.add_argument('--ks', type=_timing.positive_ints, default=None,
                       help='comma-separated k of the rank sweep (default'
                       f' {",".join(map(str, FULL_K_SWEEP))})')
   parser.add_argument('--k-size', type=int, default=None,
@@ -533,8 +520,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--replot', action='store_true',
                       help='only redraw <out>/scaling.png from'
                       ' <out>/scaling.json')
-  parser.add_argument('--out', default=os.path.join('benchmarks', 'results'),
-                      help='results directory (default benchmarks/results)')
   args = parser.parse_args(argv)
   q = args.quick
   args.sizes = args.sizes or list(QUICK_SIZES if q else FULL_SIZES)

@@ -440,13 +440,12 @@ def plot(trees: dict[str, dict[str, Any]], path: str, title: str,
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog='python -m benchmarks.step', description=__doc__.splitlines()[0])
-  parser.add_argument('--quick', action='store_true',
-                      help='tiny trees (1 GPT-2 layer of width 64, one'
-                      f' ResNet block of width 16), k={QUICK_K},'
-                      f' {QUICK_REPS} reps, only adamw, the two Newton-Schulz'
-                      ' Muons and fanion: a smoke test')
+  parser = _timing.benchmark_parser(
+      'step', __doc__,
+      'tiny trees (1 GPT-2 layer of width 64, one'
+      f' ResNet block of width 16), k={QUICK_K},'
+      f' {QUICK_REPS} reps, only adamw, the two Newton-Schulz'
+      ' Muons and fanion: a smoke test')
   parser.add_argument('--tree', choices=('gpt2', 'resnet', 'all'),
                       default='all', help='which parameter tree (default'
                       ' all)')
@@ -462,8 +461,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--skip', default=None, metavar='REGEX',
                       help='leave out the candidates whose name matches'
                       ' REGEX (searched)')
-  parser.add_argument('--out', default=os.path.join('benchmarks', 'results'),
-                      help='results directory (default benchmarks/results)')
   args = parser.parse_args(argv)
   trees = dict(QUICK_TREES if args.quick else FULL_TREES)
   if args.tree != 'all':
