@@ -1,7 +1,10 @@
 """fanion_optax: dual-norm (LMO) optimizers for JAX and Optax.
 
 Muon, the Ky Fan "Fanions", the F-/S- mixtures and the general Lion-𝒦 family
-with decoupled weight decay, as `optax.GradientTransformation`s.
+with decoupled weight decay, as `optax.GradientTransformation`s: presets
+(`muon`, `fanion`, …) over one pipeline (`lion_k`), built from small
+transformations (`scale_by_lion_k`, `scale_by_shape`, …) and the LMO
+catalogue (`fanion_optax.lmo`).
 """
 
 from fanion_optax import diagnostics
@@ -11,17 +14,18 @@ from fanion_optax import partition
 from fanion_optax.alias import f_fanion
 from fanion_optax.alias import f_muon
 from fanion_optax.alias import fanion
-from fanion_optax.alias import inject_hyperparams
-from fanion_optax.alias import lion_k
 from fanion_optax.alias import muon
 from fanion_optax.alias import neon
 from fanion_optax.alias import s_fanion
 from fanion_optax.alias import s_muon
 from fanion_optax.lowrank import top_k_polar
 from fanion_optax.partition import DimensionNumbers
+from fanion_optax.pipeline import adamw_fallback
+from fanion_optax.pipeline import inject_hyperparams
+from fanion_optax.pipeline import lion_k
 from fanion_optax.polar import coefficient_schedule
 from fanion_optax.polar import lmo_gap
-from fanion_optax.polar import polar
+from fanion_optax.polar import polar_factor
 from fanion_optax.polar import singular_value_bound
 from fanion_optax.transforms import add_decayed_weights
 from fanion_optax.transforms import scale_by_lion_k
@@ -29,15 +33,15 @@ from fanion_optax.transforms import scale_by_lmo
 from fanion_optax.transforms import scale_by_shape
 from fanion_optax.transforms import skip_nonfinite
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'
 
 __all__ = [
     'DimensionNumbers',
+    'adamw_fallback',
     'add_decayed_weights',
     'coefficient_schedule',
     'diagnostics',
     'distributed',
-    'partition',
     'f_fanion',
     'f_muon',
     'fanion',
@@ -47,7 +51,8 @@ __all__ = [
     'lmo_gap',
     'muon',
     'neon',
-    'polar',
+    'partition',
+    'polar_factor',
     's_fanion',
     's_muon',
     'scale_by_lion_k',

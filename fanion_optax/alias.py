@@ -1,107 +1,58 @@
-"""The named optimizers: Muon, Fanion-k, Neon, F-/S- mixtures and Lion-𝒦.
+"""The named optimizers: presets over the one `lion_k` pipeline.
 
-Each returns one `optax.GradientTransformation` for a whole parameter tree:
-matrix leaves (see `fanion_optax.partition`) follow Lion-𝒦 with the chosen
-LMO, a shape scale `s` and decoupled weight decay `λ` (multiplied by the
-learning rate); the other leaves go to a fallback optimizer (AdamW by
-default). With `λ > 0` the matrices are driven into the LMO's norm ball of
-radius `s/λ` (Chen, Li, Liu, arXiv:2506.15054); see
-`fanion_optax.diagnostics.constraint_report`.
+Each preset builds its LMO and its `(b1, b2)` and returns
+`fanion_optax.lion_k(learning_rate, lmo, b1, b2, **options)`; the pipeline
+options (`weight_decay`, `weight_decay_mask`, `shape_scale`,
+`dimension_numbers`, `exclude`, `fallback`, `mu_dtype`, `split`) are
+documented there once. Muon's momentum μ with Nesterov is `b1 = μ²`,
+`b2 = μ`; without it `b1 = b2 = μ`.
 
-Hyperparameters that are numbers (learning rates, decays, momentum, `alpha`,
-`sign_scale`) work under `optax.inject_hyperparams`. Use
-`fanion_optax.inject_hyperparams`, which marks the structural arguments
-(`k`, `ns_steps`, `lmo`, `dimension_numbers`, masks, …) static: with plain
-`optax.inject_hyperparams` they must be listed in `static_args`, since it
-would trace integers and call any callable as a schedule.
+Numbers (learning rates, decays, momentum, `alpha`, `sign_scale`) work under
+`optax.inject_hyperparams`; `fanion_optax.inject_hyperparams` keeps the
+structural arguments (`k`, `polar_steps`, …) static.
 
 References:
   L. Chen, J. Li, Q. Liu, arXiv:2506.15054 (Muon and the spectral ball).
   A. Kravatskiy et al., arXiv:2512.09678 (Fanions, F-/S- mixtures).
   L. Chen, B. Liu, K. Liang, Q. Liu, arXiv:2310.05898 (Lion-𝒦).
-  K. Jordan et al. (2024) (Muon); J. Liu et al., arXiv:2502.16982 (RMS scale).
+  K. Jordan et al. (2024) (Muon); N. Amsel et al., arXiv:2505.16932
+  (Polar Express).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 from typing import Any
 
+import jax
 import optax
 
-from fanion_optax import _checks
+from fanion_optax import _validate
 from fanion_optax import lmo as lmo_lib
-from fanion_optax import partition
 from fanion_optax import polar as polar_lib
-from fanion_optax import transforms
+from fanion_optax.pipeline import lion_k
+from fanion_optax.pipeline import preset
+
+if TYPE_CHECKING:
+  from typing_extensions import Unpack
+
+  from fanion_optax.pipeline import PipelineOptions
 
 ScalarOrSchedule = optax.ScalarOrSchedule
+Optimizer = optax.GradientTransformationExtraArgs
 DEFAULT_SIGN_SCALE = 3e-4
 """η for S-Muon/S-Fanion: the value used in GPT training by Kravatskiy et
 al.; their synthetic least-squares problem used 0.01."""
 
-_COMMON_ARGS = """
-    weight_decay: decoupled decay λ ≥ 0 for the matrices, multiplied by the
-      learning rate (a schedule of the step count is accepted).
-    weight_decay_mask: a tree, prefix tree or callable of booleans; `False`
-      matrices get no decay.
-    shape_scale: `"muon"` (`sqrt(max(1, fan_out/fan_in))`), `"rms"`
-      (`0.2·sqrt(max(fan_in, fan_out))`, so AdamW learning rates and decays
-      transfer) or `None`.
-    dimension_numbers: a `DimensionNumbers`, a tree or prefix tree of them
-      (`None` leaves go to the fallback) or a callable `params -> tree`;
-      default: 2-D leaves are `(fan_in, fan_out)` matrices.
-    exclude: regexes searched in the parameter paths (`'embed/embedding'`);
-      matches go to the fallback (embeddings and output heads).
-    fallback: the optax transformation for non-matrix leaves; default
-      `optax.adamw(fallback_learning_rate, fallback_b1, fallback_b2,
-      fallback_eps, weight_decay=fallback_weight_decay)`.
-    fallback_learning_rate: default AdamW's learning rate (default: the
-      `learning_rate`).
-    fallback_b1: default AdamW's b1.
-    fallback_b2: default AdamW's b2.
-    fallback_eps: default AdamW's eps.
-    fallback_weight_decay: default AdamW's decoupled weight decay.
-    mu_dtype: momentum dtype (default: the parameters' dtype).
-    axis_name: inside `jax.pmap(..., axis_name=...)` with replicated
-      gradients, split the LMO work across that axis's devices; the update
-      equals the single-device one.
-    mesh: under `jax.jit` over a `jax.sharding.Mesh` with sharded
-      parameters, orthogonalise whole matrices on their owner devices
-      (`shard_map`) instead of partitioning every matmul.
-    shard_axis: the mesh axis (or axes) to split the matrices over (default:
-      all axes of `mesh`).
-    skip_nonfinite: skip (and count) steps whose gradients or updates hold
-      NaN/Inf, leaving parameters and state untouched (see
-      `fanion_optax.skip_nonfinite`). Without it a NaN gradient gives NaN
-      updates and momentum for the affected leaves (the Ky Fan warm-start
-      subspace alone keeps its last finite value).
-"""
-
-
-def _doc(fn):
-  fn.__doc__ = fn.__doc__.replace('    {common}\n', _COMMON_ARGS.lstrip('\n'))
-  return fn
-
-
-_COMMON_NAMES = (
-    'weight_decay', 'weight_decay_mask', 'shape_scale', 'dimension_numbers',
-    'exclude', 'fallback', 'fallback_learning_rate', 'fallback_b1',
-    'fallback_b2', 'fallback_eps', 'fallback_weight_decay', 'mu_dtype',
-    'axis_name', 'mesh', 'shard_axis', 'skip_nonfinite')
-
-
-def _common(arguments: dict[str, Any]) -> dict[str, Any]:
-  """The options every optimizer passes through to `_build` unchanged."""
-  return {name: arguments[name] for name in _COMMON_NAMES}
-
 
 def _momentum_betas(momentum: ScalarOrSchedule, nesterov: bool):
   """Muon's momentum μ as Lion-𝒦 `(b1, b2)`: `(μ², μ)` with Nesterov."""
-  _checks.check_range('momentum', momentum, low=0.0, high=1.0,
-                      high_inclusive=False)
-  if not isinstance(nesterov, bool):
-    raise TypeError(f'nesterov must be a bool, got {nesterov!r}.')
+  _validate.check_scalar('momentum', momentum, low=0.0, high=1.0,
+                         high_inclusive=False)
+  _validate.check_bool('nesterov', nesterov)
   if not nesterov:
     return momentum, momentum
   if callable(momentum):
@@ -109,195 +60,53 @@ def _momentum_betas(momentum: ScalarOrSchedule, nesterov: bool):
   return momentum * momentum, momentum
 
 
-def _spectral(polar, ns_steps, compute_dtype):
-  """The spectral LMO, with errors named after the optimizer's arguments."""
-  _check_polar(polar, ns_steps)
-  return lmo_lib.spectral(method=polar, steps=ns_steps,
-                          compute_dtype=compute_dtype)
+def _mixture(alpha, allow_extrapolation, primary, secondary):
+  _validate.check_bool('allow_extrapolation', allow_extrapolation)
+  _validate.check_scalar('alpha', alpha, schedule=False,
+                         low=None if allow_extrapolation else 0.0,
+                         high=None if allow_extrapolation else 1.0)
+  return lmo_lib.mix((alpha, primary), (1 - alpha, secondary),
+                     allow_extrapolation=allow_extrapolation)
 
 
-def _check_polar(polar, ns_steps):
-  if ns_steps is not None:
-    _checks.check_int('ns_steps', ns_steps, minimum=1)
-  try:
-    polar_lib.coefficient_schedule(polar, ns_steps)
-  except ValueError as err:
-    message = str(err).replace('method', 'polar', 1).replace(
-        'steps must', 'ns_steps must', 1)
-    raise ValueError(message) from None
+def _ky_fan_or_spectral(k, top_k_method, subspace_iters, polar_method,
+                        polar_steps, compute_dtype) -> lmo_lib.LMO:
+  """The mixtures' first term: Ky Fan-k, or the spectral LMO for `k=None`."""
+  if k is None:
+    return lmo_lib.spectral(polar_method=polar_method, polar_steps=polar_steps,
+                            compute_dtype=compute_dtype)
+  return lmo_lib.ky_fan(k, top_k_method=top_k_method,
+                        subspace_iters=subspace_iters,
+                        polar_method=polar_method, polar_steps=polar_steps,
+                        compute_dtype=compute_dtype)
 
 
-def _sign(sign_scale):
-  _checks.check_range('sign_scale', sign_scale, low=0.0, low_inclusive=False)
-  return lmo_lib.sign(sign_scale)
-
-
-def _check_alpha(alpha: Any, allow_extrapolation: bool) -> None:
-  _checks.check_bool('allow_extrapolation', allow_extrapolation)
-  if not allow_extrapolation:
-    _checks.check_range('alpha', alpha, low=0.0, high=1.0)
-
-
-def _build(
-    learning_rate: ScalarOrSchedule,
-    lmo: lmo_lib.LMO,
-    b1: ScalarOrSchedule,
-    b2: ScalarOrSchedule,
-    *,
-    weight_decay: ScalarOrSchedule,
-    weight_decay_mask: Any,
-    shape_scale: str | None,
-    dimension_numbers: Any,
-    exclude: Any,
-    fallback: optax.GradientTransformation | None,
-    fallback_learning_rate: ScalarOrSchedule | None,
-    fallback_b1: float,
-    fallback_b2: float,
-    fallback_eps: float,
-    fallback_weight_decay: float,
-    mu_dtype: Any,
-    axis_name: Any,
-    mesh: Any,
-    shard_axis: Any,
-    skip_nonfinite: bool,
-) -> optax.GradientTransformationExtraArgs:
-  _checks.check_range('learning_rate', learning_rate, low=0.0)
-  _checks.check_range('weight_decay', weight_decay, low=0.0)
-  partition.check_shape_scale(shape_scale)
-  if mu_dtype is not None:
-    _checks.check_float_dtype('mu_dtype', mu_dtype)
-  if weight_decay_mask is not None and not callable(weight_decay_mask):
-    _checks.check_bool_tree('weight_decay_mask', weight_decay_mask)
-  if fallback is None:
-    for name, beta in (('fallback_b1', fallback_b1),
-                       ('fallback_b2', fallback_b2)):
-      _checks.check_range(name, beta, low=0.0, high=1.0, high_inclusive=False)
-    _checks.check_range('fallback_eps', fallback_eps, low=0.0)
-    fb_lr = learning_rate if fallback_learning_rate is None else (
-        fallback_learning_rate)
-    _checks.check_range('fallback_learning_rate', fb_lr, low=0.0)
-    _checks.check_range('fallback_weight_decay', fallback_weight_decay,
-                        low=0.0)
-    fallback = optax.adamw(fb_lr, b1=fallback_b1, b2=fallback_b2,
-                           eps=fallback_eps,
-                           weight_decay=fallback_weight_decay,
-                           mu_dtype=mu_dtype)
-  elif not isinstance(fallback, optax.GradientTransformation):
-    raise TypeError('fallback must be an optax.GradientTransformation or'
-                    f' None, got {fallback!r}.')
-  matrices = optax.chain(
-      transforms.scale_by_lion_k(lmo, b1, b2, mu_dtype=mu_dtype,
-                                 dimension_numbers=dimension_numbers,
-                                 axis_name=axis_name, mesh=mesh,
-                                 shard_axis=shard_axis),
-      transforms.scale_by_shape(shape_scale,
-                                dimension_numbers=dimension_numbers),
-      transforms.add_decayed_weights(weight_decay, weight_decay_mask),
-      optax.scale_by_learning_rate(learning_rate),
-  )
-  tx = partition.route(matrices, fallback,
-                       dimension_numbers=dimension_numbers, exclude=exclude)
-  if not isinstance(skip_nonfinite, bool):
-    raise TypeError(f'skip_nonfinite must be a bool, got {skip_nonfinite!r}.')
-  return transforms.skip_nonfinite(tx) if skip_nonfinite else tx
-
-
-@_doc
-def lion_k(
-    learning_rate: ScalarOrSchedule,
-    lmo: lmo_lib.LMO,
-    b1: ScalarOrSchedule = 0.9,
-    b2: ScalarOrSchedule = 0.99,
-    *,
-    weight_decay: ScalarOrSchedule = 0.0,
-    weight_decay_mask: Any = None,
-    shape_scale: str | None = 'muon',
-    dimension_numbers: Any = None,
-    exclude: Any = (),
-    fallback: optax.GradientTransformation | None = None,
-    fallback_learning_rate: ScalarOrSchedule | None = None,
-    fallback_b1: float = 0.9,
-    fallback_b2: float = 0.999,
-    fallback_eps: float = 1e-8,
-    fallback_weight_decay: float = 0.0,
-    mu_dtype: Any = None,
-    axis_name: Any = None,
-    mesh: Any = None,
-    shard_axis: Any = None,
-    skip_nonfinite: bool = False,
-) -> optax.GradientTransformationExtraArgs:
-  """Lion-𝒦 with any LMO of `fanion_optax.lmo` as `∇𝒦`.
-
-  `X ← X − ε·(s·lmo(b1·M + (1−b1)·g) + λ·X)`, `M ← b2·M + (1−b2)·g`. With
-  `lmo.sign()` and `shape_scale=None` it is Lion.
-
-  Args:
-    learning_rate: ε ≥ 0, or a schedule.
-    lmo: the oracle (`lmo.spectral()`, `lmo.mix(...)`, `lmo.schatten(4)`, …).
-    b1: interpolation weight of the direction.
-    b2: momentum decay.
-    {common}
-
-  Returns:
-    An `optax.GradientTransformationExtraArgs`.
-
-  References:
-    Chen, Liu, Liang, Liu, arXiv:2310.05898.
-
-  Example:
-    >>> import jax.numpy as jnp, optax
-    >>> import fanion_optax as fo
-    >>> tx = fo.lion_k(1e-3, fo.lmo.schatten(4.0), weight_decay=0.1)
-    >>> params = {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}
-    >>> state = tx.init(params)
-    >>> updates, state = tx.update(params, state, params)
-    >>> new_params = optax.apply_updates(params, updates)
-  """
-  return _build(learning_rate, lmo, b1, b2, **_common(locals()))
-
-
-@_doc
+@preset
 def muon(
     learning_rate: ScalarOrSchedule,
     *,
     momentum: ScalarOrSchedule = 0.95,
     nesterov: bool = True,
-    polar: Any = 'polar_express',
-    ns_steps: int | None = None,
-    compute_dtype: Any = None,
-    weight_decay: ScalarOrSchedule = 0.0,
-    weight_decay_mask: Any = None,
-    shape_scale: str | None = 'muon',
-    dimension_numbers: Any = None,
-    exclude: Any = (),
-    fallback: optax.GradientTransformation | None = None,
-    fallback_learning_rate: ScalarOrSchedule | None = None,
-    fallback_b1: float = 0.9,
-    fallback_b2: float = 0.999,
-    fallback_eps: float = 1e-8,
-    fallback_weight_decay: float = 0.0,
-    mu_dtype: Any = None,
-    axis_name: Any = None,
-    mesh: Any = None,
-    shard_axis: Any = None,
-    skip_nonfinite: bool = False,
-) -> optax.GradientTransformationExtraArgs:
+    polar_method: polar_lib.PolarMethod = 'polar_express',
+    polar_steps: int | None = None,
+    compute_dtype: jax.typing.DTypeLike | None = None,
+    **options: Unpack[PipelineOptions],
+) -> Optimizer:
   """Muon: momentum, then the polar factor `U Vᵀ` (the spectral-norm LMO).
 
   Jordan's update with Nesterov momentum μ (`m ← lerp(m, g, 1−μ)`, direction
-  `lerp(g, m, μ)`), i.e. Lion-𝒦 with `b1 = μ²`, `b2 = μ`; without Nesterov
-  `b1 = b2 = μ`. With decay λ, `σ₁(X) ≤ s/λ` is enforced implicitly.
+  `lerp(g, m, μ)`). With decay λ, `σ₁(X) ≤ s/λ` is enforced implicitly.
 
   Args:
     learning_rate: ε ≥ 0, or a schedule.
     momentum: μ in [0, 1), or a schedule.
     nesterov: Nesterov form (Jordan's default).
-    polar: `"polar_express"` (default), `"newton_schulz"` (Jordan's quintic,
-      as `optax.contrib.muon`), `"svd"`, or `(a, b, c)` rows.
-    ns_steps: polar iteration count (default 5).
+    polar_method: `"polar_express"` (default), `"newton_schulz"` (Jordan's
+      quintic, as `optax.contrib.muon`), `"svd"`, or `(a, b, c)` rows.
+    polar_steps: polar iteration count (default 5).
     compute_dtype: arithmetic dtype of the polar iteration (`jnp.bfloat16`
       is fast on GPU/TPU; default float32).
-    {common}
+    {options}
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -317,45 +126,25 @@ def muon(
     >>> params = optax.apply_updates(params, updates)
   """
   b1, b2 = _momentum_betas(momentum, nesterov)
-  oracle = _spectral(polar, ns_steps, compute_dtype)
-  return _build(learning_rate, oracle, b1, b2, **_common(locals()))
+  lmo = lmo_lib.spectral(polar_method=polar_method, polar_steps=polar_steps,
+                         compute_dtype=compute_dtype)
+  return lion_k(learning_rate, lmo, b1, b2, **options)
 
 
-def _ky_fan(k, method, iters, polar, ns_steps, compute_dtype):
-  _check_polar(polar, ns_steps)
-  return lmo_lib.ky_fan(k, method=method, iters=iters, polar=polar,
-                        steps=ns_steps, compute_dtype=compute_dtype)
-
-
-@_doc
+@preset
 def fanion(
     learning_rate: ScalarOrSchedule,
     k: int,
     *,
     momentum: ScalarOrSchedule = 0.95,
     nesterov: bool = True,
-    method: str = 'subspace',
-    iters: int | None = None,
-    polar: Any = 'polar_express',
-    ns_steps: int | None = None,
-    compute_dtype: Any = None,
-    weight_decay: ScalarOrSchedule = 0.0,
-    weight_decay_mask: Any = None,
-    shape_scale: str | None = 'muon',
-    dimension_numbers: Any = None,
-    exclude: Any = (),
-    fallback: optax.GradientTransformation | None = None,
-    fallback_learning_rate: ScalarOrSchedule | None = None,
-    fallback_b1: float = 0.9,
-    fallback_b2: float = 0.999,
-    fallback_eps: float = 1e-8,
-    fallback_weight_decay: float = 0.0,
-    mu_dtype: Any = None,
-    axis_name: Any = None,
-    mesh: Any = None,
-    shard_axis: Any = None,
-    skip_nonfinite: bool = False,
-) -> optax.GradientTransformationExtraArgs:
+    top_k_method: lmo_lib.TopKMethod = 'subspace',
+    subspace_iters: int | None = None,
+    polar_method: polar_lib.PolarMethod = 'polar_express',
+    polar_steps: int | None = None,
+    compute_dtype: jax.typing.DTypeLike | None = None,
+    **options: Unpack[PipelineOptions],
+) -> Optimizer:
   """Fanion-k: momentum, then `U_k V_kᵀ` (the LMO dual to Ky Fan-k).
 
   Updates have rank k; matrices with `min(m, n) <= k` get the full polar
@@ -367,13 +156,14 @@ def fanion(
     k: rank of the update, ≥ 1 (static under `inject_hyperparams`).
     momentum: μ in [0, 1), or a schedule.
     nesterov: Nesterov form.
-    method: `"subspace"` (warm-started subspace iteration kept in the state,
-      `O(m·n·k)`) or `"svd"` (exact).
-    iters: subspace iterations per step (default 2).
-    polar: polar method for matrices with `min(m, n) <= k`.
-    ns_steps: polar iteration count.
+    top_k_method: `"subspace"` (warm-started subspace iteration kept in the
+      state, `O(m·n·k)`) or `"svd"` (exact).
+    subspace_iters: subspace iterations per step (default 10 cold, then 2).
+    polar_method: polar method (see `muon`) for `k=None` and for matrices
+      with `min(m, n) <= k`.
+    polar_steps: polar iteration count.
     compute_dtype: arithmetic dtype.
-    {common}
+    {options}
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -382,46 +172,20 @@ def fanion(
     Kravatskiy et al., arXiv:2512.09678; Ahn et al., arXiv:2504.05295.
   """
   b1, b2 = _momentum_betas(momentum, nesterov)
-  oracle = _ky_fan(k, method, iters, polar, ns_steps, compute_dtype)
-  return _build(learning_rate, oracle, b1, b2, **_common(locals()))
+  lmo = lmo_lib.ky_fan(k, top_k_method=top_k_method,
+                       subspace_iters=subspace_iters,
+                       polar_method=polar_method, polar_steps=polar_steps,
+                       compute_dtype=compute_dtype)
+  return lion_k(learning_rate, lmo, b1, b2, **options)
 
 
-@_doc
-def neon(
-    learning_rate: ScalarOrSchedule,
-    *,
-    momentum: ScalarOrSchedule = 0.95,
-    nesterov: bool = True,
-    method: str = 'subspace',
-    iters: int | None = None,
-    compute_dtype: Any = None,
-    weight_decay: ScalarOrSchedule = 0.0,
-    weight_decay_mask: Any = None,
-    shape_scale: str | None = 'muon',
-    dimension_numbers: Any = None,
-    exclude: Any = (),
-    fallback: optax.GradientTransformation | None = None,
-    fallback_learning_rate: ScalarOrSchedule | None = None,
-    fallback_b1: float = 0.9,
-    fallback_b2: float = 0.999,
-    fallback_eps: float = 1e-8,
-    fallback_weight_decay: float = 0.0,
-    mu_dtype: Any = None,
-    axis_name: Any = None,
-    mesh: Any = None,
-    shard_axis: Any = None,
-    skip_nonfinite: bool = False,
-) -> optax.GradientTransformationExtraArgs:
-  """Neon: Fanion-1, the rank-one update `u₁ v₁ᵀ`.
+neon = functools.partial(fanion, k=1)
+neon.__doc__ = """Neon: Fanion-1, the rank-one update `u₁ v₁ᵀ` (`fanion` with k=1).
 
   Args:
     learning_rate: ε ≥ 0, or a schedule.
-    momentum: μ in [0, 1), or a schedule.
-    nesterov: Nesterov form.
-    method: `"subspace"` (warm-started power iteration) or `"svd"`.
-    iters: power iterations per step (default 2).
-    compute_dtype: arithmetic dtype.
-    {common}
+    **kwargs: every keyword of `fanion` but `k` (momentum, nesterov,
+      top_k_method, subspace_iters, compute_dtype and the pipeline options).
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -429,60 +193,43 @@ def neon(
   References:
     Kravatskiy et al., arXiv:2512.09678.
   """
-  return fanion(learning_rate, 1, momentum=momentum, nesterov=nesterov,
-                method=method, iters=iters, compute_dtype=compute_dtype,
-                **_common(locals()))
 
 
-def _mixture(alpha, allow_extrapolation, primary, secondary):
-  _check_alpha(alpha, allow_extrapolation)
-  if allow_extrapolation:
-    return lmo_lib.Mixture(terms=((alpha, primary), (1 - alpha, secondary)))
-  return lmo_lib.mix((alpha, primary), (1 - alpha, secondary))
-
-
-@_doc
-def f_muon(
+@preset
+def f_fanion(
     learning_rate: ScalarOrSchedule,
-    alpha: ScalarOrSchedule = 0.5,
+    k: int | None,
+    alpha: jax.typing.ArrayLike = 0.5,
     *,
     allow_extrapolation: bool = False,
     momentum: ScalarOrSchedule = 0.95,
     nesterov: bool = True,
-    polar: Any = 'polar_express',
-    ns_steps: int | None = None,
-    compute_dtype: Any = None,
-    weight_decay: ScalarOrSchedule = 0.0,
-    weight_decay_mask: Any = None,
-    shape_scale: str | None = 'muon',
-    dimension_numbers: Any = None,
-    exclude: Any = (),
-    fallback: optax.GradientTransformation | None = None,
-    fallback_learning_rate: ScalarOrSchedule | None = None,
-    fallback_b1: float = 0.9,
-    fallback_b2: float = 0.999,
-    fallback_eps: float = 1e-8,
-    fallback_weight_decay: float = 0.0,
-    mu_dtype: Any = None,
-    axis_name: Any = None,
-    mesh: Any = None,
-    shard_axis: Any = None,
-    skip_nonfinite: bool = False,
-) -> optax.GradientTransformationExtraArgs:
-  """F-Muon: the direction `α·U Vᵀ + (1 − α)·G/‖G‖_F`.
+    top_k_method: lmo_lib.TopKMethod = 'subspace',
+    subspace_iters: int | None = None,
+    polar_method: polar_lib.PolarMethod = 'polar_express',
+    polar_steps: int | None = None,
+    compute_dtype: jax.typing.DTypeLike | None = None,
+    **options: Unpack[PipelineOptions],
+) -> Optimizer:
+  """F-Fanion-k: `α·U_k V_kᵀ + (1 − α)·G/‖G‖_F` (k = 1: F-Neon).
 
-  The LMO of the Minkowski sum of the spectral and Frobenius balls.
+  The LMO of the Minkowski sum of the Ky Fan-k dual ball and the Frobenius
+  ball; `k=None` (F-Muon) takes the spectral ball, `α·U Vᵀ`.
 
   Args:
     learning_rate: ε ≥ 0, or a schedule.
-    alpha: weight α of the spectral term, in [0, 1].
+    k: rank of the Ky Fan term, ≥ 1, or `None` for the full polar factor.
+    alpha: weight α of the Ky Fan term, in [0, 1].
     allow_extrapolation: accept α outside [0, 1].
     momentum: μ in [0, 1), or a schedule.
     nesterov: Nesterov form.
-    polar: polar method.
-    ns_steps: polar iteration count.
+    top_k_method: `"subspace"` or `"svd"` (see `fanion`).
+    subspace_iters: subspace iterations per step.
+    polar_method: polar method (see `muon`) for `k=None` and for matrices
+      with `min(m, n) <= k`.
+    polar_steps: polar iteration count.
     compute_dtype: arithmetic dtype.
-    {common}
+    {options}
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -491,42 +238,103 @@ def f_muon(
     Kravatskiy et al., arXiv:2512.09678.
   """
   b1, b2 = _momentum_betas(momentum, nesterov)
-  oracle = _mixture(alpha, allow_extrapolation,
-                    _spectral(polar, ns_steps, compute_dtype),
-                    lmo_lib.frobenius())
-  return _build(learning_rate, oracle, b1, b2, **_common(locals()))
+  primary = _ky_fan_or_spectral(k, top_k_method, subspace_iters, polar_method,
+                                polar_steps, compute_dtype)
+  lmo = _mixture(alpha, allow_extrapolation, primary, lmo_lib.frobenius())
+  return lion_k(learning_rate, lmo, b1, b2, **options)
 
 
-@_doc
-def s_muon(
+@preset
+def s_fanion(
     learning_rate: ScalarOrSchedule,
-    alpha: ScalarOrSchedule = 0.5,
-    sign_scale: ScalarOrSchedule = DEFAULT_SIGN_SCALE,
+    k: int | None,
+    alpha: jax.typing.ArrayLike = 0.5,
+    sign_scale: jax.typing.ArrayLike = DEFAULT_SIGN_SCALE,
     *,
     allow_extrapolation: bool = False,
     momentum: ScalarOrSchedule = 0.95,
     nesterov: bool = True,
-    polar: Any = 'polar_express',
-    ns_steps: int | None = None,
-    compute_dtype: Any = None,
-    weight_decay: ScalarOrSchedule = 0.0,
-    weight_decay_mask: Any = None,
-    shape_scale: str | None = 'muon',
-    dimension_numbers: Any = None,
-    exclude: Any = (),
-    fallback: optax.GradientTransformation | None = None,
-    fallback_learning_rate: ScalarOrSchedule | None = None,
-    fallback_b1: float = 0.9,
-    fallback_b2: float = 0.999,
-    fallback_eps: float = 1e-8,
-    fallback_weight_decay: float = 0.0,
-    mu_dtype: Any = None,
-    axis_name: Any = None,
-    mesh: Any = None,
-    shard_axis: Any = None,
-    skip_nonfinite: bool = False,
-) -> optax.GradientTransformationExtraArgs:
-  """S-Muon: the direction `α·U Vᵀ + (1 − α)·η·sign(G)`.
+    top_k_method: lmo_lib.TopKMethod = 'subspace',
+    subspace_iters: int | None = None,
+    polar_method: polar_lib.PolarMethod = 'polar_express',
+    polar_steps: int | None = None,
+    compute_dtype: jax.typing.DTypeLike | None = None,
+    **options: Unpack[PipelineOptions],
+) -> Optimizer:
+  """S-Fanion-k: `α·U_k V_kᵀ + (1 − α)·η·sign(G)` (k = 1: S-Neon).
+
+  The LMO of the Minkowski sum of the Ky Fan-k dual ball and the ℓ∞ ball of
+  radius η; `k=None` (S-Muon) takes the spectral ball, `α·U Vᵀ`.
+
+  Args:
+    learning_rate: ε ≥ 0, or a schedule.
+    k: rank of the Ky Fan term, ≥ 1, or `None` for the full polar factor.
+    alpha: weight α of the Ky Fan term, in [0, 1].
+    sign_scale: η > 0 (default 3e-4, as in the paper's GPT runs; its
+      synthetic problem used 0.01).
+    allow_extrapolation: accept α outside [0, 1].
+    momentum: μ in [0, 1), or a schedule.
+    nesterov: Nesterov form.
+    top_k_method: `"subspace"` or `"svd"` (see `fanion`).
+    subspace_iters: subspace iterations per step.
+    polar_method: polar method (see `muon`) for `k=None` and for matrices
+      with `min(m, n) <= k`.
+    polar_steps: polar iteration count.
+    compute_dtype: arithmetic dtype.
+    {options}
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+
+  References:
+    Kravatskiy et al., arXiv:2512.09678.
+  """
+  b1, b2 = _momentum_betas(momentum, nesterov)
+  primary = _ky_fan_or_spectral(k, top_k_method, subspace_iters, polar_method,
+                                polar_steps, compute_dtype)
+  lmo = _mixture(alpha, allow_extrapolation, primary, lmo_lib.sign(sign_scale))
+  return lion_k(learning_rate, lmo, b1, b2, **options)
+
+
+def _full_rank(mixture: Callable[..., Optimizer]):
+  """Marks `fn` as `mixture` with `k=None`: its signature without `k`."""
+  def mark(fn):
+    signature = inspect.signature(mixture)
+    fn.__signature__ = signature.replace(parameters=[
+        p for p in signature.parameters.values() if p.name != 'k'])
+    return fn
+  return mark
+
+
+@_full_rank(f_fanion)
+def f_muon(learning_rate: ScalarOrSchedule,
+           alpha: jax.typing.ArrayLike = 0.5, **kwargs: Any) -> Optimizer:
+  """F-Muon: `α·U Vᵀ + (1 − α)·G/‖G‖_F` (`f_fanion` with `k=None`).
+
+  The LMO of the Minkowski sum of the spectral and Frobenius balls.
+
+  Args:
+    learning_rate: ε ≥ 0, or a schedule.
+    alpha: weight α of the spectral term, in [0, 1].
+    **kwargs: every keyword of `f_fanion` but `k`: `allow_extrapolation`,
+      `momentum`, `nesterov`, `polar_method`, `polar_steps`,
+      `compute_dtype` and the pipeline options of `lion_k`.
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+
+  References:
+    Kravatskiy et al., arXiv:2512.09678.
+  """
+  return f_fanion(learning_rate, None, alpha, **kwargs)
+
+
+@_full_rank(s_fanion)
+def s_muon(learning_rate: ScalarOrSchedule,
+           alpha: jax.typing.ArrayLike = 0.5,
+           sign_scale: jax.typing.ArrayLike = DEFAULT_SIGN_SCALE,
+           **kwargs: Any) -> Optimizer:
+  """S-Muon: `α·U Vᵀ + (1 − α)·η·sign(G)` (`s_fanion` with `k=None`).
 
   The LMO of the Minkowski sum of the spectral ball and the ℓ∞ ball of
   radius η.
@@ -536,13 +344,7 @@ def s_muon(
     alpha: weight α of the spectral term, in [0, 1].
     sign_scale: η > 0 (default 3e-4, as in the paper's GPT runs; its
       synthetic problem used 0.01).
-    allow_extrapolation: accept α outside [0, 1].
-    momentum: μ in [0, 1), or a schedule.
-    nesterov: Nesterov form.
-    polar: polar method.
-    ns_steps: polar iteration count.
-    compute_dtype: arithmetic dtype.
-    {common}
+    **kwargs: every keyword of `s_fanion` but `k`.
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -550,175 +352,4 @@ def s_muon(
   References:
     Kravatskiy et al., arXiv:2512.09678.
   """
-  b1, b2 = _momentum_betas(momentum, nesterov)
-  oracle = _mixture(alpha, allow_extrapolation,
-                    _spectral(polar, ns_steps, compute_dtype),
-                    _sign(sign_scale))
-  return _build(learning_rate, oracle, b1, b2, **_common(locals()))
-
-
-@_doc
-def f_fanion(
-    learning_rate: ScalarOrSchedule,
-    k: int,
-    alpha: ScalarOrSchedule = 0.5,
-    *,
-    allow_extrapolation: bool = False,
-    momentum: ScalarOrSchedule = 0.95,
-    nesterov: bool = True,
-    method: str = 'subspace',
-    iters: int | None = None,
-    polar: Any = 'polar_express',
-    ns_steps: int | None = None,
-    compute_dtype: Any = None,
-    weight_decay: ScalarOrSchedule = 0.0,
-    weight_decay_mask: Any = None,
-    shape_scale: str | None = 'muon',
-    dimension_numbers: Any = None,
-    exclude: Any = (),
-    fallback: optax.GradientTransformation | None = None,
-    fallback_learning_rate: ScalarOrSchedule | None = None,
-    fallback_b1: float = 0.9,
-    fallback_b2: float = 0.999,
-    fallback_eps: float = 1e-8,
-    fallback_weight_decay: float = 0.0,
-    mu_dtype: Any = None,
-    axis_name: Any = None,
-    mesh: Any = None,
-    shard_axis: Any = None,
-    skip_nonfinite: bool = False,
-) -> optax.GradientTransformationExtraArgs:
-  """F-Fanion-k: `α·U_k V_kᵀ + (1 − α)·G/‖G‖_F` (k = 1: F-Neon).
-
-  Args:
-    learning_rate: ε ≥ 0, or a schedule.
-    k: rank of the Ky Fan term, ≥ 1.
-    alpha: weight α of the Ky Fan term, in [0, 1].
-    allow_extrapolation: accept α outside [0, 1].
-    momentum: μ in [0, 1), or a schedule.
-    nesterov: Nesterov form.
-    method: `"subspace"` or `"svd"`.
-    iters: subspace iterations per step (default 2).
-    polar: polar method for matrices with `min(m, n) <= k`.
-    ns_steps: polar iteration count.
-    compute_dtype: arithmetic dtype.
-    {common}
-
-  Returns:
-    An `optax.GradientTransformationExtraArgs`.
-
-  References:
-    Kravatskiy et al., arXiv:2512.09678.
-  """
-  b1, b2 = _momentum_betas(momentum, nesterov)
-  oracle = _mixture(alpha, allow_extrapolation,
-                    _ky_fan(k, method, iters, polar, ns_steps, compute_dtype),
-                    lmo_lib.frobenius())
-  return _build(learning_rate, oracle, b1, b2, **_common(locals()))
-
-
-@_doc
-def s_fanion(
-    learning_rate: ScalarOrSchedule,
-    k: int,
-    alpha: ScalarOrSchedule = 0.5,
-    sign_scale: ScalarOrSchedule = DEFAULT_SIGN_SCALE,
-    *,
-    allow_extrapolation: bool = False,
-    momentum: ScalarOrSchedule = 0.95,
-    nesterov: bool = True,
-    method: str = 'subspace',
-    iters: int | None = None,
-    polar: Any = 'polar_express',
-    ns_steps: int | None = None,
-    compute_dtype: Any = None,
-    weight_decay: ScalarOrSchedule = 0.0,
-    weight_decay_mask: Any = None,
-    shape_scale: str | None = 'muon',
-    dimension_numbers: Any = None,
-    exclude: Any = (),
-    fallback: optax.GradientTransformation | None = None,
-    fallback_learning_rate: ScalarOrSchedule | None = None,
-    fallback_b1: float = 0.9,
-    fallback_b2: float = 0.999,
-    fallback_eps: float = 1e-8,
-    fallback_weight_decay: float = 0.0,
-    mu_dtype: Any = None,
-    axis_name: Any = None,
-    mesh: Any = None,
-    shard_axis: Any = None,
-    skip_nonfinite: bool = False,
-) -> optax.GradientTransformationExtraArgs:
-  """S-Fanion-k: `α·U_k V_kᵀ + (1 − α)·η·sign(G)` (k = 1: S-Neon).
-
-  Args:
-    learning_rate: ε ≥ 0, or a schedule.
-    k: rank of the Ky Fan term, ≥ 1.
-    alpha: weight α of the Ky Fan term, in [0, 1].
-    sign_scale: η > 0.
-    allow_extrapolation: accept α outside [0, 1].
-    momentum: μ in [0, 1), or a schedule.
-    nesterov: Nesterov form.
-    method: `"subspace"` or `"svd"`.
-    iters: subspace iterations per step (default 2).
-    polar: polar method for matrices with `min(m, n) <= k`.
-    ns_steps: polar iteration count.
-    compute_dtype: arithmetic dtype.
-    {common}
-
-  Returns:
-    An `optax.GradientTransformationExtraArgs`.
-
-  References:
-    Kravatskiy et al., arXiv:2512.09678.
-  """
-  b1, b2 = _momentum_betas(momentum, nesterov)
-  oracle = _mixture(alpha, allow_extrapolation,
-                    _ky_fan(k, method, iters, polar, ns_steps, compute_dtype),
-                    _sign(sign_scale))
-  return _build(learning_rate, oracle, b1, b2, **_common(locals()))
-
-
-
-
-STRUCTURAL_ARGS = (
-    'lmo', 'k', 'ns_steps', 'iters', 'polar', 'method', 'compute_dtype',
-    'dimension_numbers', 'weight_decay_mask', 'exclude', 'fallback',
-    'mu_dtype', 'axis_name', 'mesh', 'shard_axis', 'shape_scale')
-
-
-def inject_hyperparams(
-    factory: Any,
-    static_args: str | tuple[str, ...] = (),
-    hyperparam_dtype: Any = None,
-) -> Any:
-  """`optax.inject_hyperparams` with this package's structural args static.
-
-  Numeric hyperparameters (learning rates, decays, momentum, `alpha`,
-  `sign_scale`, `b1`, `b2`) become injectable and schedulable; `k`,
-  `ns_steps`, `lmo`, `dimension_numbers`, masks and the other structural
-  arguments stay static.
-
-  Args:
-    factory: an optimizer of this package (or any optax factory).
-    static_args: further argument names to keep static.
-    hyperparam_dtype: as in `optax.inject_hyperparams`.
-
-  Returns:
-    The wrapped factory.
-
-  Example:
-    >>> import fanion_optax as fo
-    >>> tx = fo.inject_hyperparams(fo.fanion)(learning_rate=0.5, k=4)
-    >>> import jax.numpy as jnp
-    >>> state = tx.init({"w": jnp.ones((8, 8))})
-    >>> hp = state.hyperparams
-    >>> float(hp["learning_rate"]), "momentum" in hp, "k" in hp
-    (0.5, True, False)
-  """
-  extra = (static_args,) if isinstance(static_args, str) else tuple(
-      static_args)
-  parameters = inspect.signature(factory).parameters
-  static = tuple(a for a in STRUCTURAL_ARGS if a in parameters) + extra
-  return optax.inject_hyperparams(factory, static_args=static,
-                                  hyperparam_dtype=hyperparam_dtype)
+  return s_fanion(learning_rate, None, alpha, sign_scale, **kwargs)

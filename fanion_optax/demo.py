@@ -121,7 +121,8 @@ def make_optimizer(name: str, steps: int, lr: float | None = None
   """The demo's optimizers, with learning rates tuned for this model size."""
   common = dict(weight_decay=0.01, exclude=EXCLUDE,
                 dimension_numbers=dimension_numbers,
-                fallback_learning_rate=optax.cosine_decay_schedule(3e-3, steps))
+                fallback=fo.adamw_fallback(
+                    optax.cosine_decay_schedule(3e-3, steps), b2=0.999))
   schedule = lambda peak: optax.cosine_decay_schedule(peak, steps)
   if name == 'adamw':
     return optax.adamw(schedule(lr or 3e-3), weight_decay=0.01)

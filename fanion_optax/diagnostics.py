@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fanion_optax import _checks
+from fanion_optax import _validate
 from fanion_optax import lmo as lmo_lib
 from fanion_optax import partition
 from fanion_optax import polar as polar_lib
@@ -39,11 +39,28 @@ class ConstraintEntry(NamedTuple):
 
 def _polar_widening(lmo: lmo_lib.LMO) -> float:
   """How far the LMO's polar approximation can overshoot the unit ball."""
-  if isinstance(lmo, lmo_lib.Spectral):
-    return polar_lib.singular_value_bound(lmo.method, lmo.steps)
-  if isinstance(lmo, lmo_lib.KyFan):
-    return polar_lib.singular_value_bound(lmo.polar, lmo.steps)
+  if isinstance(lmo, (lmo_lib.Spectral, lmo_lib.KyFan)):
+    return polar_lib.singular_value_bound(lmo.polar_method, lmo.polar_steps)
   return 1.0
+
+
+def _rounding(lmo: lmo_lib.LMO) -> float:
+  """Relative rounding of the LMO's arithmetic: its compute dtype's epsilon.
+
+  A bfloat16 polar iteration settles σ₁ a few tenths of a percent above
+  `singular_value_bound` on every step, inside its rounding (eps 2⁻⁷).
+  """
+  dtype = getattr(lmo, 'compute_dtype', None)
+  return float(np.finfo(jnp.dtype(dtype or jnp.float32)).eps)
+
+
+def _value_at(name: str, value: Any, step: int | None) -> float:
+  if not callable(value):
+    return value
+  if step is None:
+    raise ValueError(f'{name} is a schedule: pass step= (the step count at'
+                     ' which to evaluate it).')
+  return float(value(step))
 
 
 def constraint_report(
@@ -56,6 +73,7 @@ def constraint_report(
     dimension_numbers: Any = None,
     exclude: Any = (),
     rtol: float | None = None,
+    step: int | None = None,
 ) -> dict[str, ConstraintEntry]:
   """Per matrix leaf: the weights' ball norm, the radius `s/λ`, and a verdict.
 
@@ -63,16 +81,22 @@ def constraint_report(
     params: the parameter tree.
     lmo: the optimizer's LMO; its `norm` is the ball's norm (a mixture has
       none: report one of its terms).
-    weight_decay: λ ≥ 0 (0 gives an infinite radius).
-    learning_rate: ε, to report the contraction `1 − ελ` (must be ≤ 1/λ).
+    weight_decay: λ ≥ 0 (0 gives an infinite radius), or a schedule
+      evaluated at `step`.
+    learning_rate: ε, to report the contraction `1 − ελ` (must be ≤ 1/λ),
+      or a schedule evaluated at `step`.
     shape_scale: as the optimizer's `shape_scale`.
     dimension_numbers: as the optimizer's `dimension_numbers`.
     exclude: as the optimizer's `exclude`.
     rtol: relative slack. Exact LMOs keep the weights inside `s/λ` up to
       rounding, but approximate polar factors have singular values above 1
       and widen the ball by as much (1.12 for Polar Express at 5 steps, 1.20
-      for Jordan's Newton–Schulz). Default: that widening
-      (`polar.singular_value_bound` of the LMO's polar method) plus 1e-3.
+      for Jordan's Newton–Schulz), and rounding in the compute dtype adds
+      to it. Default: that widening (`polar.singular_value_bound` of the
+      LMO's polar method) plus the larger of 1e-3 and the compute dtype's
+      epsilon.
+    step: the step count at which schedules of `weight_decay` and
+      `learning_rate` are evaluated (needed when either is a schedule).
 
   Returns:
     `{path: ConstraintEntry}` for every matrix leaf.
@@ -89,13 +113,17 @@ def constraint_report(
   """
   if not isinstance(lmo, lmo_lib.LMO):
     raise TypeError(f'lmo must be a fanion_optax.lmo.LMO, got {lmo!r}.')
-  _checks.check_range('weight_decay', weight_decay, low=0.0)
+  if step is not None:
+    _validate.check_int('step', step, minimum=0)
+  weight_decay = _value_at('weight_decay', weight_decay, step)
+  _validate.check_scalar('weight_decay', weight_decay, low=0.0)
   if rtol is None:
-    rtol = _polar_widening(lmo) - 1.0 + 1e-3
-  _checks.check_range('rtol', rtol, low=0.0)
+    rtol = _polar_widening(lmo) - 1.0 + max(1e-3, _rounding(lmo))
+  _validate.check_scalar('rtol', rtol, low=0.0, schedule=False)
   partition.check_shape_scale(shape_scale)
   if learning_rate is not None:
-    _checks.check_range('learning_rate', learning_rate, low=0.0)
+    learning_rate = _value_at('learning_rate', learning_rate, step)
+    _validate.check_scalar('learning_rate', learning_rate, low=0.0)
     if weight_decay * learning_rate > 1:
       raise ValueError(
           'learning_rate * weight_decay must be <= 1 for the constraint to'

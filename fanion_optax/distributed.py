@@ -2,25 +2,26 @@
 
 Same-shape matrices are stacked into one batch `(B, m, n)` (one batched
 kernel instead of many small ones). On several devices each device would
-otherwise orthogonalise every matrix; instead:
+otherwise orthogonalise every matrix; a **split** value says how to share
+the work instead:
 
-* **pmap / data parallel** (`axis_name=`): inside `jax.pmap(...,
-  axis_name=...)` (or `shard_map`), with replicated updates, device `i`
-  takes rows `[i·B/n, (i+1)·B/n)` of each padded stack, runs the LMO on its
-  share, and an `all_gather` returns every direction (and warm-start state)
-  to every device. Per-device LMO FLOPs ≈ total / n.
-* **sharded jit** (`mesh=`, `shard_axis=`): under `jax.jit` with parameters
+* `over_axis("batch")` — data parallel: inside `jax.pmap(...,
+  axis_name="batch")` or `jax.shard_map`, with replicated updates, device
+  `i` takes rows `[i·B/n, (i+1)·B/n)` of each padded stack, runs the LMO on
+  its share, and the directions (and warm-start states) are gathered back to
+  every device, typed as replicated. Per-device LMO FLOPs ≈ total / n.
+* `over_mesh(mesh, axes)` — sharded jit: under `jax.jit` with parameters
   sharded by `NamedSharding`, each stack is resharded along its batch axis
-  over `shard_axis` (XLA moves whole matrices to their owners with
-  all-to-all), orthogonalised locally inside `jax.shard_map` (no
-  cross-device Gram products), and resharded back. Without it GSPMD
-  partitions every Newton–Schulz matmul of a sharded matrix and all-reduces
-  partial Gram products every step.
+  over `axes` (XLA moves whole matrices to their owners with all-to-all),
+  orthogonalised locally inside `jax.shard_map` (no cross-device Gram
+  products), and resharded back. Without it GSPMD partitions every
+  Newton–Schulz matmul of a sharded matrix and all-reduces partial Gram
+  products every step.
+* `None` — one device, or let XLA decide.
 
-Which to use: `axis_name` when you `pmap` (or `shard_map`) a replicated
-training step; `mesh`/`shard_axis` when you `jit` over a mesh with sharded
-parameters (FSDP, tensor parallel); neither on one device. Multi-host runs
-use the same code after `jax.distributed.initialize()`.
+The split is one frozen value that validates itself, so exclusive
+combinations cannot be written. Multi-host runs use the same code after
+`jax.distributed.initialize()`.
 
 References:
   K. Ahn et al., *Dion: Distributed Orthonormalized Updates*, arXiv:2504.05295.
@@ -28,7 +29,9 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Hashable
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,28 +41,93 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
+from fanion_optax import _linalg
 from fanion_optax import lmo as lmo_lib
 
 
-def check_split_options(axis_name: Any, mesh: Any, shard_axis: Any
-                        ) -> tuple[str, ...] | None:
-  """Validates the work-split options; returns the mesh axes to split over."""
-  if axis_name is not None and mesh is not None:
-    raise ValueError('axis_name (pmap) and mesh (sharded jit) are exclusive;'
-                     f' got axis_name={axis_name!r} and a mesh.')
-  if mesh is None:
-    if shard_axis is not None:
-      raise ValueError('shard_axis needs mesh=; got mesh=None.')
-    return None
-  if not isinstance(mesh, Mesh):
-    raise TypeError(f'mesh must be a jax.sharding.Mesh, got {mesh!r}.')
-  axes = mesh.axis_names if shard_axis is None else (
-      (shard_axis,) if isinstance(shard_axis, str) else tuple(shard_axis))
-  for axis in axes:
-    if axis not in mesh.axis_names:
-      raise ValueError(f'shard_axis {axis!r} is not an axis of the mesh'
-                       f' {mesh.axis_names}.')
-  return tuple(axes)
+@dataclasses.dataclass(frozen=True)
+class OverAxis:
+  """Split the LMO work over a mapped axis (`pmap` / `shard_map`).
+
+  Attributes:
+    axis_name: the `axis_name` of the enclosing `jax.pmap` or the mesh axis
+      (or tuple of axes) of the enclosing `jax.shard_map`; the updates must
+      be replicated over it (`pmean` the gradients first).
+  """
+
+  axis_name: Hashable
+
+  def __post_init__(self):
+    names = (self.axis_name if isinstance(self.axis_name, tuple)
+             else (self.axis_name,))
+    if not names or any(n is None or not isinstance(n, Hashable)
+                        for n in names):
+      raise TypeError('axis_name must be a hashable axis name (or a tuple of'
+                      f' them), got {self.axis_name!r}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class OverMesh:
+  """Split the LMO work over a mesh's devices under sharded `jax.jit`.
+
+  Attributes:
+    mesh: the `jax.sharding.Mesh` the parameters are sharded over.
+    axes: the mesh axis (or axes) to split over; `None` takes all. On a 2-D
+      `(data, model)` mesh prefer one axis (e.g. the FSDP axis): moving a
+      matrix sharded over both axes to a stack sharded over both in one
+      resharding can make XLA rematerialise it whole.
+  """
+
+  mesh: Mesh
+  axes: str | tuple[str, ...] | None = None
+
+  def __post_init__(self):
+    if not isinstance(self.mesh, Mesh):
+      raise TypeError(f'mesh must be a jax.sharding.Mesh, got {self.mesh!r}.')
+    axes = self.axes
+    if axes is None:
+      axes = tuple(self.mesh.axis_names)
+    elif isinstance(axes, str):
+      axes = (axes,)
+    elif isinstance(axes, (tuple, list)) and axes:
+      axes = tuple(axes)
+    else:
+      raise TypeError('axes must be a mesh axis name, a non-empty tuple of'
+                      f' them, or None, got {self.axes!r}.')
+    for axis in axes:
+      if axis not in self.mesh.axis_names:
+        raise ValueError(f'axes holds {axis!r}, which is not an axis of the'
+                         f' mesh {tuple(self.mesh.axis_names)}.')
+    object.__setattr__(self, 'axes', axes)
+
+
+Split = OverAxis | OverMesh | None
+"""How the LMO work is shared between devices: see `over_axis`, `over_mesh`."""
+
+
+def over_axis(axis_name: Hashable) -> OverAxis:
+  """Data parallel: split the work over `axis_name` of a `pmap`/`shard_map`.
+
+  Example:
+    >>> import fanion_optax as fo
+    >>> tx = fo.muon(0.02, split=fo.distributed.over_axis("batch"))
+  """
+  return OverAxis(axis_name)
+
+
+def over_mesh(mesh: Mesh, axes: str | Sequence[str] | None = None
+              ) -> OverMesh:
+  """Sharded jit: split the work over `axes` of `mesh` (default: all)."""
+  return OverMesh(mesh, axes if axes is None or isinstance(axes, str)
+                  else tuple(axes))
+
+
+def check_split(split: Any) -> None:
+  """Raises `TypeError` unless `split` is `None`, `over_axis` or `over_mesh`."""
+  if split is not None and not isinstance(split, (OverAxis, OverMesh)):
+    raise TypeError(
+        'split must be None, fanion_optax.distributed.over_axis(name) or'
+        f' fanion_optax.distributed.over_mesh(mesh, axes), got {split!r}.')
 
 
 def _explicit_sharding(x: jax.Array) -> NamedSharding | None:
@@ -125,12 +193,34 @@ def _update_pmap(lmo: lmo_lib.LMO, x, state, axis_name):
   my_state = jax.tree.map(
       lambda s: jax.lax.dynamic_slice_in_dim(s, start, share, axis=0), state)
   out, new_state = lmo.update(mine, my_state)
-  gather = lambda t: jax.lax.all_gather(t, axis_name, axis=0, tiled=True)
+  gather = lambda t: _gather_replicated(t, axis_name, start, share * devices)
   return _take((gather(out), jax.tree.map(gather, new_state)), 0, batch)
 
 
-def _update_mesh(lmo: lmo_lib.LMO, x, state, mesh: Mesh,
-                 axes: tuple[str, ...]):
+def _varies_over(x: jax.Array, axis_name: Any) -> bool:
+  names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+  vma = getattr(jax.typeof(x), 'vma', frozenset())
+  return any(n in vma for n in names)
+
+
+def _gather_replicated(x: jax.Array, axis_name: Any, start: jax.Array,
+                       total: int) -> jax.Array:
+  """Every device's share, concatenated on every device.
+
+  An `all_gather` result is typed as varying over the axis, which
+  `shard_map(check_vma=True)` refuses to return as replicated; there the
+  shares are placed at their offsets and summed (`psum` is typed
+  invariant). `pmap` and unchecked `shard_map` keep the cheaper gather.
+  """
+  if not _varies_over(x, axis_name):
+    return jax.lax.all_gather(x, axis_name, axis=0, tiled=True)
+  placed = jax.lax.dynamic_update_slice_in_dim(
+      jnp.zeros((total, *x.shape[1:]), x.dtype), x, start, axis=0)
+  return jax.lax.psum(placed, axis_name)
+
+
+def _update_mesh(lmo: lmo_lib.LMO, x, state, split: OverMesh):
+  mesh, axes = split.mesh, split.axes
   devices = math.prod(mesh.shape[a] for a in axes)
   batch = x.shape[0]
   total = math.ceil(batch / devices) * devices
@@ -165,9 +255,7 @@ def apply_lmo(
     matrices: Sequence[jax.Array],
     states: Sequence[Any],
     *,
-    axis_name: Any = None,
-    mesh: Mesh | None = None,
-    shard_axis: str | Sequence[str] | None = None,
+    split: Split = None,
 ) -> tuple[list[jax.Array], list[Any]]:
   """`lmo.update` on each `(batch, m, n)` matrix stack, grouped by shape.
 
@@ -176,30 +264,29 @@ def apply_lmo(
       (true of every LMO in `fanion_optax.lmo`).
     matrices: `(b_i, m_i, n_i)` arrays.
     states: the LMO state of each.
-    axis_name: split across the devices of this mapped axis (pmap).
-    mesh: split across this mesh's devices (sharded jit).
-    shard_axis: the mesh axes to split over (default: all). On a 2-D
-      `(data, model)` mesh prefer one axis (e.g. the FSDP axis): moving a
-      matrix sharded over both axes to a stack sharded over both in one
-      resharding can make XLA rematerialise it whole.
+    split: `None`, `over_axis(name)` or `over_mesh(mesh, axes)`.
 
   Returns:
-    The directions and new states, in the input order.
+    The directions and new states, in the input order. Empty matrices
+    (a zero-size axis) have empty directions and keep their state.
   """
-  axes = check_split_options(axis_name, mesh, shard_axis)
+  check_split(split)
   groups: dict[Any, list[int]] = {}
-  for i, m in enumerate(matrices):
-    groups.setdefault((m.shape[1:], m.dtype), []).append(i)
   out: list[Any] = [None] * len(matrices)
-  new_states: list[Any] = [None] * len(matrices)
+  new_states: list[Any] = list(states)
+  for i, m in enumerate(matrices):
+    if _linalg.is_empty(m):
+      out[i] = m
+    else:
+      groups.setdefault((m.shape[1:], m.dtype), []).append(i)
   for members in groups.values():
     sizes = [matrices[i].shape[0] for i in members]
     x = _concat([matrices[i] for i in members])
     state = _concat([states[i] for i in members])
-    if axis_name is not None:
-      d, s = _update_pmap(lmo, x, state, axis_name)
-    elif axes is not None:
-      d, s = _update_mesh(lmo, x, state, mesh, axes)
+    if isinstance(split, OverAxis):
+      d, s = _update_pmap(lmo, x, state, split.axis_name)
+    elif isinstance(split, OverMesh):
+      d, s = _update_mesh(lmo, x, state, split)
     else:
       d, s = lmo.update(x, state)
     offset = 0

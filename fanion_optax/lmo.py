@@ -18,6 +18,10 @@ or a batch of matrices `(..., m, n)` and returns the input's shape and dtype.
 `∇𝒦` plays the LMO's role): `schatten(p)` and `huber_nuclear(δ)` are built on
 it.
 
+Each LMO is a frozen dataclass that validates itself when built (the
+constructors below are thin conveniences), so a bad value fails where it is
+written, with a message naming the field, the value and the accepted range.
+
 Stateful LMOs (the warm-started Ky Fan subspace iteration) keep their state
 outside: `state = lmo.init(shape, dtype)`, then
 `direction, state = lmo.update(g, state)`. Stateless ones have the empty
@@ -37,7 +41,8 @@ References:
 Example:
   >>> import jax.numpy as jnp
   >>> from fanion_optax import lmo
-  >>> f_muon = lmo.mix((0.5, lmo.spectral(method="svd")), (0.5, lmo.frobenius()))
+  >>> f_muon = lmo.mix((0.5, lmo.spectral(polar_method="svd")),
+  ...                  (0.5, lmo.frobenius()))
   >>> g = jnp.array([[3.0, 0.0], [0.0, 4.0]])
   >>> float(f_muon.dual_norm(g))  # 0.5 * nuclear + 0.5 * Frobenius
   6.0
@@ -49,29 +54,37 @@ import abc
 import dataclasses
 from collections.abc import Callable
 from typing import Any
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
-from fanion_optax import _checks
+from fanion_optax import _linalg
+from fanion_optax import _validate
 from fanion_optax import lowrank
 from fanion_optax import polar as polar_lib
 
 State = Any
 Shape = tuple[int, ...]
-
-
-def _singular_values(x: jax.typing.ArrayLike) -> jax.Array:
-  x = _checks.check_matrix('x', x)
-  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  return _checks.svd(x, compute_uv=False)
+TopKMethod = Literal['subspace', 'svd']
 
 
 def _frobenius_norm(x: jax.Array) -> jax.Array:
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  peak = jnp.max(jnp.abs(x), axis=(-2, -1))
-  return peak * jnp.sqrt(jnp.sum(jnp.square(_checks.max_abs_scaled(x)),
+  peak = jnp.max(jnp.abs(x), axis=(-2, -1), initial=0)
+  return peak * jnp.sqrt(jnp.sum(jnp.square(_linalg.max_abs_scaled(x)),
                                  axis=(-2, -1)))
+
+
+def _largest(s: jax.Array) -> jax.Array:
+  return jnp.max(s, axis=-1, initial=0)
+
+
+def _check_polar_options(polar_method, polar_steps, compute_dtype, eps):
+  polar_lib.coefficient_schedule(polar_method, polar_steps)
+  if compute_dtype is not None:
+    _validate.check_float_dtype('compute_dtype', compute_dtype)
+  _validate.check_scalar('eps', eps, low=0.0, schedule=False)
 
 
 class LMO(abc.ABC):
@@ -108,52 +121,98 @@ class LMO(abc.ABC):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Spectral(LMO):
-  """Spectral-norm ball: `lmo(G) = U Vᵀ` (Muon). See `spectral`."""
+  """Spectral-norm ball: `lmo(G) = U Vᵀ`, Muon's direction (`spectral()`).
 
-  method: polar_lib.PolarMethod = 'polar_express'
-  steps: int | None = None
+  A stateless LMO whose dual norm is the nuclear norm.
+
+  References:
+    Chen, Li, Liu, arXiv:2506.15054; Jordan et al. (2024).
+
+  Attributes:
+    polar_method: `"polar_express"`, `"newton_schulz"`, `"svd"` or
+      coefficient rows (see `fanion_optax.polar.polar_factor`).
+    polar_steps: iteration count (default 5).
+    compute_dtype: arithmetic dtype (default float32).
+    eps: added to the normaliser.
+  """
+
+  polar_method: polar_lib.PolarMethod = 'polar_express'
+  polar_steps: int | None = None
   compute_dtype: Any = None
   eps: float = polar_lib.DEFAULT_EPS
 
+  def __post_init__(self):
+    _check_polar_options(self.polar_method, self.polar_steps,
+                         self.compute_dtype, self.eps)
+
   def __call__(self, g):
-    return polar_lib.polar(g, method=self.method, steps=self.steps,
-                           compute_dtype=self.compute_dtype, eps=self.eps)
+    return polar_lib.polar_factor(
+        g, polar_method=self.polar_method, polar_steps=self.polar_steps,
+        compute_dtype=self.compute_dtype, eps=self.eps)
 
   def dual_norm(self, g):
-    return jnp.sum(_singular_values(g), axis=-1)
+    return jnp.sum(_linalg.singular_values(g), axis=-1)
 
   def norm(self, x):
-    return _singular_values(x)[..., 0]
+    return _largest(_linalg.singular_values(x))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class KyFan(LMO):
-  """Ball dual to the Ky Fan-k norm: `lmo(G) = U_k V_kᵀ`. See `ky_fan`."""
+  """The LMO dual to the Ky Fan-k norm: `U_k V_kᵀ` (`ky_fan(k)`).
+
+  Fanion-k's direction; k=1 is Neon. Its ball is `max(σ₁, Σσᵢ/k) ≤ 1` and
+  its dual norm `Σ_{i≤k} σᵢ`. For a matrix with `min(m, n) <= k` it is the
+  full polar factor, so that Fanion-k with a large k is Muon.
+
+  References:
+    Kravatskiy et al., arXiv:2512.09678; Ahn et al., arXiv:2504.05295.
+
+  Attributes:
+    k: number of singular pairs, `>= 1`.
+    top_k_method: `"subspace"` (warm-started block subspace iteration,
+      stateful) or `"svd"` (exact, stateless).
+    subspace_iters: subspace iterations per call (default: 10 from the cold
+      start — a stateless call, or the first `update` after `init` — then
+      2).
+    polar_method: polar method for matrices with `min(m, n) <= k` under
+      `top_k_method="subspace"`; `"svd"` keeps those exact too.
+    polar_steps: polar iteration count.
+    compute_dtype: arithmetic dtype (at least float32 for QR/SVD).
+    eps: added to the polar normaliser.
+  """
 
   k: int = 1
-  method: str = 'subspace'
-  iters: int | None = None
-  polar: polar_lib.PolarMethod = 'polar_express'
-  steps: int | None = None
+  top_k_method: TopKMethod = 'subspace'
+  subspace_iters: int | None = None
+  polar_method: polar_lib.PolarMethod = 'polar_express'
+  polar_steps: int | None = None
   compute_dtype: Any = None
   eps: float = polar_lib.DEFAULT_EPS
 
+  def __post_init__(self):
+    object.__setattr__(self, 'k', _validate.check_int('k', self.k, minimum=1))
+    _validate.check_choice('top_k_method', self.top_k_method, lowrank.METHODS)
+    if self.subspace_iters is not None:
+      _validate.check_int('subspace_iters', self.subspace_iters, minimum=0)
+    _check_polar_options(self.polar_method, self.polar_steps,
+                         self.compute_dtype, self.eps)
+
   @property
   def stateful(self) -> bool:  # type: ignore[override]
-    return self.method == 'subspace'
+    return self.top_k_method == 'subspace'
 
   def _is_full_rank(self, shape: Shape) -> bool:
     return self.k >= min(shape[-2], shape[-1])
 
-  def _polar(self, g):
-    return polar_lib.polar(g, method=self.polar, steps=self.steps,
-                           compute_dtype=self.compute_dtype, eps=self.eps)
-
   def __call__(self, g):
-    g = _checks.check_matrix('g', g)
-    if self._is_full_rank(g.shape):
-      return self._polar(g)
-    return lowrank.top_k_polar(g, self.k, method=self.method, iters=self.iters,
+    g = _validate.check_matrix('g', g)
+    if self._is_full_rank(g.shape) and self.top_k_method == 'subspace':
+      return polar_lib.polar_factor(
+          g, polar_method=self.polar_method, polar_steps=self.polar_steps,
+          compute_dtype=self.compute_dtype, eps=self.eps)
+    return lowrank.top_k_polar(g, self.k, top_k_method=self.top_k_method,
+                               subspace_iters=self.subspace_iters,
                                compute_dtype=self.compute_dtype)
 
   def init(self, shape, dtype=jnp.float32):
@@ -165,16 +224,16 @@ class KyFan(LMO):
     return lowrank.initial_subspace(shape, self.k, jnp.float32)
 
   def update(self, g, state):
-    g = _checks.check_matrix('g', g)
+    g = _validate.check_matrix('g', g)
     if not self.stateful or self._is_full_rank(g.shape):
       return self(g), state
     def run(iters):
       return lowrank.top_k_polar(
-          g, self.k, method='subspace', iters=iters, state=state,
-          return_state=True, compute_dtype=self.compute_dtype)
+          g, self.k, top_k_method='subspace', subspace_iters=iters,
+          state=state, return_state=True, compute_dtype=self.compute_dtype)
 
-    if self.iters is not None:
-      direction, subspace = run(self.iters)
+    if self.subspace_iters is not None:
+      direction, subspace = run(self.subspace_iters)
     else:
       # The first step starts from `init`'s random subspace and needs the
       # cold-start iteration count; later steps are warm. Evaluated while
@@ -187,61 +246,102 @@ class KyFan(LMO):
       direction, subspace = jax.lax.cond(
           cold, lambda: run(lowrank.COLD_ITERS),
           lambda: run(lowrank.WARM_ITERS))
-    # A non-finite input must not poison the warm start for later steps.
-    finite = jnp.all(jnp.isfinite(subspace), axis=(-2, -1), keepdims=True)
-    return direction, jnp.where(finite, subspace, state)
+    # A zero or non-finite input carries no information about the subspace:
+    # keep the previous one rather than a QR of zeros (or NaN) for the next
+    # warm start.
+    informative = (jnp.all(jnp.isfinite(subspace), axis=(-2, -1), keepdims=True)
+                   & jnp.any(g != 0, axis=(-2, -1), keepdims=True)
+                   & jnp.all(jnp.isfinite(g), axis=(-2, -1), keepdims=True))
+    return direction, jnp.where(informative, subspace, state)
 
   def dual_norm(self, g):
-    return jnp.sum(_singular_values(g)[..., :self.k], axis=-1)
+    return jnp.sum(_linalg.singular_values(g)[..., :self.k], axis=-1)
 
   def norm(self, x):
-    s = _singular_values(x)
-    return jnp.maximum(s[..., 0], jnp.sum(s, axis=-1) / self.k)
+    s = _linalg.singular_values(x)
+    return jnp.maximum(_largest(s), jnp.sum(s, axis=-1) / self.k)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Frobenius(LMO):
-  """Frobenius ball: `lmo(G) = G / ‖G‖_F` (normalised SGD)."""
+  """Frobenius ball: `lmo(G) = G / ‖G‖_F` (normalised SGD, `frobenius()`).
+
+  Zero maps to zero.
+  """
 
   def __call__(self, g):
-    g = _checks.check_matrix('g', g)
+    g = _validate.check_matrix('g', g)
     x = g.astype(jnp.promote_types(g.dtype, jnp.float32))
-    return _checks.frobenius_normalized(x).astype(g.dtype)
+    return _linalg.frobenius_normalized(x).astype(g.dtype)
 
   def dual_norm(self, g):
-    return _frobenius_norm(_checks.check_matrix('g', g))
+    return _frobenius_norm(_validate.check_matrix('g', g))
 
   def norm(self, x):
-    return _frobenius_norm(_checks.check_matrix('x', x))
+    return _frobenius_norm(_validate.check_matrix('x', x))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Sign(LMO):
-  """Scaled ℓ∞ ball `max|Xᵢⱼ| ≤ η`: `lmo(G) = η·sign(G)` (signSGD, Lion)."""
+  """Scaled ℓ∞ ball `max|Xᵢⱼ| ≤ η`: `lmo(G) = η·sign(G)` (`sign(η)`).
+
+  signSGD; Lion is Lion-𝒦 with this LMO (Chen, Liu, Liang, Liu,
+  arXiv:2310.05898). Its dual norm is `η·‖G‖₁`.
+
+  Attributes:
+    scale: the radius η > 0, finite (a 0-d array is accepted, e.g. under
+      `optax.inject_hyperparams`).
+  """
 
   scale: jax.typing.ArrayLike = 1.0
 
+  def __post_init__(self):
+    _validate.check_scalar('scale', self.scale, low=0.0, low_inclusive=False,
+                           schedule=False)
+
   def __call__(self, g):
-    g = _checks.check_matrix('g', g)
+    g = _validate.check_matrix('g', g)
     wide = jnp.promote_types(g.dtype, jnp.float32)
     return (self.scale * jnp.sign(g).astype(wide)).astype(g.dtype)
 
   def dual_norm(self, g):
-    g = _checks.check_matrix('g', g)
+    g = _validate.check_matrix('g', g)
     g = g.astype(jnp.promote_types(g.dtype, jnp.float32))
     return self.scale * jnp.sum(jnp.abs(g), axis=(-2, -1))
 
   def norm(self, x):
-    x = _checks.check_matrix('x', x)
+    x = _validate.check_matrix('x', x)
     x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    return jnp.max(jnp.abs(x), axis=(-2, -1)) / self.scale
+    return jnp.max(jnp.abs(x), axis=(-2, -1), initial=0) / self.scale
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Mixture(LMO):
-  """Minkowski sum of balls `Σ αᵢ·Bᵢ`: `lmo(G) = Σ αᵢ lmoᵢ(G)`. See `mix`."""
+  """Minkowski sum of balls `Σ αᵢ·Bᵢ`: `lmo(G) = Σ αᵢ lmoᵢ(G)`.
+
+  Attributes:
+    terms: `(weight, lmo)` pairs; weights are finite scalars `>= 0`.
+    allow_extrapolation: accept negative weights (the result is then no
+      longer the LMO of a ball, e.g. F-Muon with α > 1).
+  """
 
   terms: tuple[tuple[jax.typing.ArrayLike, LMO], ...] = ()
+  allow_extrapolation: bool = False
+
+  def __post_init__(self):
+    _validate.check_bool('allow_extrapolation', self.allow_extrapolation)
+    if not isinstance(self.terms, (tuple, list)) or not self.terms:
+      raise ValueError('terms must hold at least one (weight, lmo) pair, got'
+                       f' {self.terms!r}.')
+    for i, term in enumerate(self.terms):
+      if not (isinstance(term, tuple) and len(term) == 2
+              and isinstance(term[1], LMO)):
+        raise TypeError(
+            f'terms[{i}] must be a (weight, LMO) pair, got {term!r}.')
+      _validate.check_scalar(
+          f'terms[{i}] weight', term[0], schedule=False,
+          low=None if self.allow_extrapolation else 0.0)
+    object.__setattr__(self, 'terms', tuple(self.terms))
 
   @property
   def stateful(self) -> bool:  # type: ignore[override]
@@ -254,14 +354,14 @@ class Mixture(LMO):
     return acc.astype(g.dtype)
 
   def __call__(self, g):
-    g = _checks.check_matrix('g', g)
+    g = _validate.check_matrix('g', g)
     return self._combine(g, [term(g) for _, term in self.terms])
 
   def init(self, shape, dtype=jnp.float32):
     return tuple(term.init(shape, dtype) for _, term in self.terms)
 
   def update(self, g, state):
-    g = _checks.check_matrix('g', g)
+    g = _validate.check_matrix('g', g)
     outputs = [term.update(g, s) for (_, term), s in zip(self.terms, state)]
     return (self._combine(g, [d for d, _ in outputs]),
             tuple(s for _, s in outputs))
@@ -272,18 +372,35 @@ class Mixture(LMO):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class SpectralFunction(LMO):
-  """`∇𝒦(G) = U diag(h′(σ)) Vᵀ` for a spectral function 𝒦. See `spectral_fn`."""
+  """`∇𝒦(G) = U diag(h′(σ)) Vᵀ` for a spectral function 𝒦. See `spectral_fn`.
+
+  Attributes:
+    h_prime: maps singular values `(..., r)` (descending) to weights.
+    value: optional `σ -> 𝒦`, so that `dual_norm` returns `𝒦(G)`.
+    ball_norm: optional `σ -> ‖X‖`, the norm of the ball (`𝒦*`'s domain).
+    name: shown in errors and reprs.
+  """
 
   h_prime: Callable[[jax.Array], jax.Array] = jnp.ones_like
   value: Callable[[jax.Array], jax.Array] | None = None
   ball_norm: Callable[[jax.Array], jax.Array] | None = None
   name: str = 'spectral_fn'
 
+  def __post_init__(self):
+    if not callable(self.h_prime):
+      raise TypeError(f'h_prime must be callable, got {self.h_prime!r}.')
+    for field in ('value', 'ball_norm'):
+      fn = getattr(self, field)
+      if fn is not None and not callable(fn):
+        raise TypeError(f'{field} must be callable or None, got {fn!r}.')
+
   def __call__(self, g):
-    g = _checks.check_matrix('g', g)
+    g = _validate.check_matrix('g', g)
+    if _linalg.is_empty(g):
+      return g
     x = g.astype(jnp.promote_types(g.dtype, jnp.float32))
-    u, s, vh = _checks.svd(x, full_matrices=False)
-    keep = _checks.singular_value_mask(s, x.shape)
+    u, s, vh = _linalg.svd(x, full_matrices=False)
+    keep = _linalg.singular_value_mask(s, x.shape)
     weights = jnp.where(keep, self.h_prime(s), 0.0).astype(x.dtype)
     return ((u * weights[..., None, :]) @ vh).astype(g.dtype)
 
@@ -291,112 +408,23 @@ class SpectralFunction(LMO):
     if self.value is None:
       raise NotImplementedError(
           f'{self.name}: pass h= to spectral_fn to evaluate 𝒦(g).')
-    return self.value(_singular_values(g))
+    return self.value(_linalg.singular_values(g))
 
   def norm(self, x):
     if self.ball_norm is None:
       return super().norm(x)
-    return self.ball_norm(_singular_values(x))
+    return self.ball_norm(_linalg.singular_values(x))
 
 
-def spectral(
-    *,
-    method: polar_lib.PolarMethod = 'polar_express',
-    steps: int | None = None,
-    compute_dtype: jax.typing.DTypeLike | None = None,
-    eps: float = polar_lib.DEFAULT_EPS,
-) -> Spectral:
-  """The spectral-norm LMO `U Vᵀ`, Muon's direction.
-
-  Args:
-    method: polar method (see `fanion_optax.polar`): `"polar_express"`,
-      `"newton_schulz"`, `"svd"` or coefficient rows.
-    steps: iteration count (default 5).
-    compute_dtype: arithmetic dtype (default float32).
-    eps: added to the normaliser.
-
-  Returns:
-    A stateless `LMO` whose dual norm is the nuclear norm.
-
-  References:
-    Chen, Li, Liu, arXiv:2506.15054; Jordan et al. (2024).
-  """
-  polar_lib.coefficient_schedule(method, steps)
-  _checks.resolve_compute_dtype(jnp.float32, compute_dtype)
-  _checks.check_range('eps', eps, low=0.0)
-  return Spectral(method=method, steps=steps, compute_dtype=compute_dtype,
-                  eps=eps)
+# The constructors are the classes: each validates itself when built.
+spectral = Spectral
+ky_fan = KyFan
+frobenius = Frobenius
+sign = Sign
 
 
-def ky_fan(
-    k: int,
-    *,
-    method: str = 'subspace',
-    iters: int | None = None,
-    polar: polar_lib.PolarMethod = 'polar_express',
-    steps: int | None = None,
-    compute_dtype: jax.typing.DTypeLike | None = None,
-    eps: float = polar_lib.DEFAULT_EPS,
-) -> KyFan:
-  """The LMO dual to the Ky Fan-k norm: `U_k V_kᵀ` (Fanion-k; k=1 is Neon).
-
-  Its ball is `max(σ₁, Σσᵢ/k) ≤ 1` and its dual norm `Σ_{i≤k} σᵢ`. For a
-  matrix with `min(m, n) <= k` it is the full polar factor, computed with
-  `polar`/`steps`, so that Fanion-k with a large k is exactly Muon.
-
-  Args:
-    k: number of singular pairs, `>= 1`.
-    method: `"subspace"` (warm-started block subspace iteration, stateful) or
-      `"svd"` (exact, stateless).
-    iters: subspace iterations per call (default: 10 from the cold start —
-      a stateless call, or the first `update` after `init` — then 2).
-    polar: polar method for matrices with `min(m, n) <= k`.
-    steps: polar iteration count.
-    compute_dtype: arithmetic dtype (at least float32 for QR/SVD).
-    eps: added to the polar normaliser.
-
-  Returns:
-    An `LMO`; stateful when `method="subspace"`.
-
-  References:
-    Kravatskiy et al., arXiv:2512.09678; Ahn et al., arXiv:2504.05295.
-  """
-  k = _checks.check_int('k', k, minimum=1)
-  if method not in lowrank.METHODS:
-    raise ValueError(f'method must be one of {lowrank.METHODS}, got'
-                     f' {method!r}.')
-  if iters is not None:
-    _checks.check_int('iters', iters, minimum=0)
-  polar_lib.coefficient_schedule(polar, steps)
-  _checks.resolve_compute_dtype(jnp.float32, compute_dtype)
-  _checks.check_range('eps', eps, low=0.0)
-  return KyFan(k=k, method=method, iters=iters, polar=polar, steps=steps,
-               compute_dtype=compute_dtype, eps=eps)
-
-
-def frobenius() -> Frobenius:
-  """The Frobenius-ball LMO `G / ‖G‖_F` (normalised SGD); zero maps to zero."""
-  return Frobenius()
-
-
-def sign(scale: jax.typing.ArrayLike = 1.0) -> Sign:
-  """The LMO of the ℓ∞ ball of radius `scale`: `scale·sign(G)`.
-
-  Args:
-    scale: the radius η > 0 (an array is accepted, e.g. under
-      `optax.inject_hyperparams`).
-
-  Returns:
-    A stateless `LMO` with dual norm `scale·‖G‖₁`.
-
-  References:
-    Chen, Liu, Liang, Liu, arXiv:2310.05898 (Lion = Lion-𝒦 with 𝒦 = ℓ₁).
-  """
-  _checks.check_range('scale', scale, low=0.0, low_inclusive=False)
-  return Sign(scale=scale)
-
-
-def mix(*terms: tuple[jax.typing.ArrayLike, LMO]) -> Mixture:
+def mix(*terms: tuple[jax.typing.ArrayLike, LMO],
+        allow_extrapolation: bool = False) -> Mixture:
   """The conic mixture `Σ αᵢ·lmoᵢ`: the LMO of the Minkowski sum `Σ αᵢ Bᵢ`.
 
   F-Muon is `mix((α, spectral()), (1 − α, frobenius()))`, S-Muon
@@ -404,7 +432,8 @@ def mix(*terms: tuple[jax.typing.ArrayLike, LMO]) -> Mixture:
   `spectral()` by `ky_fan(k)`.
 
   Args:
-    *terms: `(weight, lmo)` pairs with weights `>= 0`.
+    *terms: `(weight, lmo)` pairs with finite weights `>= 0`.
+    allow_extrapolation: accept negative weights.
 
   Returns:
     An `LMO` whose dual norm is `Σ αᵢ ‖·‖_†ᵢ` and whose state is the tuple of
@@ -413,16 +442,7 @@ def mix(*terms: tuple[jax.typing.ArrayLike, LMO]) -> Mixture:
   References:
     Kravatskiy et al., arXiv:2512.09678.
   """
-  if not terms:
-    raise ValueError('terms must hold at least one (weight, lmo) pair.')
-  checked = []
-  for i, term in enumerate(terms):
-    if not (isinstance(term, tuple) and len(term) == 2
-            and isinstance(term[1], LMO)):
-      raise TypeError(f'terms[{i}] must be a (weight, LMO) pair, got {term!r}.')
-    _checks.check_range(f'terms[{i}] weight', term[0], low=0.0)
-    checked.append((term[0], term[1]))
-  return Mixture(terms=tuple(checked))
+  return Mixture(terms=terms, allow_extrapolation=allow_extrapolation)
 
 
 def spectral_fn(
@@ -449,8 +469,6 @@ def spectral_fn(
   References:
     Chen, Liu, Liang, Liu, arXiv:2310.05898.
   """
-  if not callable(h_prime):
-    raise TypeError(f'h_prime must be callable, got {h_prime!r}.')
   if h is not None and not callable(h):
     raise TypeError(f'h must be callable or None, got {h!r}.')
   value = None if h is None else (lambda s: jnp.sum(h(s), axis=-1))
@@ -464,13 +482,12 @@ def schatten(p: float) -> SpectralFunction:
   (spectral ball), `p = 2` is `G/‖G‖_F`, and `p → ∞` tends to Neon.
 
   Args:
-    p: in `[1, ∞)` (`p = ∞` is Neon: use `ky_fan(1)`).
+    p: finite, `>= 1` (`p = ∞` is Neon: use `ky_fan(1)`).
 
   Returns:
     A stateless `LMO`: `dual_norm` is `‖G‖_{S_p}`, `norm` is `‖X‖_{S_q}`.
   """
-  _checks.check_range('p', p, low=1.0, high=float('inf'),
-                      high_inclusive=False)
+  _validate.check_scalar('p', p, low=1.0, schedule=False)
   p = float(p)
 
   def p_norm(s):
@@ -484,7 +501,7 @@ def schatten(p: float) -> SpectralFunction:
 
   def q_norm(s):
     if p == 1.0:
-      return s[..., 0]
+      return _largest(s)
     q = p / (p - 1.0)
     peak = s[..., :1]
     scaled = s / jnp.where(peak > 0, peak, 1.0)
@@ -502,12 +519,13 @@ def huber_nuclear(delta: float) -> SpectralFunction:
   (the domain of `𝒦*` is the spectral ball).
 
   Args:
-    delta: smoothing width δ > 0.
+    delta: smoothing width δ > 0, finite.
 
   Returns:
     A stateless `LMO`-like oracle for Lion-𝒦.
   """
-  _checks.check_range('delta', delta, low=0.0, low_inclusive=False)
+  _validate.check_scalar('delta', delta, low=0.0, low_inclusive=False,
+                         schedule=False)
 
   def h(s):
     return jnp.where(s <= delta, s * s / (2 * delta), s - delta / 2)
@@ -515,5 +533,5 @@ def huber_nuclear(delta: float) -> SpectralFunction:
   return SpectralFunction(
       h_prime=lambda s: jnp.minimum(s / delta, 1.0),
       value=lambda s: jnp.sum(h(s), axis=-1),
-      ball_norm=lambda s: s[..., 0],
+      ball_norm=_largest,
       name=f'huber_nuclear(delta={delta})')

@@ -17,7 +17,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fanion_optax import _checks
+from fanion_optax import _linalg
+from fanion_optax import _validate
 
 METHODS = ('subspace', 'svd')
 WARM_ITERS = 2
@@ -47,7 +48,7 @@ def initial_subspace(shape: tuple[int, ...], k: int,
   dtype = jnp.promote_types(dtype, jnp.float32)
   n = shape[-1]
   gauss = jax.random.normal(jax.random.PRNGKey(_COLD_START_SEED), (n, k), dtype)
-  q, _ = _checks.qr(gauss)
+  q, _ = _linalg.qr(gauss)
   return jnp.broadcast_to(q, (*shape[:-2], n, k))
 
 
@@ -61,36 +62,36 @@ def top_k_svd(g: jax.Array, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   Returns:
     `(u, s, v)`: `(..., m, k)`, `(..., k)`, `(..., n, k)`, descending `s`.
   """
-  u, s, vh = _checks.svd(g, full_matrices=False)
-  return u[..., :k], s[..., :k], _checks.swap_last(vh[..., :k, :])
+  u, s, vh = _linalg.svd(g, full_matrices=False)
+  return u[..., :k], s[..., :k], _linalg.swap_last(vh[..., :k, :])
 
 
 def subspace_iteration(
-    g: jax.Array, q: jax.Array, iters: int
+    g: jax.Array, q: jax.Array, subspace_iters: int
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Block power iteration `Q ← orth(Gᵀ(G Q))` and a Rayleigh–Ritz step.
 
   Args:
     g: `(..., m, n)`.
     q: `(..., n, k)` starting right subspace (orthonormal columns).
-    iters: number of `Gᵀ G` multiplications (0 keeps `q`).
+    subspace_iters: number of `Gᵀ G` multiplications (0 keeps `q`).
 
   Returns:
     `(u, s, v)` Ritz triplets `(..., m, k)`, `(..., k)`, `(..., n, k)`:
     `G Q = U Σ Wᵀ` (a small SVD) and `V = Q W`, descending `s`.
   """
-  for _ in range(iters):
-    q, _ = _checks.qr(_checks.swap_last(g) @ (g @ q))
-  u, s, wh = _checks.svd(g @ q, full_matrices=False)
-  return u, s, q @ _checks.swap_last(wh)
+  for _ in range(subspace_iters):
+    q, _ = _linalg.qr(_linalg.swap_last(g) @ (g @ q))
+  u, s, wh = _linalg.svd(g @ q, full_matrices=False)
+  return u, s, q @ _linalg.swap_last(wh)
 
 
 def top_k_polar(
     g: jax.typing.ArrayLike,
     k: int,
     *,
-    method: str = 'subspace',
-    iters: int | None = None,
+    top_k_method: str = 'subspace',
+    subspace_iters: int | None = None,
     state: jax.Array | None = None,
     return_state: bool = False,
     compute_dtype: jax.typing.DTypeLike | None = None,
@@ -104,10 +105,10 @@ def top_k_polar(
   Args:
     g: `(..., m, n)`: a matrix or a batch over leading axes.
     k: number of singular pairs, `>= 1`.
-    method: `"subspace"` (warm-startable block subspace iteration, `O(mnk)`
-      per iteration) or `"svd"` (exact).
-    iters: subspace iterations; default 2 when `state` is given (warm), 10
-      from the cold start. Ignored by `"svd"`.
+    top_k_method: `"subspace"` (warm-startable block subspace iteration,
+      `O(mnk)` per iteration) or `"svd"` (exact).
+    subspace_iters: subspace iterations; default 2 when `state` is given
+      (warm), 10 from the cold start. Ignored by `"svd"`.
     state: `(..., n, min(k, m, n))` right subspace from a previous call
       (`return_state=True`); `None` starts from a fixed random subspace.
     return_state: also return the new right subspace (`V_k`, in float32).
@@ -119,7 +120,8 @@ def top_k_polar(
     the pair `(direction, new_state)`.
 
   Raises:
-    ValueError: `k < 1`, an unknown method, or a state of the wrong shape.
+    ValueError: `k < 1`, an unknown `top_k_method`, or a state of the wrong
+      shape.
 
   References:
     Ahn et al., arXiv:2504.05295; Kravatskiy et al., arXiv:2512.09678.
@@ -128,21 +130,23 @@ def top_k_polar(
     >>> import jax.numpy as jnp
     >>> from fanion_optax import top_k_polar
     >>> g = jnp.diag(jnp.array([3.0, 2.0, 1.0]))
-    >>> top_k_polar(g, 2, method="svd").tolist()
+    >>> top_k_polar(g, 2, top_k_method="svd").tolist()
     [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
   """
-  k = _checks.check_int('k', k, minimum=1)
-  if method not in METHODS:
-    raise ValueError(f'method must be one of {METHODS}, got {method!r}.')
+  k = _validate.check_int('k', k, minimum=1)
+  _validate.check_choice('top_k_method', top_k_method, METHODS)
+  iters = subspace_iters
   if iters is not None:
-    iters = _checks.check_int('iters', iters, minimum=0)
-  g = _checks.check_matrix('g', g)
+    iters = _validate.check_int('subspace_iters', iters, minimum=0)
+  g = _validate.check_matrix('g', g)
+  if _linalg.is_empty(g):
+    return (g, state) if return_state else g
   dtype = jnp.promote_types(
-      _checks.resolve_compute_dtype(g.dtype, compute_dtype), jnp.float32)
-  x = _checks.max_abs_scaled(g.astype(dtype))
+      _linalg.compute_dtype_of(g.dtype, compute_dtype), jnp.float32)
+  x = _linalg.max_abs_scaled(g.astype(dtype))
   k = effective_rank(x.shape, k)
   full_rank = k == min(x.shape[-2:])
-  if method == 'svd' or full_rank:
+  if top_k_method == 'svd' or full_rank:
     u, s, v = top_k_svd(x, k)
   else:
     if state is None:
@@ -157,8 +161,8 @@ def top_k_polar(
       q = state.astype(dtype)
       iters = WARM_ITERS if iters is None else iters
     u, s, v = subspace_iteration(x, q, iters)
-  keep = _checks.singular_value_mask(s, x.shape).astype(dtype)
-  direction = ((u * keep[..., None, :]) @ _checks.swap_last(v)).astype(g.dtype)
+  keep = _linalg.singular_value_mask(s, x.shape).astype(dtype)
+  direction = ((u * keep[..., None, :]) @ _linalg.swap_last(v)).astype(g.dtype)
   if not return_state:
     return direction
   return direction, v.astype(jnp.float32)

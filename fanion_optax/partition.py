@@ -17,12 +17,16 @@ import math
 import re
 from collections.abc import Sequence
 from typing import Any
+from typing import Literal
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from fanion_optax import _validate
+
+ShapeScale = Literal['muon', 'rms'] | None
 SHAPE_SCALES = ('muon', 'rms', None)
 RMS_MATCH = 0.2
 """Moonlight's AdamW-matching update RMS (Liu et al., arXiv:2502.16982)."""
@@ -119,7 +123,7 @@ def is_dimension_numbers(x: Any) -> bool:
   return isinstance(x, DimensionNumbers)
 
 
-def shape_factor(fan_in: int, fan_out: int, mode: str | None) -> float:
+def shape_factor(fan_in: int, fan_out: int, mode: ShapeScale) -> float:
   """The update scale `s` for a `(fan_in, fan_out)` matrix.
 
   Args:
@@ -133,6 +137,8 @@ def shape_factor(fan_in: int, fan_out: int, mode: str | None) -> float:
     `s`, so that the implicit constraint radius is `s/λ`.
   """
   check_shape_scale(mode)
+  if fan_in == 0 or fan_out == 0:
+    return 1.0  # an empty matrix has an empty update: any scale will do
   if mode == 'muon':
     return math.sqrt(max(1.0, fan_out / fan_in))
   if mode == 'rms':
@@ -141,9 +147,23 @@ def shape_factor(fan_in: int, fan_out: int, mode: str | None) -> float:
 
 
 def check_shape_scale(mode: Any) -> None:
-  if mode not in SHAPE_SCALES:
-    raise ValueError(
-        f'shape_scale must be one of {SHAPE_SCALES}, got {mode!r}.')
+  _validate.check_choice('shape_scale', mode, SHAPE_SCALES)
+
+
+def check_float_params(tree: Any, who: str) -> None:
+  """Raises `TypeError` naming the first parameter path of non-float dtype.
+
+  An integer or boolean parameter would receive a direction cast to its
+  dtype, which truncates to zero: it would be silently frozen.
+  """
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    dtype = getattr(leaf, 'dtype', None)
+    dtype = jnp.result_type(leaf) if dtype is None else jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(
+          f'{who}: parameter {path_name(path)!r} has dtype {dtype}, but only'
+          ' floating parameters can be optimized (an integer one would be'
+          ' silently frozen). Keep it out of the optimized tree.')
 
 
 def path_name(path: Sequence[Any]) -> str:
@@ -302,6 +322,7 @@ def route(
     return resolve_dimension_numbers(tree, dimension_numbers, exclude)
 
   def init_fn(params):
+    check_float_params(params, 'init')
     specs = specs_of(params)
     return RoutedState(
         matrices=matrix_tx.init(select(params, specs, matrices=True)),

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fanion_optax import _checks
+from fanion_optax import _linalg
+from fanion_optax import _validate
 
 CoefficientRows = tuple[tuple[float, float, float], ...]
 PolarMethod = str | Sequence[Sequence[float]]
@@ -61,58 +62,62 @@ def _polar_express_rows() -> CoefficientRows:
 
 
 def coefficient_schedule(
-    method: PolarMethod = 'polar_express', steps: int | None = None
+    polar_method: PolarMethod = 'polar_express',
+    polar_steps: int | None = None,
 ) -> tuple[CoefficientRows | None, float]:
   """Resolves a polar method into coefficient rows and a normalisation safety.
 
   Args:
-    method: `"newton_schulz"`, `"polar_express"`, `"svd"`, or a sequence of
-      `(a, b, c)` rows, one per step.
-    steps: number of steps; `None` takes 5 for the named iterations and every
-      row of an explicit sequence.
+    polar_method: `"newton_schulz"`, `"polar_express"`, `"svd"`, or a
+      sequence of finite `(a, b, c)` rows, one per step.
+    polar_steps: number of steps; `None` takes 5 for the named iterations
+      and every row of an explicit sequence.
 
   Returns:
     `(rows, safety)`: the rows to apply in order (`None` for `"svd"`) and the
     factor the Frobenius norm is multiplied by before the first step.
 
   Raises:
-    ValueError: for an unknown method, `steps < 1`, or more steps than the
-      table (8 for Polar Express) or the explicit sequence has.
+    ValueError: for an unknown method, non-finite rows, `polar_steps < 1`,
+      or more steps than the table (8 for Polar Express) or the explicit
+      sequence has.
   """
-  if steps is not None:
-    steps = _checks.check_int('steps', steps, minimum=1)
-  if isinstance(method, str):
-    if method == 'svd':
+  if polar_steps is not None:
+    polar_steps = _validate.check_int('polar_steps', polar_steps, minimum=1)
+  unknown = (f'polar_method must be one of {METHODS} or a sequence of'
+             f' (a, b, c) rows, got {polar_method!r}.')
+  if isinstance(polar_method, str):
+    if polar_method == 'svd':
       return None, 1.0
-    if method == 'newton_schulz':
-      return (JORDAN_COEFFICIENTS,) * (steps or DEFAULT_STEPS), 1.0
-    if method == 'polar_express':
+    if polar_method == 'newton_schulz':
+      return (JORDAN_COEFFICIENTS,) * (polar_steps or DEFAULT_STEPS), 1.0
+    if polar_method == 'polar_express':
       rows = _polar_express_rows()
-      steps = steps or DEFAULT_STEPS
-      if steps > len(rows):
+      polar_steps = polar_steps or DEFAULT_STEPS
+      if polar_steps > len(rows):
         raise ValueError(
-            f'steps must be in [1, {len(rows)}] for method="polar_express",'
-            f' got {steps}.')
-      return rows[:steps], POLAR_EXPRESS_SAFETY
-    raise ValueError(
-        f'method must be one of {METHODS} or a sequence of (a, b, c) rows,'
-        f' got {method!r}.')
+            f'polar_steps must be in [1, {len(rows)}] for'
+            f' polar_method="polar_express", got {polar_steps}.')
+      return rows[:polar_steps], POLAR_EXPRESS_SAFETY
+    raise ValueError(unknown)
   try:
-    rows = tuple(tuple(float(c) for c in row) for row in method)
+    rows = tuple(tuple(float(c) for c in row) for row in polar_method)
   except (TypeError, ValueError):
-    raise ValueError(
-        f'method must be one of {METHODS} or a sequence of (a, b, c) rows,'
-        f' got {method!r}.') from None
+    raise ValueError(unknown) from None
   if not rows or any(len(row) != 3 for row in rows):
     raise ValueError(
-        'method given as coefficient rows must be a non-empty sequence of'
-        f' (a, b, c) triples, got {method!r}.')
-  steps = steps or len(rows)
-  if steps > len(rows):
+        'polar_method given as coefficient rows must be a non-empty sequence'
+        f' of (a, b, c) triples, got {polar_method!r}.')
+  if not np.all(np.isfinite(rows)):
     raise ValueError(
-        f'steps must be in [1, {len(rows)}] for the {len(rows)} coefficient'
-        f' rows given, got {steps}.')
-  return rows[:steps], 1.0
+        'polar_method given as coefficient rows must hold finite numbers,'
+        f' got {polar_method!r}.')
+  polar_steps = polar_steps or len(rows)
+  if polar_steps > len(rows):
+    raise ValueError(
+        f'polar_steps must be in [1, {len(rows)}] for the {len(rows)}'
+        f' coefficient rows given, got {polar_steps}.')
+  return rows[:polar_steps], 1.0
 
 
 def newton_schulz_iterate(x: jax.Array, rows: CoefficientRows) -> jax.Array:
@@ -126,22 +131,22 @@ def newton_schulz_iterate(x: jax.Array, rows: CoefficientRows) -> jax.Array:
     The iterate, same shape and dtype as `x`.
   """
   for a, b, c in rows:
-    gram = x @ _checks.swap_last(x)
+    gram = x @ _linalg.swap_last(x)
     x = a * x + (b * gram + c * (gram @ gram)) @ x
   return x
 
 
 def _svd_polar(x: jax.Array) -> jax.Array:
-  u, s, vh = _checks.svd(x, full_matrices=False)
-  keep = _checks.singular_value_mask(s, x.shape).astype(x.dtype)
+  u, s, vh = _linalg.svd(x, full_matrices=False)
+  keep = _linalg.singular_value_mask(s, x.shape).astype(x.dtype)
   return (u * keep[..., None, :]) @ vh
 
 
-def polar(
+def polar_factor(
     g: jax.typing.ArrayLike,
     *,
-    method: PolarMethod = 'polar_express',
-    steps: int | None = None,
+    polar_method: PolarMethod = 'polar_express',
+    polar_steps: int | None = None,
     compute_dtype: jax.typing.DTypeLike | None = None,
     eps: float = DEFAULT_EPS,
 ) -> jax.Array:
@@ -150,16 +155,18 @@ def polar(
   The input is divided by its largest entry and then by `safety·‖g‖_F + eps`,
   which puts every singular value in (0, 1]; wide orientation is used so the
   Gram matrix is the small side (tall inputs are transposed and back).
-  Singular values that are exactly zero map to zero, so `polar(0) = 0`.
+  Singular values that are exactly zero map to zero, so `polar_factor(0) =
+  0`, and an empty matrix maps to itself.
 
   Args:
     g: `(..., m, n)`: a matrix or a batch of matrices over leading axes.
-    method: `"polar_express"` (Amsel et al., up to 8 steps), `"newton_schulz"`
-      (Jordan's quintic), `"svd"` (exact), or a sequence of `(a, b, c)` rows.
-    steps: iteration count (default 5 for the named iterations).
+    polar_method: `"polar_express"` (Amsel et al., up to 8 steps),
+      `"newton_schulz"` (Jordan's quintic), `"svd"` (exact), or a sequence
+      of `(a, b, c)` rows.
+    polar_steps: iteration count (default 5 for the named iterations).
     compute_dtype: dtype of the arithmetic; default float32 (float64 inputs
       stay float64). `jnp.bfloat16` is much faster on GPU/TPU.
-    eps: added to the normaliser.
+    eps: added to the normaliser, finite and >= 0.
 
   Returns:
     An array of `g`'s shape and dtype.
@@ -169,31 +176,34 @@ def polar(
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from fanion_optax import polar
-    >>> o = polar(jnp.array([[3.0, 0.0], [0.0, 0.5]]), method="svd")
+    >>> from fanion_optax import polar_factor
+    >>> o = polar_factor(jnp.array([[3.0, 0.0], [0.0, 0.5]]),
+    ...                  polar_method="svd")
     >>> o.round(4).tolist()
     [[1.0, 0.0], [0.0, 1.0]]
   """
-  rows, safety = coefficient_schedule(method, steps)
-  _checks.check_range('eps', eps, low=0.0)
-  g = _checks.check_matrix('g', g)
-  dtype = _checks.resolve_compute_dtype(g.dtype, compute_dtype)
+  rows, safety = coefficient_schedule(polar_method, polar_steps)
+  _validate.check_scalar('eps', eps, low=0.0, schedule=False)
+  g = _validate.check_matrix('g', g)
+  dtype = _linalg.compute_dtype_of(g.dtype, compute_dtype)
+  if _linalg.is_empty(g):
+    return g
   x = g.astype(dtype)
   if rows is None:
     # LAPACK/cuSOLVER have no half-precision SVD.
     x = x.astype(jnp.promote_types(dtype, jnp.float32))
-    return _svd_polar(_checks.max_abs_scaled(x)).astype(g.dtype)
+    return _svd_polar(_linalg.max_abs_scaled(x)).astype(g.dtype)
   shape = x.shape
   if math.prod(shape[:-2]) == 1:
     # XLA:CPU runs a batch of one matmul ~1.5x slower than the 2-D product.
     x = x.reshape(shape[-2:])
   tall = x.shape[-2] > x.shape[-1]
   if tall:
-    x = _checks.swap_last(x)
-  x = _checks.frobenius_normalized(x, safety=safety, eps=eps)
+    x = _linalg.swap_last(x)
+  x = _linalg.frobenius_normalized(x, safety=safety, eps=eps)
   x = newton_schulz_iterate(x, rows)
   if tall:
-    x = _checks.swap_last(x)
+    x = _linalg.swap_last(x)
   return x.reshape(shape).astype(g.dtype)
 
 
@@ -211,19 +221,22 @@ def lmo_gap(g: jax.typing.ArrayLike, o: jax.typing.ArrayLike) -> jax.Array:
   Returns:
     `(...)` the gap per matrix.
   """
-  g = _checks.check_matrix('g', g)
-  o = _checks.check_matrix('o', o)
+  g = _validate.check_matrix('g', g)
+  o = _validate.check_matrix('o', o)
+  if g.shape != o.shape:
+    raise ValueError(f'g and o must have the same shape, got {g.shape} and'
+                     f' {o.shape}.')
   dtype = jnp.promote_types(jnp.promote_types(g.dtype, o.dtype), jnp.float32)
   g, o = g.astype(dtype), o.astype(dtype)
-  nuclear = jnp.sum(_checks.svd(g, compute_uv=False), axis=-1)
-  sigma1 = _checks.svd(o, compute_uv=False)[..., 0]
+  nuclear = jnp.sum(_linalg.singular_values(g), axis=-1)
+  sigma1 = jnp.max(_linalg.singular_values(o), axis=-1, initial=0)
   inner = jnp.sum(g * o, axis=(-2, -1))
   return 1.0 - inner / (nuclear * sigma1)
 
 
-def singular_value_bound(method: PolarMethod = 'polar_express',
-                         steps: int | None = None) -> float:
-  """The largest singular value `polar(g, method, steps)` can output.
+def singular_value_bound(polar_method: PolarMethod = 'polar_express',
+                         polar_steps: int | None = None) -> float:
+  """The largest singular value `polar_factor` can output for this schedule.
 
   Newton–Schulz-type iterations act on each singular value `x ∈ (0, 1]` of
   the normalised input by the same scalar odd polynomial; this evaluates the
@@ -233,13 +246,13 @@ def singular_value_bound(method: PolarMethod = 'polar_express',
   widened by this factor.
 
   Args:
-    method: as in `polar`.
-    steps: as in `polar`.
+    polar_method: as in `polar_factor`.
+    polar_steps: as in `polar_factor`.
 
   Returns:
     The bound (a Python float, at least 1).
   """
-  rows, safety = coefficient_schedule(method, steps)
+  rows, safety = coefficient_schedule(polar_method, polar_steps)
   if rows is None:
     return 1.0
   x = np.unique(np.concatenate([np.linspace(0.0, 1.0, 200_001),

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fanion_optax import _checks
+from fanion_optax import _validate
 from fanion_optax import distributed
 from fanion_optax import lmo as lmo_lib
 from fanion_optax import partition
@@ -40,8 +40,14 @@ def _value_at(value: ScalarOrSchedule, count: jax.Array) -> Any:
   return value(count) if callable(value) else value
 
 
+def _check_lmo(lmo: Any) -> None:
+  if not isinstance(lmo, lmo_lib.LMO):
+    raise TypeError(f'lmo must be a fanion_optax.lmo.LMO, got {lmo!r}.')
+
+
 def _matrix_specs(tree: Any, dimension_numbers: Any, who: str) -> Any:
   """Resolves dimension numbers; every leaf of `tree` must be a matrix."""
+  partition.check_float_params(tree, who)
   specs = partition.resolve_dimension_numbers(tree, dimension_numbers)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
   for (path, leaf), spec in zip(leaves, treedef.flatten_up_to(specs)):
@@ -79,11 +85,6 @@ class ScaleByLmoState(NamedTuple):
   lmo_state: tuple[Any, ...]
 
 
-def _split_options(axis_name, mesh, shard_axis) -> dict[str, Any]:
-  distributed.check_split_options(axis_name, mesh, shard_axis)
-  return dict(axis_name=axis_name, mesh=mesh, shard_axis=shard_axis)
-
-
 def _init_lmo_states(lmo, params, specs):
   """One LMO state per matrix leaf, as a flat tuple in tree order.
 
@@ -103,7 +104,7 @@ def _apply_lmo(lmo, specs, directions, states, split):
 
   Leaves are viewed as `(batch, fan_in, fan_out)` stacks and handed to
   `distributed.apply_lmo`, which batches same-shape matrices and splits the
-  work across devices as `split` (axis_name, mesh, shard_axis) asks.
+  work across devices as `split` asks.
   """
   spec_leaves, treedef = jax.tree.flatten(specs, is_leaf=lambda x: x is None)
   leaves = treedef.flatten_up_to(directions)
@@ -114,7 +115,7 @@ def _apply_lmo(lmo, specs, directions, states, split):
     matrices.append(spec_leaves[i].to_matrices(whole))
     restorers.append(restore)
   outs, new_states = distributed.apply_lmo(lmo, matrices, list(states),
-                                           **split)
+                                           split=split)
   merged = [None] * len(leaves)
   for i, out, restore in zip(matrix_ids, outs, restorers):
     merged[i] = restore(spec_leaves[i].from_matrices(out, leaves[i].shape))
@@ -128,9 +129,7 @@ def scale_by_lion_k(
     *,
     mu_dtype: jax.typing.DTypeLike | None = None,
     dimension_numbers: partition.DimensionNumbersSpec = None,
-    axis_name: Any = None,
-    mesh: jax.sharding.Mesh | None = None,
-    shard_axis: str | tuple[str, ...] | None = None,
+    split: distributed.Split = None,
 ) -> optax.GradientTransformation:
   """The Lion-𝒦 direction `∇𝒦(b1·M + (1 − b1)·g)`, then `M ← b2·M + (1−b2)·g`.
 
@@ -144,12 +143,10 @@ def scale_by_lion_k(
     dimension_numbers: how each leaf is read as matrices (see
       `fanion_optax.partition.resolve_dimension_numbers`); every leaf must
       resolve to a matrix.
-    axis_name: inside `jax.pmap(..., axis_name=...)` with replicated
-      updates, split the LMO work across that axis's devices (see
-      `fanion_optax.distributed`).
-    mesh: under `jax.jit` with sharded parameters, split the LMO work across
-      this mesh's devices.
-    shard_axis: the mesh axis (or axes) to split over; default all.
+    split: how to share the LMO work between devices:
+      `fanion_optax.distributed.over_axis(name)` inside `pmap`/`shard_map`
+      with replicated updates, `over_mesh(mesh, axes)` under sharded `jit`,
+      or `None` (see `fanion_optax.distributed`).
 
   Returns:
     A `GradientTransformation` with `ScaleByLionKState`; its updates have the
@@ -168,12 +165,11 @@ def scale_by_lion_k(
     >>> updates["w"].tolist()
     [[1.0, -1.0, 0.0], [1.0, 1.0, -1.0]]
   """
-  if not isinstance(lmo, lmo_lib.LMO):
-    raise TypeError(f'lmo must be a fanion_optax.lmo.LMO, got {lmo!r}.')
-  _checks.check_range('b1', b1, low=0.0, high=1.0)
-  _checks.check_range('b2', b2, low=0.0, high=1.0, high_inclusive=False)
-  split = _split_options(axis_name, mesh, shard_axis)
-  mu_dtype = None if mu_dtype is None else _checks.check_float_dtype(
+  _check_lmo(lmo)
+  _validate.check_scalar('b1', b1, low=0.0, high=1.0)
+  _validate.check_scalar('b2', b2, low=0.0, high=1.0, high_inclusive=False)
+  distributed.check_split(split)
+  mu_dtype = None if mu_dtype is None else _validate.check_float_dtype(
       'mu_dtype', mu_dtype)
 
   def init_fn(params):
@@ -213,18 +209,14 @@ def scale_by_lmo(
     lmo: lmo_lib.LMO,
     *,
     dimension_numbers: partition.DimensionNumbersSpec = None,
-    axis_name: Any = None,
-    mesh: jax.sharding.Mesh | None = None,
-    shard_axis: str | tuple[str, ...] | None = None,
+    split: distributed.Split = None,
 ) -> optax.GradientTransformation:
   """Replaces each matrix update `u` by `lmo(u)` (to follow any momentum).
 
   Args:
     lmo: the oracle; warm-started state lives in this transformation's state.
     dimension_numbers: how each leaf is read as matrices.
-    axis_name: split the work across a pmap axis (see `scale_by_lion_k`).
-    mesh: split the work across a mesh's devices under sharded jit.
-    shard_axis: the mesh axis (or axes) to split over; default all.
+    split: how to share the work between devices (see `scale_by_lion_k`).
 
   Returns:
     A `GradientTransformation` with `ScaleByLmoState`.
@@ -238,9 +230,8 @@ def scale_by_lmo(
     >>> updates["w"].tolist()
     [[0.6000000238418579, 0.800000011920929]]
   """
-  if not isinstance(lmo, lmo_lib.LMO):
-    raise TypeError(f'lmo must be a fanion_optax.lmo.LMO, got {lmo!r}.')
-  split = _split_options(axis_name, mesh, shard_axis)
+  _check_lmo(lmo)
+  distributed.check_split(split)
 
   def init_fn(params):
     specs = _matrix_specs(params, dimension_numbers, 'scale_by_lmo')
@@ -257,14 +248,14 @@ def scale_by_lmo(
 
 
 def scale_by_shape(
-    mode: str | None = 'muon',
+    shape_scale: partition.ShapeScale = 'muon',
     *,
     dimension_numbers: partition.DimensionNumbersSpec = None,
 ) -> optax.GradientTransformation:
   """Multiplies each matrix update by its shape factor `s`.
 
   Args:
-    mode: `"muon"` = `sqrt(max(1, fan_out/fan_in))`, `"rms"` =
+    shape_scale: `"muon"` = `sqrt(max(1, fan_out/fan_in))`, `"rms"` =
       `0.2·sqrt(max(fan_in, fan_out))` (AdamW-matched RMS, so AdamW learning
       rates and decays transfer), `None` = 1.
     dimension_numbers: how each leaf is read as matrices (fans).
@@ -275,14 +266,14 @@ def scale_by_shape(
   References:
     Jordan et al. (2024); Liu et al., arXiv:2502.16982.
   """
-  partition.check_shape_scale(mode)
+  partition.check_shape_scale(shape_scale)
 
   def update_fn(updates, state, params=None):
     del params
     specs = _matrix_specs(updates, dimension_numbers, 'scale_by_shape')
     scaled = _map_matrices(
         lambda spec, u: (u * partition.shape_factor(
-            *spec.fans(u.shape), mode)).astype(u.dtype),
+            *spec.fans(u.shape), shape_scale)).astype(u.dtype),
         specs, updates)
     return scaled, state
 
@@ -297,7 +288,7 @@ class AddDecayedWeightsState(NamedTuple):
 
 def add_decayed_weights(
     weight_decay: ScalarOrSchedule = 0.0,
-    mask: Any = None,
+    weight_decay_mask: Any = None,
 ) -> optax.GradientTransformation:
   """Adds `λ_t·params` to the updates (decoupled decay; λ may be scheduled).
 
@@ -305,15 +296,16 @@ def add_decayed_weights(
 
   Args:
     weight_decay: `λ >= 0` or a schedule of the step count.
-    mask: a tree or prefix tree of booleans, or a callable `params -> tree`;
-      `False` leaves get no decay.
+    weight_decay_mask: a tree or prefix tree of booleans, or a callable
+      `params -> tree`; `False` leaves get no decay.
 
   Returns:
     A `GradientTransformation`; `params` must be passed to `update`.
   """
-  _checks.check_range('weight_decay', weight_decay, low=0.0)
+  _validate.check_scalar('weight_decay', weight_decay, low=0.0)
+  mask = weight_decay_mask
   if mask is not None and not callable(mask):
-    _checks.check_bool_tree('mask', mask)
+    _validate.check_bool_tree('weight_decay_mask', mask)
 
   def init_fn(params):
     del params
@@ -327,7 +319,7 @@ def add_decayed_weights(
       full_mask = jax.tree.map(lambda _: True, updates)
     else:
       spec = mask(params) if callable(mask) else mask
-      _checks.check_bool_tree('mask', spec)
+      _validate.check_bool_tree('weight_decay_mask', spec)
       full_mask = jax.tree.map(
           lambda m, sub: jax.tree.map(lambda _: m, sub), spec, updates,
           is_leaf=lambda x: x is None or isinstance(x, bool))
@@ -373,7 +365,7 @@ def skip_nonfinite(
   Example:
     >>> import jax.numpy as jnp
     >>> import fanion_optax as fo
-    >>> tx = fo.skip_nonfinite(fo.muon(0.02))
+    >>> tx = fo.skip_nonfinite(fo.muon(0.02))  # like optax.apply_if_finite
     >>> params = {"w": jnp.ones((2, 2))}
     >>> state = tx.init(params)
     >>> updates, state = tx.update({"w": jnp.full((2, 2), jnp.nan)}, state,
@@ -387,8 +379,10 @@ def skip_nonfinite(
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
-    zero = jnp.zeros([], jnp.int32)
-    return SkipNonfiniteState(inner.init(params), zero, zero)
+    # Two buffers, not one shared zero: a jitted step that donates the state
+    # would otherwise donate the same buffer twice.
+    return SkipNonfiniteState(inner.init(params), jnp.zeros([], jnp.int32),
+                              jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None, **extra_args):
     new_updates, new_inner = inner.update(updates, state.inner_state, params,

@@ -1,0 +1,101 @@
+"""Numerical helpers shared by the kernels: safe scaling, masks, CPU solvers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from fanion_optax import _validate
+
+
+def compute_dtype_of(dtype: Any, compute_dtype: Any) -> jnp.dtype:
+  """The dtype to compute in: `compute_dtype`, else at least float32."""
+  if compute_dtype is not None:
+    return _validate.check_float_dtype('compute_dtype', compute_dtype)
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def max_abs_scaled(x: jax.Array) -> jax.Array:
+  """`x / max|x|` per matrix (last two axes); zero (or empty) stays zero.
+
+  Dividing by the largest entry first keeps the later Frobenius norm finite
+  for entries up to the dtype's maximum and nonzero for subnormal ones, so
+  every LMO stays homogeneous of degree 0. The division is done in two
+  halves by `sqrt(peak)`: XLA turns `x / peak` into `x * (1 / peak)`, and for
+  a peak above ~8.5e37 in float32 that reciprocal is subnormal and flushes
+  to zero.
+  """
+  peak = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True, initial=0)
+  root = jnp.sqrt(jnp.where(peak > 0, peak, jnp.ones_like(peak)))
+  return x / root / root
+
+
+def frobenius_normalized(x: jax.Array, *, safety: float = 1.0,
+                         eps: float = 0.0) -> jax.Array:
+  """`x / (safety * ||x||_F + eps)` per matrix, after `max_abs_scaled`."""
+  x = max_abs_scaled(x)
+  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
+  denom = safety * norm + eps
+  return x / jnp.where(denom > 0, denom, jnp.ones_like(denom))
+
+
+def swap_last(x: jax.Array) -> jax.Array:
+  return jnp.swapaxes(x, -1, -2)
+
+
+def singular_value_mask(s: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Marks the singular values that are numerically nonzero.
+
+  Singular vectors of zero singular values are arbitrary; an LMO must give
+  them weight 0 (as Newton–Schulz does), so that a zero or rank-deficient
+  input yields a zero or low-rank direction rather than noise.
+  """
+  tol = (jnp.max(s, axis=-1, keepdims=True, initial=0) * max(shape[-2:])
+         * jnp.finfo(s.dtype).eps)
+  return s > tol
+
+
+def per_matrix_on_cpu(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """`fn` of `(..., m, n)`, run one matrix at a time on the CPU backend.
+
+  jaxlib's CPU LAPACK kernels (QR, SVD) split a batch over XLA's intra-op
+  thread pool and block a pool thread while they wait. When as many batched
+  calls run at once as the pool has threads (one per device under `pmap` or
+  `shard_map` on emulated CPU devices, or independent shape groups of one
+  program), every thread waits and the program hangs (jaxlib 0.10). A single
+  matrix runs inline, so one call per matrix cannot deadlock, and the
+  independent calls still run in parallel. GPU and TPU solvers keep the
+  batched call.
+  """
+  def per_matrix(x: jax.Array, **kwargs: Any) -> Any:
+    batch = x.shape[:-2]
+    if math.prod(batch) <= 1 or jax.default_backend() != 'cpu':
+      return fn(x, **kwargs)
+    flat = x.reshape(-1, *x.shape[-2:])
+    outs = [fn(flat[i], **kwargs) for i in range(flat.shape[0])]
+    return jax.tree.map(
+        lambda *o: jnp.stack(o).reshape(*batch, *o[0].shape), *outs)
+  return per_matrix
+
+
+svd = per_matrix_on_cpu(jnp.linalg.svd)
+qr = per_matrix_on_cpu(jnp.linalg.qr)
+
+
+def singular_values(x: jax.typing.ArrayLike) -> jax.Array:
+  """`(..., min(m, n))` singular values, descending, at least float32."""
+  x = _validate.check_matrix('x', x)
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  if x.size == 0:
+    return jnp.zeros((*x.shape[:-2], min(x.shape[-2:])), x.dtype)
+  return svd(x, compute_uv=False)
+
+
+def is_empty(x: Any) -> bool:
+  """True for a `(..., m, n)` shape or array with no entries."""
+  shape = getattr(x, 'shape', x)
+  return math.prod(shape) == 0
