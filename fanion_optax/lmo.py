@@ -379,12 +379,16 @@ class SpectralFunction(LMO):
     value: optional `σ -> 𝒦`, so that `dual_norm` returns `𝒦(G)`.
     ball_norm: optional `σ -> ‖X‖`, the norm of the ball (`𝒦*`'s domain).
     name: shown in errors and reprs.
+    homogeneous: `h_prime(c·σ) = h_prime(σ)` for `c > 0` (Schatten): it is
+      then given the singular values of `G / max|G|`, which cannot
+      overflow; otherwise the true ones (infinite past the dtype's range).
   """
 
   h_prime: Callable[[jax.Array], jax.Array] = jnp.ones_like
   value: Callable[[jax.Array], jax.Array] | None = None
   ball_norm: Callable[[jax.Array], jax.Array] | None = None
   name: str = 'spectral_fn'
+  homogeneous: bool = False
 
   def __post_init__(self):
     if not callable(self.h_prime):
@@ -399,9 +403,12 @@ class SpectralFunction(LMO):
     if _linalg.is_empty(g):
       return g
     x = g.astype(jnp.promote_types(g.dtype, jnp.float32))
-    u, s, vh = _linalg.svd(x, full_matrices=False)
+    # The SVD of G itself overflows for entries near the dtype's maximum.
+    peak = jnp.max(jnp.abs(x), axis=(-2, -1), initial=0)
+    u, s, vh = _linalg.svd(_linalg.max_abs_scaled(x), full_matrices=False)
     keep = _linalg.singular_value_mask(s, x.shape)
-    weights = jnp.where(keep, self.h_prime(s), 0.0).astype(x.dtype)
+    sigma = s if self.homogeneous else s * peak[..., None]
+    weights = jnp.where(keep, self.h_prime(sigma), 0.0).astype(x.dtype)
     return ((u * weights[..., None, :]) @ vh).astype(g.dtype)
 
   def dual_norm(self, g):
@@ -491,24 +498,24 @@ def schatten(p: float) -> SpectralFunction:
   p = float(p)
 
   def p_norm(s):
-    peak = s[..., :1]
-    scaled = s / jnp.where(peak > 0, peak, 1.0)
-    return peak[..., 0] * jnp.sum(scaled**p, axis=-1)**(1.0 / p)
+    return _lp_norm(s, p)
 
   def h_prime(s):
     scale = p_norm(s)[..., None]
     return (s / jnp.where(scale > 0, scale, 1.0))**(p - 1.0)
 
   def q_norm(s):
-    if p == 1.0:
-      return _largest(s)
-    q = p / (p - 1.0)
-    peak = s[..., :1]
-    scaled = s / jnp.where(peak > 0, peak, 1.0)
-    return peak[..., 0] * jnp.sum(scaled**q, axis=-1)**(1.0 / q)
+    return _largest(s) if p == 1.0 else _lp_norm(s, p / (p - 1.0))
 
   return SpectralFunction(h_prime=h_prime, value=p_norm, ball_norm=q_norm,
-                          name=f'schatten(p={p})')
+                          name=f'schatten(p={p})', homogeneous=True)
+
+
+def _lp_norm(s: jax.Array, p: float) -> jax.Array:
+  """`‖s‖_p` over the last axis, scaled by the peak so it cannot overflow."""
+  peak = jnp.max(s, axis=-1, keepdims=True, initial=0)
+  scaled = s / jnp.where(peak > 0, peak, 1.0)
+  return peak[..., 0] * jnp.sum(scaled**p, axis=-1)**(1.0 / p)
 
 
 def huber_nuclear(delta: float) -> SpectralFunction:
