@@ -198,8 +198,14 @@ def _update_pmap(lmo: lmo_lib.LMO, x, state, axis_name):
 
 
 def _varies_over(x: jax.Array, axis_name: Any) -> bool:
+  """Whether `x` is typed as varying over `axis_name` (checked shard_map)."""
   names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
-  vma = getattr(jax.typeof(x), 'vma', frozenset())
+  aval = jax.typeof(x)
+  # The varying axes are `aval.mat.varying` in jax 0.10-0.12 and
+  # `aval.vma` in earlier releases; pmap types nothing as varying.
+  vma = getattr(getattr(aval, 'mat', None), 'varying', None)
+  if vma is None:
+    vma = getattr(aval, 'vma', frozenset())
   return any(n in vma for n in names)
 
 
