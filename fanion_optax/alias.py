@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+import textwrap
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -32,6 +32,7 @@ import optax
 
 from fanion_optax import _validate
 from fanion_optax import lmo as lmo_lib
+from fanion_optax import pipeline
 from fanion_optax import polar as polar_lib
 from fanion_optax.pipeline import lion_k
 from fanion_optax.pipeline import preset
@@ -67,6 +68,20 @@ def _mixture(alpha, allow_extrapolation, primary, secondary):
                          high=None if allow_extrapolation else 1.0)
   return lmo_lib.mix((alpha, primary), (1 - alpha, secondary),
                      allow_extrapolation=allow_extrapolation)
+
+
+_MIXTURE_ARGS = (
+    ('allow_extrapolation', 'accept α outside [0, 1].'),
+    ('momentum', 'μ in [0, 1), or a schedule.'),
+    ('nesterov', 'Nesterov form.'),
+    ('top_k_method', '`"subspace"` or `"svd"` (see `fanion`).'),
+    ('subspace_iters', 'subspace iterations per step.'),
+    ('polar_method', 'polar method (see `muon`) for the spectral term and'
+     ' for matrices with `min(m, n) <= k`.'),
+    ('polar_steps', 'polar iteration count.'),
+    ('compute_dtype', 'arithmetic dtype.'),
+)
+_FULL_RANK_ONLY = ('k', 'top_k_method', 'subspace_iters')
 
 
 def _ky_fan_or_spectral(k, top_k_method, subspace_iters, polar_method,
@@ -159,8 +174,8 @@ def fanion(
     top_k_method: `"subspace"` (warm-started subspace iteration kept in the
       state, `O(m·n·k)`) or `"svd"` (exact).
     subspace_iters: subspace iterations per step (default 10 cold, then 2).
-    polar_method: polar method (see `muon`) for `k=None` and for matrices
-      with `min(m, n) <= k`.
+    polar_method: polar method (see `muon`) for the spectral term (`k=None`)
+      and for matrices with `min(m, n) <= k`.
     polar_steps: polar iteration count.
     compute_dtype: arithmetic dtype.
     {options}
@@ -196,7 +211,8 @@ neon.__doc__ = """Neon: Fanion-1, the rank-one update `u₁ v₁ᵀ` (`fanion` w
 
 
 @preset
-def f_fanion(
+def _fanion_mixture(
+    secondary: lmo_lib.LMO,
     learning_rate: ScalarOrSchedule,
     k: int | None,
     alpha: jax.typing.ArrayLike = 0.5,
@@ -211,6 +227,53 @@ def f_fanion(
     compute_dtype: jax.typing.DTypeLike | None = None,
     **options: Unpack[PipelineOptions],
 ) -> Optimizer:
+  """`α·(Ky Fan-k or spectral) + (1 − α)·secondary`: the F-/S- presets.
+
+  Args:
+    {options}
+  """
+  primary = _ky_fan_or_spectral(k, top_k_method, subspace_iters, polar_method,
+                                polar_steps, compute_dtype)
+  lmo = _mixture(alpha, allow_extrapolation, primary, secondary)
+  return lion_k(learning_rate, lmo, *_momentum_betas(momentum, nesterov),
+                **options)
+
+
+def _mixture_preset(*, full_rank: bool, sign_scale: bool):
+  """Gives a mixture preset `_fanion_mixture`'s signature and Args.
+
+  The signature drops `secondary` (the preset builds it), drops `k` and the
+  top-k options for the full-rank presets (F-/S-Muon) and adds `sign_scale`
+  to the S- ones; `{mixture}` in the docstring becomes the shared Args,
+  Returns and References.
+  """
+  dropped = ('secondary',) + (_FULL_RANK_ONLY if full_rank else ())
+
+  def mark(fn):
+    signature = inspect.signature(_fanion_mixture)
+    params = [p for p in signature.parameters.values()
+              if p.name not in dropped]
+    if sign_scale:
+      at = [p.name for p in params].index('alpha') + 1
+      params.insert(at, inspect.Parameter(
+          'sign_scale', inspect.Parameter.POSITIONAL_OR_KEYWORD,
+          default=DEFAULT_SIGN_SCALE, annotation='jax.typing.ArrayLike'))
+    fn.__signature__ = signature.replace(parameters=params)
+    args = ''.join(
+        textwrap.fill(f'{name}: {text}', 76, initial_indent='    ',
+                      subsequent_indent='      ') + '\n'
+        for name, text in _MIXTURE_ARGS if name not in dropped)
+    fn.__doc__ = fn.__doc__.replace('    {mixture}\n', args + (
+        pipeline.OPTIONS_DOC.lstrip('\n') + '\n  Returns:\n    An'
+        ' `optax.GradientTransformationExtraArgs`.\n\n  References:\n'
+        '    Kravatskiy et al., arXiv:2512.09678.\n'))
+    return fn
+  return mark
+
+
+@_mixture_preset(full_rank=False, sign_scale=False)
+def f_fanion(learning_rate: ScalarOrSchedule, k: int | None,
+             alpha: jax.typing.ArrayLike = 0.5, **kwargs: Any) -> Optimizer:
   """F-Fanion-k: `α·U_k V_kᵀ + (1 − α)·G/‖G‖_F` (k = 1: F-Neon).
 
   The LMO of the Minkowski sum of the Ky Fan-k dual ball and the Frobenius
@@ -220,47 +283,17 @@ def f_fanion(
     learning_rate: ε ≥ 0, or a schedule.
     k: rank of the Ky Fan term, ≥ 1, or `None` for the full polar factor.
     alpha: weight α of the Ky Fan term, in [0, 1].
-    allow_extrapolation: accept α outside [0, 1].
-    momentum: μ in [0, 1), or a schedule.
-    nesterov: Nesterov form.
-    top_k_method: `"subspace"` or `"svd"` (see `fanion`).
-    subspace_iters: subspace iterations per step.
-    polar_method: polar method (see `muon`) for `k=None` and for matrices
-      with `min(m, n) <= k`.
-    polar_steps: polar iteration count.
-    compute_dtype: arithmetic dtype.
-    {options}
-
-  Returns:
-    An `optax.GradientTransformationExtraArgs`.
-
-  References:
-    Kravatskiy et al., arXiv:2512.09678.
+    {mixture}
   """
-  b1, b2 = _momentum_betas(momentum, nesterov)
-  primary = _ky_fan_or_spectral(k, top_k_method, subspace_iters, polar_method,
-                                polar_steps, compute_dtype)
-  lmo = _mixture(alpha, allow_extrapolation, primary, lmo_lib.frobenius())
-  return lion_k(learning_rate, lmo, b1, b2, **options)
+  return _fanion_mixture(lmo_lib.frobenius(), learning_rate, k, alpha,
+                         **kwargs)
 
 
-@preset
-def s_fanion(
-    learning_rate: ScalarOrSchedule,
-    k: int | None,
-    alpha: jax.typing.ArrayLike = 0.5,
-    sign_scale: jax.typing.ArrayLike = DEFAULT_SIGN_SCALE,
-    *,
-    allow_extrapolation: bool = False,
-    momentum: ScalarOrSchedule = 0.95,
-    nesterov: bool = True,
-    top_k_method: lmo_lib.TopKMethod = 'subspace',
-    subspace_iters: int | None = None,
-    polar_method: polar_lib.PolarMethod = 'polar_express',
-    polar_steps: int | None = None,
-    compute_dtype: jax.typing.DTypeLike | None = None,
-    **options: Unpack[PipelineOptions],
-) -> Optimizer:
+@_mixture_preset(full_rank=False, sign_scale=True)
+def s_fanion(learning_rate: ScalarOrSchedule, k: int | None,
+             alpha: jax.typing.ArrayLike = 0.5,
+             sign_scale: jax.typing.ArrayLike = DEFAULT_SIGN_SCALE,
+             **kwargs: Any) -> Optimizer:
   """S-Fanion-k: `α·U_k V_kᵀ + (1 − α)·η·sign(G)` (k = 1: S-Neon).
 
   The LMO of the Minkowski sum of the Ky Fan-k dual ball and the ℓ∞ ball of
@@ -272,41 +305,13 @@ def s_fanion(
     alpha: weight α of the Ky Fan term, in [0, 1].
     sign_scale: η > 0 (default 3e-4, as in the paper's GPT runs; its
       synthetic problem used 0.01).
-    allow_extrapolation: accept α outside [0, 1].
-    momentum: μ in [0, 1), or a schedule.
-    nesterov: Nesterov form.
-    top_k_method: `"subspace"` or `"svd"` (see `fanion`).
-    subspace_iters: subspace iterations per step.
-    polar_method: polar method (see `muon`) for `k=None` and for matrices
-      with `min(m, n) <= k`.
-    polar_steps: polar iteration count.
-    compute_dtype: arithmetic dtype.
-    {options}
-
-  Returns:
-    An `optax.GradientTransformationExtraArgs`.
-
-  References:
-    Kravatskiy et al., arXiv:2512.09678.
+    {mixture}
   """
-  b1, b2 = _momentum_betas(momentum, nesterov)
-  primary = _ky_fan_or_spectral(k, top_k_method, subspace_iters, polar_method,
-                                polar_steps, compute_dtype)
-  lmo = _mixture(alpha, allow_extrapolation, primary, lmo_lib.sign(sign_scale))
-  return lion_k(learning_rate, lmo, b1, b2, **options)
+  return _fanion_mixture(lmo_lib.sign(sign_scale), learning_rate, k, alpha,
+                         **kwargs)
 
 
-def _full_rank(mixture: Callable[..., Optimizer]):
-  """Marks `fn` as `mixture` with `k=None`: its signature without `k`."""
-  def mark(fn):
-    signature = inspect.signature(mixture)
-    fn.__signature__ = signature.replace(parameters=[
-        p for p in signature.parameters.values() if p.name != 'k'])
-    return fn
-  return mark
-
-
-@_full_rank(f_fanion)
+@_mixture_preset(full_rank=True, sign_scale=False)
 def f_muon(learning_rate: ScalarOrSchedule,
            alpha: jax.typing.ArrayLike = 0.5, **kwargs: Any) -> Optimizer:
   """F-Muon: `α·U Vᵀ + (1 − α)·G/‖G‖_F` (`f_fanion` with `k=None`).
@@ -316,20 +321,13 @@ def f_muon(learning_rate: ScalarOrSchedule,
   Args:
     learning_rate: ε ≥ 0, or a schedule.
     alpha: weight α of the spectral term, in [0, 1].
-    **kwargs: every keyword of `f_fanion` but `k`: `allow_extrapolation`,
-      `momentum`, `nesterov`, `polar_method`, `polar_steps`,
-      `compute_dtype` and the pipeline options of `lion_k`.
-
-  Returns:
-    An `optax.GradientTransformationExtraArgs`.
-
-  References:
-    Kravatskiy et al., arXiv:2512.09678.
+    {mixture}
   """
-  return f_fanion(learning_rate, None, alpha, **kwargs)
+  return _fanion_mixture(lmo_lib.frobenius(), learning_rate, None, alpha,
+                         **kwargs)
 
 
-@_full_rank(s_fanion)
+@_mixture_preset(full_rank=True, sign_scale=True)
 def s_muon(learning_rate: ScalarOrSchedule,
            alpha: jax.typing.ArrayLike = 0.5,
            sign_scale: jax.typing.ArrayLike = DEFAULT_SIGN_SCALE,
@@ -344,12 +342,7 @@ def s_muon(learning_rate: ScalarOrSchedule,
     alpha: weight α of the spectral term, in [0, 1].
     sign_scale: η > 0 (default 3e-4, as in the paper's GPT runs; its
       synthetic problem used 0.01).
-    **kwargs: every keyword of `s_fanion` but `k`.
-
-  Returns:
-    An `optax.GradientTransformationExtraArgs`.
-
-  References:
-    Kravatskiy et al., arXiv:2512.09678.
+    {mixture}
   """
-  return s_fanion(learning_rate, None, alpha, sign_scale, **kwargs)
+  return _fanion_mixture(lmo_lib.sign(sign_scale), learning_rate, None, alpha,
+                         **kwargs)

@@ -210,7 +210,7 @@ _OPTIONS = tuple(
 assert tuple(p.name for p in _OPTIONS) == tuple(
     PipelineOptions.__annotations__), 'PipelineOptions must mirror lion_k'
 
-_OPTIONS_DOC = """
+OPTIONS_DOC = """
     **options: the pipeline options of `fanion_optax.lion_k`, forwarded
       as they are: `weight_decay`, `weight_decay_mask`, `shape_scale`,
       `dimension_numbers`, `exclude`, `fallback`, `mu_dtype`, `split`.
@@ -230,7 +230,7 @@ def preset(factory: Callable[..., Any]) -> Callable[..., Any]:
             if p.kind is not inspect.Parameter.VAR_KEYWORD]
   factory.__signature__ = own.replace(parameters=params + list(_OPTIONS))
   factory.__doc__ = factory.__doc__.replace('    {options}\n',
-                                            _OPTIONS_DOC.lstrip('\n'))
+                                            OPTIONS_DOC.lstrip('\n'))
   return factory
 
 
