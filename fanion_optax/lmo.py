@@ -501,8 +501,9 @@ def schatten(p: float) -> SpectralFunction:
     return _lp_norm(s, p)
 
   def h_prime(s):
-    scale = p_norm(s)[..., None]
-    return (s / jnp.where(scale > 0, scale, 1.0))**(p - 1.0)
+    ratios, _ = _peak_ratios(s)
+    norm = jnp.sum(ratios**p, axis=-1, keepdims=True)**(1.0 / p)
+    return (ratios / norm)**(p - 1.0)
 
   def q_norm(s):
     return _largest(s) if p == 1.0 else _lp_norm(s, p / (p - 1.0))
@@ -511,11 +512,21 @@ def schatten(p: float) -> SpectralFunction:
                           name=f'schatten(p={p})', homogeneous=True)
 
 
+def _peak_ratios(s: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`(s / max(s), max(s))` over the last axis, the ratio exactly 1 at peaks.
+
+  XLA may divide by multiplying with a rounded reciprocal; a peak ratio one
+  ulp below 1 raised to a large power `p` would lose `p` ulps.
+  """
+  peak = jnp.max(s, axis=-1, keepdims=True, initial=0)
+  ratios = jnp.where(s >= peak, 1.0, s / jnp.where(peak > 0, peak, 1.0))
+  return ratios, peak[..., 0]
+
+
 def _lp_norm(s: jax.Array, p: float) -> jax.Array:
   """`‖s‖_p` over the last axis, scaled by the peak so it cannot overflow."""
-  peak = jnp.max(s, axis=-1, keepdims=True, initial=0)
-  scaled = s / jnp.where(peak > 0, peak, 1.0)
-  return peak[..., 0] * jnp.sum(scaled**p, axis=-1)**(1.0 / p)
+  ratios, peak = _peak_ratios(s)
+  return peak * jnp.sum(ratios**p, axis=-1)**(1.0 / p)
 
 
 def huber_nuclear(delta: float) -> SpectralFunction:

@@ -79,7 +79,7 @@ def _np_norms(name, x):
 LMOS = {
     'spectral': fo.lmo.spectral(),
     'ky_fan_1': fo.lmo.ky_fan(1),
-    'ky_fan_3': fo.lmo.ky_fan(3, method='svd'),
+    'ky_fan_3': fo.lmo.ky_fan(3, top_k_method='svd'),
     'frobenius': fo.lmo.frobenius(),
     'sign': fo.lmo.sign(0.05),
     'schatten_4': fo.lmo.schatten(4.0),
@@ -106,9 +106,8 @@ def test_norms_and_radii_match_closed_forms(lmo_name, shape_scale):
     assert entry.radius == pytest.approx(radius, rel=1e-12)
     # Default slack: the LMO's polar overshoot (SPEC §3.1) plus 1e-3.
     lmo = LMOS[lmo_name]
-    method = getattr(lmo, 'method', None) if isinstance(
-        lmo, fo.lmo.Spectral) else getattr(lmo, 'polar', None)
-    widen = (_polar.singular_value_bound(method, lmo.steps)
+    method = getattr(lmo, 'polar_method', None)
+    widen = (_polar.singular_value_bound(method, lmo.polar_steps)
              if method is not None else 1.0)
     assert entry.holds == bool(
         np.all(entry.norm <= radius * (widen + 1e-3)))
@@ -138,7 +137,7 @@ def test_ky_fan_ball_norm_both_branches(sigma, k, expected):
 def test_holds_flag(sigma1, lam, holds):
   x = with_spectrum((6, 6), (sigma1, 1.0, 0.5))
   entry = fo.diagnostics.constraint_report(
-      {'w': x}, fo.lmo.spectral(method='svd'), weight_decay=lam)['w']
+      {'w': x}, fo.lmo.spectral(polar_method='svd'), weight_decay=lam)['w']
   assert entry.radius == pytest.approx(2.0)
   np.testing.assert_allclose(entry.norm, [sigma1], rtol=1e-5)
   assert entry.holds is holds
@@ -146,7 +145,7 @@ def test_holds_flag(sigma1, lam, holds):
 
 def test_rtol_controls_slack():
   x = {'w': with_spectrum((6, 6), (2.05, 1.0))}
-  lmo = fo.lmo.spectral(method='svd')
+  lmo = fo.lmo.spectral(polar_method='svd')
   assert not fo.diagnostics.constraint_report(
       x, lmo, weight_decay=0.5)['w'].holds
   assert fo.diagnostics.constraint_report(
@@ -233,8 +232,8 @@ def test_default_slack_follows_the_polar_overshoot():
   report = lambda lmo: fo.diagnostics.constraint_report(
       x, lmo, weight_decay=0.5, shape_scale=None)['w'].holds
   assert report(fo.lmo.spectral())
-  assert not report(fo.lmo.spectral(method='svd'))
-  assert not report(fo.lmo.spectral(steps=8))
+  assert not report(fo.lmo.spectral(polar_method='svd'))
+  assert not report(fo.lmo.spectral(polar_steps=8))
   assert _polar.singular_value_bound('polar_express', 5) == pytest.approx(
       1.1236, abs=1e-3)
   assert _polar.singular_value_bound('newton_schulz', 5) == pytest.approx(

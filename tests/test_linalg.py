@@ -1,27 +1,27 @@
-"""`_checks.per_matrix_on_cpu`: same results as the batched LAPACK call."""
+"""`fanion_optax._linalg`: per-matrix CPU solvers and safe scaling."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fanion_optax import _checks
+from fanion_optax import _linalg
 
 
 def test_per_matrix_svd_matches_numpy_over_leading_axes():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5, 4))
-  s = _checks.svd(x, compute_uv=False)
+  s = _linalg.svd(x, compute_uv=False)
   np.testing.assert_allclose(
       s, np.linalg.svd(np.asarray(x, np.float64), compute_uv=False),
       rtol=1e-5, atol=1e-5)
-  u, s, vh = _checks.svd(x, full_matrices=False)
+  u, s, vh = _linalg.svd(x, full_matrices=False)
   assert u.shape == (2, 3, 5, 4) and vh.shape == (2, 3, 4, 4)
   np.testing.assert_allclose((u * s[..., None, :]) @ vh, x, atol=1e-5)
 
 
 def test_per_matrix_qr_matches_single_matrix_calls():
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 6, 3))
-  q, r = _checks.qr(x)
+  q, r = _linalg.qr(x)
   for i in range(4):
     q_i, r_i = jnp.linalg.qr(x[i])
     np.testing.assert_allclose(q[i], q_i, atol=1e-6)
@@ -33,8 +33,38 @@ def test_per_matrix_qr_matches_single_matrix_calls():
     ((), 1, (4, 2))])
 def test_per_matrix_calls_lapack_once_per_matrix_on_cpu(batch, calls, shape):
   assert jax.default_backend() == 'cpu'
-  jaxpr = jax.make_jaxpr(_checks.qr)(jnp.ones((*batch, 4, 2)))
+  jaxpr = jax.make_jaxpr(_linalg.qr)(jnp.ones((*batch, 4, 2)))
   # jnp.linalg.qr is a jitted function named "qr" around the LAPACK call.
   qrs = [e for e in jaxpr.eqns if e.params.get('name') == 'qr']
   assert len(qrs) == calls
   assert {e.invars[0].aval.shape for e in qrs} == {shape}
+
+
+def test_max_abs_scaled_near_float32_max_under_jit():
+  # 1 / 3e38 is subnormal in float32 (below ~1.18e-38) and flushes to zero,
+  # so `x * (1 / max|x|)` would be all zeros.
+  x = np.array([[3e38, -1.5e38, 0.0], [7.5e37, 3e38, -3e38]], np.float32)
+  assert np.all(np.isfinite(x))
+  y = np.asarray(jax.jit(_linalg.max_abs_scaled)(x))
+  assert y.dtype == np.float32
+  expected = np.asarray(x, np.float64) / np.abs(np.asarray(x, np.float64)).max()
+  assert np.all(y[expected != 0] != 0)
+  np.testing.assert_allclose(y, expected, rtol=1e-6, atol=0)
+
+
+def test_max_abs_scaled_per_matrix_of_a_batch():
+  x = np.stack([np.full((2, 3), 3e38, np.float32),
+                np.array([[1.0, -4.0, 2.0], [0.0, 0.5, 3.0]], np.float32),
+                np.zeros((2, 3), np.float32)])
+  y = np.asarray(jax.jit(_linalg.max_abs_scaled)(x))
+  np.testing.assert_allclose(y[0], 1.0, rtol=1e-6)
+  np.testing.assert_allclose(y[1], np.asarray(x[1], np.float64) / 4.0,
+                             rtol=1e-6)
+  assert np.all(y[2] == 0.0)
+
+
+def test_max_abs_scaled_of_an_empty_matrix_is_empty():
+  y = _linalg.max_abs_scaled(jnp.zeros((0, 5)))
+  assert y.shape == (0, 5) and y.dtype == jnp.float32
+  y = jax.jit(_linalg.max_abs_scaled)(jnp.zeros((0, 5)))
+  assert y.shape == (0, 5)

@@ -19,7 +19,7 @@ from reference import x64
 
 from fanion_optax import lmo
 from fanion_optax import lowrank
-from fanion_optax import polar
+from fanion_optax import polar_factor
 
 WIDE = (12, 20)
 TALL = (20, 12)
@@ -47,12 +47,12 @@ def _np_weighted(g, weights_fn):
 #          direction closed form)
 EXACT = {
     'spectral_svd': (
-        lambda: lmo.spectral(method='svd'),
+        lambda: lmo.spectral(polar_method='svd'),
         lambda g: singular_values(g).sum(-1),
         lambda x: singular_values(x)[..., 0],
         np_polar),
     'ky_fan_svd': (
-        lambda: lmo.ky_fan(K, method='svd'),
+        lambda: lmo.ky_fan(K, top_k_method='svd'),
         lambda g: singular_values(g)[..., :K].sum(-1),
         lambda x: np.maximum(singular_values(x)[..., 0],
                              singular_values(x).sum(-1) / K),
@@ -80,14 +80,14 @@ EXACT = {
         lambda g: _np_weighted(
             g, lambda s: (s / _np_schatten(g, 3.0)[..., None])**2)),
     'f_muon': (
-        lambda: lmo.mix((0.5, lmo.spectral(method='svd')),
+        lambda: lmo.mix((0.5, lmo.spectral(polar_method='svd')),
                         (0.5, lmo.frobenius())),
         lambda g: 0.5 * singular_values(g).sum(-1) + 0.5 * _np_frobenius(g),
         None,
         lambda g: 0.5 * np_polar(g)
         + 0.5 * g / _np_frobenius(g)[..., None, None]),
     's_fanion': (
-        lambda: lmo.mix((0.7, lmo.ky_fan(K, method='svd')),
+        lambda: lmo.mix((0.7, lmo.ky_fan(K, top_k_method='svd')),
                         (0.3, lmo.sign(0.01))),
         lambda g: 0.7 * singular_values(g)[..., :K].sum(-1)
         + 0.3 * 0.01 * np.abs(g).sum((-2, -1)),
@@ -101,7 +101,8 @@ BALL_NAMES = [name for name in EXACT_NAMES if EXACT[name][2] is not None]
 CATALOGUE = {
     **{name: EXACT[name][0] for name in EXACT},
     'spectral_polar_express': lmo.spectral,
-    'spectral_newton_schulz': lambda: lmo.spectral(method='newton_schulz'),
+    'spectral_newton_schulz':
+        lambda: lmo.spectral(polar_method='newton_schulz'),
     'ky_fan_subspace': lambda: lmo.ky_fan(K),
     'spectral_fn_ones': lambda: lmo.spectral_fn(jnp.ones_like),
     'huber_nuclear': lambda: lmo.huber_nuclear(0.5),
@@ -193,26 +194,34 @@ def test_spectral_fn_with_h_gives_its_value():
 def test_ky_fan_full_rank_is_the_polar_factor(k):
   g = gaussian(WIDE, seed=7)
   np.testing.assert_array_equal(np.asarray(lmo.ky_fan(k)(g)),
-                                np.asarray(polar(g)))
+                                np.asarray(polar_factor(g)))
   np.testing.assert_array_equal(
-      np.asarray(lmo.ky_fan(k, method='svd', polar='newton_schulz',
-                            steps=3)(g)),
-      np.asarray(polar(g, method='newton_schulz', steps=3)))
+      np.asarray(lmo.ky_fan(k, polar_method='newton_schulz',
+                            polar_steps=3)(g)),
+      np.asarray(polar_factor(g, polar_method='newton_schulz',
+                              polar_steps=3)))
   np.testing.assert_allclose(
-      np.asarray(lmo.ky_fan(k, polar='svd')(g)), np_polar(g), atol=2e-5)
+      np.asarray(lmo.ky_fan(k, polar_method='svd')(g)), np_polar(g),
+      atol=2e-5)
+  # top_k_method='svd' is exact whatever the polar method.
+  np.testing.assert_allclose(
+      np.asarray(lmo.ky_fan(k, top_k_method='svd',
+                            polar_method='newton_schulz', polar_steps=3)(g)),
+      np_polar(g), atol=2e-5)
   # Its update path agrees and carries no state.
   oracle = lmo.ky_fan(k)
   assert oracle.init(WIDE) is None
   d, state = oracle.update(g, oracle.init(WIDE))
   assert state is None
-  np.testing.assert_array_equal(np.asarray(d), np.asarray(polar(g)))
+  np.testing.assert_array_equal(np.asarray(d), np.asarray(polar_factor(g)))
 
 
 @pytest.mark.parametrize('alpha', [0.3, 0.5])
 @pytest.mark.parametrize('k', [1, K, 12])
 def test_f_mixture_closed_form(alpha, k):
   g = gaussian(WIDE, seed=8)
-  oracle = lmo.mix((alpha, lmo.ky_fan(k, method='svd', polar='svd')),
+  oracle = lmo.mix((alpha, lmo.ky_fan(k, top_k_method='svd',
+                                      polar_method='svd')),
                    (1.0 - alpha, lmo.frobenius()))
   expected = alpha * np_top_k(g, k) + (1 - alpha) * g / _np_frobenius(g)
   np.testing.assert_allclose(to_f64(oracle(g)), expected, atol=2e-5)
@@ -222,7 +231,8 @@ def test_f_mixture_closed_form(alpha, k):
 @pytest.mark.parametrize('k', [1, K, 12])
 def test_s_mixture_closed_form(alpha, eta, k):
   g = gaussian(WIDE, seed=9)
-  oracle = lmo.mix((alpha, lmo.ky_fan(k, method='svd', polar='svd')),
+  oracle = lmo.mix((alpha, lmo.ky_fan(k, top_k_method='svd',
+                                      polar_method='svd')),
                    (1.0 - alpha, lmo.sign(eta)))
   expected = alpha * np_top_k(g, k) + (1 - alpha) * eta * np.sign(g)
   np.testing.assert_allclose(to_f64(oracle(g)), expected, atol=2e-5)
@@ -246,7 +256,7 @@ def test_spectral_fn_ones_is_the_polar_factor(shape):
 def test_schatten_1_and_2_are_spectral_and_frobenius():
   g = gaussian(PAIR, seed=12)
   np.testing.assert_allclose(np.asarray(lmo.schatten(1)(g)),
-                             np.asarray(lmo.spectral(method='svd')(g)),
+                             np.asarray(lmo.spectral(polar_method='svd')(g)),
                              atol=2e-5)
   np.testing.assert_allclose(np.asarray(lmo.schatten(2)(g)),
                              np.asarray(lmo.frobenius()(g)), atol=2e-6)
@@ -393,7 +403,7 @@ def test_jit_with_the_lmo_closed_over(name):
 
 def test_stateful_flags():
   assert lmo.ky_fan(K).stateful
-  assert not lmo.ky_fan(K, method='svd').stateful
+  assert not lmo.ky_fan(K, top_k_method='svd').stateful
   assert not lmo.spectral().stateful
   assert not lmo.frobenius().stateful
   assert not lmo.sign().stateful
@@ -503,13 +513,13 @@ def test_init_rejects_vector_shape():
 @pytest.mark.parametrize('build,error,match', [
     (lambda: lmo.ky_fan(0), ValueError, 'k'),
     (lambda: lmo.ky_fan(1.5), TypeError, 'k'),
-    (lambda: lmo.ky_fan(1, method='foo'), ValueError, 'method'),
-    (lambda: lmo.ky_fan(1, iters=-1), ValueError, 'iters'),
-    (lambda: lmo.ky_fan(1, polar='foo'), ValueError, 'method'),
-    (lambda: lmo.ky_fan(1, steps=0), ValueError, 'steps'),
-    (lambda: lmo.spectral(method='foo'), ValueError, 'method'),
-    (lambda: lmo.spectral(steps=0), ValueError, 'steps'),
-    (lambda: lmo.spectral(steps=9), ValueError, 'steps'),
+    (lambda: lmo.ky_fan(1, top_k_method='foo'), ValueError, 'top_k_method'),
+    (lambda: lmo.ky_fan(1, subspace_iters=-1), ValueError, 'subspace_iters'),
+    (lambda: lmo.ky_fan(1, polar_method='foo'), ValueError, 'polar_method'),
+    (lambda: lmo.ky_fan(1, polar_steps=0), ValueError, 'polar_steps'),
+    (lambda: lmo.spectral(polar_method='foo'), ValueError, 'polar_method'),
+    (lambda: lmo.spectral(polar_steps=0), ValueError, 'polar_steps'),
+    (lambda: lmo.spectral(polar_steps=9), ValueError, 'polar_steps'),
     (lambda: lmo.spectral(compute_dtype=jnp.int32), TypeError,
      'compute_dtype'),
     (lambda: lmo.sign(-1.0), ValueError, 'scale'),
@@ -548,5 +558,6 @@ def test_ky_fan_first_update_after_init_uses_cold_iterations():
   first, state = oracle.update(g, oracle.init(g.shape))
   np.testing.assert_allclose(first, oracle(g), atol=1e-6)
   second, _ = oracle.update(g, state)
-  warm = lowrank.top_k_polar(g, 4, state=state, iters=lowrank.WARM_ITERS)
+  warm = lowrank.top_k_polar(g, 4, state=state,
+                             subspace_iters=lowrank.WARM_ITERS)
   np.testing.assert_allclose(second, warm, atol=1e-6)

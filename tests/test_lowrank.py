@@ -48,7 +48,7 @@ def _ky_fan(g, k):
 def test_svd_matches_numpy_top_k(shape, k):
   k = min(shape[-2:]) if k == 'min' else k
   g = with_spectrum(shape, _distinct(shape), seed=1)
-  d = top_k_polar(g, k, method='svd')
+  d = top_k_polar(g, k, top_k_method='svd')
   assert d.shape == shape and d.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(d), np_top_k(g, k), atol=1e-5)
   s = singular_values(d)
@@ -62,7 +62,7 @@ def test_svd_matches_numpy_top_k(shape, k):
 def test_k_at_least_min_is_full_polar_factor(method, shape, extra):
   k = min(shape[-2:]) + extra
   g = gaussian(shape, seed=2)
-  d, state = top_k_polar(g, k, method=method, return_state=True)
+  d, state = top_k_polar(g, k, top_k_method=method, return_state=True)
   u, _, vh = np.linalg.svd(g.astype(np.float64), full_matrices=False)
   np.testing.assert_allclose(np.asarray(d), u @ vh, atol=2e-5)
   assert state.shape == (*shape[:-2], shape[-1], min(shape[-2:]))
@@ -71,7 +71,7 @@ def test_k_at_least_min_is_full_polar_factor(method, shape, extra):
 @pytest.mark.parametrize('shape', [WIDE, TALL, BATCH])
 def test_subspace_cold_start_with_spectral_gap(shape):
   g = with_spectrum(shape, gapped_spectrum(shape), seed=3)
-  d, state = top_k_polar(g, 3, method='subspace', return_state=True)
+  d, state = top_k_polar(g, 3, top_k_method='subspace', return_state=True)
   np.testing.assert_allclose(np.asarray(d), np_top_k(g, 3), atol=1e-4)
   assert state.shape == (*shape[:-2], shape[-1], 3)
   assert state.dtype == jnp.float32
@@ -86,7 +86,7 @@ def test_subspace_cold_start_with_spectral_gap(shape):
 def test_subspace_agrees_with_svd_method():
   g = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=4)
   np.testing.assert_allclose(np.asarray(top_k_polar(g, 3)),
-                             np.asarray(top_k_polar(g, 3, method='svd')),
+                             np.asarray(top_k_polar(g, 3, top_k_method='svd')),
                              atol=1e-4)
 
 
@@ -96,7 +96,7 @@ def test_exact_state_with_zero_iterations_is_exact(shape):
   g = with_spectrum(shape, _distinct(shape), seed=5)
   _, _, vh = np.linalg.svd(g.astype(np.float64), full_matrices=False)
   state = jnp.asarray(vh[:4].T, jnp.float32)
-  d = top_k_polar(g, 4, state=state, iters=0)
+  d = top_k_polar(g, 4, state=state, subspace_iters=0)
   np.testing.assert_allclose(np.asarray(d), np_top_k(g, 4), atol=1e-5)
 
 
@@ -133,7 +133,7 @@ def test_warm_start_converges_where_cold_start_does_not():
       capture = np.sum(g * np.asarray(d, np.float64)) / _ky_fan(g, k)
       assert capture >= 0.9999
       np.testing.assert_allclose(np.asarray(d), np_top_k(g, k), atol=1e-2)
-  cold = top_k_polar(g, k, iters=2)
+  cold = top_k_polar(g, k, subspace_iters=2)
   assert np.sum(g * np.asarray(cold, np.float64)) / _ky_fan(g, k) < 0.99
 
 
@@ -144,7 +144,7 @@ def test_warm_start_converges_where_cold_start_does_not():
 @pytest.mark.parametrize('method', METHODS)
 @pytest.mark.parametrize('shape', [WIDE, TALL, BATCH])
 def test_zero_matrix(method, shape):
-  d, state = top_k_polar(jnp.zeros(shape), 3, method=method,
+  d, state = top_k_polar(jnp.zeros(shape), 3, top_k_method=method,
                          return_state=True)
   assert np.all(np.asarray(d) == 0.0)
   assert state.shape == (*shape[:-2], shape[-1], 3)
@@ -154,7 +154,7 @@ def test_zero_matrix(method, shape):
 def test_state_after_zero_matrix_is_still_a_usable_warm_start():
   _, state = top_k_polar(jnp.zeros(WIDE), 3, return_state=True)
   g = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=9)
-  d = top_k_polar(g, 3, state=state, iters=6)
+  d = top_k_polar(g, 3, state=state, subspace_iters=6)
   np.testing.assert_allclose(np.asarray(d), np_top_k(g, 3), atol=1e-4)
 
 
@@ -163,7 +163,7 @@ def test_state_after_zero_matrix_is_still_a_usable_warm_start():
 @pytest.mark.parametrize('shape', [WIDE, TALL])
 def test_rank_deficient_input_gives_rank_r_output(method, k, shape):
   g = with_spectrum(shape, [3.0, 1.0], seed=10)  # rank 2
-  d = np.asarray(top_k_polar(g, k, method=method))
+  d = np.asarray(top_k_polar(g, k, top_k_method=method))
   assert np.all(np.isfinite(d))
   s = singular_values(d)
   np.testing.assert_allclose(s[:2], 1.0, atol=1e-5)
@@ -180,7 +180,7 @@ def test_duplicated_singular_values(method, spectrum, k, ky_fan):
   sigma = {'ones': np.ones(12),
            'plateau': [3.0, 2.0, 2.0, 2.0] + [1.0] * 8}[spectrum]
   g = with_spectrum(WIDE, sigma, seed=11)
-  d = np.asarray(top_k_polar(g, k, method=method), np.float64)
+  d = np.asarray(top_k_polar(g, k, top_k_method=method), np.float64)
   assert np.all(np.isfinite(d))
   s = singular_values(d)
   np.testing.assert_allclose(s[:k], 1.0, atol=1e-4)
@@ -191,7 +191,8 @@ def test_duplicated_singular_values(method, spectrum, k, ky_fan):
 
 @pytest.mark.parametrize('method', METHODS)
 def test_identity_matrix(method):
-  d = np.asarray(top_k_polar(jnp.eye(*WIDE), 3, method=method), np.float64)
+  d = np.asarray(top_k_polar(jnp.eye(*WIDE), 3, top_k_method=method),
+                 np.float64)
   s = singular_values(d)
   np.testing.assert_allclose(s, [1.0] * 3 + [0.0] * 9, atol=1e-5)
   # Its square block is a rank-3 orthogonal projector; the rest is zero.
@@ -241,27 +242,28 @@ def test_initial_subspace_is_at_least_float32():
 @pytest.mark.parametrize('scale', [1e-20, 1e-3, 7.0, 1e20])
 def test_degree_zero_homogeneity(method, scale):
   g = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=12)
-  base = np.asarray(top_k_polar(g, 3, method=method))
-  scaled = np.asarray(top_k_polar(np.float32(scale) * g, 3, method=method))
+  base = np.asarray(top_k_polar(g, 3, top_k_method=method))
+  scaled = np.asarray(top_k_polar(np.float32(scale) * g, 3,
+                                  top_k_method=method))
   np.testing.assert_allclose(scaled, base, atol=1e-5)
 
 
 @pytest.mark.parametrize('method', METHODS)
 def test_oddness(method):
   g = with_spectrum(TALL, gapped_spectrum(TALL), seed=13)
-  np.testing.assert_allclose(np.asarray(top_k_polar(-g, 3, method=method)),
-                             -np.asarray(top_k_polar(g, 3, method=method)),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+      np.asarray(top_k_polar(-g, 3, top_k_method=method)),
+      -np.asarray(top_k_polar(g, 3, top_k_method=method)), atol=1e-5)
 
 
 @pytest.mark.parametrize('method', METHODS)
 def test_batched_matches_per_matrix(method):
   g = with_spectrum(BATCH, gapped_spectrum(BATCH), seed=14)
-  d, state = top_k_polar(g, 3, method=method, return_state=True)
+  d, state = top_k_polar(g, 3, top_k_method=method, return_state=True)
   assert d.shape == BATCH and state.shape == (2, 3, 10, 3)
   for i in range(2):
     for j in range(3):
-      dij, sij = top_k_polar(g[i, j], 3, method=method, return_state=True)
+      dij, sij = top_k_polar(g[i, j], 3, top_k_method=method, return_state=True)
       np.testing.assert_allclose(np.asarray(d[i, j]), np.asarray(dij),
                                  atol=1e-5)
       np.testing.assert_allclose(
@@ -274,7 +276,7 @@ def test_batched_matches_per_matrix(method):
 @pytest.mark.parametrize('method', METHODS)
 def test_half_precision_inputs(method, dtype):
   g = jnp.asarray(with_spectrum(WIDE, gapped_spectrum(WIDE), seed=15), dtype)
-  d, state = top_k_polar(g, 3, method=method, return_state=True)
+  d, state = top_k_polar(g, 3, top_k_method=method, return_state=True)
   assert d.dtype == dtype and d.shape == WIDE
   assert state.dtype == jnp.float32
   ref = np_top_k(np.asarray(g.astype(jnp.float32)), 3)
@@ -295,8 +297,8 @@ def test_float64_under_x64(method):
   g = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=17).astype(np.float64)
   g = g + 1e-3 * np.random.default_rng(18).standard_normal(WIDE)
   with x64():
-    d, state = top_k_polar(jnp.asarray(g), 3, method=method, iters=20,
-                           return_state=True)
+    d, state = top_k_polar(jnp.asarray(g), 3, top_k_method=method,
+                           subspace_iters=20, return_state=True)
     assert d.dtype == jnp.float64
     assert state.dtype == jnp.float32
     d = np.asarray(d)
@@ -306,7 +308,7 @@ def test_float64_under_x64(method):
 @pytest.mark.parametrize('method', METHODS)
 def test_jit(method):
   g = with_spectrum(BATCH, gapped_spectrum(BATCH), seed=19)
-  f = jax.jit(functools.partial(top_k_polar, k=3, method=method,
+  f = jax.jit(functools.partial(top_k_polar, k=3, top_k_method=method,
                                 return_state=True))
   d, state = f(g)
   np.testing.assert_allclose(np.asarray(d), np_top_k(g, 3), atol=1e-4)
@@ -338,13 +340,13 @@ def test_bad_k_raises(k, error):
 
 
 def test_unknown_method_raises():
-  with pytest.raises(ValueError, match='method'):
-    top_k_polar(gaussian(WIDE), 2, method='power')
+  with pytest.raises(ValueError, match='top_k_method'):
+    top_k_polar(gaussian(WIDE), 2, top_k_method='power')
 
 
 def test_negative_iters_raises():
-  with pytest.raises(ValueError, match='iters'):
-    top_k_polar(gaussian(WIDE), 2, iters=-1)
+  with pytest.raises(ValueError, match='subspace_iters'):
+    top_k_polar(gaussian(WIDE), 2, subspace_iters=-1)
 
 
 def test_non_matrix_input_raises():

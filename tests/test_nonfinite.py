@@ -1,13 +1,13 @@
 """Non-finite gradients: the `skip_nonfinite` policy and what happens without.
 
-With `skip_nonfinite=True` (every optimizer alias) or `fo.skip_nonfinite(tx)`
-(any optax transformation) a step whose gradients or updates hold NaN/Inf
+With `fo.skip_nonfinite(tx)` (around any optimizer of the package or any
+optax transformation) a step whose gradients or updates hold NaN/Inf
 returns zero updates, leaves the inner state bit for bit as it was and
 counts the skip (`skipped` in total, `consecutive` since the last applied
 step). The next finite step is exactly the step that would have followed
 had the bad one never arrived.
 
-Without it (documented in `alias._COMMON_ARGS`):
+Without it (documented in `fo.lion_k`):
 
 * a NaN or ±Inf entry in a matrix gradient makes the *whole* update of that
   leaf NaN for every LMO that normalises by the matrix (spectral, Ky Fan,
@@ -34,7 +34,7 @@ from fanion_optax import lmo
 OPTIMIZERS = {
     'muon': (fo.muon, (0.05,), dict(weight_decay=0.1)),
     'fanion': (fo.fanion, (0.05, 2), dict(weight_decay=0.1)),
-    'fanion-svd': (fo.fanion, (0.05, 2), dict(method='svd')),
+    'fanion-svd': (fo.fanion, (0.05, 2), dict(top_k_method='svd')),
     'neon': (fo.neon, (0.05,), {}),
     'f_muon': (fo.f_muon, (0.05,), {}),
     's_muon': (fo.s_muon, (0.05,), dict(sign_scale=0.01)),
@@ -79,12 +79,12 @@ def _all_finite(tree):
 
 
 # ---------------------------------------------------------------------------
-# skip_nonfinite=True.
+# fo.skip_nonfinite(tx).
 
 
 @pytest.mark.parametrize('name', sorted(OPTIMIZERS))
 def test_skip_leaves_params_and_state_untouched_under_jit(name):
-  tx = _optimizer(name, skip_nonfinite=True)
+  tx = fo.skip_nonfinite(_optimizer(name))
   update = jax.jit(tx.update)
   apply = jax.jit(optax.apply_updates)
   good = [_tree(10 + i) for i in range(3)]
@@ -132,7 +132,7 @@ def test_skip_leaves_params_and_state_untouched_under_jit(name):
 
 
 def test_skip_keeps_fanion_warm_start_and_counts():
-  tx = fo.fanion(0.05, 2, skip_nonfinite=True)
+  tx = fo.skip_nonfinite(fo.fanion(0.05, 2))
   params = _tree(0)
   state = tx.init(params)
   _, state = tx.update(_tree(1), state, params)
@@ -207,7 +207,7 @@ def test_skip_nonfinite_state_and_extra_args():
 
 
 # ---------------------------------------------------------------------------
-# Without the option.
+# Without skip_nonfinite.
 
 NORMALISING = sorted(set(OPTIMIZERS) - {'lion'})
 
@@ -286,11 +286,11 @@ def test_without_skip_fallback_nan_is_elementwise():
 # Zero gradients.
 
 ZERO_LMOS = {
-    'spectral-' + m: lmo.spectral(method=m)
+    'spectral-' + m: lmo.spectral(polar_method=m)
     for m in ('polar_express', 'newton_schulz', 'svd')
 } | {
-    'ky_fan-subspace': lmo.ky_fan(2), 'ky_fan-svd': lmo.ky_fan(2,
-                                                               method='svd'),
+    'ky_fan-subspace': lmo.ky_fan(2),
+    'ky_fan-svd': lmo.ky_fan(2, top_k_method='svd'),
     'frobenius': lmo.frobenius(), 'sign': lmo.sign(0.5),
     'mix': lmo.mix((0.5, lmo.ky_fan(2)), (0.5, lmo.frobenius())),
     'schatten': lmo.schatten(3.0), 'huber': lmo.huber_nuclear(1.0),
@@ -333,7 +333,7 @@ def test_zero_gradients_give_zero_updates(name):
 def test_skip_also_inspects_the_new_state():
   # Finite gradients of 1e20 would overflow the AdamW fallback's second
   # moment (g² > 3.4e38) and freeze the leaf for good; the step is skipped.
-  tx = fo.muon(0.05, skip_nonfinite=True)
+  tx = fo.skip_nonfinite(fo.muon(0.05))
   params = {'w': jnp.ones((4, 3)), 'b': jnp.ones(3)}
   state0 = tx.init(params)
   updates, state = tx.update({'w': jnp.ones((4, 3)),

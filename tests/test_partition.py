@@ -285,14 +285,18 @@ def test_public_dimension_numbers_is_partition_class():
 
 def test_bare_array_parameters_route_through_aliases():
   x = jnp.arange(12.0).reshape(3, 4) / 10
-  for tx in (fo.muon(0.01, weight_decay=0.1, polar='svd'),
-             fo.fanion(0.01, 1, method='svd')):
+  for tx in (fo.muon(0.01, weight_decay=0.1, polar_method='svd'),
+             fo.fanion(0.01, 1, top_k_method='svd')):
     state = tx.init(x)
     updates, _ = tx.update(jnp.ones_like(x), state, x)
     assert updates.shape == x.shape
     assert bool(jnp.all(jnp.isfinite(updates)))
   bias = jnp.ones(4)
-  tx = fo.muon(0.01)
+  tx = fo.muon(0.01, fallback=optax.adamw(0.01))
   updates, _ = tx.update(bias, tx.init(bias), bias)
   # A lone vector goes to AdamW: first step moves each entry by lr.
   np.testing.assert_allclose(updates, -0.01 * np.ones(4), rtol=1e-4)
+  # The default fallback is AdamW at its own 3e-4, not the matrix lr.
+  tx = fo.muon(0.01)
+  updates, _ = tx.update(bias, tx.init(bias), bias)
+  np.testing.assert_allclose(updates, -3e-4 * np.ones(4), rtol=1e-4)

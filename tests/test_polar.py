@@ -18,7 +18,7 @@ from reference import x64
 
 from fanion_optax import coefficient_schedule
 from fanion_optax import lmo_gap
-from fanion_optax import polar
+from fanion_optax import polar_factor
 
 # SPEC.md §3.1, copied verbatim so the library's own table is checked.
 JORDAN = (3.4445, -4.7750, 2.0315)
@@ -97,14 +97,15 @@ def _f32(x):
 @pytest.mark.parametrize('shape', SHAPES)
 def test_svd_matches_numpy_polar_factor(shape):
   g = gaussian(shape, seed=1)
-  o = polar(g, method='svd')
+  o = polar_factor(g, polar_method='svd')
   assert o.shape == shape and o.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(o), np_polar(g), atol=2e-5)
 
 
 @pytest.mark.parametrize('shape', [WIDE, TALL])
 def test_svd_output_is_orthonormal(shape):
-  o = np.asarray(polar(gaussian(shape, seed=2), method='svd'), np.float64)
+  o = np.asarray(polar_factor(gaussian(shape, seed=2), polar_method='svd'),
+                 np.float64)
   small = o @ o.T if shape[0] <= shape[1] else o.T @ o
   np.testing.assert_allclose(small, np.eye(min(shape)), atol=1e-5)
 
@@ -174,7 +175,7 @@ def test_coefficient_schedule_explicit_rows():
 @pytest.mark.parametrize('shape', SHAPES)
 def test_named_iterations_match_numpy_reference(method, rows, safety, shape):
   g = gaussian(shape, seed=3)
-  o = polar(g, method=method)
+  o = polar_factor(g, polar_method=method)
   assert o.shape == shape and o.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(o),
                              _np_newton_schulz(g, rows, safety), atol=3e-5)
@@ -183,27 +184,27 @@ def test_named_iterations_match_numpy_reference(method, rows, safety, shape):
 @pytest.mark.parametrize('steps', [1, 2, 8])
 def test_polar_express_steps_match_numpy_reference(steps):
   g = gaussian(WIDE, seed=4)
-  o = polar(g, method='polar_express', steps=steps)
+  o = polar_factor(g, polar_method='polar_express', polar_steps=steps)
   ref = _np_newton_schulz(g, _damped_polar_express_rows()[:steps], SAFETY)
   np.testing.assert_allclose(np.asarray(o), ref, atol=3e-5)
 
 
 def test_explicit_jordan_rows_equal_newton_schulz():
   g = gaussian(BATCH, seed=5)
-  explicit = polar(g, method=[JORDAN] * 5)
-  named = polar(g, method='newton_schulz')
+  explicit = polar_factor(g, polar_method=[JORDAN] * 5)
+  named = polar_factor(g, polar_method='newton_schulz')
   np.testing.assert_array_equal(np.asarray(explicit), np.asarray(named))
   # `steps` truncates explicit rows.
   np.testing.assert_array_equal(
-      np.asarray(polar(g, method=[JORDAN] * 7, steps=3)),
-      np.asarray(polar(g, method='newton_schulz', steps=3)))
+      np.asarray(polar_factor(g, polar_method=[JORDAN] * 7, polar_steps=3)),
+      np.asarray(polar_factor(g, polar_method='newton_schulz', polar_steps=3)))
 
 
 @pytest.mark.parametrize('shape', [WIDE, TALL])
 def test_classic_cubic_converges_to_polar_factor(shape):
   m, n = shape
   g = with_spectrum((m, n), np.linspace(1.0, 0.5, min(m, n)), seed=6)
-  o = polar(g, method=((1.5, -0.5, 0.0),) * 30)
+  o = polar_factor(g, polar_method=((1.5, -0.5, 0.0),) * 30)
   np.testing.assert_allclose(np.asarray(o), np_polar(g), atol=1e-5)
 
 
@@ -239,9 +240,11 @@ GAP_SHAPES = [WIDE, TALL, SQUARE, (8, 40)]
 
 def _gaps(g):
   """Reference gaps of Jordan-5, Polar-Express-5 and Polar-Express-8."""
-  return (_np_gap(g, polar(g, method='newton_schulz', steps=5)),
-          _np_gap(g, polar(g, method='polar_express', steps=5)),
-          _np_gap(g, polar(g, method='polar_express', steps=8)))
+  def gap(polar_method, polar_steps):
+    return _np_gap(g, polar_factor(g, polar_method=polar_method,
+                                   polar_steps=polar_steps))
+  return (gap('newton_schulz', 5), gap('polar_express', 5),
+          gap('polar_express', 8))
 
 
 @pytest.mark.parametrize('seed', [0, 1])
@@ -253,7 +256,7 @@ def test_gap_bounds_gaussian(shape, seed):
   assert 0.0 < express5 < POLAR_EXPRESS_5_GAP
   assert express8 < POLAR_EXPRESS_8_GAP
   # The library's lmo_gap agrees with the reference.
-  o = polar(g, method='newton_schulz')
+  o = polar_factor(g, polar_method='newton_schulz')
   np.testing.assert_allclose(float(lmo_gap(g, o)), jordan, atol=1e-5)
 
 
@@ -291,7 +294,7 @@ def test_polar_express_8_steps_singular_values_near_one(case):
       'cond1e2': with_spectrum(WIDE, np.geomspace(1, 1e-2, 12), seed=13),
       'cond1e3': with_spectrum(TALL, np.geomspace(1, 1e-3, 12), seed=14),
   }[case]
-  o = polar(g, method='polar_express', steps=8)
+  o = polar_factor(g, polar_method='polar_express', polar_steps=8)
   s = np.linalg.svd(np.asarray(o, np.float64), compute_uv=False)
   np.testing.assert_allclose(s, 1.0, atol=1e-3)
   np.testing.assert_allclose(np.asarray(o), np_polar(g), atol=2e-3)
@@ -301,7 +304,8 @@ def test_polar_express_8_steps_singular_values_near_one(case):
 def test_jordan_singular_values_land_in_documented_band(shape):
   # SPEC: "roughly [0.7, 1.2]"; measured [0.68, 1.14] on these matrices.
   g = gaussian(shape, seed=15)
-  s = np.linalg.svd(_f32(polar(g, method='newton_schulz')), compute_uv=False)
+  s = np.linalg.svd(_f32(polar_factor(g, polar_method='newton_schulz')),
+                    compute_uv=False)
   assert s.min() > 0.6 and s.max() < 1.25
 
 
@@ -313,7 +317,7 @@ def test_jordan_singular_values_land_in_documented_band(shape):
 @pytest.mark.parametrize('shape', SHAPES + [ROW, COL])
 def test_zero_matrix_gives_exact_zeros(method, shape):
   method = ((1.5, -0.5, 0.0),) * 3 if method == 'explicit' else method
-  o = np.asarray(polar(jnp.zeros(shape), method=method))
+  o = np.asarray(polar_factor(jnp.zeros(shape), polar_method=method))
   assert o.shape == shape
   assert np.all(o == 0.0)
 
@@ -322,11 +326,12 @@ def test_zero_matrix_gives_exact_zeros(method, shape):
 def test_zero_matrix_in_batch_does_not_affect_others(method):
   g = gaussian(BATCH, seed=16)
   g[1, 2] = 0.0
-  o = np.asarray(polar(g, method=method))
+  o = np.asarray(polar_factor(g, polar_method=method))
   assert np.all(o[1, 2] == 0.0)
   assert np.all(np.isfinite(o))
-  np.testing.assert_allclose(o[0, 1], np.asarray(polar(g[0, 1], method=method)),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+      o[0, 1], np.asarray(polar_factor(g[0, 1], polar_method=method)),
+      atol=1e-5)
 
 
 @pytest.mark.parametrize('transpose', [False, True])
@@ -336,7 +341,7 @@ def test_vector_shaped_matrices(method, transpose):
   if transpose:
     g = g.T
   unit = g / np.linalg.norm(g)
-  o = np.asarray(polar(g, method=method), np.float64)
+  o = np.asarray(polar_factor(g, polar_method=method), np.float64)
   assert o.shape == g.shape
   if method == 'svd':
     np.testing.assert_allclose(o, unit, atol=1e-6)
@@ -353,28 +358,28 @@ def test_vector_shaped_matrices(method, transpose):
 @pytest.mark.parametrize('method', METHODS)
 def test_half_precision_inputs(method, dtype, atol):
   g = jnp.asarray(gaussian(WIDE, seed=18), dtype)
-  o = polar(g, method=method)
+  o = polar_factor(g, polar_method=method)
   assert o.dtype == dtype and o.shape == g.shape
   # The computation runs in float32 on the same (rounded) input; only the
   # final cast differs.
-  ref = np.asarray(polar(g.astype(jnp.float32), method=method))
+  ref = np.asarray(polar_factor(g.astype(jnp.float32), polar_method=method))
   np.testing.assert_allclose(_f32(o), ref, atol=atol)
 
 
 @pytest.mark.parametrize('method', ITERATIVE)
 def test_bfloat16_compute_dtype_iterations(method):
   g = gaussian(WIDE, seed=19)
-  o = polar(g, method=method, compute_dtype=jnp.bfloat16)
+  o = polar_factor(g, polar_method=method, compute_dtype=jnp.bfloat16)
   assert o.dtype == jnp.float32
   assert np.all(np.isfinite(np.asarray(o)))
-  exact = np.asarray(polar(g, method=method))
+  exact = np.asarray(polar_factor(g, polar_method=method))
   np.testing.assert_allclose(np.asarray(o), exact, atol=0.1)
   assert _np_gap(g, o) < 0.3
 
 
 def test_bfloat16_compute_dtype_svd():
   g = gaussian(WIDE, seed=20)
-  o = polar(g, method='svd', compute_dtype=jnp.bfloat16)
+  o = polar_factor(g, polar_method='svd', compute_dtype=jnp.bfloat16)
   assert o.dtype == jnp.float32
   rounded = _f32(jnp.asarray(g, jnp.bfloat16))
   np.testing.assert_allclose(np.asarray(o), np_polar(rounded), atol=2e-5)
@@ -385,7 +390,7 @@ def test_bfloat16_compute_dtype_svd():
 def test_float64_under_x64(method):
   g = np.random.default_rng(21).standard_normal(WIDE)
   with x64():
-    o = polar(jnp.asarray(g), method=method)
+    o = polar_factor(jnp.asarray(g), polar_method=method)
     assert o.dtype == jnp.float64
     o = np.asarray(o)
   if method == 'svd':
@@ -401,7 +406,8 @@ def test_float64_under_x64(method):
 def test_float64_polar_express_8_steps_is_exact():
   g = np.random.default_rng(22).standard_normal(WIDE)
   with x64():
-    o = np.asarray(polar(jnp.asarray(g), method='polar_express', steps=8))
+    o = np.asarray(polar_factor(jnp.asarray(g), polar_method='polar_express',
+                                polar_steps=8))
   np.testing.assert_allclose(o, np_polar(g), atol=1e-8)
 
 
@@ -409,8 +415,8 @@ def test_float64_polar_express_8_steps_is_exact():
 @pytest.mark.parametrize('method', METHODS)
 def test_degree_zero_homogeneity(method, scale):
   g = gaussian(WIDE, seed=23)
-  base = np.asarray(polar(g, method=method))
-  scaled = np.asarray(polar(np.float32(scale) * g, method=method))
+  base = np.asarray(polar_factor(g, polar_method=method))
+  scaled = np.asarray(polar_factor(np.float32(scale) * g, polar_method=method))
   assert np.all(np.isfinite(scaled))
   np.testing.assert_allclose(scaled, base, atol=1e-5)
 
@@ -419,24 +425,26 @@ def test_degree_zero_homogeneity(method, scale):
 @pytest.mark.parametrize('method', METHODS)
 def test_oddness(method, shape):
   g = gaussian(shape, seed=24)
-  np.testing.assert_allclose(np.asarray(polar(-g, method=method)),
-                             -np.asarray(polar(g, method=method)), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(polar_factor(-g, polar_method=method)),
+                             -np.asarray(polar_factor(g, polar_method=method)),
+                             atol=1e-6)
 
 
 @pytest.mark.parametrize('method', METHODS)
 def test_batched_matches_per_matrix(method):
   g = gaussian(BATCH, seed=25)
-  o = np.asarray(polar(g, method=method))
+  o = np.asarray(polar_factor(g, polar_method=method))
   for i in range(2):
     for j in range(3):
       np.testing.assert_allclose(
-          o[i, j], np.asarray(polar(g[i, j], method=method)), atol=1e-6)
+          o[i, j], np.asarray(polar_factor(g[i, j], polar_method=method)),
+          atol=1e-6)
 
 
 @pytest.mark.parametrize('method', METHODS)
 def test_jit_and_vmap(method):
   g = gaussian(BATCH, seed=26)
-  f = functools.partial(polar, method=method)
+  f = functools.partial(polar_factor, polar_method=method)
   eager = np.asarray(f(g))
   # XLA may fuse differently under jit: float32 rounding only.
   np.testing.assert_allclose(np.asarray(jax.jit(f)(g)), eager, atol=1e-5)
@@ -451,50 +459,51 @@ def test_jit_and_vmap(method):
 
 
 @pytest.mark.parametrize('kwargs,match', [
-    ({'method': 'foo'}, 'method'),
-    ({'method': 'newton_schulz', 'steps': 0}, 'steps'),
-    ({'method': 'polar_express', 'steps': 0}, 'steps'),
-    ({'method': 'polar_express', 'steps': 9}, 'steps'),
-    ({'method': [JORDAN] * 3, 'steps': 4}, 'steps'),
-    ({'method': [(1.0, 2.0)]}, 'method'),
-    ({'method': [(1.0, 2.0, 3.0, 4.0)]}, 'method'),
-    ({'method': []}, 'method'),
-    ({'method': 3}, 'method'),
-    ({'method': [('a', 'b', 'c')]}, 'method'),
+    ({'polar_method': 'foo'}, 'polar_method'),
+    ({'polar_method': 'newton_schulz', 'polar_steps': 0}, 'polar_steps'),
+    ({'polar_method': 'polar_express', 'polar_steps': 0}, 'polar_steps'),
+    ({'polar_method': 'polar_express', 'polar_steps': 9}, 'polar_steps'),
+    ({'polar_method': [JORDAN] * 3, 'polar_steps': 4}, 'polar_steps'),
+    ({'polar_method': [(1.0, 2.0)]}, 'polar_method'),
+    ({'polar_method': [(1.0, 2.0, 3.0, 4.0)]}, 'polar_method'),
+    ({'polar_method': []}, 'polar_method'),
+    ({'polar_method': 3}, 'polar_method'),
+    ({'polar_method': [('a', 'b', 'c')]}, 'polar_method'),
 ], ids=['unknown_name', 'ns_steps_0', 'pe_steps_0', 'pe_steps_9',
         'rows_too_few', 'rows_of_2', 'rows_of_4', 'rows_empty', 'not_a_sequence',
         'rows_of_strings'])
 def test_bad_method_or_steps_raise_value_error(kwargs, match):
   g = gaussian(WIDE)
   with pytest.raises(ValueError, match=match):
-    polar(g, **kwargs)
+    polar_factor(g, **kwargs)
   with pytest.raises(ValueError, match=match):
-    coefficient_schedule(kwargs['method'], kwargs.get('steps'))
+    coefficient_schedule(kwargs['polar_method'], kwargs.get('polar_steps'))
 
 
 @pytest.mark.parametrize('steps', [1.5, '3', True])
 def test_non_int_steps_raise_type_error(steps):
-  with pytest.raises(TypeError, match='steps'):
-    polar(gaussian(WIDE), method='newton_schulz', steps=steps)
+  with pytest.raises(TypeError, match='polar_steps'):
+    polar_factor(gaussian(WIDE), polar_method='newton_schulz',
+                 polar_steps=steps)
 
 
 @pytest.mark.parametrize('shape', [(6,), ()])
 def test_non_matrix_input_raises(shape):
   with pytest.raises(ValueError, match='g'):
-    polar(np.ones(shape, np.float32))
+    polar_factor(np.ones(shape, np.float32))
   with pytest.raises(ValueError, match='ndim'):
-    polar(np.ones(shape, np.float32), method='svd')
+    polar_factor(np.ones(shape, np.float32), polar_method='svd')
 
 
 @pytest.mark.parametrize('dtype', [np.int32, np.bool_])
 def test_non_float_input_raises_type_error(dtype):
   with pytest.raises(TypeError, match='g must have a floating dtype'):
-    polar(np.ones(WIDE, dtype))
+    polar_factor(np.ones(WIDE, dtype))
 
 
 def test_non_float_compute_dtype_raises_type_error():
   with pytest.raises(TypeError, match='compute_dtype'):
-    polar(gaussian(WIDE), compute_dtype=jnp.int32)
+    polar_factor(gaussian(WIDE), compute_dtype=jnp.int32)
 
 
 def test_lmo_gap_bad_input_names_argument():
@@ -509,11 +518,13 @@ def test_lmo_gap_bad_input_names_argument():
 def test_integer_scalar_arrays_are_accepted_as_steps(steps):
   g = gaussian(WIDE, seed=27)
   np.testing.assert_array_equal(
-      np.asarray(polar(g, method='newton_schulz', steps=steps)),
-      np.asarray(polar(g, method='newton_schulz', steps=3)))
+      np.asarray(polar_factor(g, polar_method='newton_schulz',
+                              polar_steps=steps)),
+      np.asarray(polar_factor(g, polar_method='newton_schulz', polar_steps=3)))
 
 
 def test_traced_steps_raise_type_error():
   g = gaussian(WIDE, seed=28)
-  with pytest.raises(TypeError, match='steps must be a static int'):
-    jax.jit(lambda s: polar(g, method='newton_schulz', steps=s))(3)
+  with pytest.raises(TypeError, match='polar_steps must be a static int'):
+    jax.jit(lambda s: polar_factor(g, polar_method='newton_schulz',
+                                   polar_steps=s))(3)

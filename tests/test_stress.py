@@ -12,11 +12,11 @@ a 4096×8 matrix.
   captures Σσᵢ exactly; the polar iterations keep the null directions
   below 1e-3 (30 cubic steps: 1e-2); no NaN.
 * Tied singular values: the top-k subspace is not unique when σ_k =
-  σ_{k+1}. Documented behaviour of `ky_fan` (both methods): it returns one
+  σ_{k+1}. Documented behaviour of `ky_fan` (both top-k methods): it returns one
   optimal choice — finite, exactly k unit singular values and the rest 0,
   and ⟨G, O⟩ = Σ_{i≤k} σᵢ, the Ky Fan-k norm, which every optimal choice
   attains.
-* A tall 4096×8 matrix: `polar` (and the Ky Fan LMO, and Muon's update)
+* A tall 4096×8 matrix: `polar_factor` (and the Ky Fan LMO, and Muon's update)
   transpose to the small side; no 4096×4096 Gram matrix appears in the
   jaxpr, and XLA's compiled temporary memory stays far below one.
 """
@@ -66,14 +66,15 @@ def test_condition_1e8_every_polar_method(shape, spectrum):
   assert sigma.max() / sigma.min() == pytest.approx(1e8)
   g = jnp.asarray(with_spectrum(shape, sigma))
   for (method, steps), (max_gap, max_sigma) in POLAR_METHODS.items():
-    o = fo.polar(g, method=CUBIC if method == 'cubic-30' else method,
-                 steps=steps)
+    o = fo.polar_factor(
+        g, polar_method=CUBIC if method == 'cubic-30' else method,
+        polar_steps=steps)
     assert np.isfinite(np.asarray(o)).all(), method
     gap = float(fo.lmo_gap(g, o))
     assert -1e-5 <= gap <= max_gap, (method, steps, gap)
     assert singular_values(o).max() <= max_sigma, (method, steps)
   # Low precision arithmetic stays finite on the same input.
-  o = fo.polar(g, compute_dtype=jnp.bfloat16)
+  o = fo.polar_factor(g, compute_dtype=jnp.bfloat16)
   assert np.isfinite(np.asarray(o)).all()
   assert float(fo.lmo_gap(g, o)) < 0.2
 
@@ -81,7 +82,7 @@ def test_condition_1e8_every_polar_method(shape, spectrum):
 def test_condition_1e8_ky_fan_and_batched():
   sigma = np.logspace(0, -8, 32)
   g = jnp.stack([with_spectrum((64, 32), sigma, seed=s) for s in range(3)])
-  for oracle in (lmo.ky_fan(4), lmo.ky_fan(4, method='svd')):
+  for oracle in (lmo.ky_fan(4), lmo.ky_fan(4, top_k_method='svd')):
     o = oracle(g)
     s = np.linalg.svd(np.asarray(o, np.float64), compute_uv=False)
     np.testing.assert_allclose(s[:, :4], 1.0, atol=1e-5)
@@ -102,7 +103,7 @@ def test_rank_deficient_ky_fan_has_rank_r(shape, rank):
   sigma = [3.0, 2.0, 1.0][:rank]
   g = jnp.asarray(with_spectrum(shape, sigma))
   for method in ('subspace', 'svd'):
-    oracle = lmo.ky_fan(5, method=method)
+    oracle = lmo.ky_fan(5, top_k_method=method)
     outputs = {'cold': oracle(g)}
     state = oracle.init(g.shape)
     for _ in range(3):
@@ -125,8 +126,9 @@ def test_rank_deficient_ky_fan_has_rank_r(shape, rank):
 def test_rank_deficient_polar_keeps_null_space_small(rank):
   g = jnp.asarray(with_spectrum((40, 24), [3.0, 2.0, 1.0][:rank]))
   for method, steps in POLAR_METHODS:
-    o = fo.polar(g, method=CUBIC if method == 'cubic-30' else method,
-                 steps=steps)
+    o = fo.polar_factor(
+        g, polar_method=CUBIC if method == 'cubic-30' else method,
+        polar_steps=steps)
     s = singular_values(o)
     assert np.isfinite(s).all()
     # Rounding noise (~1e-8) in the null space grows by the polynomial's
@@ -135,8 +137,8 @@ def test_rank_deficient_polar_keeps_null_space_small(rank):
     null = 1e-2 if method == 'cubic-30' else 1e-3
     assert s[rank:].max() < null, method
     assert s[:rank].min() > 0.6, method
-  np.testing.assert_array_equal(np.asarray(fo.polar(jnp.zeros((40, 24)))),
-                                np.zeros((40, 24)))
+  np.testing.assert_array_equal(
+      np.asarray(fo.polar_factor(jnp.zeros((40, 24)))), np.zeros((40, 24)))
 
 
 # ---------------------------------------------------------------------------
@@ -161,7 +163,7 @@ def test_ky_fan_with_tied_singular_values(spectrum, shape, method):
   sigma = np.asarray(TIES[spectrum])
   g = jnp.asarray(with_spectrum(shape, sigma, seed=1))
   for k in (1, 2, 3, 4):
-    oracle = lmo.ky_fan(k, method=method)
+    oracle = lmo.ky_fan(k, top_k_method=method)
     outputs = {'cold': oracle(g)}
     state = oracle.init(g.shape)
     for _ in range(3):
@@ -217,12 +219,13 @@ def test_inspector_sees_a_gram_matrix():
 
 
 FUNCTIONS = {
-    'polar-polar_express': lambda g: fo.polar(g),
-    'polar-newton_schulz': lambda g: fo.polar(g, method='newton_schulz'),
-    'polar-svd': lambda g: fo.polar(g, method='svd'),
-    'polar-bf16': lambda g: fo.polar(g, compute_dtype=jnp.bfloat16),
+    'polar-polar_express': lambda g: fo.polar_factor(g),
+    'polar-newton_schulz':
+        lambda g: fo.polar_factor(g, polar_method='newton_schulz'),
+    'polar-svd': lambda g: fo.polar_factor(g, polar_method='svd'),
+    'polar-bf16': lambda g: fo.polar_factor(g, compute_dtype=jnp.bfloat16),
     'ky_fan-2-subspace': lambda g: lmo.ky_fan(2)(g),
-    'ky_fan-2-svd': lambda g: lmo.ky_fan(2, method='svd')(g),
+    'ky_fan-2-svd': lambda g: lmo.ky_fan(2, top_k_method='svd')(g),
     'ky_fan-8-full-rank': lambda g: lmo.ky_fan(8)(g),
 }
 
