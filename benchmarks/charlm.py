@@ -96,11 +96,14 @@ def make_optimizer(name: str, steps: int, lr: float
   """`demo.make_optimizer`, plus Fanion-k for any k (the demo fixes k = 8)."""
   if not name.startswith('fanion'):
     return demo.make_optimizer(name, steps, lr)
+  # The demo's fallback: AdamW at 3e-3 (cosine) with b2 = 0.999, as before
+  # API 1.0 (the new default is 3e-4, b2 = 0.95), so results stay comparable.
   return fo.fanion(
       optax.cosine_decay_schedule(lr, steps), int(name[len('fanion'):]),
       weight_decay=0.01, exclude=demo.EXCLUDE,
       dimension_numbers=demo.dimension_numbers,
-      fallback_learning_rate=optax.cosine_decay_schedule(3e-3, steps))
+      fallback=fo.adamw_fallback(optax.cosine_decay_schedule(3e-3, steps),
+                                 b2=0.999))
 
 
 def eval_windows(data: np.ndarray, batch: int, context: int,

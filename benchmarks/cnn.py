@@ -200,10 +200,12 @@ def make_optimizer(name: str, fallback_lr: float
   if name == 'adamw':
     return fo.inject_hyperparams(optax.adamw)(
         learning_rate=0.0, weight_decay=WEIGHT_DECAY)
+  # AdamW with b2 = 0.999, the fallback before API 1.0 (the new default is
+  # 3e-4, b2 = 0.95), passed explicitly so results stay comparable.
   common = dict(weight_decay=WEIGHT_DECAY,
                 dimension_numbers=dimension_numbers, exclude=EXCLUDE,
-                fallback_learning_rate=fallback_lr,
-                fallback_weight_decay=WEIGHT_DECAY)
+                fallback=fo.adamw_fallback(fallback_lr, b2=0.999,
+                                           weight_decay=WEIGHT_DECAY))
   if name == 'muon':
     return fo.inject_hyperparams(fo.muon)(learning_rate=0.0, **common)
   if name == 'f_muon':

@@ -21,16 +21,19 @@ benchmark.
 
 Part 1, orthogonalisation throughput (bf16 input). For each shape (full:
 square 1024², 2048², 4096², 8192², wide m×4m for m = 1024, 2048, 4096, 8192
-and the tall 16384×4096, which `polar` transposes) it times side by side:
+and the tall 16384×4096, which `polar_factor` transposes) it times side by
+side:
 
   * `matmul`: the size-matched reference, a chain of bf16 products
     `X ← Q X` (Q an m×m orthogonal matrix, X the wide m×n orientation, m ≤ n,
     `2m²n` FLOPs each), the shape of the iteration's `B·X` product;
-  * `polar(g, method="polar_express", steps=5, compute_dtype=bfloat16)`;
-  * `polar(g, method="newton_schulz", steps=5, compute_dtype=bfloat16)`;
+  * `polar_factor(g, polar_method="polar_express", polar_steps=5,
+    compute_dtype=bfloat16)`;
+  * `polar_factor(g, polar_method="newton_schulz", polar_steps=5,
+    compute_dtype=bfloat16)`;
   * optax's `orthogonalize_via_newton_schulz` (Jordan's coefficients, 5
     steps; it iterates in the input dtype, bf16), the baseline of ratios;
-  * `polar(g)` with its default float32 arithmetic (what `fo.muon` does
+  * `polar_factor(g)` with its default float32 arithmetic (what `fo.muon` does
     without `compute_dtype`), to show what bf16 compute buys;
   * `top_k_polar(g, 64, state=..., return_state=True)`, the warm-started
     subspace iteration (2 iterations, float32 inside: there is no
@@ -45,11 +48,11 @@ throughput is the best of the reference measurements: a chain of square
 To amortise the launch overhead (tens of µs, comparable to a whole 1024²
 iteration on a fast GPU), every timed call runs one compiled executable that
 applies its candidate R times in a chain, each application consuming the
-previous result (`X ← polar(X)`; top-k chains its subspace state on a fixed
-matrix), unrolled in Python so no device loop is involved; R is chosen per
-candidate so a call does about 4 TFLOP (at most 512 products), and times
-are reported per application. This is the throughput an optimizer step sees,
-where many matrices are orthogonalised inside one executable.
+previous result (`X ← polar_factor(X)`; top-k chains its subspace state on
+a fixed matrix), unrolled in Python so no device loop is involved; R is
+chosen per candidate so a call does about 4 TFLOP (at most 512 products),
+and times are reported per application. This is the throughput an optimizer
+step sees, where many matrices are orthogonalised inside one executable.
 
 FLOPs are counted analytically for what `fanion_optax.polar.
 newton_schulz_iterate` computes on the wide orientation (m ≤ n): per step
@@ -63,7 +66,9 @@ alongside as a cross-check (it also counts the elementwise operations, about
 Part 2, optimizer step on the GPT-2-small tree of `benchmarks/step.py`
 (float32 parameters, as usual with mixed-precision training: the optimizer
 keeps float32 master weights; the embeddings and the head go to the AdamW
-fallback): `optax.adamw`, `optax.contrib.muon`, `fo.muon(newton_schulz)`,
+fallback, passed explicitly as AdamW at the matrix learning rate with
+`b2 = 0.999`, the default before API 1.0): `optax.adamw`,
+`optax.contrib.muon`, `fo.muon(newton_schulz)`,
 `fo.muon` (Polar Express), `fo.muon(compute_dtype=bfloat16)` and
 `fo.fanion(k=64)`, timed with `benchmarks.step.bench_tree` (update +
 apply_updates, compiled ahead of time, interleaved rounds), as ratios to
@@ -73,11 +78,11 @@ XLA:GPU may run as TF32.
 Targets (meaningful only on a GPU; on another device they are evaluated and
 recorded but the document says `representative: false`): Polar Express 5 in
 bf16 reaches >= 50% of the measured bf16 matmul throughput at 4096² (the
-largest square shape measured when 4096² is not); `polar(newton_schulz)` in
-bf16 takes <= 1.05x optax's orthogonalisation at every shape (paired ratio);
-the analytic FLOP count agrees with XLA's within 5%; the
-`fo.muon(newton_schulz)` step takes <= 1.05x `optax.contrib.muon`'s; and the
-device is a GPU.
+largest square shape measured when 4096² is not);
+`polar_factor(newton_schulz)` in bf16 takes <= 1.05x optax's
+orthogonalisation at every shape (paired ratio); the analytic FLOP count
+agrees with XLA's within 5%; the `fo.muon(newton_schulz)` step takes
+<= 1.05x `optax.contrib.muon`'s; and the device is a GPU.
 
 Expected cost on one H100 (not yet measured here: no GPU was available when
 this was written): about 10 minutes wall, mostly compilation. Memory: the
@@ -169,8 +174,9 @@ def polar_flops(m: int, n: int, steps: int = STEPS) -> float:
 
 
 def _polar(method: str, compute_dtype=None) -> Callable[[jax.Array], Any]:
-  return lambda g: fo.polar(g, method=method, steps=STEPS,
-                            compute_dtype=compute_dtype)
+  return lambda g: fo.polar_factor(g, polar_method=method,
+                                   polar_steps=STEPS,
+                                   compute_dtype=compute_dtype)
 
 
 def _optax_ns(g: jax.Array) -> jax.Array:
@@ -259,11 +265,12 @@ def bench_peak(size: int, reps: int, call_flops: float, bar
 def _labels(k: int) -> dict[str, str]:
   return {
       MATMUL: 'matmul X <- Q X (size-matched reference)',
-      OURS_PE: 'polar(polar_express, 5, bf16 compute)',
-      OURS_NS: 'polar(newton_schulz, 5, bf16 compute)',
+      OURS_PE: 'polar_factor(polar_express, 5, bf16 compute)',
+      OURS_NS: 'polar_factor(newton_schulz, 5, bf16 compute)',
       OPTAX_NS: 'optax orthogonalize_via_newton_schulz (5, bf16)',
-      PE_F32: 'polar(polar_express, 5), default f32 compute',
-      topk_name(k): f'top_k_polar(k={k}, warm, iters=2, f32 inside)',
+      PE_F32: 'polar_factor(polar_express, 5), default f32 compute',
+      topk_name(k): (f'top_k_polar(k={k}, warm, subspace_iters=2, f32'
+                     ' inside)'),
   }
 
 
@@ -346,7 +353,10 @@ def step_specs(tree, k: int, quick: bool
     # Compilation dominates a smoke test: only what the target needs.
     return {name: specs[name] for name in keep}
   out = {name: specs[name] for name in [*keep, 'fo.muon', f'fo.fanion(k={k})']}
-  kw = tree.fo_kwargs()
+  # The fallback before API 1.0 (AdamW at the matrix learning rate, b2 =
+  # 0.999), explicit as in `benchmarks.step.candidates`, so the results stay
+  # comparable.
+  kw = dict(tree.fo_kwargs(), fallback=fo.adamw_fallback(0.02, b2=0.999))
   out[STEP_MUON_BF16] = (
       'fo.muon(0.02, compute_dtype=bfloat16) (Polar Express, 5 steps)',
       lambda: fo.muon(0.02, compute_dtype=DTYPE, **kw))

@@ -11,27 +11,30 @@ each input dtype (float32, bfloat16) it times, side by side in one process
 (AOT-compiled, interleaved rotated rounds, see `_timing`), on a Gaussian
 matrix:
 
-  * `polar(g, method="newton_schulz", steps=5)` (Jordan's quintic),
-  * `polar(g, method="polar_express", steps=s)` for every s in 3..8,
-  * `polar(g, method="svd")`,
+  * `polar_factor(g, polar_method="newton_schulz", polar_steps=5)`
+    (Jordan's quintic),
+  * `polar_factor(g, polar_method="polar_express", polar_steps=s)` for every
+    s in 3..8,
+  * `polar_factor(g, polar_method="svd")`,
   * optax's `orthogonalize_via_newton_schulz` with Jordan's coefficients and
     5 steps (`optax.contrib.muon`'s orthogonalizer; every ratio is taken
     against it, per dtype),
-  * `top_k_polar(g, k, method="svd")` at the drift k (its cost is one full
-    SVD whatever k is, so it is timed once) and the warm-started subspace
-    iteration `top_k_polar(g, k, state=..., return_state=True)` (2
+  * `top_k_polar(g, k, top_k_method="svd")` at the drift k (its cost is one
+    full SVD whatever k is, so it is timed once) and the warm-started
+    subspace iteration `top_k_polar(g, k, state=..., return_state=True)` (2
     iterations from a converged cold start on the same matrix) for every k in
     (8, 32, 64, 128).
 
-bfloat16. `polar` computes in `compute_dtype`, which defaults to at least
-float32: a bf16 input is upcast, iterated in float32 and the result cast back
-to bf16 (the `*_f32compute` row shows that default). The bf16 rows of the
-Newton–Schulz family pass `compute_dtype=jnp.bfloat16`, i.e. bf16 matmuls,
-which is what optax does with a bf16 input (it iterates in the input dtype).
-LAPACK has no half-precision SVD or QR: `polar(method="svd")` and
-`top_k_polar` upcast to float32 internally (timed with the bf16 input, so the
-casts are included). On this CPU XLA's bf16 matmuls are slower than float32
-ones; on GPU/TPU they are the fast path.
+bfloat16. `polar_factor` computes in `compute_dtype`, which defaults to at
+least float32: a bf16 input is upcast, iterated in float32 and the result
+cast back to bf16 (the `*_f32compute` row shows that default). The bf16 rows
+of the Newton–Schulz family pass `compute_dtype=jnp.bfloat16`, i.e. bf16
+matmuls, which is what optax does with a bf16 input (it iterates in the
+input dtype). LAPACK has no half-precision SVD or QR:
+`polar_factor(polar_method="svd")` and `top_k_polar` upcast to float32
+internally (timed with the bf16 input, so the casts are included). On this
+CPU XLA's bf16 matmuls are slower than float32 ones; on GPU/TPU they are the
+fast path.
 
 Quality, outside the timed region, of the output cast to float32 against the
 float32 matrix (so a bf16 row includes the input and output rounding):
@@ -47,7 +50,8 @@ A drift experiment (float32) then feeds the warm-start state of `top_k_polar`
 (k = 64) through a slowly drifting sequence
 `G_{t+1} = G_t + 0.01·‖G_t‖_F/√(mn)·E_t` started from `U diag(σ) Vᵀ` with
 `σᵢ = 1/(1 + 4i/k)` plus small noise, and times each warm step against full
-`polar(g, method="svd")` and `polar(g)` on the same 2048x2048 matrices.
+`polar_factor(g, polar_method="svd")` and `polar_factor(g)` on the same
+2048x2048 matrices.
 
 The full run took 968 s (16 min) on 2 CPU cores at a load average of 12-14
 (other jobs running); on idle cores it is several times shorter. To keep it
@@ -113,8 +117,9 @@ BF16_GAP_FACTOR_MAX = 1.25
 
 def _polar_fn(method: str, steps: int | None = None, compute_dtype=None):
   def fn(g):
-    return fanion_optax.polar(g, method=method, steps=steps,
-                              compute_dtype=compute_dtype)
+    return fanion_optax.polar_factor(g, polar_method=method,
+                                     polar_steps=steps,
+                                     compute_dtype=compute_dtype)
   return fn
 
 
@@ -124,7 +129,7 @@ def _optax_ns(g):
 
 
 def _top_k_svd(k: int):
-  return lambda g: fanion_optax.top_k_polar(g, k, method='svd')
+  return lambda g: fanion_optax.top_k_polar(g, k, top_k_method='svd')
 
 
 def _top_k_warm(k: int):
@@ -138,7 +143,7 @@ def _methods(ks: Sequence[int], k_svd: int, dtype: str
 
   In bfloat16 the Newton–Schulz family iterates in bf16 (`compute_dtype`),
   like optax does with a bf16 input; `polar_express5_f32compute` is
-  `polar`'s default (float32 arithmetic on the bf16 input).
+  `polar_factor`'s default (float32 arithmetic on the bf16 input).
   """
   bf16 = dtype == 'bfloat16'
   compute = jnp.bfloat16 if bf16 else None
@@ -146,7 +151,7 @@ def _methods(ks: Sequence[int], k_svd: int, dtype: str
   methods = {
       'newton_schulz5': dict(
           fn=_polar_fn('newton_schulz', 5, compute), kind='polar',
-          label=f'polar(newton_schulz, 5{suffix})'),
+          label=f'polar_factor(newton_schulz, 5{suffix})'),
       OPTAX_NS: dict(
           fn=_optax_ns, kind='polar',
           label='optax orthogonalize_via_newton_schulz (5)'),
@@ -154,20 +159,21 @@ def _methods(ks: Sequence[int], k_svd: int, dtype: str
   for s in PE_STEPS:
     methods[f'polar_express{s}'] = dict(
         fn=_polar_fn('polar_express', s, compute), kind='polar', steps=s,
-        label=f'polar(polar_express, {s}{suffix})')
+        label=f'polar_factor(polar_express, {s}{suffix})')
   if bf16:
     methods['polar_express5_f32compute'] = dict(
         fn=_polar_fn('polar_express', 5), kind='polar',
-        label='polar(polar_express, 5), default f32 compute')
-  methods['svd'] = dict(fn=_polar_fn('svd'), kind='polar',
-                        label='polar(svd)' + (' (f32 inside)' if bf16 else ''))
+        label='polar_factor(polar_express, 5), default f32 compute')
+  methods['svd'] = dict(
+      fn=_polar_fn('svd'), kind='polar',
+      label='polar_factor(svd)' + (' (f32 inside)' if bf16 else ''))
   methods[f'top{k_svd}_svd'] = dict(
       fn=_top_k_svd(k_svd), kind='topk', k=k_svd,
       label=f'top_k_polar(k={k_svd}, svd) (cost of any k)')
   for k in ks:
     methods[f'top{k}_warm'] = dict(
         fn=_top_k_warm(k), kind='topk_warm', k=k,
-        label=f'top_k_polar(k={k}, warm, iters=2)')
+        label=f'top_k_polar(k={k}, warm, subspace_iters=2)')
   return methods
 
 
@@ -334,14 +340,14 @@ def bench_drift(shape: tuple[int, int], k: int, steps: int, bar
 
   def cold2(g):
     # No warm start, same cost as a warm step: shows what the state buys.
-    return fanion_optax.top_k_polar(g, k, iters=2)
+    return fanion_optax.top_k_polar(g, k, subspace_iters=2)
 
   state = cold(g)[1]
   c_cold, _ = _timing.compile_ahead(cold, g)
   c_warm, s_warm = _timing.compile_ahead(_top_k_warm(k), g, state)
   c_cold2, _ = _timing.compile_ahead(cold2, g)
   c_svd, s_svd = _timing.compile_ahead(_polar_fn('svd'), g)
-  c_polar, s_polar = _timing.compile_ahead(fanion_optax.polar, g)
+  c_polar, s_polar = _timing.compile_ahead(fanion_optax.polar_factor, g)
   c_next, _ = _timing.compile_ahead(_drift_step, g, key)
   # Warm-up calls (first executions), untimed.
   for fn, args in ((c_warm, (g, state)), (c_svd, (g,)), (c_polar, (g,)),
@@ -385,7 +391,7 @@ def bench_drift(shape: tuple[int, int], k: int, steps: int, bar
     record['kyfan_norm'] = float(jnp.sum(svals[:k]))
     records.append(record)
     bar.write(f'    drift step {t}: {record["start"]:4s}'
-              f' capture={record["capture"]:.6f} (cold iters=2:'
+              f' capture={record["capture"]:.6f} (cold subspace_iters=2:'
               f' {record["capture_cold_iters2"]:.6f})'
               f' {1e3 * record["seconds"]:.1f} ms')
     bar.update()
@@ -404,8 +410,9 @@ def bench_drift(shape: tuple[int, int], k: int, steps: int, bar
           f'G_0 = U diag(sigma) V^T + noise, sigma_i = 1/(1 + 4 i / k), noise'
           f' Gaussian with std {DRIFT_NOISE}*||A||_F/sqrt(mn); G_(t+1) = G_t +'
           f' {DRIFT_RATE}*||G_t||_F/sqrt(mn)*E_t, E_t standard Gaussian. Step'
-          ' 0 is a cold start (iters=10); every later step is warm-started'
-          ' from the previous state (iters=2). capture = <G_t, D_t> /'
+          ' 0 is a cold start (subspace_iters=10); every later step is'
+          ' warm-started from the previous state (subspace_iters=2). capture'
+          ' = <G_t, D_t> /'
           ' sum_{i<=k} sigma_i(G_t).'),
       'warm_iters': fanion_optax.lowrank.WARM_ITERS,
       'cold_iters': fanion_optax.lowrank.COLD_ITERS,
@@ -531,9 +538,9 @@ def print_table(sweeps: dict[str, list[dict[str, Any]]]) -> None:
 def print_targets(targets: dict[str, Any], drift: dict[str, Any]) -> None:
   print(f'drift {drift["shape"][0]}x{drift["shape"][1]}, k={drift["k"]}:'
         f' warm step {1e3 * drift["warm_median_s"]:.1f} ms,'
-        f' polar(svd) {1e3 * drift["svd_median_s"]:.1f} ms'
+        f' polar_factor(svd) {1e3 * drift["svd_median_s"]:.1f} ms'
         f' ({drift["speedup_vs_svd"]:.1f}x),'
-        f' polar() {1e3 * drift["polar_median_s"]:.1f} ms'
+        f' polar_factor() {1e3 * drift["polar_median_s"]:.1f} ms'
         f' ({drift["speedup_vs_polar"]:.1f}x)')
   for name, target in targets.items():
     print(f'  [{"PASS" if target["passed"] else "FAIL"}] {name}')
@@ -849,9 +856,9 @@ def markdown(d: dict[str, Any]) -> str:
       f' top-{drift["k"]} on a drifting {drift["shape"][0]}x'
       f'{drift["shape"][1]} sequence takes'
       f' {1e3 * drift["warm_median_s"]:.3g} ms per step vs'
-      f' {1e3 * drift["svd_median_s"]:.4g} ms for `polar(svd)`'
+      f' {1e3 * drift["svd_median_s"]:.4g} ms for `polar_factor(svd)`'
       f' ({drift["speedup_vs_svd"]:.1f}x) and'
-      f' {1e3 * drift["polar_median_s"]:.4g} ms for `polar()`'
+      f' {1e3 * drift["polar_median_s"]:.4g} ms for `polar_factor()`'
       f' ({drift["speedup_vs_polar"]:.1f}x); Ky Fan-k captured per step:'
       f' {caps}. Design: {drift["design"]}')
   return '\n'.join(out) + '\n'

@@ -16,10 +16,12 @@ O(n²) work that is the same for every method, so the differences between the
 curves are the LMOs' own costs. The candidates are
 
   * `muon(lr)`: Polar Express, 5 quintic iterations (the default),
-  * `muon(lr, polar="newton_schulz")`: Jordan's quintic, 5 iterations (the
-    same arithmetic as Polar Express, so only for n <= 2048),
-  * `muon(lr, polar="svd")`: the exact polar factor by LAPACK's SVD (only
-    for n <= `--svd-max`, default 2048: a 4096² SVD on 2 cores takes ~30 s),
+  * `muon(lr, polar_method="newton_schulz")`: Jordan's quintic, 5
+    iterations (the same arithmetic as Polar Express, so only for
+    n <= 2048),
+  * `muon(lr, polar_method="svd")`: the exact polar factor by LAPACK's SVD
+    (only for n <= `--svd-max`, default 2048: a 4096² SVD on 2 cores takes
+    ~30 s),
   * `fanion(lr, k)`: the warm-started subspace iteration (2 iterations per
     step), timed on the state returned by a first (cold, 10-iteration) step,
     so every timed step is a warm one, as in training.
@@ -119,9 +121,10 @@ def polar_candidates() -> dict[str, dict[str, Any]]:
                       make=lambda: fo.muon(LEARNING_RATE)),
       'muon_ns5': dict(
           label='muon (Newton–Schulz, 5 steps)',
-          make=lambda: fo.muon(LEARNING_RATE, polar='newton_schulz')),
-      'muon_svd': dict(label='muon (exact SVD polar)',
-                       make=lambda: fo.muon(LEARNING_RATE, polar='svd')),
+          make=lambda: fo.muon(LEARNING_RATE, polar_method='newton_schulz')),
+      'muon_svd': dict(
+          label='muon (exact SVD polar)',
+          make=lambda: fo.muon(LEARNING_RATE, polar_method='svd')),
   }
 
 

@@ -105,10 +105,12 @@ def make_optimizer(name: str, args: argparse.Namespace
   if name == 'adamw':
     return optax.adamw(args.adam_lr)
   # A constant learning rate ε keeps the constraint picture simple: outside
-  # the ball the excess shrinks by (1 − ελ) per step.
+  # the ball the excess shrinks by (1 − ελ) per step. The fallback is AdamW
+  # at the baseline's learning rate with `b2 = 0.999` (the default
+  # `fo.adamw_fallback()` is AdamW at 3e-4 with `b2 = 0.95`).
   return fo.muon(args.muon_lr, weight_decay=args.weight_decay,
                  dimension_numbers=dimension_numbers, exclude=EXCLUDE,
-                 fallback_learning_rate=args.adam_lr)
+                 fallback=fo.adamw_fallback(args.adam_lr, b2=0.999))
 
 
 def loss_fn(model, images, labels):

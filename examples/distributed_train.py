@@ -13,16 +13,18 @@ losses agree to float tolerance:
 0. one device, `jax.jit` — the reference;
 a. data parallel: `jax.pmap(..., axis_name='batch')`, each device a slice of
    the batch, gradients `jax.lax.pmean`-ed, and `fo.muon(...,
-   axis_name='batch')` splitting the orthogonalisation work: each device runs
-   Newton–Schulz on 1/n of the matrices and an all-gather shares the results;
+   split=fo.distributed.over_axis('batch'))` splitting the orthogonalisation
+   work: each device runs Newton–Schulz on 1/n of the matrices and an
+   all-gather shares the results;
 b. FSDP: `jax.jit` over a `jax.make_mesh((n,), ('fsdp',))` mesh, every
    parameter (and so the optimizer state) sharded along a divisible axis, the
-   batch sharded over the mesh, and `fo.muon(..., mesh=mesh)`, which moves
-   whole matrices to owner devices and orthogonalises them locally
-   (`shard_map`) instead of letting GSPMD split every Newton–Schulz matmul;
+   batch sharded over the mesh, and `fo.muon(...,
+   split=fo.distributed.over_mesh(mesh))`, which moves whole matrices to
+   owner devices and orthogonalises them locally (`shard_map`) instead of
+   letting GSPMD split every Newton–Schulz matmul;
 c. a 2-D `('data', 'model')` mesh: kernels sharded over both axes, the batch
-   over 'data', and `fo.muon(..., mesh=mesh, shard_axis=...)` choosing the
-   mesh axes the matrices are split over.
+   over 'data', and `fo.muon(..., split=fo.distributed.over_mesh(mesh,
+   'data'))` choosing the mesh axes the matrices are split over.
 
 On a real pod (TPU slice, multi-node GPU) the same code runs with one process
 per host; see the comments marked "On a pod".
@@ -121,11 +123,17 @@ def batch_indices(args: argparse.Namespace) -> np.ndarray:
   return rng.integers(0, args.data_size, size=(args.steps, args.batch))
 
 
-def make_optimizer(args: argparse.Namespace, **split: Any
+def make_optimizer(args: argparse.Namespace,
+                   split: fo.distributed.Split = None
                    ) -> optax.GradientTransformation:
-  """Muon; `split` is `axis_name=` (pmap), `mesh=`/`shard_axis=` or nothing."""
+  """Muon; `split`: `over_axis(name)` (pmap), `over_mesh(mesh, axes)`, None.
+
+  The fallback is AdamW at `--adam-lr` with `b2 = 0.999` (the default
+  `fo.adamw_fallback()` is AdamW at 3e-4 with `b2 = 0.95`).
+  """
   return fo.muon(args.lr, weight_decay=args.weight_decay, exclude=EXCLUDE,
-                 fallback_learning_rate=args.adam_lr, **split)
+                 fallback=fo.adamw_fallback(args.adam_lr, b2=0.999),
+                 split=split)
 
 
 def init_params(args: argparse.Namespace) -> Any:
@@ -163,9 +171,9 @@ def run_pmap(args, data, indices, params) -> dict[str, Any]:
   """Data parallel: replicated parameters, the batch split over devices."""
   x_all, y_all = data
   n = jax.local_device_count()
-  # axis_name: each device orthogonalises 1/n of the matrices, then an
+  # over_axis: each device orthogonalises 1/n of the matrices, then an
   # all_gather gives every device every direction (same update as one device).
-  tx = make_optimizer(args, axis_name='batch')
+  tx = make_optimizer(args, fo.distributed.over_axis('batch'))
   opt_state = tx.init(params)
   # pmap's layout: a leading axis of size n, one slice per local device.
   # Placing inputs that way up front (the layout pmap returns) means the step
@@ -210,10 +218,13 @@ def fsdp_spec(shape: Sequence[int], axis: str, size: int) -> P:
 
 
 def run_mesh(args, data, indices, params, mesh, param_spec, batch_spec,
-             **split) -> dict[str, Any]:
-  """`jax.jit` over `mesh` with parameters sharded by `param_spec(shape)`."""
+             axes=None) -> dict[str, Any]:
+  """`jax.jit` over `mesh` with parameters sharded by `param_spec(shape)`.
+
+  The LMO work is split over the mesh axes `axes` (default: all of them).
+  """
   x_all, y_all = data
-  tx = make_optimizer(args, mesh=mesh, **split)
+  tx = make_optimizer(args, fo.distributed.over_mesh(mesh, axes))
   place = lambda t: jax.tree.map(
       lambda a: jax.device_put(a, NamedSharding(mesh, param_spec(a.shape))), t)
   # On a pod: build sharded parameters directly, without a full copy on any
@@ -319,14 +330,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return P('data', 'model')
       return P('model') if len(shape) == 1 and shape[0] % 2 == 0 else P()
 
-    # shard_axis picks the mesh axes the whole-matrix work is split over.
+    # over_mesh's axes pick the mesh axes the whole-matrix work is split over.
     # 'data' gives each data-parallel group a quarter of the matrices, every
     # matrix orthogonalised by both devices of its 'model' pair; the default
     # (all axes) splits finer, but on this (data, model) layout XLA's SPMD
     # partitioner then moves the matrices by replicate-and-slice ("involuntary
     # full rematerialization" warnings).
     timed('FSDP x TP (2-D mesh)', run_mesh, args, data, indices, params,
-          mesh2, spec_2d, P('data'), shard_axis='data')
+          mesh2, spec_2d, P('data'), axes='data')
 
   reference = runs['single device (jit)']
   ref_losses = reference['losses']

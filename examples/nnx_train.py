@@ -121,12 +121,15 @@ def make_optimizer(name: str, args: argparse.Namespace
   if name == 'adamw':
     return optax.adamw(optax.cosine_decay_schedule(args.adam_lr, args.steps),
                        weight_decay=args.weight_decay)
+  # The fallback is the AdamW of the baseline run (its learning rate and
+  # schedule, `b2 = 0.999`); the default `fo.adamw_fallback()` would be
+  # AdamW at 3e-4 with `b2 = 0.95`.
   return fo.muon(
       optax.cosine_decay_schedule(args.muon_lr, args.steps),
       weight_decay=args.weight_decay, exclude=EXCLUDE,
-      fallback_learning_rate=optax.cosine_decay_schedule(args.adam_lr,
-                                                         args.steps),
-      fallback_weight_decay=args.weight_decay)
+      fallback=fo.adamw_fallback(
+          optax.cosine_decay_schedule(args.adam_lr, args.steps), b2=0.999,
+          weight_decay=args.weight_decay))
 
 
 def loss_fn(model: nnx.Module, tokens: jax.Array, targets: jax.Array):
