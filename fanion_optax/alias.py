@@ -84,6 +84,12 @@ _MIXTURE_ARGS = (
 _FULL_RANK_ONLY = ('k', 'top_k_method', 'subspace_iters')
 
 
+def _sign(sign_scale: jax.typing.ArrayLike) -> lmo_lib.Sign:
+  _validate.check_scalar('sign_scale', sign_scale, low=0.0,
+                         low_inclusive=False, schedule=False)
+  return lmo_lib.sign(sign_scale)
+
+
 def _ky_fan_or_spectral(k, top_k_method, subspace_iters, polar_method,
                         polar_steps, compute_dtype) -> lmo_lib.LMO:
   """The mixtures' first term: Ky Fan-k, or the spectral LMO for `k=None`."""
@@ -307,7 +313,7 @@ def s_fanion(learning_rate: ScalarOrSchedule, k: int | None,
       synthetic problem used 0.01).
     {mixture}
   """
-  return _fanion_mixture(lmo_lib.sign(sign_scale), learning_rate, k, alpha,
+  return _fanion_mixture(_sign(sign_scale), learning_rate, k, alpha,
                          **kwargs)
 
 
@@ -344,5 +350,5 @@ def s_muon(learning_rate: ScalarOrSchedule,
       synthetic problem used 0.01).
     {mixture}
   """
-  return _fanion_mixture(lmo_lib.sign(sign_scale), learning_rate, None, alpha,
+  return _fanion_mixture(_sign(sign_scale), learning_rate, None, alpha,
                          **kwargs)

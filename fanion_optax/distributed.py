@@ -118,8 +118,7 @@ def over_axis(axis_name: Hashable) -> OverAxis:
 def over_mesh(mesh: Mesh, axes: str | Sequence[str] | None = None
               ) -> OverMesh:
   """Sharded jit: split the work over `axes` of `mesh` (default: all)."""
-  return OverMesh(mesh, axes if axes is None or isinstance(axes, str)
-                  else tuple(axes))
+  return OverMesh(mesh, tuple(axes) if isinstance(axes, list) else axes)
 
 
 def check_split(split: Any) -> None:

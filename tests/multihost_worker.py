@@ -6,7 +6,8 @@
 Trains a small MLP for a few steps with `muon` and `f_muon`; in the
 multi-process run the parameters are FSDP-sharded over a global mesh of every
 process's CPU devices and the optimizers split the orthogonalisation work
-(`mesh=`). Process 0 writes the final parameters to OUT.npz.
+(`split=fo.distributed.over_mesh(mesh)`). Process 0 writes the final
+parameters to OUT.npz.
 """
 
 import os
@@ -53,10 +54,10 @@ def loss_fn(params, x, y):
 
 
 def make_optimizer(name, mesh):
-  kwargs = {} if mesh is None else dict(mesh=mesh)
+  split = None if mesh is None else fo.distributed.over_mesh(mesh)
   if name == 'muon':
-    return fo.muon(0.05, weight_decay=0.1, **kwargs)
-  return fo.f_muon(0.05, weight_decay=0.1, **kwargs)
+    return fo.muon(0.05, weight_decay=0.1, split=split)
+  return fo.f_muon(0.05, weight_decay=0.1, split=split)
 
 
 def train(name, mesh=None, place=lambda t: t):

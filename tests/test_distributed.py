@@ -1,7 +1,7 @@
-"""Multi-device optimizers: pmap split, sharded jit over meshes, FLOP split."""
-
+"""Multi-device optimizers: pmap/shard_map split, sharded jit, FLOP split."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -85,7 +85,8 @@ def test_pmap_split_equals_single_device(name):
   params = _params()
   ref_params, ref_state = _run_single(make, params, steps=3)
 
-  tx = make(dimension_numbers=_dims, axis_name='devices')
+  tx = make(dimension_numbers=_dims,
+            split=fo.distributed.over_axis('devices'))
   replicate = lambda t: jax.tree.map(
       lambda x: jnp.broadcast_to(x, (N_DEV,) + x.shape), t)
   update = jax.pmap(tx.update, axis_name='devices')
@@ -101,7 +102,8 @@ def test_pmap_split_equals_single_device(name):
 
 def test_pmap_warm_state_is_split_and_gathered():
   params = _params()
-  tx = fo.fanion(0.02, 3, dimension_numbers=_dims, axis_name='d')
+  tx = fo.fanion(0.02, 3, dimension_numbers=_dims,
+                 split=fo.distributed.over_axis('d'))
   state = tx.init(params)
   lmo_states = state.matrices[0].lmo_state
   # One (batch, n, k) subspace per matrix leaf in tree order (conv, stack,
@@ -117,6 +119,57 @@ def test_pmap_warm_state_is_split_and_gathered():
     # Every device holds the same, updated subspace.
     np.testing.assert_allclose(s[0], s[-1], atol=1e-6)
   assert not np.allclose(new_lmo[0][0], lmo_states[0])
+
+
+REPLICATED = {
+    'muon': lambda **kw: fo.muon(0.02, weight_decay=0.1, **kw),
+    'fanion': lambda **kw: fo.fanion(0.02, 2, weight_decay=0.1, **kw),
+}
+
+
+@pytest.mark.parametrize('name', sorted(REPLICATED))
+def test_shard_map_checked_vma_split_equals_single_device(name):
+  """`over_axis` inside `jax.shard_map` with its default `check_vma=True`.
+
+  The directions (and Fanion's warm-start subspaces) gathered from every
+  device's share must be typed as replicated, or `out_specs=P()` is refused
+  ('could not infer replication').
+  """
+  make = REPLICATED[name]
+  params = _params()
+  ref_params, ref_state = _run_single(make, params, steps=3)
+
+  mesh = jax.make_mesh((N_DEV,), ('batch',))
+  tx = make(dimension_numbers=_dims, split=fo.distributed.over_axis('batch'))
+  update = jax.jit(jax.shard_map(tx.update, mesh=mesh,
+                                 in_specs=(P(), P(), P()), out_specs=P()))
+  state = tx.init(params)
+  p = params
+  for t in range(3):
+    updates, state = update(_grads(params, t), state, p)
+    p = jax.tree.map(lambda a, u: a + u, p, updates)
+  _assert_close(p, ref_params)
+  _assert_close(state, ref_state)
+
+
+@pytest.mark.parametrize('name', sorted(REPLICATED))
+def test_pmap_over_axis_equals_single_device(name):
+  make = REPLICATED[name]
+  params = _params()
+  ref_params, ref_state = _run_single(make, params, steps=3)
+
+  tx = make(dimension_numbers=_dims, split=fo.distributed.over_axis('batch'))
+  replicate = lambda t: jax.tree.map(
+      lambda x: jnp.broadcast_to(x, (N_DEV,) + x.shape), t)
+  update = jax.pmap(tx.update, axis_name='batch')
+  state = replicate(tx.init(params))
+  p = replicate(params)
+  for t in range(3):
+    updates, state = update(replicate(_grads(params, t)), state, p)
+    p = jax.tree.map(lambda a, u: a + u, p, updates)
+  for device in range(N_DEV):
+    _assert_close(jax.tree.map(lambda x: x[device], p), ref_params)
+    _assert_close(jax.tree.map(lambda x: x[device], state), ref_state)
 
 
 def _mesh(shape, names, axis_type):
@@ -152,8 +205,8 @@ def test_sharded_jit_matches_unsharded_and_keeps_shardings(axis_type, split,
 
   mesh = _mesh((N_DEV,), ('model',), axis_type)
   sharded = _shard_params(params, mesh, 'model')
-  kwargs = dict(mesh=mesh, shard_axis='model') if split else {}
-  tx = make(dimension_numbers=_dims, **kwargs)
+  tx = make(dimension_numbers=_dims,
+            split=fo.distributed.over_mesh(mesh, 'model') if split else None)
   state = tx.init(sharded)
   update = jax.jit(tx.update)
   p = sharded
@@ -183,8 +236,9 @@ def test_two_dimensional_mesh(axis_type):
   mesh = _mesh((4, 2), ('data', 'model'), axis_type)
   sharded = _shard_params(params, mesh, 'model', data_axis='data')
   assert sharded['w0'].sharding.spec == P('data', 'model')
-  for kwargs in ({}, dict(mesh=mesh), dict(mesh=mesh, shard_axis='data')):
-    tx = OPTIMIZERS['muon'](dimension_numbers=_dims, **kwargs)
+  for split in (None, fo.distributed.over_mesh(mesh),
+                fo.distributed.over_mesh(mesh, 'data')):
+    tx = OPTIMIZERS['muon'](dimension_numbers=_dims, split=split)
     state = tx.init(sharded)
     update = jax.jit(tx.update)
     p = sharded
@@ -219,10 +273,25 @@ def test_pmap_split_divides_flops_per_device():
   args = (replicate(grads), replicate(single.init(params)), replicate(params))
   no_split = _flops(jax.pmap(single.update, axis_name='d').lower(
       *args).compile())
-  split_tx = fo.muon(0.02, axis_name='d')
+  split_tx = fo.muon(0.02, split=fo.distributed.over_axis('d'))
   split = _flops(jax.pmap(split_tx.update, axis_name='d').lower(
       *args).compile())
   assert no_split == pytest.approx(single_flops, rel=0.05)
+  assert split <= 1.3 * single_flops / N_DEV
+
+
+def test_shard_map_split_divides_flops_per_device():
+  params = _same_shape_params()
+  grads = _grads(params, 0)
+  single = fo.muon(0.02)
+  state = single.init(params)
+  single_flops = _flops(jax.jit(single.update).lower(
+      grads, state, params).compile())
+  mesh = jax.make_mesh((N_DEV,), ('batch',))
+  split_tx = fo.muon(0.02, split=fo.distributed.over_axis('batch'))
+  update = jax.jit(jax.shard_map(split_tx.update, mesh=mesh,
+                                 in_specs=(P(), P(), P()), out_specs=P()))
+  split = _flops(update.lower(grads, state, params).compile())
   assert split <= 1.3 * single_flops / N_DEV
 
 
@@ -235,7 +304,7 @@ def test_mesh_split_divides_flops_per_device():
   for axis_type in (AxisType.Auto, AxisType.Explicit):
     mesh = _mesh((N_DEV,), ('fsdp',), axis_type)
     sp, sg = (_shard_params(t, mesh, 'fsdp') for t in (params, grads))
-    tx = fo.muon(0.02, mesh=mesh)
+    tx = fo.muon(0.02, split=fo.distributed.over_mesh(mesh))
     split = _flops(jax.jit(tx.update).lower(sg, tx.init(sp), sp).compile())
     assert split <= 1.3 * single_flops / N_DEV, axis_type
     no_split_tx = fo.muon(0.02)
@@ -245,22 +314,37 @@ def test_mesh_split_divides_flops_per_device():
     assert no_split > 2 * split, axis_type
 
 
-def test_split_option_errors():
+def test_split_values_validate_themselves():
   mesh = _mesh((N_DEV,), ('x',), AxisType.Auto)
-  with pytest.raises(ValueError, match='axis_name'):
-    fo.muon(0.02, axis_name='d', mesh=mesh)
-  with pytest.raises(ValueError, match='shard_axis'):
-    fo.muon(0.02, shard_axis='x')
-  with pytest.raises(ValueError, match="shard_axis 'y'"):
-    fo.muon(0.02, mesh=mesh, shard_axis='y')
-  with pytest.raises(TypeError, match='mesh'):
-    fo.muon(0.02, mesh='not a mesh')
+  missing = re.escape("axes holds 'y', which is not an axis of the mesh"
+                      " ('x',).")
+  with pytest.raises(ValueError, match=missing):
+    fo.distributed.over_mesh(mesh, 'y')
+  with pytest.raises(ValueError, match=missing):
+    fo.distributed.over_mesh(mesh, ('x', 'y'))
+  with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh, got"
+                     " 'not a mesh'"):
+    fo.distributed.over_mesh('not a mesh')
+  with pytest.raises(TypeError, match='axis_name must be a hashable axis'
+                     ' name .* got None'):
+    fo.distributed.over_axis(None)
+  split_error = re.escape(
+      'split must be None, fanion_optax.distributed.over_axis(name) or'
+      ' fanion_optax.distributed.over_mesh(mesh, axes), got')
+  with pytest.raises(TypeError, match=split_error + " 'batch'"):
+    fo.muon(0.02, split='batch')
+  with pytest.raises(TypeError, match=split_error + ' Mesh'):
+    fo.muon(0.02, split=mesh)
+  # Valid values: axes default to every mesh axis; a name becomes a tuple.
+  assert fo.distributed.over_mesh(mesh).axes == ('x',)
+  assert fo.distributed.over_mesh(mesh, 'x').axes == ('x',)
+  assert fo.distributed.over_axis('batch').axis_name == 'batch'
 
 
 def test_apply_lmo_groups_and_restores_order():
   mats = [jax.random.normal(jax.random.PRNGKey(i), shape) for i, shape in
           enumerate([(2, 5, 7), (1, 7, 5), (3, 5, 7), (1, 4, 4)])]
-  spectral = fo.lmo.spectral(method='svd')
+  spectral = fo.lmo.spectral(polar_method='svd')
   outs, states = fo.distributed.apply_lmo(spectral, mats, [None] * 4)
   assert states == [None] * 4
   for m, o in zip(mats, outs):
@@ -273,7 +357,7 @@ def test_apply_lmo_groups_and_restores_order():
 HANG_SCRIPT = """
 import jax, jax.numpy as jnp, fanion_optax as fo
 params = {f'w{i}': jnp.zeros((64, 128)) for i in range(16)}
-tx = fo.fanion(0.02, 16, axis_name=AXIS)
+tx = fo.fanion(0.02, 16, split=SPLIT)
 stack = lambda t: jax.tree.map(lambda x: jnp.stack([x] * 8), t)
 state, p = stack(tx.init(params)), stack(params)
 g = jax.tree.map(lambda x: jax.random.normal(jax.random.PRNGKey(0), x.shape), p)
@@ -285,13 +369,13 @@ print('finished')
 """
 
 
-@pytest.mark.parametrize('axis', [None, 'i'])
-def test_pmap_lowrank_lmo_with_many_matrices_per_device_finishes(axis):
+@pytest.mark.parametrize('split', [None, "fo.distributed.over_axis('i')"])
+def test_pmap_lowrank_lmo_with_many_matrices_per_device_finishes(split):
   """jaxlib 0.10's batched CPU QR/SVD deadlocked 8 concurrent devices (each
   blocked a pool thread waiting for its batch); one matrix per call cannot."""
   env = dict(os.environ,
              XLA_FLAGS='--xla_force_host_platform_device_count=8')
-  script = HANG_SCRIPT.replace('AXIS', repr(axis))
+  script = HANG_SCRIPT.replace('SPLIT', str(split))
   result = subprocess.run([sys.executable, '-c', script], env=env,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]

@@ -220,7 +220,7 @@ def test_zero_momentum_step_keeps_fanion_subspace():
     (lambda: fo.muon(float('nan')), 'learning_rate'),
     (lambda: fo.muon(0.02, weight_decay=INF), 'weight_decay'),
     (lambda: fo.muon(0.02, momentum=-INF), 'momentum'),
-    (lambda: fo.s_muon(0.02, sign_scale=INF), 'scale'),
+    (lambda: fo.s_muon(0.02, sign_scale=INF), 'sign_scale'),
     (lambda: fo.f_muon(0.02, alpha=INF, allow_extrapolation=True), 'alpha'),
     (lambda: fo.lmo.sign(INF), 'scale'),
     (lambda: fo.lmo.mix((INF, fo.lmo.spectral())), 'terms[0] weight'),
