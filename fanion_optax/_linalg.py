@@ -20,27 +20,53 @@ def compute_dtype_of(dtype: Any, compute_dtype: Any) -> jnp.dtype:
 
 
 def max_abs_scaled(x: jax.Array) -> jax.Array:
-  """`x / max|x|` per matrix (last two axes); zero (or empty) stays zero.
+  """`x` over a power of two near `max|x|` per matrix; zero stays zero.
 
-  Dividing by the largest entry first keeps the later Frobenius norm finite
-  for entries up to the dtype's maximum and nonzero for subnormal ones, so
-  every LMO stays homogeneous of degree 0. The division is done in two
-  halves by `sqrt(peak)`: XLA turns `x / peak` into `x * (1 / peak)`, and for
-  a peak above ~8.5e37 in float32 that reciprocal is subnormal and flushes
-  to zero.
+  Scaling by the largest entry first keeps the later Frobenius norm finite
+  for entries up to the dtype's maximum, so every LMO stays homogeneous of
+  degree 0. The scale is an exact power of two `2^e` (`frexp` of the peak),
+  applied in two halves: the result is bitwise the same for `x` and
+  `2^j·x`, and neither factor leaves the normal range (`x / peak` is
+  compiled as `x * (1 / peak)`, and for a float32 peak above ~8.5e37 that
+  reciprocal is subnormal and flushes to zero). Entries end in
+  `[0.5, 1)·max|x|/peak`; subnormal peaks, which XLA treats as zero, stay.
+  """
+  return power_of_two_scaled(x)[0]
+
+
+def power_of_two_scaled(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`(max_abs_scaled(x), e)`: `x == ldexp(result, e)` per matrix, exactly.
+
+  `e` has shape `x.shape[:-2] + (1, 1)`; `times_power_of_two` undoes the
+  scaling of a value computed from the result (a norm, say).
   """
   peak = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True, initial=0)
-  root = jnp.sqrt(jnp.where(peak > 0, peak, jnp.ones_like(peak)))
-  return x / root / root
+  usable = (peak > 0) & jnp.isfinite(peak)
+  _, exponent = jnp.frexp(jnp.where(usable, peak, jnp.ones_like(peak)))
+  scaled = times_power_of_two(x, -exponent)
+  # A matrix holding Inf or NaN becomes all NaN: LAPACK's SVD can loop
+  # forever on Inf, and no direction is meaningful there.
+  return jnp.where(jnp.isfinite(peak), scaled, jnp.nan), exponent
+
+
+def times_power_of_two(x: jax.Array, exponent: jax.Array) -> jax.Array:
+  """`x·2^exponent`, in two halves so that no factor leaves the normal range."""
+  half = exponent // 2
+  return jnp.ldexp(jnp.ldexp(x, half), exponent - half)
 
 
 def frobenius_normalized(x: jax.Array, *, safety: float = 1.0,
                          eps: float = 0.0) -> jax.Array:
-  """`x / (safety * ||x||_F + eps)` per matrix, after `max_abs_scaled`."""
-  x = max_abs_scaled(x)
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=(-2, -1), keepdims=True))
-  denom = safety * norm + eps
-  return x / jnp.where(denom > 0, denom, jnp.ones_like(denom))
+  """`x / (safety·‖x‖_F + eps·max|x|)` per matrix, computed without overflow.
+
+  That is `y / (safety·‖y‖_F + eps)` for `y = x / max|x|`: `eps` is relative
+  to the largest entry, so the result is homogeneous of degree 0.
+  """
+  y = max_abs_scaled(x)
+  ratio = jnp.max(jnp.abs(y), axis=(-2, -1), keepdims=True, initial=0)
+  norm = jnp.sqrt(jnp.sum(jnp.square(y), axis=(-2, -1), keepdims=True))
+  denom = safety * norm + eps * ratio
+  return y / jnp.where(denom > 0, denom, jnp.ones_like(denom))
 
 
 def swap_last(x: jax.Array) -> jax.Array:

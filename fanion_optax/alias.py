@@ -21,7 +21,6 @@ References:
 
 from __future__ import annotations
 
-import functools
 import inspect
 import textwrap
 from typing import TYPE_CHECKING
@@ -200,13 +199,26 @@ def fanion(
   return lion_k(learning_rate, lmo, b1, b2, **options)
 
 
-neon = functools.partial(fanion, k=1)
-neon.__doc__ = """Neon: Fanion-1, the rank-one update `u₁ v₁ᵀ` (`fanion` with k=1).
+def _signature(source, drop=(), sign_scale=False) -> inspect.Signature:
+  """`source`'s signature without `drop`, with `sign_scale` after `alpha`."""
+  signature = inspect.signature(source)
+  params = [p for p in signature.parameters.values() if p.name not in drop]
+  if sign_scale:
+    at = [p.name for p in params].index('alpha') + 1
+    params.insert(at, inspect.Parameter(
+        'sign_scale', inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        default=DEFAULT_SIGN_SCALE, annotation='jax.typing.ArrayLike'))
+  return signature.replace(parameters=params)
+
+
+def neon(learning_rate: ScalarOrSchedule, **kwargs: Any) -> Optimizer:
+  """Neon: Fanion-1, the rank-one update `u₁ v₁ᵀ` (`fanion` with `k=1`).
 
   Args:
     learning_rate: ε ≥ 0, or a schedule.
-    **kwargs: every keyword of `fanion` but `k` (momentum, nesterov,
-      top_k_method, subspace_iters, compute_dtype and the pipeline options).
+    **kwargs: every keyword of `fanion` but `k`: `momentum`, `nesterov`,
+      `top_k_method`, `subspace_iters`, `polar_method`, `polar_steps`,
+      `compute_dtype` and the pipeline options of `lion_k`.
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
@@ -214,6 +226,13 @@ neon.__doc__ = """Neon: Fanion-1, the rank-one update `u₁ v₁ᵀ` (`fanion` w
   References:
     Kravatskiy et al., arXiv:2512.09678.
   """
+  if 'k' in kwargs:
+    raise TypeError(f'neon is Fanion-1 and takes no k, got k={kwargs["k"]!r};'
+                    ' use fanion(learning_rate, k).')
+  return fanion(learning_rate, 1, **kwargs)
+
+
+neon.__signature__ = _signature(fanion, drop=('k',))
 
 
 @preset
@@ -256,15 +275,7 @@ def _mixture_preset(*, full_rank: bool, sign_scale: bool):
   dropped = ('secondary',) + (_FULL_RANK_ONLY if full_rank else ())
 
   def mark(fn):
-    signature = inspect.signature(_fanion_mixture)
-    params = [p for p in signature.parameters.values()
-              if p.name not in dropped]
-    if sign_scale:
-      at = [p.name for p in params].index('alpha') + 1
-      params.insert(at, inspect.Parameter(
-          'sign_scale', inspect.Parameter.POSITIONAL_OR_KEYWORD,
-          default=DEFAULT_SIGN_SCALE, annotation='jax.typing.ArrayLike'))
-    fn.__signature__ = signature.replace(parameters=params)
+    fn.__signature__ = _signature(_fanion_mixture, dropped, sign_scale)
     args = ''.join(
         textwrap.fill(f'{name}: {text}', 76, initial_indent='    ',
                       subsequent_indent='      ') + '\n'

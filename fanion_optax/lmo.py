@@ -71,9 +71,9 @@ TopKMethod = Literal['subspace', 'svd']
 
 def _frobenius_norm(x: jax.Array) -> jax.Array:
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-  peak = jnp.max(jnp.abs(x), axis=(-2, -1), initial=0)
-  return peak * jnp.sqrt(jnp.sum(jnp.square(_linalg.max_abs_scaled(x)),
-                                 axis=(-2, -1)))
+  scaled, exponent = _linalg.power_of_two_scaled(x)
+  norm = jnp.sqrt(jnp.sum(jnp.square(scaled), axis=(-2, -1)))
+  return _linalg.times_power_of_two(norm, exponent[..., 0, 0])
 
 
 def _largest(s: jax.Array) -> jax.Array:
@@ -404,10 +404,11 @@ class SpectralFunction(LMO):
       return g
     x = g.astype(jnp.promote_types(g.dtype, jnp.float32))
     # The SVD of G itself overflows for entries near the dtype's maximum.
-    peak = jnp.max(jnp.abs(x), axis=(-2, -1), initial=0)
-    u, s, vh = _linalg.svd(_linalg.max_abs_scaled(x), full_matrices=False)
+    scaled, exponent = _linalg.power_of_two_scaled(x)
+    u, s, vh = _linalg.svd(scaled, full_matrices=False)
     keep = _linalg.singular_value_mask(s, x.shape)
-    sigma = s if self.homogeneous else s * peak[..., None]
+    sigma = s if self.homogeneous else _linalg.times_power_of_two(
+        s, exponent[..., 0])
     weights = jnp.where(keep, self.h_prime(sigma), 0.0).astype(x.dtype)
     return ((u * weights[..., None, :]) @ vh).astype(g.dtype)
 

@@ -7,6 +7,7 @@ fallback, and the implicit-constraint inequalities of SPEC.md §2.2.
 """
 
 import functools
+import inspect
 import math
 
 import jax
@@ -154,7 +155,7 @@ def test_muon_matches_jordan_numpy(nesterov, shape_scale):
   params = {k: jnp.asarray(_rand(s, 7 + i))
             for i, (k, s) in enumerate(MUON_SHAPES.items())}
   grads = _grads(MUON_SHAPES, 4)
-  tx = fo.muon(lr, momentum=mu, nesterov=nesterov, polar='svd',
+  tx = fo.muon(lr, momentum=mu, nesterov=nesterov, polar_method='svd',
                weight_decay=wd, shape_scale=shape_scale,
                dimension_numbers=MUON_SPECS)
   got, _ = _run(tx, params, grads)
@@ -167,7 +168,7 @@ def test_muon_matches_jordan_numpy(nesterov, shape_scale):
 def test_muon_update_is_scaled_orthogonal_without_decay():
   # With wd = 0 the update of a (6, 10) matrix is −lr·s·U Vᵀ: all σ = lr·s.
   lr = 0.03
-  tx = fo.muon(lr, polar='svd')
+  tx = fo.muon(lr, polar_method='svd')
   params = {'w': jnp.zeros((6, 10))}
   updates, _ = tx.update({'w': jnp.asarray(_rand((6, 10), 0))},
                          tx.init(params), params)
@@ -206,16 +207,16 @@ def test_mixtures_match_closed_forms(name):
   lr, mu, wd, alpha, eta, k = 0.05, 0.9, 0.1, 0.3, 0.05, 2
   common = dict(momentum=mu, weight_decay=wd)
   if name == 'f_muon':
-    tx = fo.f_muon(lr, alpha, polar='svd', **common)
+    tx = fo.f_muon(lr, alpha, polar_method='svd', **common)
     ref = _np_mix(alpha, np_polar, _np_frob)
   elif name == 's_muon':
-    tx = fo.s_muon(lr, alpha, eta, polar='svd', **common)
+    tx = fo.s_muon(lr, alpha, eta, polar_method='svd', **common)
     ref = _np_mix(alpha, np_polar, _np_eta_sign(eta))
   elif name == 'f_fanion':
-    tx = fo.f_fanion(lr, k, alpha, method='svd', **common)
+    tx = fo.f_fanion(lr, k, alpha, top_k_method='svd', **common)
     ref = _np_mix(alpha, functools.partial(np_top_k, k=k), _np_frob)
   else:
-    tx = fo.s_fanion(lr, k, alpha, eta, method='svd', **common)
+    tx = fo.s_fanion(lr, k, alpha, eta, top_k_method='svd', **common)
     ref = _np_mix(alpha, functools.partial(np_top_k, k=k), _np_eta_sign(eta))
   params = {k_: jnp.asarray(_rand(s, 3 + i))
             for i, (k_, s) in enumerate(MIX_SHAPES.items())}
@@ -228,7 +229,7 @@ def test_mixtures_match_closed_forms(name):
 
 def test_alpha_extrapolation_follows_closed_form():
   lr, alpha = 0.05, 1.5
-  tx = fo.f_muon(lr, alpha, allow_extrapolation=True, polar='svd',
+  tx = fo.f_muon(lr, alpha, allow_extrapolation=True, polar_method='svd',
                  shape_scale=None)
   params = {'w': jnp.zeros((6, 10))}
   g = _rand((6, 10), 5)
@@ -245,7 +246,7 @@ def test_alpha_extrapolation_follows_closed_form():
     ('svd', 1), ('svd', 2), ('svd', 3), ('subspace', 1), ('subspace', 2)])
 def test_fanion_update_rank_is_k(method, k):
   lr = 0.05
-  tx = fo.fanion(lr, k, method=method, shape_scale=None)
+  tx = fo.fanion(lr, k, top_k_method=method, shape_scale=None)
   params = {'w': jnp.zeros((6, 10))}
   state = tx.init(params)
   for g in _grads({'w': (6, 10)}, 3):
@@ -263,7 +264,7 @@ def test_fanion_svd_matches_numpy_top_k():
             'tall': jnp.asarray(_rand((10, 6), 1)),
             'wide2': jnp.asarray(_rand((6, 10), 2))}
   grads = _grads(MIX_SHAPES, 4)
-  tx = fo.fanion(lr, k, method='svd', momentum=mu, weight_decay=0.1)
+  tx = fo.fanion(lr, k, top_k_method='svd', momentum=mu, weight_decay=0.1)
   got, _ = _run(tx, params, grads)
   want = _np_muon(_flat(params), [_flat(g) for g in grads], lr=lr,
                   momentum=mu, wd=0.1, views=MIX_VIEWS,
@@ -302,9 +303,10 @@ def test_fanion_full_rank_equals_muon(polar, k):
   params = {k_: jnp.asarray(_rand(s, i)) for i, (k_, s) in enumerate(
       shapes.items())}
   grads = _grads(shapes, 3)
-  got, _ = _run(fo.fanion(0.05, k, polar=polar, weight_decay=0.1), params,
-                grads)
-  want, _ = _run(fo.muon(0.05, polar=polar, weight_decay=0.1), params, grads)
+  got, _ = _run(fo.fanion(0.05, k, polar_method=polar, weight_decay=0.1),
+                params, grads)
+  want, _ = _run(fo.muon(0.05, polar_method=polar, weight_decay=0.1), params,
+                 grads)
   _assert_trajectories(got, want, want[0], atol=1e-6, rtol=1e-6)
   if polar == 'svd':
     ref = _np_muon(_flat(params), [_flat(g) for g in grads], lr=0.05,
@@ -319,10 +321,10 @@ def test_neon_is_fanion_one(method):
   params = {k_: jnp.asarray(_rand(s, i)) for i, (k_, s) in enumerate(
       shapes.items())}
   grads = _grads(shapes, 3)
-  got, _ = _run(fo.neon(0.05, method=method, weight_decay=0.1), params,
+  got, _ = _run(fo.neon(0.05, top_k_method=method, weight_decay=0.1), params,
                 grads)
-  want, _ = _run(fo.fanion(0.05, 1, method=method, weight_decay=0.1), params,
-                 grads)
+  want, _ = _run(fo.fanion(0.05, 1, top_k_method=method, weight_decay=0.1),
+                 params, grads)
   _assert_trajectories(got, want, want[0], atol=1e-7, rtol=1e-7)
   if method == 'svd':
     ref = _np_muon(_flat(params), [_flat(g) for g in grads], lr=0.05,
@@ -342,16 +344,16 @@ def _constraint_cases():
       # name: (optimizer, LMO whose ball norm is checked, the support
       #        function σ_B(G) = dual norm of the optimizer's own LMO)
       'muon': (
-          lambda lr, wd: fo.muon(lr, polar='svd', weight_decay=wd),
-          fo.lmo.spectral(method='svd'),
+          lambda lr, wd: fo.muon(lr, polar_method='svd', weight_decay=wd),
+          fo.lmo.spectral(polar_method='svd'),
           lambda g: svd(g)[1].sum()),
       'fanion_svd': (
-          lambda lr, wd: fo.fanion(lr, 2, method='svd', weight_decay=wd),
-          fo.lmo.ky_fan(2, method='svd'),
+          lambda lr, wd: fo.fanion(lr, 2, top_k_method='svd', weight_decay=wd),
+          fo.lmo.ky_fan(2, top_k_method='svd'),
           lambda g: svd(g)[1][:2].sum()),
       'fanion_subspace': (
           lambda lr, wd: fo.fanion(lr, 2, weight_decay=wd),
-          fo.lmo.ky_fan(2, method='svd'),
+          fo.lmo.ky_fan(2, top_k_method='svd'),
           lambda g: svd(g)[1][:2].sum()),
       # F-Muon's ball α·B_spec + (1−α)·B_F has no closed-form norm. Both
       # balls lie in the spectral unit ball (σ₁ ≤ ‖·‖_F), so the Minkowski
@@ -360,8 +362,9 @@ def _constraint_cases():
       # support-function check below (⟨T, X⟩ ≤ r·σ_B(T) with
       # σ_B = α‖·‖_* + (1−α)‖·‖_F) is the tight one for this ball.
       'f_muon': (
-          lambda lr, wd: fo.f_muon(lr, alpha, polar='svd', weight_decay=wd),
-          fo.lmo.spectral(method='svd'),
+          lambda lr, wd: fo.f_muon(lr, alpha, polar_method='svd',
+                                   weight_decay=wd),
+          fo.lmo.spectral(polar_method='svd'),
           lambda g: alpha * svd(g)[1].sum() + (1 - alpha) * np.linalg.norm(
               np.asarray(g, np.float64))),
   }
@@ -419,8 +422,9 @@ def test_implicit_constraint_from_inside_stays_inside():
   shape = (6, 10)
   radius = math.sqrt(10 / 6) / lam
   target = _rand(shape, 4, scale=50.0)
-  for tx in (fo.muon(lr, polar='svd', weight_decay=lam, momentum=0.0),
-             fo.neon(lr, method='svd', weight_decay=lam)):
+  for tx in (fo.muon(lr, polar_method='svd', weight_decay=lam,
+                     momentum=0.0),
+             fo.neon(lr, top_k_method='svd', weight_decay=lam)):
     params = {'w': jnp.zeros(shape)}
     state = tx.init(params)
     sigma = []
@@ -448,10 +452,10 @@ def test_fallback_adamw_for_vectors_scalars_and_excluded():
   params = _fallback_params()
   grads = [jax.tree.map(lambda x, t=t: jnp.asarray(
       _rand(x.shape, 50 + t)), params) for t in range(3)]
-  tx = fo.muon(0.05, polar='svd', momentum=0.9, weight_decay=0.1,
-               exclude=['embed'], fallback_learning_rate=0.01,
-               fallback_b1=0.8, fallback_b2=0.95, fallback_eps=1e-6,
-               fallback_weight_decay=0.2)
+  tx = fo.muon(0.05, polar_method='svd', momentum=0.9, weight_decay=0.1,
+               exclude=['embed'],
+               fallback=fo.adamw_fallback(0.01, b1=0.8, b2=0.95, eps=1e-6,
+                                          weight_decay=0.2))
   got, _ = _run(tx, params, grads)
   fb = lambda t: {'b': t['b'], 's': t['s'], 'embed': t['embed']}
   want, _ = _run(optax.adamw(0.01, b1=0.8, b2=0.95, eps=1e-6,
@@ -463,15 +467,46 @@ def test_fallback_adamw_for_vectors_scalars_and_excluded():
   _assert_trajectories(got, ref, ["['w']"])
 
 
-def test_fallback_default_learning_rate_is_learning_rate():
-  params = {'w': jnp.asarray(_rand((6, 10), 0)),
-            'b': jnp.asarray(_rand(10, 1))}
+DEFAULT_FALLBACK = dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0)
+
+
+@pytest.mark.parametrize('name', ['muon', 'fanion', 's_muon', 'lion_k'])
+def test_default_fallback_is_adamw_3e4_not_the_matrix_learning_rate(name):
+  # The fallback has its own learning rate (3e-4, b2 = 0.95): the matrix
+  # learning rate of an LMO optimizer is a step length in its norm, far too
+  # large for AdamW. Vectors, scalars and excluded matrices all get it.
+  lr = 0.02
+  make = {
+      'muon': lambda **kw: fo.muon(lr, **kw),
+      'fanion': lambda **kw: fo.fanion(lr, 1, weight_decay=0.3, **kw),
+      's_muon': lambda **kw: fo.s_muon(lr, 0.5, 1e-3, **kw),
+      'lion_k': lambda **kw: fo.lion_k(lr, fo.lmo.sign(), **kw),
+  }[name]
+  params = _fallback_params()
   grads = [jax.tree.map(lambda x, t=t: jnp.asarray(_rand(x.shape, 9 + t)),
-                        params) for t in range(3)]
-  got, _ = _run(fo.fanion(0.02, 1, weight_decay=0.3), params, grads)
-  want, _ = _run(optax.adamw(0.02, weight_decay=0.0), {'b': params['b']},
-                 [{'b': g['b']} for g in grads])
-  _assert_trajectories(got, want, ["['b']"], atol=1e-7, rtol=1e-6)
+                        params) for t in range(4)]
+  got, state = _run(make(exclude=['embed']), params, grads)
+  fb = lambda t: {'b': t['b'], 's': t['s'], 'embed': t['embed']}
+  keys = ["['b']", "['s']", "['embed']['embedding']"]
+
+  def reference(tx):
+    return _run(tx, fb(params), [fb(g) for g in grads])[0]
+
+  want = reference(optax.adamw(3e-4, **DEFAULT_FALLBACK))
+  _assert_trajectories(got, want, keys, atol=1e-7, rtol=1e-6)
+  # The same as the exported default, and as an explicit fallback=.
+  explicit, _ = _run(make(exclude=['embed'], fallback=fo.adamw_fallback()),
+                     params, grads)
+  _assert_trajectories(got, explicit, explicit[0], atol=0, rtol=0)
+  # The check tells the old default (AdamW at the matrix learning rate,
+  # b2 = 0.999) and a fallback at b2 = 0.999 apart from the new one: their
+  # displacements differ by more than 0.1%.
+  moved = got[-1]["['b']"] - np.asarray(params['b'])
+  for wrong in (optax.adamw(lr, weight_decay=0.0),
+                optax.adamw(3e-4, **dict(DEFAULT_FALLBACK, b2=0.999))):
+    other = reference(wrong)[-1]["['b']"] - np.asarray(params['b'])
+    assert not np.allclose(other, moved, rtol=1e-3, atol=0)
+  assert state.fallback[0].mu['b'].dtype == jnp.float32
 
 
 def test_user_fallback_is_used():
@@ -480,7 +515,7 @@ def test_user_fallback_is_used():
             'embed': jnp.asarray(_rand((10, 6), 2))}
   grads = [jax.tree.map(lambda x, t=t: jnp.asarray(_rand(x.shape, 20 + t)),
                         params) for t in range(3)]
-  tx = fo.muon(0.05, polar='svd', exclude='embed',
+  tx = fo.muon(0.05, polar_method='svd', exclude='embed',
                fallback=optax.sgd(0.1, momentum=0.5))
   state = tx.init(params)
   trace = {k: np.zeros(params[k].shape) for k in ('b', 'embed')}
@@ -523,8 +558,9 @@ def test_dimension_numbers_tree_prefix_and_callable(kind):
                         is_leaf=lambda x: isinstance(x, tuple))
   grads = [jax.tree.map(lambda x, t=t: jnp.asarray(
       _rand(x.shape, 30 + t + x.ndim)), params) for t in range(3)]
-  tx = fo.muon(0.05, polar='svd', momentum=0.9, weight_decay=0.1,
-               dimension_numbers=spec, fallback_learning_rate=0.01)
+  tx = fo.muon(0.05, polar_method='svd', momentum=0.9, weight_decay=0.1,
+               dimension_numbers=spec,
+               fallback=fo.adamw_fallback(0.01, b2=0.999))
   got, _ = _run(tx, params, grads)
   want = _np_muon(_flat(params), [_flat(g) for g in grads], lr=0.05,
                   momentum=0.9, wd=0.1, views=views)
@@ -552,7 +588,7 @@ def test_weight_decay_mask(mask_kind):
   params = {k: jnp.asarray(_rand(s, i)) for i, (k, s) in enumerate(
       shapes.items())}
   grads = _grads(shapes, 3)
-  tx = fo.muon(0.05, polar='svd', momentum=0.9, weight_decay=0.5,
+  tx = fo.muon(0.05, polar_method='svd', momentum=0.9, weight_decay=0.5,
                weight_decay_mask=mask)
   got, _ = _run(tx, params, grads)
   want = _np_muon(_flat(params), [_flat(g) for g in grads], lr=0.05,
@@ -577,38 +613,41 @@ def test_inject_hyperparams_matches_plain(name):
   params, grads = _small_problem()
   if name == 'muon':
     kw = dict(learning_rate=0.05, momentum=0.9, weight_decay=0.1,
-              polar='svd')
+              polar_method='svd')
     injected = optax.inject_hyperparams(fo.muon)(**kw)
     plain = fo.muon(**kw)
   elif name == 'fanion':
     kw = dict(learning_rate=0.05, k=2, momentum=0.9, weight_decay=0.1,
-              method='svd')
+              top_k_method='svd')
     injected = optax.inject_hyperparams(fo.fanion, static_args=('k',))(**kw)
     plain = fo.fanion(**kw)
   else:
     kw = dict(learning_rate=0.05, alpha=0.3, sign_scale=0.05, momentum=0.9,
-              weight_decay=0.1, polar='svd')
+              weight_decay=0.1, polar_method='svd')
     injected = optax.inject_hyperparams(fo.s_muon)(**kw)
     plain = fo.s_muon(**kw)
   got, state = _run(injected, params, grads, jit=True)
   want, _ = _run(plain, params, grads, jit=True)
   _assert_trajectories(got, want, want[0], atol=1e-6, rtol=1e-5)
-  # Doubling the injected learning rate doubles the whole update (matrix
-  # part −ε(s·O + λX) and the AdamW fallback, whose lr defaults to ε).
+  # Doubling the injected learning rate doubles the matrix update
+  # −ε(s·O + λX); the AdamW fallback has its own learning rate (3e-4 by
+  # default), so its update does not change.
   update = jax.jit(injected.update)
   u1, _ = update(grads[0], state, params)
   hp = dict(state.hyperparams, learning_rate=2 * state.hyperparams[
       'learning_rate'])
   u2, _ = update(grads[0], state._replace(hyperparams=hp), params)
-  for k in u1:
-    np.testing.assert_allclose(np.asarray(u2[k]), 2 * np.asarray(u1[k]),
-                               rtol=1e-5, atol=1e-8)
+  np.testing.assert_allclose(np.asarray(u2['w']), 2 * np.asarray(u1['w']),
+                             rtol=1e-5, atol=1e-8)
+  np.testing.assert_array_equal(np.asarray(u2['b']), np.asarray(u1['b']))
+  assert np.all(np.asarray(u1['b']) != 0)
 
 
 def test_inject_hyperparams_changing_momentum_and_decay():
   params, grads = _small_problem(3)
   tx = optax.inject_hyperparams(fo.muon)(learning_rate=0.05, momentum=0.9,
-                                         weight_decay=0.1, polar='svd')
+                                         weight_decay=0.1,
+                                         polar_method='svd')
   state = tx.init(params)
   hp = dict(state.hyperparams, momentum=jnp.asarray(0.5),
             weight_decay=jnp.asarray(0.4))
@@ -649,7 +688,8 @@ def test_inject_hyperparams_with_callable_arguments_as_static_args():
                         params) for t in range(2)]
   injected = optax.inject_hyperparams(
       fo.muon, static_args=('dimension_numbers',))(
-          learning_rate=0.05, polar='svd', dimension_numbers=by_ndim)
+          learning_rate=0.05, polar_method='svd',
+          dimension_numbers=by_ndim)
   got, state = _run(injected, params, grads, jit=True)
   assert state.inner_state.matrices[0].mu['stack'].shape == (3, 5, 7)
   want = _np_muon(_flat(params), [_flat(g) for g in grads], lr=0.05,
@@ -673,11 +713,15 @@ def test_schedules_equal_per_step_constants(name):
   mom = optax.linear_schedule(0.5, 0.95, 3)
   params, _ = _small_problem(5)
   grads = _grads({'w': (6, 10), 'b': (10,)}, 4, seed=6)
+  # The fallback takes a schedule of its own (here the same one).
+  fallback = fo.adamw_fallback(lr, b2=0.999)
   if name == 'muon':
-    tx = fo.muon(lr, momentum=mom, weight_decay=wd, polar='svd')
+    tx = fo.muon(lr, momentum=mom, weight_decay=wd, polar_method='svd',
+                 fallback=fallback)
     ref_lmo = np_polar
   else:
-    tx = fo.f_muon(lr, 0.4, momentum=mom, weight_decay=wd, polar='svd')
+    tx = fo.f_muon(lr, 0.4, momentum=mom, weight_decay=wd,
+                   polar_method='svd', fallback=fallback)
     ref_lmo = _np_mix(0.4, np_polar, _np_frob)
   got, _ = _run(tx, params, grads, jit=True)
   want = _np_muon(_flat(params), [_flat(g) for g in grads], lr=lr,
@@ -687,8 +731,8 @@ def test_schedules_equal_per_step_constants(name):
                  [{'b': g['b']} for g in grads])
   _assert_trajectories(got, adam, ["['b']"], atol=1e-7, rtol=1e-6)
   # The schedules really change the step: a constant-ε run differs.
-  const, _ = _run(fo.muon(0.1, momentum=0.5, weight_decay=0.0, polar='svd'),
-                  params, grads)
+  const, _ = _run(fo.muon(0.1, momentum=0.5, weight_decay=0.0,
+                          polar_method='svd'), params, grads)
   assert not np.allclose(const[-1]["['w']"], got[-1]["['w']"], atol=1e-3)
 
 
@@ -698,10 +742,10 @@ def test_schedules_equal_per_step_constants(name):
 LR = 0.01
 OPTIMIZERS = {
     'muon': lambda **kw: fo.muon(LR, **kw),
-    'muon_newton_schulz': lambda **kw: fo.muon(LR, polar='newton_schulz',
-                                               **kw),
+    'muon_newton_schulz': lambda **kw: fo.muon(
+        LR, polar_method='newton_schulz', **kw),
     'fanion': lambda **kw: fo.fanion(LR, 2, **kw),
-    'fanion_svd': lambda **kw: fo.fanion(LR, 2, method='svd', **kw),
+    'fanion_svd': lambda **kw: fo.fanion(LR, 2, top_k_method='svd', **kw),
     'neon': lambda **kw: fo.neon(LR, **kw),
     'f_muon': lambda **kw: fo.f_muon(LR, **kw),
     's_muon': lambda **kw: fo.s_muon(LR, **kw),
@@ -740,7 +784,11 @@ def test_bf16_params_give_bf16_updates(name):
     for k, p in params.items():
       assert p.dtype == jnp.bfloat16, k
   assert state.matrices[0].mu['w'].dtype == jnp.bfloat16
+  # The default fallback keeps its moments in float32 whatever mu_dtype.
+  assert state.fallback[0].mu['b'].dtype == jnp.float32
+  assert state.fallback[0].nu['b'].dtype == jnp.float32
   assert np.any(np.asarray(updates['w'], np.float32) != 0)
+  assert np.any(np.asarray(updates['b'], np.float32) != 0)
 
 
 @pytest.mark.parametrize('name', ['muon', 'fanion', 's_fanion',
@@ -753,7 +801,7 @@ def test_mu_dtype_float32_momentum(name):
   for k in ('w', 'tall'):
     assert state.matrices[0].mu[k].dtype == jnp.float32
     assert updates[k].dtype == jnp.bfloat16
-  for k in ('b', 's'):  # the default AdamW fallback gets mu_dtype too
+  for k in ('b', 's'):  # the default fallback's moments are float32
     assert state.fallback[0].mu[k].dtype == jnp.float32
   # The stored momentum is the exact float32 (1 − b2)·g, not a bf16 rounding.
   b2 = {'lion_k_sign': 0.99}.get(name, 0.95)
@@ -891,36 +939,49 @@ def _bad(id_, error, match, make):
     _bad('k-zero-f_fanion', ValueError, r'\bk\b',
          lambda: fo.f_fanion(0.1, 0)),
     _bad('k-float', TypeError, r'\bk\b', lambda: fo.fanion(0.1, 2.5)),
-    _bad('method', ValueError, 'method',
-         lambda: fo.fanion(0.1, 2, method='lanczos')),
+    _bad('top_k_method', ValueError, r'\btop_k_method\b',
+         lambda: fo.fanion(0.1, 2, top_k_method='lanczos')),
+    _bad('subspace_iters', ValueError, r'\bsubspace_iters\b',
+         lambda: fo.fanion(0.1, 2, subspace_iters=-1)),
     _bad('alpha-f_muon', ValueError, 'alpha',
          lambda: fo.f_muon(0.1, alpha=1.5)),
     _bad('alpha-s_fanion', ValueError, 'alpha',
          lambda: fo.s_fanion(0.1, 2, alpha=-0.5)),
-    # The messages below must name the optimizer's own argument (`polar`,
-    # `ns_steps`, `sign_scale`), not the inner LMO's (`method`, `steps`,
-    # `scale`).
-    _bad('polar-muon', ValueError, r'\bpolar\b',
-         lambda: fo.muon(0.1, polar='foo')),
-    _bad('polar-fanion', ValueError, r'\bpolar\b',
-         lambda: fo.fanion(0.1, 2, polar='foo')),
-    _bad('ns_steps', ValueError, 'ns_steps',
-         lambda: fo.muon(0.1, ns_steps=0)),
-    _bad('sign_scale-s_muon', ValueError, 'sign_scale',
+    # The messages below must name the optimizer's own argument
+    # (`polar_method`, `polar_steps`, `sign_scale`), not some other name of
+    # the inner LMO's (`scale`).
+    _bad('polar_method-muon', ValueError, r'\bpolar_method\b',
+         lambda: fo.muon(0.1, polar_method='foo')),
+    _bad('polar_method-fanion', ValueError, r'\bpolar_method\b',
+         lambda: fo.fanion(0.1, 2, polar_method='foo')),
+    _bad('polar_steps', ValueError,
+         r'^polar_steps must be an int >= 1, got 0\.$',
+         lambda: fo.muon(0.1, polar_steps=0)),
+    _bad('sign_scale-s_muon', ValueError, r'\bsign_scale\b',
          lambda: fo.s_muon(0.1, sign_scale=0.0)),
-    _bad('sign_scale-s_fanion', ValueError, 'sign_scale',
+    _bad('sign_scale-s_fanion', ValueError, r'\bsign_scale\b',
          lambda: fo.s_fanion(0.1, 2, sign_scale=-1.0)),
     _bad('shape_scale', ValueError, 'shape_scale',
          lambda: fo.muon(0.1, shape_scale='spectral')),
     _bad('fallback', TypeError, 'fallback',
          lambda: fo.muon(0.1, fallback=lambda g: g)),
-    _bad('fallback_learning_rate', ValueError, 'fallback_learning_rate',
-         lambda: fo.muon(0.1, fallback_learning_rate=-1.0)),
+    _bad('adamw_fallback-learning_rate', ValueError, r'\blearning_rate\b',
+         lambda: fo.muon(0.1, fallback=fo.adamw_fallback(-1.0))),
+    _bad('adamw_fallback-b1', ValueError, r'\bb1\b',
+         lambda: fo.adamw_fallback(b1=1.0)),
+    _bad('adamw_fallback-b2', ValueError, r'\bb2\b',
+         lambda: fo.adamw_fallback(b2=-0.5)),
+    _bad('adamw_fallback-eps', ValueError, r'\beps\b',
+         lambda: fo.adamw_fallback(eps=-1e-8)),
+    _bad('adamw_fallback-weight_decay', ValueError, r'\bweight_decay\b',
+         lambda: fo.adamw_fallback(weight_decay=-0.2)),
+    _bad('split', TypeError, r'\bsplit\b',
+         lambda: fo.muon(0.1, split='batch')),
     _bad('exclude', ValueError, 'exclude',
          lambda: fo.muon(0.1, exclude=['('])),
     _bad('lmo', TypeError, 'lmo', lambda: fo.lion_k(0.1, 'sign')),
-    _bad('skip_nonfinite', TypeError, 'skip_nonfinite',
-         lambda: fo.muon(0.1, skip_nonfinite='yes')),
+    _bad('skip_nonfinite', TypeError, r'\binner\b',
+         lambda: fo.skip_nonfinite('yes')),
 ])
 def test_bad_arguments(make, error, match):
   with pytest.raises(error, match=match):
@@ -950,15 +1011,16 @@ def test_dimension_numbers_not_fitting_raise_at_init_with_path():
 # skip_nonfinite.
 
 
-def test_skip_nonfinite_option_skips_whole_steps():
+def test_skip_nonfinite_wrapping_an_optimizer_skips_whole_steps():
   lr, wd = 0.05, 0.1
   params = {'w': jnp.asarray(_rand((6, 10), 0)),
             'b': jnp.asarray(_rand((10,), 1))}
   finite = _grads({'w': (6, 10), 'b': (10,)}, 2, seed=8)
   nan_in_vector = dict(finite[0], b=finite[0]['b'].at[3].set(jnp.nan))
   inf_in_matrix = dict(finite[0], w=finite[0]['w'].at[0, 0].set(jnp.inf))
-  tx = fo.muon(lr, polar='svd', momentum=0.9, weight_decay=wd,
-               skip_nonfinite=True)
+  tx = fo.skip_nonfinite(fo.muon(
+      lr, polar_method='svd', momentum=0.9, weight_decay=wd,
+      fallback=fo.adamw_fallback(lr, b2=0.999)))
   update = jax.jit(tx.update)
   state = tx.init(params)
   p = params
@@ -988,10 +1050,10 @@ def test_package_inject_hyperparams_keeps_structure_static():
             'c': jax.random.normal(jax.random.PRNGKey(4), (2, 6, 5))}
   dims = {'w': fo.DimensionNumbers(), 'c': fo.DimensionNumbers(1, 2)}
   grads = jax.tree.map(lambda p: jnp.cos(3.0 * p), params)
-  plain = fo.fanion(0.1, 2, method='svd', dimension_numbers=dims,
+  plain = fo.fanion(0.1, 2, top_k_method='svd', dimension_numbers=dims,
                     weight_decay=0.05)
   injected = fo.inject_hyperparams(fo.fanion)(
-      learning_rate=0.1, k=2, method='svd', dimension_numbers=dims,
+      learning_rate=0.1, k=2, top_k_method='svd', dimension_numbers=dims,
       weight_decay=0.05)
   state = injected.init(params)
   assert 'k' not in state.hyperparams
@@ -1003,3 +1065,188 @@ def test_package_inject_hyperparams_keeps_structure_static():
   lion = fo.inject_hyperparams(fo.lion_k)(learning_rate=0.1,
                                           lmo=fo.lmo.sign())
   assert 'lmo' not in lion.init(params).hyperparams
+
+
+# ---------------------------------------------------------------------------
+# Presets over the one lion_k pipeline.
+
+PIPELINE_OPTIONS = ('weight_decay', 'weight_decay_mask', 'shape_scale',
+                    'dimension_numbers', 'exclude', 'fallback', 'mu_dtype',
+                    'split')
+# name: (preset, its own arguments, static_args for optax.inject_hyperparams)
+PRESETS = {
+    'muon': (fo.muon, {}, ()),
+    'fanion': (fo.fanion, {'k': 2}, ('k',)),
+    'neon': (fo.neon, {}, ('k',)),
+    'f_muon': (fo.f_muon, {'alpha': 0.3}, ()),
+    's_muon': (fo.s_muon, {'alpha': 0.3, 'sign_scale': 0.01}, ()),
+    'f_fanion': (fo.f_fanion, {'k': 2, 'alpha': 0.3}, ('k',)),
+    's_fanion': (fo.s_fanion, {'k': 2, 'alpha': 0.3, 'sign_scale': 0.01},
+                 ('k',)),
+}
+
+
+def test_pipeline_options_are_lion_k_keyword_options():
+  params = inspect.signature(fo.lion_k).parameters.values()
+  assert tuple(p.name for p in params
+               if p.kind is inspect.Parameter.KEYWORD_ONLY) == PIPELINE_OPTIONS
+
+
+@pytest.mark.parametrize('name', list(PRESETS))
+def test_preset_signature_lists_pipeline_options(name):
+  preset = PRESETS[name][0]
+  params = inspect.signature(preset).parameters
+  lion = inspect.signature(fo.lion_k).parameters
+  assert 'learning_rate' in params
+  assert not any(p.kind is inspect.Parameter.VAR_KEYWORD
+                 for p in params.values())
+  for option in PIPELINE_OPTIONS:
+    assert option in params, option
+    assert params[option].kind is inspect.Parameter.KEYWORD_ONLY, option
+    assert params[option].default == lion[option].default, option
+
+
+@pytest.mark.parametrize('wrapper', ['optax', 'package'])
+@pytest.mark.parametrize('name', list(PRESETS))
+def test_preset_weight_decay_is_injectable(name, wrapper):
+  preset, own, static = PRESETS[name]
+  lr, wd = 0.05, 0.1
+  kw = dict(learning_rate=lr, weight_decay=wd, **own)
+  if wrapper == 'optax':
+    injected = optax.inject_hyperparams(preset, static_args=static)(**kw)
+  else:
+    injected = fo.inject_hyperparams(preset)(**kw)
+  params, grads = _small_problem(7)
+  got, state = _run(injected, params, grads, jit=True)
+  want, _ = _run(preset(**kw), params, grads, jit=True)
+  _assert_trajectories(got, want, want[0], atol=1e-6, rtol=1e-5)
+  assert 'weight_decay' in state.hyperparams
+  np.testing.assert_allclose(state.hyperparams['weight_decay'], wd)
+  # The injected λ is the one used: raising it by Δ adds −ε·Δ·X to the
+  # matrix update and leaves the fallback's alone.
+  update = jax.jit(injected.update)
+  u1, _ = update(grads[0], state, params)
+  hp = dict(state.hyperparams, weight_decay=jnp.asarray(wd + 0.5))
+  u2, _ = update(grads[0], state._replace(hyperparams=hp), params)
+  np.testing.assert_allclose(np.asarray(u2['w']) - np.asarray(u1['w']),
+                             -lr * 0.5 * np.asarray(params['w']),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(u2['b']), np.asarray(u1['b']))
+
+
+def _equal_runs(*txs):
+  """Runs every `tx` over the same problem; all trajectories bit-equal."""
+  shapes = {'wide': (6, 10), 'tall': (10, 6), 'b': (10,)}
+  params = {k: jnp.asarray(_rand(s, 60 + i)) for i, (k, s) in enumerate(
+      shapes.items())}
+  grads = _grads(shapes, 3, seed=9)
+  runs = [_run(tx, params, grads)[0] for tx in txs]
+  for run in runs[1:]:
+    _assert_trajectories(run, runs[0], runs[0][0], atol=0, rtol=0)
+  moved = runs[0][-1]["['wide']"] - np.asarray(params['wide'])
+  assert np.all(np.isfinite(moved)) and np.any(moved != 0)
+  return runs[0]
+
+
+OPTIONS_CASES = {
+    'defaults': {},
+    'options': dict(momentum=0.9, weight_decay=0.1, shape_scale='rms',
+                    exclude=['tall']),
+}
+
+
+@pytest.mark.parametrize('case', list(OPTIONS_CASES))
+@pytest.mark.parametrize('top_k_method', ['subspace', 'svd'])
+def test_neon_equals_fanion_one_exactly(top_k_method, case):
+  kw = dict(OPTIONS_CASES[case], top_k_method=top_k_method)
+  _equal_runs(fo.neon(0.05, **kw), fo.fanion(0.05, 1, **kw),
+              fo.lion_k(0.05, fo.lmo.ky_fan(1, top_k_method=top_k_method),
+                        b1=kw.get('momentum', 0.95)**2,
+                        b2=kw.get('momentum', 0.95),
+                        **{k: v for k, v in kw.items()
+                           if k in PIPELINE_OPTIONS}))
+
+
+@pytest.mark.parametrize('case', list(OPTIONS_CASES))
+@pytest.mark.parametrize('kind', ['f', 's'])
+def test_full_rank_mixtures_equal_their_fanion_and_lion_k_exactly(kind,
+                                                                  case):
+  lr, a, eta = 0.05, 0.3, 0.01
+  kw = OPTIONS_CASES[case]
+  mu = kw.get('momentum', 0.95)
+  options = {k: v for k, v in kw.items() if k in PIPELINE_OPTIONS}
+  if kind == 'f':
+    muon_tx = fo.f_muon(lr, a, **kw)
+    fanion_tx = fo.f_fanion(lr, None, a, **kw)
+    second = fo.lmo.frobenius()
+  else:
+    muon_tx = fo.s_muon(lr, a, eta, **kw)
+    fanion_tx = fo.s_fanion(lr, None, a, eta, **kw)
+    second = fo.lmo.sign(eta)
+  lion_tx = fo.lion_k(
+      lr, fo.lmo.mix((a, fo.lmo.spectral()), (1 - a, second)), b1=mu**2,
+      b2=mu, **options)
+  _equal_runs(muon_tx, fanion_tx, lion_tx)
+
+
+def test_positional_calls():
+  lr, mu = 0.02, 0.95
+  spectral, frobenius = fo.lmo.spectral(), fo.lmo.frobenius()
+  # s_muon(learning_rate, alpha, sign_scale).
+  got = _equal_runs(
+      fo.s_muon(0.02, 0.5, 1e-3), fo.s_muon(lr, alpha=0.5, sign_scale=1e-3),
+      fo.lion_k(lr, fo.lmo.mix((0.5, spectral), (0.5, fo.lmo.sign(1e-3))),
+                mu**2, mu))
+  other = _equal_runs(fo.s_muon(0.02, 0.5))  # the default η = 3e-4
+  assert not np.allclose(got[-1]["['wide']"], other[-1]["['wide']"],
+                         rtol=0, atol=1e-6)
+  # fanion(learning_rate, k).
+  _equal_runs(fo.fanion(0.02, 4), fo.fanion(learning_rate=lr, k=4),
+              fo.lion_k(lr, fo.lmo.ky_fan(4), mu**2, mu))
+  tx = fo.fanion(0.02, 4, shape_scale=None)
+  params = {'w': jnp.zeros((6, 10))}
+  updates, _ = tx.update({'w': jnp.asarray(_rand((6, 10), 3))},
+                         tx.init(params), params)
+  sv = np.linalg.svd(np.asarray(updates['w'], np.float64), compute_uv=False)
+  np.testing.assert_allclose(sv[:4], lr, rtol=1e-4)
+  np.testing.assert_array_less(sv[4:], 1e-4 * lr)
+  # f_fanion(learning_rate, k, alpha).
+  got = _equal_runs(
+      fo.f_fanion(0.02, 4, 0.3), fo.f_fanion(lr, k=4, alpha=0.3),
+      fo.lion_k(lr, fo.lmo.mix((0.3, fo.lmo.ky_fan(4)), (1 - 0.3, frobenius)),
+                mu**2, mu))
+  other = _equal_runs(fo.f_fanion(0.02, 4))  # the default α = 0.5
+  assert not np.allclose(got[-1]["['wide']"], other[-1]["['wide']"],
+                         rtol=0, atol=1e-6)
+
+
+def test_neon_refuses_k():
+  # Neon is Fanion-1: its documented keywords are fanion's but `k`, so a
+  # `k` is a mistake to report, not a silent Fanion-k.
+  with pytest.raises(TypeError, match=r'\bk\b'):
+    fo.neon(0.1, k=4)
+
+
+REMOVED_OPTIONS = {
+    'skip_nonfinite': True, 'fallback_learning_rate': 0.01,
+    'fallback_b1': 0.9, 'fallback_b2': 0.95, 'fallback_eps': 1e-8,
+    'fallback_weight_decay': 0.0, 'axis_name': 'batch', 'mesh': None,
+    'shard_axis': 'x', 'polar': 'svd', 'ns_steps': 5, 'method': 'svd',
+    'iters': 2,
+}
+
+
+@pytest.mark.parametrize('name', [*PRESETS, 'lion_k'])
+def test_removed_options_are_refused(name):
+  if name == 'lion_k':
+    make = functools.partial(fo.lion_k, 0.1, fo.lmo.sign())
+  else:
+    preset, own, _ = PRESETS[name]
+    make = functools.partial(preset, 0.1, **own)
+  make()  # the call itself is fine
+  for option, value in REMOVED_OPTIONS.items():
+    with pytest.raises(TypeError,
+                       match=f"unexpected keyword argument '{option}'"):
+      make(**{option: value})
+  with pytest.raises(TypeError, match=r'\bsplit\b'):
+    make(split='batch')

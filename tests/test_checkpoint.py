@@ -39,13 +39,13 @@ VOCAB, DIM, HIDDEN, OUT = 12, 8, 16, 4
 # biases -> AdamW. The states thus hold None leaves on both branches.
 OPTIMIZERS = {
     'muon': lambda: fo.muon(0.02, weight_decay=0.1, exclude=EXCLUDE),
-    'fanion': lambda: fo.fanion(0.02, 2, method='subspace', weight_decay=0.1,
-                                exclude=EXCLUDE),
+    'fanion': lambda: fo.fanion(0.02, 2, top_k_method='subspace',
+                                weight_decay=0.1, exclude=EXCLUDE),
     'f_muon': lambda: fo.f_muon(0.02, weight_decay=0.1, exclude=EXCLUDE),
     's_fanion': lambda: fo.s_fanion(0.02, 2, sign_scale=0.01,
                                     weight_decay=0.1, exclude=EXCLUDE),
-    'fanion_skip_nonfinite': lambda: fo.fanion(
-        0.02, 2, weight_decay=0.1, exclude=EXCLUDE, skip_nonfinite=True),
+    'fanion_skip_nonfinite': lambda: fo.skip_nonfinite(fo.fanion(
+        0.02, 2, weight_decay=0.1, exclude=EXCLUDE)),
     # Injected hyperparameters: a scheduled learning rate (its value at the
     # restored count) and a weight decay changed in the state during the run.
     'fanion_inject_hyperparams': lambda: optax.inject_hyperparams(
@@ -214,7 +214,7 @@ def _check_special_state(name, saved, final):
 def test_orbax_keeps_none_leaves_and_empty_states(tmp_path):
   """Exactly what orbax does with the None leaves of a routed state."""
   params = _params()
-  tx = fo.fanion(0.02, 2, exclude=EXCLUDE, skip_nonfinite=True)
+  tx = fo.skip_nonfinite(fo.fanion(0.02, 2, exclude=EXCLUDE))
   state = tx.init(params)
   inner = state.inner_state
   # Matrix momentum is None for AdamW's leaves, AdamW's moments are None for

@@ -40,6 +40,14 @@ def test_per_matrix_calls_lapack_once_per_matrix_on_cpu(batch, calls, shape):
   assert {e.invars[0].aval.shape for e in qrs} == {shape}
 
 
+def _power_of_two_scaled(x):
+  """NumPy reference: `x / 2^e` with `max|x| = f·2^e`, `f` in [0.5, 1)."""
+  x = np.asarray(x, np.float64)
+  peak = np.abs(x).max(axis=(-2, -1), keepdims=True)
+  _, exponent = np.frexp(np.where(peak > 0, peak, 1.0))
+  return x / np.exp2(exponent)
+
+
 def test_max_abs_scaled_near_float32_max_under_jit():
   # 1 / 3e38 is subnormal in float32 (below ~1.18e-38) and flushes to zero,
   # so `x * (1 / max|x|)` would be all zeros.
@@ -47,8 +55,9 @@ def test_max_abs_scaled_near_float32_max_under_jit():
   assert np.all(np.isfinite(x))
   y = np.asarray(jax.jit(_linalg.max_abs_scaled)(x))
   assert y.dtype == np.float32
-  expected = np.asarray(x, np.float64) / np.abs(np.asarray(x, np.float64)).max()
+  expected = _power_of_two_scaled(x)
   assert np.all(y[expected != 0] != 0)
+  assert 0.5 <= np.abs(y).max() < 1.0
   np.testing.assert_allclose(y, expected, rtol=1e-6, atol=0)
 
 
@@ -57,10 +66,18 @@ def test_max_abs_scaled_per_matrix_of_a_batch():
                 np.array([[1.0, -4.0, 2.0], [0.0, 0.5, 3.0]], np.float32),
                 np.zeros((2, 3), np.float32)])
   y = np.asarray(jax.jit(_linalg.max_abs_scaled)(x))
-  np.testing.assert_allclose(y[0], 1.0, rtol=1e-6)
-  np.testing.assert_allclose(y[1], np.asarray(x[1], np.float64) / 4.0,
-                             rtol=1e-6)
+  np.testing.assert_allclose(y, _power_of_two_scaled(x), rtol=1e-6)
+  np.testing.assert_array_equal(y[1], x[1] / 8.0)  # max 4 = 0.5·2^3
   assert np.all(y[2] == 0.0)
+
+
+def test_max_abs_scaled_is_bitwise_scale_invariant_by_powers_of_two():
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 5))
+  scaled = jax.jit(_linalg.max_abs_scaled)
+  base = np.asarray(scaled(x))
+  for j in range(-100, 101, 7):
+    np.testing.assert_array_equal(np.asarray(scaled(x * 2.0**j)), base,
+                                  err_msg=f'2^{j}')
 
 
 def test_max_abs_scaled_of_an_empty_matrix_is_empty():

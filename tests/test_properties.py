@@ -99,7 +99,7 @@ def _tol(dtype, shape):
 # The LMO catalogue and the ball each output must lie in.
 
 
-def _polar_bound(method, steps=None):
+def _polar_bound(polar_method, polar_steps=None):
   """sup over σ ∈ (0, 1] of the iteration's scalar map: the largest
   singular value the method can output (exact arithmetic).
 
@@ -107,7 +107,7 @@ def _polar_bound(method, steps=None):
   ~1.1236 (the truncated schedule has not converged); 8 Polar Express
   steps, the classic cubic run long enough and the SVD give 1.
   """
-  rows, safety = fo.coefficient_schedule(method, steps)
+  rows, safety = fo.coefficient_schedule(polar_method, polar_steps)
   if rows is None:
     return 1.0
   s = np.concatenate([np.logspace(-12, 0, 20001), [1.0]]) / safety
@@ -177,27 +177,27 @@ def _catalogue():
 
   spectral_pe = (lmo.spectral(), spectral_ball(pe5))
   ky_fan_2 = (lmo.ky_fan(2), ky_fan_ball(2, pe5))
-  ky_fan_1_svd = (lmo.ky_fan(1, method='svd'), ky_fan_ball(1, pe5))
+  ky_fan_1_svd = (lmo.ky_fan(1, top_k_method='svd'), ky_fan_ball(1, pe5))
   frob = (lmo.frobenius(), frobenius_ball)
   sign_small = (lmo.sign(0.01), sign_ball(0.01))
   cat = {
-      'spectral-newton_schulz': (lmo.spectral(method='newton_schulz'),
+      'spectral-newton_schulz': (lmo.spectral(polar_method='newton_schulz'),
                                  spectral_ball(ns5)),
       'spectral-polar_express': spectral_pe,
-      'spectral-polar_express-8': (lmo.spectral(steps=8),
+      'spectral-polar_express-8': (lmo.spectral(polar_steps=8),
                                    spectral_ball(pe8)),
       'spectral-polar_express-bf16-compute': (
           lmo.spectral(compute_dtype=jnp.bfloat16),
           spectral_ball(pe5, _eps(jnp.bfloat16))),
-      'spectral-svd': (lmo.spectral(method='svd'), spectral_ball(1.0)),
-      'spectral-cubic-rows': (lmo.spectral(method=CUBIC),
+      'spectral-svd': (lmo.spectral(polar_method='svd'), spectral_ball(1.0)),
+      'spectral-cubic-rows': (lmo.spectral(polar_method=CUBIC),
                               spectral_ball(cubic)),
       'ky_fan-2-subspace': ky_fan_2,
-      'ky_fan-2-svd': (lmo.ky_fan(2, method='svd'), ky_fan_ball(2, pe5)),
+      'ky_fan-2-svd': (lmo.ky_fan(2, top_k_method='svd'), ky_fan_ball(2, pe5)),
       'ky_fan-1-subspace': (lmo.ky_fan(1), ky_fan_ball(1, pe5)),
       'ky_fan-1-svd': ky_fan_1_svd,
       'ky_fan-4-subspace-newton_schulz': (
-          lmo.ky_fan(4, polar='newton_schulz'), ky_fan_ball(4, ns5)),
+          lmo.ky_fan(4, polar_method='newton_schulz'), ky_fan_ball(4, ns5)),
       'frobenius': frob,
       'sign-0.3': (lmo.sign(0.3), sign_ball(0.3)),
       'sign-0.01': sign_small,
@@ -326,12 +326,14 @@ DIMENSION_NUMBERS = {name: (None if len(shape) == 1 else
 OPTIMIZERS = {
     'muon': lambda **kw: fo.muon(0.02, weight_decay=0.1, **kw),
     'muon-newton_schulz-plain-rms': lambda **kw: fo.muon(
-        0.02, nesterov=False, polar='newton_schulz', shape_scale='rms', **kw),
-    'muon-svd': lambda **kw: fo.muon(0.02, polar='svd', shape_scale=None,
-                                     **kw),
+        0.02, nesterov=False, polar_method='newton_schulz',
+        shape_scale='rms', **kw),
+    'muon-svd': lambda **kw: fo.muon(0.02, polar_method='svd',
+                                     shape_scale=None, **kw),
     'fanion-2-subspace': lambda **kw: fo.fanion(0.02, 2, weight_decay=0.1,
                                                 **kw),
-    'fanion-2-svd': lambda **kw: fo.fanion(0.02, 2, method='svd', **kw),
+    'fanion-2-svd': lambda **kw: fo.fanion(0.02, 2, top_k_method='svd',
+                                           **kw),
     'neon': lambda **kw: fo.neon(0.02, **kw),
     'f_muon': lambda **kw: fo.f_muon(0.02, 0.5, **kw),
     's_muon': lambda **kw: fo.s_muon(0.02, 0.5, 0.01, **kw),
@@ -346,17 +348,12 @@ OPTIMIZERS = {
 
 
 def _params(dtype_name, seed, exponent, zeros):
-  dtype = DTYPES[dtype_name]
   out = {}
   for i, (name, shape) in enumerate(sorted(PARAM_SHAPES.items())):
-    x = _matrix(shape, dtype_name, seed + i, exponent, zeros
-                if len(shape) > 1 else 'none')
-    # float16 vectors go to the default AdamW fallback, whose float16
-    # second moment and eps=1e-8 (0 in float16) give NaN/Inf: kept in
-    # float32 here, see test_float16_fallback_adamw_is_not_finite.
-    if len(shape) == 1 and dtype == jnp.float16:
-      x = x.astype(jnp.float32)
-    out[name] = x
+    # Vectors go to the default AdamW fallback in the same dtype (float16
+    # included: see test_float16_default_fallback_is_finite).
+    out[name] = _matrix(shape, dtype_name, seed + i, exponent, zeros
+                        if len(shape) > 1 else 'none')
   return out
 
 
@@ -374,8 +371,9 @@ def test_optimizer_updates_finite_and_state_structure_kept(
     name, dtype, seed, unit, zeros, skip):
   lo, hi = EXPONENTS[dtype]
   exponent = lo + (hi - lo) * unit
-  tx = OPTIMIZERS[name](dimension_numbers=DIMENSION_NUMBERS,
-                        skip_nonfinite=skip)
+  tx = OPTIMIZERS[name](dimension_numbers=DIMENSION_NUMBERS)
+  if skip:
+    tx = fo.skip_nonfinite(tx)
   params = _params(dtype, seed, 0.0, 'none')
   state = tx.init(params)
   signature = _signature(state)
@@ -394,18 +392,32 @@ def test_optimizer_updates_finite_and_state_structure_kept(
     assert all(np.all(np.isfinite(to_f64(x))) for x in jax.tree.leaves(state))
 
 
-def test_float16_fallback_adamw_is_not_finite():
-  """Documents a limitation of the default fallback with float16 params.
+def test_float16_default_fallback_is_finite():
+  """The default fallback computes in float32 for float16 parameters.
 
-  optax.adamw keeps nu in float16 and its eps=1e-8 rounds to 0 in float16:
-  zero gradients give 0/0 = NaN and gradients ~1e-3 give -inf. Fails once
-  the fallback computes in float32 (then drop the float32 bias in
-  `_params`).
+  Plain optax.adamw (b2=0.999) keeps nu in float16, where eps=1e-8 rounds
+  to 0: zero gradients give 0/0 = NaN and gradients ~1e-3 give -inf. The
+  default fallback (`fo.adamw_fallback()`) keeps float32 moments and casts
+  its update back: it is float32 AdamW at 3e-4, b2=0.95, rounded to
+  float16.
   """
   params = {'w': jnp.ones((4, 3), jnp.float16), 'b': jnp.ones(3, jnp.float16)}
   tx = fo.muon(0.02)
   for value, bad in ((0.0, np.isnan), (1e-3, np.isinf)):
     grads = jax.tree.map(lambda p: jnp.full_like(p, value), params)
-    updates, _ = tx.update(grads, tx.init(params), params)
+    state = tx.init(params)
+    assert state.fallback[0].nu['b'].dtype == jnp.float32
+    updates, state = tx.update(grads, state, params)
     assert np.all(np.isfinite(to_f64(updates['w'])))
-    assert np.all(bad(to_f64(updates['b']))), value
+    assert updates['b'].dtype == jnp.float16
+    assert np.all(np.isfinite(to_f64(updates['b'])))
+    b32, g32 = (x['b'].astype(jnp.float32) for x in (params, grads))
+    ref = optax.adamw(3e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0)
+    want, _ = ref.update(g32, ref.init(b32), b32)
+    np.testing.assert_array_equal(to_f64(updates['b']),
+                                  to_f64(want.astype(jnp.float16)))
+    # The inputs are the hard case: plain float16 AdamW (optax's defaults,
+    # the old fallback) is not finite here.
+    plain = optax.adamw(3e-4)
+    raw, _ = plain.update(grads['b'], plain.init(params['b']), params['b'])
+    assert np.all(bad(to_f64(raw))), value

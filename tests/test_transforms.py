@@ -79,7 +79,7 @@ def test_lion_k_momentum_state_matches_numpy():
 def test_lion_k_spectral_per_stacked_matrix():
   shape = (3, 5, 7)
   grads = [_rand(shape, t) for t in range(3)]
-  tx = fo.scale_by_lion_k(fo.lmo.spectral(method='svd'), 0.81, 0.9,
+  tx = fo.scale_by_lion_k(fo.lmo.spectral(polar_method='svd'), 0.81, 0.9,
                           dimension_numbers=DN(1, 2))
   state = tx.init({'x': jnp.zeros(shape)})
   expected = _np_lion_k(grads, np_polar, 0.81, 0.9)
@@ -95,7 +95,7 @@ def test_lion_k_spectral_per_stacked_matrix():
 def test_lion_k_conv_kernel_uses_matrix_view():
   shape = (3, 3, 4, 8)
   g = _rand(shape, 3)
-  tx = fo.scale_by_lion_k(fo.lmo.spectral(method='svd'), 0.0, 0.0,
+  tx = fo.scale_by_lion_k(fo.lmo.spectral(polar_method='svd'), 0.0, 0.0,
                           dimension_numbers=DN((0, 1, 2), 3))
   updates, _ = tx.update({'k': jnp.asarray(g)}, tx.init({'k': g}))
   want = np_polar(g.reshape(36, 8)).reshape(shape)
@@ -132,7 +132,7 @@ def test_lion_k_dtypes_and_mu_dtype():
 
 
 def test_lion_k_zero_gradient_gives_zero_update():
-  for lmo in (fo.lmo.spectral(), fo.lmo.spectral(method='svd'),
+  for lmo in (fo.lmo.spectral(), fo.lmo.spectral(polar_method='svd'),
               fo.lmo.frobenius(), fo.lmo.ky_fan(2), fo.lmo.sign()):
     tx = fo.scale_by_lion_k(lmo)
     params = {'w': jnp.zeros((5, 7))}
@@ -189,7 +189,7 @@ def test_scale_by_lmo_follows_momentum():
 
 def test_scale_by_lmo_ky_fan_svd_and_state():
   g = _rand((2, 6, 9), 4)
-  tx = fo.scale_by_lmo(fo.lmo.ky_fan(3, method='svd'),
+  tx = fo.scale_by_lmo(fo.lmo.ky_fan(3, top_k_method='svd'),
                        dimension_numbers=DN(1, 2))
   state = tx.init({'x': jnp.zeros(g.shape)})
   assert state.lmo_state == (None,)
@@ -293,7 +293,7 @@ def test_transforms_chain_is_lion_k_update():
   x = _rand((6, 10), 0).astype(np.float64)
   grads = [_rand((6, 10), 1 + t) for t in range(3)]
   tx = optax.chain(
-      fo.scale_by_lion_k(fo.lmo.spectral(method='svd'), 0.9, 0.95),
+      fo.scale_by_lion_k(fo.lmo.spectral(polar_method='svd'), 0.9, 0.95),
       fo.scale_by_shape('muon'), fo.add_decayed_weights(wd),
       optax.scale_by_learning_rate(lr))
   params = {'w': jnp.asarray(x, jnp.float32)}
