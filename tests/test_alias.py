@@ -1077,7 +1077,7 @@ PIPELINE_OPTIONS = ('weight_decay', 'weight_decay_mask', 'shape_scale',
 PRESETS = {
     'muon': (fo.muon, {}, ()),
     'fanion': (fo.fanion, {'k': 2}, ('k',)),
-    'neon': (fo.neon, {}, ('k',)),
+    'neon': (fo.neon, {}, ()),
     'f_muon': (fo.f_muon, {'alpha': 0.3}, ()),
     's_muon': (fo.s_muon, {'alpha': 0.3, 'sign_scale': 0.01}, ()),
     'f_fanion': (fo.f_fanion, {'k': 2, 'alpha': 0.3}, ('k',)),
