@@ -7,6 +7,8 @@ any test module touches a device.
 import os
 import sys
 
+import pytest
+
 # `reference.py` (NumPy references shared by the tests) is imported as a
 # plain module; with `--import-mode=importlib` pytest does not put this
 # directory (not a package) on `sys.path`, so put it there.
@@ -24,3 +26,17 @@ if _FLAG not in os.environ.get('XLA_FLAGS', ''):
 # Run as subprocesses by test_multihost.py and test_resume.py; importing
 # them would change this process's devices or build optimizers.
 collect_ignore = ['multihost_worker.py', 'resume_worker.py']
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _release_compiled_programs():
+  """Drops JAX's compilation caches after each test module.
+
+  The full suite compiles thousands of programs in one process; letting the
+  caches grow (6 GB resident by the end) once ended in a segfault inside
+  XLA's CPU compiler late in the run.
+  """
+  yield
+  import jax  # imported here: the XLA flags above must be set first
+
+  jax.clear_caches()
