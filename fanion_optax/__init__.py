@@ -8,6 +8,7 @@ catalogue (`fanion_optax.lmo`).
 """
 
 from fanion_optax import diagnostics
+from fanion_optax import catalogue
 from fanion_optax import distributed
 from fanion_optax import lmo
 from fanion_optax import partition
@@ -39,6 +40,7 @@ __all__ = [
     'DimensionNumbers',
     'adamw_fallback',
     'add_decayed_weights',
+    'catalogue',
     'coefficient_schedule',
     'diagnostics',
     'distributed',
