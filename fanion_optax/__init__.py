@@ -7,8 +7,8 @@ transformations (`scale_by_lion_k`, `scale_by_shape`, …) and the LMO
 catalogue (`fanion_optax.lmo`).
 """
 
-from fanion_optax import diagnostics
 from fanion_optax import catalogue
+from fanion_optax import diagnostics
 from fanion_optax import distributed
 from fanion_optax import lmo
 from fanion_optax import partition

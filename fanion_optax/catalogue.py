@@ -45,6 +45,8 @@ class OptimizerEntry:
     low_rank: the direction has rank at most `k` < min(m, n).
     exact: its LMO is an SVD (no iteration, no state): the cheapest to
       compile on CPU and the reference for the iterative entries.
+    variant: the same optimizer as another entry, with another solver;
+      integration tests (Flax, checkpoints, devices) may leave it out.
   """
 
   factory: Callable[..., optax.GradientTransformation]
@@ -54,6 +56,7 @@ class OptimizerEntry:
       default_factory=lambda: MappingProxyType({}))
   low_rank: bool = False
   exact: bool = False
+  variant: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, 'options', MappingProxyType(dict(self.options)))
@@ -66,19 +69,20 @@ class OptimizerEntry:
 
 
 def _entry(factory, learning_rate, *args, low_rank=False, exact=False,
-           **options):
+           variant=False, **options):
   return OptimizerEntry(factory, learning_rate, args, options,
-                        low_rank=low_rank, exact=exact)
+                        low_rank=low_rank, exact=exact, variant=variant)
 
 
 OPTIMIZERS: Mapping[str, OptimizerEntry] = MappingProxyType({
     'muon': _entry(alias.muon, 0.02),
-    'muon_newton_schulz': _entry(alias.muon, 0.02,
+    'muon_newton_schulz': _entry(alias.muon, 0.02, variant=True,
                                  polar_method='newton_schulz'),
-    'muon_svd': _entry(alias.muon, 0.02, polar_method='svd', exact=True),
+    'muon_svd': _entry(alias.muon, 0.02, polar_method='svd', exact=True,
+                       variant=True),
     'fanion': _entry(alias.fanion, 0.02, 2, low_rank=True),
     'fanion_svd': _entry(alias.fanion, 0.02, 2, top_k_method='svd',
-                         low_rank=True, exact=True),
+                         low_rank=True, exact=True, variant=True),
     'neon': _entry(alias.neon, 0.02, low_rank=True),
     'f_muon': _entry(alias.f_muon, 0.02),
     's_muon': _entry(alias.s_muon, 0.02, sign_scale=0.01),
@@ -92,6 +96,10 @@ OPTIMIZERS: Mapping[str, OptimizerEntry] = MappingProxyType({
                          lmo.mix((0.5, lmo.ky_fan(2)), (0.5, lmo.sign(0.01)))),
 })
 """Every optimizer configuration under test, by name."""
+
+PRESETS: tuple[str, ...] = tuple(
+    name for name, entry in OPTIMIZERS.items() if not entry.variant)
+"""The entries that are not solver variants of another entry."""
 
 LMOS: Mapping[str, Callable[[], lmo.LMO]] = MappingProxyType({
     'spectral': lmo.spectral,

@@ -54,7 +54,7 @@ import abc
 import dataclasses
 from collections.abc import Callable
 from typing import Any
-from typing import Literal
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -66,7 +66,7 @@ from fanion_optax import polar as polar_lib
 
 State = Any
 Shape = tuple[int, ...]
-TopKMethod = Literal['subspace', 'svd']
+TopKMethod = lowrank.TopKMethod
 
 
 def _frobenius_norm(x: jax.Array) -> jax.Array:
@@ -221,31 +221,19 @@ class KyFan(LMO):
       raise ValueError(f'shape must have at least 2 axes, got {shape}.')
     if not self.stateful or self._is_full_rank(shape):
       return None
-    return lowrank.initial_subspace(shape, self.k, jnp.float32)
+    # Zeros mark the cold start: the first update starts from the fixed
+    # random subspace with the cold iteration count (`top_k_polar`).
+    k = lowrank.effective_rank(shape, self.k)
+    return jnp.zeros((*shape[:-2], shape[-1], k), jnp.float32)
 
   def update(self, g, state):
     g = _validate.check_matrix('g', g)
     if not self.stateful or self._is_full_rank(g.shape):
       return self(g), state
-    def run(iters):
-      return lowrank.top_k_polar(
-          g, self.k, top_k_method='subspace', subspace_iters=iters,
-          state=state, return_state=True, compute_dtype=self.compute_dtype)
-
-    if self.subspace_iters is not None:
-      direction, subspace = run(self.subspace_iters)
-    else:
-      # The first step starts from `init`'s random subspace and needs the
-      # cold-start iteration count; later steps are warm. Evaluated while
-      # tracing, the start is a constant rather than a QR on every step.
-      with jax.ensure_compile_time_eval():
-        start = lowrank.initial_subspace(g.shape, self.k)
-      if getattr(state, 'shape', None) != start.shape:
-        return run(lowrank.WARM_ITERS)  # top_k_polar names the bad state
-      cold = jnp.all(state == start)
-      direction, subspace = jax.lax.cond(
-          cold, lambda: run(lowrank.COLD_ITERS),
-          lambda: run(lowrank.WARM_ITERS))
+    direction, subspace = lowrank.top_k_polar(
+        g, self.k, top_k_method='subspace', subspace_iters=self.subspace_iters,
+        state=state, return_state=True, compute_dtype=self.compute_dtype)
+    subspace = cast(jax.Array, subspace)  # None only for an empty g
     # A zero or non-finite input carries no information about the subspace:
     # keep the previous one rather than a QR of zeros (or NaN) for the next
     # warm start.
@@ -302,12 +290,13 @@ class Sign(LMO):
   def __call__(self, g):
     g = _validate.check_matrix('g', g)
     wide = jnp.promote_types(g.dtype, jnp.float32)
-    return (self.scale * jnp.sign(g).astype(wide)).astype(g.dtype)
+    direction = cast(jax.Array, self.scale * jnp.sign(g).astype(wide))
+    return direction.astype(g.dtype)
 
   def dual_norm(self, g):
     g = _validate.check_matrix('g', g)
     g = g.astype(jnp.promote_types(g.dtype, jnp.float32))
-    return self.scale * jnp.sum(jnp.abs(g), axis=(-2, -1))
+    return cast(jax.Array, self.scale * jnp.sum(jnp.abs(g), axis=(-2, -1)))
 
   def norm(self, x):
     x = _validate.check_matrix('x', x)
@@ -349,8 +338,8 @@ class Mixture(LMO):
 
   def _combine(self, g, directions):
     wide = jnp.promote_types(g.dtype, jnp.float32)
-    acc = sum(weight * d.astype(wide)
-              for (weight, _), d in zip(self.terms, directions))
+    acc = cast(jax.Array, sum(weight * d.astype(wide)
+                              for (weight, _), d in zip(self.terms, directions)))
     return acc.astype(g.dtype)
 
   def __call__(self, g):
@@ -367,7 +356,8 @@ class Mixture(LMO):
             tuple(s for _, s in outputs))
 
   def dual_norm(self, g):
-    return sum(weight * term.dual_norm(g) for weight, term in self.terms)
+    return cast(jax.Array,
+                sum(weight * term.dual_norm(g) for weight, term in self.terms))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -14,12 +14,16 @@ References:
 
 from __future__ import annotations
 
+from typing import Literal
+from typing import overload
+
 import jax
 import jax.numpy as jnp
 
 from fanion_optax import _linalg
 from fanion_optax import _validate
 
+TopKMethod = Literal['subspace', 'svd']
 METHODS = ('subspace', 'svd')
 WARM_ITERS = 2
 COLD_ITERS = 10
@@ -66,36 +70,84 @@ def top_k_svd(g: jax.Array, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   return u[..., :k], s[..., :k], _linalg.swap_last(vh[..., :k, :])
 
 
+def _power_step(_, carry: tuple[jax.Array, jax.Array]
+                ) -> tuple[jax.Array, jax.Array]:
+  # Module level (not a closure over `g`): eagerly, `fori_loop` then finds
+  # its traced body in JAX's cache instead of compiling it on every call.
+  g, q = carry
+  q, _ = _linalg.qr(_linalg.swap_last(g) @ (g @ q))
+  return g, q
+
+
 def subspace_iteration(
-    g: jax.Array, q: jax.Array, subspace_iters: int
+    g: jax.Array, q: jax.Array, subspace_iters: int | jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Block power iteration `Q ← orth(Gᵀ(G Q))` and a Rayleigh–Ritz step.
 
   Args:
     g: `(..., m, n)`.
     q: `(..., n, k)` starting right subspace (orthonormal columns).
-    subspace_iters: number of `Gᵀ G` multiplications (0 keeps `q`).
+    subspace_iters: number of `Gᵀ G` multiplications (0 keeps `q`); a
+      traced count compiles one loop body for every count.
 
   Returns:
     `(u, s, v)` Ritz triplets `(..., m, k)`, `(..., k)`, `(..., n, k)`:
     `G Q = U Σ Wᵀ` (a small SVD) and `V = Q W`, descending `s`.
   """
-  for _ in range(subspace_iters):
-    q, _ = _linalg.qr(_linalg.swap_last(g) @ (g @ q))
+  _, q = jax.lax.fori_loop(0, subspace_iters, _power_step, (g, q))
   u, s, wh = _linalg.svd(g @ q, full_matrices=False)
   return u, s, q @ _linalg.swap_last(wh)
+
+
+@overload
+def top_k_polar(
+    g: jax.typing.ArrayLike,
+    k: int,
+    *,
+    top_k_method: TopKMethod = ...,
+    subspace_iters: int | None = ...,
+    state: jax.Array | None = ...,
+    return_state: Literal[False] = ...,
+    compute_dtype: jax.typing.DTypeLike | None = ...,
+) -> jax.Array: ...
+
+
+@overload
+def top_k_polar(
+    g: jax.typing.ArrayLike,
+    k: int,
+    *,
+    top_k_method: TopKMethod = ...,
+    subspace_iters: int | None = ...,
+    state: jax.Array | None = ...,
+    return_state: Literal[True],
+    compute_dtype: jax.typing.DTypeLike | None = ...,
+) -> tuple[jax.Array, jax.Array | None]: ...
+
+
+@overload
+def top_k_polar(
+    g: jax.typing.ArrayLike,
+    k: int,
+    *,
+    top_k_method: TopKMethod = ...,
+    subspace_iters: int | None = ...,
+    state: jax.Array | None = ...,
+    return_state: bool,
+    compute_dtype: jax.typing.DTypeLike | None = ...,
+) -> jax.Array | tuple[jax.Array, jax.Array | None]: ...
 
 
 def top_k_polar(
     g: jax.typing.ArrayLike,
     k: int,
     *,
-    top_k_method: str = 'subspace',
+    top_k_method: TopKMethod = 'subspace',
     subspace_iters: int | None = None,
     state: jax.Array | None = None,
     return_state: bool = False,
     compute_dtype: jax.typing.DTypeLike | None = None,
-) -> jax.Array | tuple[jax.Array, jax.Array]:
+) -> jax.Array | tuple[jax.Array, jax.Array | None]:
   """`U_k V_kᵀ`: the top-k singular pairs of `g`, each with weight 1.
 
   This is the LMO of the ball `max(σ₁, Σσᵢ/k) ≤ 1`, dual to the Ky Fan-k norm
@@ -108,16 +160,18 @@ def top_k_polar(
     top_k_method: `"subspace"` (warm-startable block subspace iteration,
       `O(mnk)` per iteration) or `"svd"` (exact).
     subspace_iters: subspace iterations; default 2 when `state` is given
-      (warm), 10 from the cold start. Ignored by `"svd"`.
+      (warm), 10 from the cold start (no state, or a zero state for any
+      matrix of the batch). Ignored by `"svd"`.
     state: `(..., n, min(k, m, n))` right subspace from a previous call
-      (`return_state=True`); `None` starts from a fixed random subspace.
+      (`return_state=True`); `None`, or zeros for a matrix, starts from a
+      fixed random subspace (cold).
     return_state: also return the new right subspace (`V_k`, in float32).
     compute_dtype: dtype of the arithmetic (at least float32; the QR and SVD
       steps have no half-precision kernels).
 
   Returns:
     The direction, of `g`'s shape and dtype, and with `return_state=True`
-    the pair `(direction, new_state)`.
+    the pair `(direction, new_state)` (for an empty `g`, `state` as given).
 
   Raises:
     ValueError: `k < 1`, an unknown `top_k_method`, or a state of the wrong
@@ -149,8 +203,9 @@ def top_k_polar(
   if top_k_method == 'svd' or full_rank:
     u, s, v = top_k_svd(x, k)
   else:
+    start = initial_subspace(x.shape, k, dtype)
     if state is None:
-      q = initial_subspace(x.shape, k, dtype)
+      q = start
       iters = COLD_ITERS if iters is None else iters
     else:
       expected = (*x.shape[:-2], x.shape[-1], k)
@@ -158,8 +213,13 @@ def top_k_polar(
         raise ValueError(
             f'state must have shape {expected} for g of shape {g.shape} and'
             f' k={k}, got {tuple(state.shape)}.')
-      q = state.astype(dtype)
-      iters = WARM_ITERS if iters is None else iters
+      # A zero state (`KyFan.init`, or no informative step yet) is the cold
+      # start, matrix by matrix; the count is decided at run time, so one
+      # loop body serves the cold first step and the warm ones.
+      cold = jnp.all(state == 0, axis=(-2, -1), keepdims=True)
+      q = jnp.where(cold, start, state.astype(dtype))
+      if iters is None:
+        iters = jnp.where(jnp.any(cold), COLD_ITERS, WARM_ITERS)
     u, s, v = subspace_iteration(x, q, iters)
   keep = _linalg.singular_value_mask(s, x.shape).astype(dtype)
   direction = ((u * keep[..., None, :]) @ _linalg.swap_last(v)).astype(g.dtype)

@@ -120,6 +120,7 @@ class DimensionNumbers:
 
 
 def is_dimension_numbers(x: Any) -> bool:
+  """Whether `x` is a `DimensionNumbers` (a leaf of a specification tree)."""
   return isinstance(x, DimensionNumbers)
 
 
@@ -147,6 +148,7 @@ def shape_factor(fan_in: int, fan_out: int, mode: ShapeScale) -> float:
 
 
 def check_shape_scale(mode: Any) -> None:
+  """Raises `ValueError` unless `mode` is `"muon"`, `"rms"` or `None`."""
   _validate.check_choice('shape_scale', mode, SHAPE_SCALES)
 
 

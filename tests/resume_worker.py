@@ -34,6 +34,7 @@ import optax
 import orbax.checkpoint as ocp
 
 import fanion_optax as fo
+from fanion_optax import catalogue
 
 IN, OUT = 8, 4
 EXIT_BAD_CHECKPOINT = 3
@@ -67,10 +68,8 @@ def loss_fn(params, x, y):
   return jnp.mean(jnp.square(h @ params['w1'] + params['b1'] - y))
 
 
-OPTIMIZERS = {
-    'fanion': fo.fanion(0.02, 2, weight_decay=0.1),
-    'muon': fo.muon(0.02, weight_decay=0.1),
-}
+OPTIMIZERS = {name: catalogue.OPTIMIZERS[name](weight_decay=0.1)
+              for name in ('fanion', 'muon')}
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -20,6 +20,7 @@ from reference import np_top_k
 from reference import svd
 
 import fanion_optax as fo
+from fanion_optax import catalogue
 from fanion_optax.partition import DimensionNumbers as DN
 
 # ---------------------------------------------------------------------------
@@ -740,24 +741,9 @@ def test_schedules_equal_per_step_constants(name):
 # Properties over every optimizer of the package.
 
 LR = 0.01
-OPTIMIZERS = {
-    'muon': lambda **kw: fo.muon(LR, **kw),
-    'muon_newton_schulz': lambda **kw: fo.muon(
-        LR, polar_method='newton_schulz', **kw),
-    'fanion': lambda **kw: fo.fanion(LR, 2, **kw),
-    'fanion_svd': lambda **kw: fo.fanion(LR, 2, top_k_method='svd', **kw),
-    'neon': lambda **kw: fo.neon(LR, **kw),
-    'f_muon': lambda **kw: fo.f_muon(LR, **kw),
-    's_muon': lambda **kw: fo.s_muon(LR, **kw),
-    'f_fanion': lambda **kw: fo.f_fanion(LR, 2, **kw),
-    's_fanion': lambda **kw: fo.s_fanion(LR, 2, **kw),
-    'lion_k_sign': lambda **kw: fo.lion_k(LR, fo.lmo.sign(), **kw),
-    'lion_k_frobenius': lambda **kw: fo.lion_k(LR, fo.lmo.frobenius(), **kw),
-    'lion_k_schatten': lambda **kw: fo.lion_k(LR, fo.lmo.schatten(4.0), **kw),
-    'lion_k_mix': lambda **kw: fo.lion_k(
-        LR, fo.lmo.mix((0.5, fo.lmo.ky_fan(2)), (0.5, fo.lmo.sign(0.01))),
-        **kw),
-}
+# Every optimizer configuration of the package's catalogue, at one step size.
+OPTIMIZERS = {name: functools.partial(entry, LR)
+              for name, entry in catalogue.OPTIMIZERS.items()}
 PROP_SHAPES = {'w': (6, 10), 'tall': (10, 6), 'b': (10,), 's': ()}
 
 
@@ -791,8 +777,7 @@ def test_bf16_params_give_bf16_updates(name):
   assert np.any(np.asarray(updates['b'], np.float32) != 0)
 
 
-@pytest.mark.parametrize('name', ['muon', 'fanion', 's_fanion',
-                                  'lion_k_sign'])
+@pytest.mark.parametrize('name', ['muon', 'fanion', 's_fanion', 'lion'])
 def test_mu_dtype_float32_momentum(name):
   tx = OPTIMIZERS[name](weight_decay=0.1, mu_dtype=jnp.float32)
   params, grads = _prop_problem(jnp.bfloat16)
@@ -804,7 +789,7 @@ def test_mu_dtype_float32_momentum(name):
   for k in ('b', 's'):  # the default fallback's moments are float32
     assert state.fallback[0].mu[k].dtype == jnp.float32
   # The stored momentum is the exact float32 (1 − b2)·g, not a bf16 rounding.
-  b2 = {'lion_k_sign': 0.99}.get(name, 0.95)
+  b2 = {'lion': 0.99}.get(name, 0.95)
   np.testing.assert_allclose(
       np.asarray(state.matrices[0].mu['w']),
       (1 - b2) * np.asarray(grads[0]['w'], np.float32), rtol=1e-6)

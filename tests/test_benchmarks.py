@@ -12,6 +12,7 @@ from benchmarks import report
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', report.benchmark_names())
 def test_benchmark_quick_mode(name, tmp_path):
   env = dict(os.environ, OPENBLAS_NUM_THREADS='1')

@@ -19,6 +19,8 @@ params)` or a live state.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,6 +30,7 @@ import pytest
 from flax import nnx
 
 import fanion_optax as fo
+from fanion_optax import catalogue
 
 STEPS = 6
 RESUME_AT = 3
@@ -38,14 +41,11 @@ VOCAB, DIM, HIDDEN, OUT = 12, 8, 16, 4
 # Each leaf kind: 2-D hidden kernels -> LMO; embed/head -> AdamW (excluded);
 # biases -> AdamW. The states thus hold None leaves on both branches.
 OPTIMIZERS = {
-    'muon': lambda: fo.muon(0.02, weight_decay=0.1, exclude=EXCLUDE),
-    'fanion': lambda: fo.fanion(0.02, 2, top_k_method='subspace',
-                                weight_decay=0.1, exclude=EXCLUDE),
-    'f_muon': lambda: fo.f_muon(0.02, weight_decay=0.1, exclude=EXCLUDE),
-    's_fanion': lambda: fo.s_fanion(0.02, 2, sign_scale=0.01,
-                                    weight_decay=0.1, exclude=EXCLUDE),
-    'fanion_skip_nonfinite': lambda: fo.skip_nonfinite(fo.fanion(
-        0.02, 2, weight_decay=0.1, exclude=EXCLUDE)),
+    **{name: functools.partial(catalogue.OPTIMIZERS[name], weight_decay=0.1,
+                               exclude=EXCLUDE)
+       for name in ('muon', 'fanion', 'f_muon', 's_fanion')},
+    'fanion_skip_nonfinite': lambda: fo.skip_nonfinite(
+        catalogue.OPTIMIZERS['fanion'](weight_decay=0.1, exclude=EXCLUDE)),
     # Injected hyperparameters: a scheduled learning rate (its value at the
     # restored count) and a weight decay changed in the state during the run.
     'fanion_inject_hyperparams': lambda: optax.inject_hyperparams(

@@ -9,6 +9,7 @@ import pytest
 from fanion_optax import demo
 
 
+@pytest.mark.slow
 def test_demo_trains_and_writes_results(tmp_path):
   results = demo.main([
       '--optimizers', 'adamw,muon,fanion', '--steps', '6', '--batch', '4',

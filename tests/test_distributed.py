@@ -1,5 +1,6 @@
 """Multi-device optimizers: pmap/shard_map split, sharded jit, FLOP split."""
 
+import functools
 import os
 import re
 import subprocess
@@ -14,6 +15,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import fanion_optax as fo
+from fanion_optax import catalogue
 
 N_DEV = 8
 DN = fo.DimensionNumbers
@@ -55,11 +57,8 @@ def _grads(params, step):
 
 
 OPTIMIZERS = {
-    'muon': lambda **kw: fo.muon(0.02, weight_decay=0.1, **kw),
-    'fanion': lambda **kw: fo.fanion(0.02, 3, weight_decay=0.1, **kw),
-    'f_muon': lambda **kw: fo.f_muon(0.02, **kw),
-    's_fanion': lambda **kw: fo.s_fanion(0.02, 2, sign_scale=0.01, **kw),
-    'lion_schatten': lambda **kw: fo.lion_k(0.01, fo.lmo.schatten(3.0), **kw),
+    name: functools.partial(catalogue.OPTIMIZERS[name], weight_decay=0.1)
+    for name in ('muon', 'fanion', 'f_muon', 's_fanion', 'lion_k_schatten')
 }
 
 

@@ -663,7 +663,7 @@ def _gaps(case):
 def markdown() -> str:
   lines = []
   for api, title in SECTIONS.items():
-    lines += ['', f'### {title}', '',
+    lines += ['', f'## {title}', '',
               '| call | exception | message | gaps |',
               '|---|---|---|---|']
     for case in CASES:

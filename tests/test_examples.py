@@ -44,6 +44,7 @@ def test_examples_have_a_readme_and_quick_mode():
     assert '--quick' in (EXAMPLES / f'{name}.py').read_text()
 
 
+@pytest.mark.slow
 def test_nnx_train(capsys):
   example = _load('nnx_train')
   out = example.main(['--quick'])
@@ -87,6 +88,7 @@ def test_nnx_train_optimizer_state_follows_the_routing():
   assert adam_mu['embed']['embedding'].shape == (args.vocab, args.embed_dim)
 
 
+@pytest.mark.slow
 def test_cnn_conv():
   example = _load('cnn_conv')
   out = example.main(['--quick'])
@@ -120,6 +122,7 @@ def test_distributed_cpu_device_flag(monkeypatch):
   assert example.os.environ['XLA_FLAGS'] == f'--xla_other {flag}=8'
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.device_count() < 8,
                     reason='needs the 8 CPU devices of tests/conftest.py')
 def test_distributed_train_matches_single_device():

@@ -9,6 +9,7 @@ their closed forms (all singular values `lr·s`), which shows that each leaf
 went where it should.
 """
 
+import functools
 import math
 
 import flax.linen as nn
@@ -21,6 +22,7 @@ from flax import nnx
 from flax.training import train_state
 
 import fanion_optax as fo
+from fanion_optax import catalogue
 from fanion_optax.partition import DimensionNumbers as DN
 
 VOCAB, DIM, HIDDEN, OUT = 16, 8, 16, 4
@@ -50,28 +52,12 @@ def _train(lr):
   return dict(ROUTING, fallback=fo.adamw_fallback(lr, b2=0.999))
 
 
-# Exact polar factors and top-k SVDs compile faster on CPU than unrolled
-# Newton–Schulz; the defaults (Polar Express, warm-started subspace
-# iteration) are exercised by 'muon', 'fanion' and 'neon'.
+# Every optimizer of the catalogue (its solver variants aside) at its
+# reference step size, with the routing above.
 OPTIMIZERS = {
-    'muon': lambda: fo.muon(0.02, weight_decay=0.01, **_train(0.02)),
-    'fanion': lambda: fo.fanion(0.02, 2, weight_decay=0.01, **_train(0.02)),
-    'neon': lambda: fo.neon(0.02, weight_decay=0.01, **_train(0.02)),
-    'f_muon': lambda: fo.f_muon(0.02, polar_method='svd', weight_decay=0.01,
-                                **_train(0.02)),
-    's_muon': lambda: fo.s_muon(0.02, sign_scale=0.01, polar_method='svd',
-                                weight_decay=0.01, **_train(0.02)),
-    'f_fanion': lambda: fo.f_fanion(0.02, 2, top_k_method='svd',
-                                    weight_decay=0.01, **_train(0.02)),
-    's_fanion': lambda: fo.s_fanion(0.02, 2, sign_scale=0.01,
-                                    top_k_method='svd', weight_decay=0.01,
-                                    **_train(0.02)),
-    'lion_k_sign': lambda: fo.lion_k(0.01, fo.lmo.sign(), weight_decay=0.01,
-                                     shape_scale=None, **_train(0.01)),
-    'lion_k_frobenius': lambda: fo.lion_k(0.05, fo.lmo.frobenius(),
-                                          **_train(0.05)),
-    'lion_k_schatten': lambda: fo.lion_k(0.02, fo.lmo.schatten(4.0),
-                                         **_train(0.02)),
+    name: functools.partial(catalogue.OPTIMIZERS[name], weight_decay=0.01,
+                            **_train(catalogue.OPTIMIZERS[name].learning_rate))
+    for name in catalogue.PRESETS
 }
 
 

@@ -6,8 +6,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 WORKER = os.path.join(os.path.dirname(__file__), 'multihost_worker.py')
+
+# Two processes under jax.distributed: slow, run by `pytest -m slow`.
+pytestmark = pytest.mark.slow
 
 
 def _free_port():

@@ -29,26 +29,14 @@ import optax
 import pytest
 
 import fanion_optax as fo
-from fanion_optax import lmo
+from fanion_optax import catalogue
 
-OPTIMIZERS = {
-    'muon': (fo.muon, (0.05,), dict(weight_decay=0.1)),
-    'fanion': (fo.fanion, (0.05, 2), dict(weight_decay=0.1)),
-    'fanion-svd': (fo.fanion, (0.05, 2), dict(top_k_method='svd')),
-    'neon': (fo.neon, (0.05,), {}),
-    'f_muon': (fo.f_muon, (0.05,), {}),
-    's_muon': (fo.s_muon, (0.05,), dict(sign_scale=0.01)),
-    'f_fanion': (fo.f_fanion, (0.05, 2), dict(weight_decay=0.1)),
-    's_fanion': (fo.s_fanion, (0.05, 2), dict(sign_scale=0.01)),
-    'lion': (fo.lion_k, (0.01, lmo.sign()), dict(shape_scale=None,
-                                                 weight_decay=0.1)),
-    'lion_k-schatten': (fo.lion_k, (0.01, lmo.schatten(3.0)), {}),
-}
+OPTIMIZERS = catalogue.OPTIMIZERS
 
 
 def _optimizer(name, **overrides):
-  make, args, kwargs = OPTIMIZERS[name]
-  return make(*args, **{**kwargs, **overrides})
+  """The catalogue's entry with weight decay 0.1 unless overridden."""
+  return OPTIMIZERS[name](**{'weight_decay': 0.1, **overrides})
 
 # 'w' and 'v' share a shape: the LMO runs on them as one (2, 6, 4) stack.
 SHAPES = {'w': (6, 4), 'v': (6, 4), 'u': (3, 5), 'b': (4,)}
@@ -285,16 +273,7 @@ def test_without_skip_fallback_nan_is_elementwise():
 # ---------------------------------------------------------------------------
 # Zero gradients.
 
-ZERO_LMOS = {
-    'spectral-' + m: lmo.spectral(polar_method=m)
-    for m in ('polar_express', 'newton_schulz', 'svd')
-} | {
-    'ky_fan-subspace': lmo.ky_fan(2),
-    'ky_fan-svd': lmo.ky_fan(2, top_k_method='svd'),
-    'frobenius': lmo.frobenius(), 'sign': lmo.sign(0.5),
-    'mix': lmo.mix((0.5, lmo.ky_fan(2)), (0.5, lmo.frobenius())),
-    'schatten': lmo.schatten(3.0), 'huber': lmo.huber_nuclear(1.0),
-}
+ZERO_LMOS = {name: make() for name, make in catalogue.LMOS.items()}
 
 
 @pytest.mark.parametrize('name', sorted(ZERO_LMOS))

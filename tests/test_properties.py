@@ -26,6 +26,7 @@ Hypothesis runs derandomized (a fixed seed per test) with no database, so
 every run checks the same cases.
 """
 
+import functools
 import math
 
 import jax
@@ -41,6 +42,7 @@ from reference import singular_values
 from reference import to_f64
 
 import fanion_optax as fo
+from fanion_optax import catalogue
 from fanion_optax import lmo
 
 SHAPES = [(1, 1), (1, 512), (512, 1), (16, 5), (5, 16), (2, 6, 3), (2, 3, 6)]
@@ -149,8 +151,7 @@ def _catalogue():
       assert np.all(np.abs(to_f64(out)) <= radius)
     return check
 
-  def schatten_ball(p):
-    oracle = lmo.schatten(p)
+  def norm_ball(oracle):
     def check(out, g, dtype):
       norm = np.asarray(oracle.norm(out))
       assert np.all(norm <= 1.0 + _tol(dtype, out.shape)), norm
@@ -170,66 +171,60 @@ def _catalogue():
                                  atol=2 * _eps(dtype))
     return check
 
-  pe5, pe8 = _polar_bound('polar_express'), _polar_bound('polar_express', 8)
-  ns5, cubic = _polar_bound('newton_schulz'), _polar_bound(CUBIC)
-  assert 1.20 < ns5 < 1.21 and 1.12 < pe5 < 1.13
-  assert pe8 < 1.0 + 1e-6 and cubic == 1.0
+  def ball(oracle):
+    """The ball of the oracle's outputs, from its type and settings."""
+    if isinstance(oracle, lmo.Spectral):
+      compute_eps = (0.0 if oracle.compute_dtype is None
+                     else _eps(oracle.compute_dtype))
+      return spectral_ball(
+          _polar_bound(oracle.polar_method, oracle.polar_steps), compute_eps)
+    if isinstance(oracle, lmo.KyFan):
+      return ky_fan_ball(oracle.k, _polar_bound(oracle.polar_method,
+                                                oracle.polar_steps))
+    if isinstance(oracle, lmo.Frobenius):
+      return frobenius_ball
+    if isinstance(oracle, lmo.Sign):
+      return sign_ball(oracle.scale)
+    if isinstance(oracle, lmo.Mixture):
+      return mixture_ball([(w, (t, ball(t))) for w, t in oracle.terms])
+    assert isinstance(oracle, lmo.SpectralFunction)
+    # Schatten-p: the Schatten-q ball; Huber: the spectral ball (`norm`);
+    # a custom h′ without a ball norm: h′ = 1 gives the spectral ball.
+    return norm_ball(oracle) if oracle.ball_norm else spectral_ball(1.0)
 
-  spectral_pe = (lmo.spectral(), spectral_ball(pe5))
-  ky_fan_2 = (lmo.ky_fan(2), ky_fan_ball(2, pe5))
-  ky_fan_1_svd = (lmo.ky_fan(1, top_k_method='svd'), ky_fan_ball(1, pe5))
-  frob = (lmo.frobenius(), frobenius_ball)
-  sign_small = (lmo.sign(0.01), sign_ball(0.01))
-  cat = {
-      'spectral-newton_schulz': (lmo.spectral(polar_method='newton_schulz'),
-                                 spectral_ball(ns5)),
-      'spectral-polar_express': spectral_pe,
-      'spectral-polar_express-8': (lmo.spectral(polar_steps=8),
-                                   spectral_ball(pe8)),
-      'spectral-polar_express-bf16-compute': (
-          lmo.spectral(compute_dtype=jnp.bfloat16),
-          spectral_ball(pe5, _eps(jnp.bfloat16))),
-      'spectral-svd': (lmo.spectral(polar_method='svd'), spectral_ball(1.0)),
-      'spectral-cubic-rows': (lmo.spectral(polar_method=CUBIC),
-                              spectral_ball(cubic)),
-      'ky_fan-2-subspace': ky_fan_2,
-      'ky_fan-2-svd': (lmo.ky_fan(2, top_k_method='svd'), ky_fan_ball(2, pe5)),
-      'ky_fan-1-subspace': (lmo.ky_fan(1), ky_fan_ball(1, pe5)),
-      'ky_fan-1-svd': ky_fan_1_svd,
-      'ky_fan-4-subspace-newton_schulz': (
-          lmo.ky_fan(4, polar_method='newton_schulz'), ky_fan_ball(4, ns5)),
-      'frobenius': frob,
-      'sign-0.3': (lmo.sign(0.3), sign_ball(0.3)),
-      'sign-0.01': sign_small,
-      'f_muon-mix': None,
-      's_fanion-mix': None,
-      'three-term-mix': None,
-      'schatten-1.5': (lmo.schatten(1.5), schatten_ball(1.5)),
-      'schatten-4': (lmo.schatten(4.0), schatten_ball(4.0)),
-      'huber_nuclear-0.5': (lmo.huber_nuclear(0.5), spectral_ball(1.0)),
+  ns5, pe5 = _polar_bound('newton_schulz'), _polar_bound('polar_express')
+  assert 1.20 < ns5 < 1.21 and 1.12 < pe5 < 1.13
+  assert _polar_bound('polar_express', 8) < 1.0 + 1e-6
+  assert _polar_bound(CUBIC) == 1.0
+
+  # The package's catalogue, and settings it does not hold.
+  oracles = {name: make() for name, make in catalogue.LMOS.items()} | {
+      'spectral-polar_express-8': lmo.spectral(polar_steps=8),
+      'spectral-polar_express-bf16-compute': lmo.spectral(
+          compute_dtype=jnp.bfloat16),
+      'spectral-cubic-rows': lmo.spectral(polar_method=CUBIC),
+      'ky_fan-1-subspace': lmo.ky_fan(1),
+      'ky_fan-4-subspace-newton_schulz': lmo.ky_fan(
+          4, polar_method='newton_schulz'),
+      'sign-0.01': lmo.sign(0.01),
+      'schatten-1.5': lmo.schatten(1.5),
+      'schatten-4': lmo.schatten(4.0),
+      'three-term-mix': lmo.mix((0.3, lmo.ky_fan(1, top_k_method='svd')),
+                                (0.3, lmo.frobenius()),
+                                (0.4, lmo.sign(0.01))),
   }
-  mixes = {
-      'f_muon-mix': ((0.5, spectral_pe), (0.5, frob)),
-      's_fanion-mix': ((0.5, ky_fan_2), (0.5, sign_small)),
-      'three-term-mix': ((0.3, ky_fan_1_svd), (0.3, frob),
-                         (0.4, sign_small)),
-  }
-  for name, terms in mixes.items():
-    cat[name] = (lmo.mix(*((w, t[0]) for w, t in terms)),
-                 mixture_ball(terms))
-  return cat
+  return {name: (oracle, ball(oracle)) for name, oracle in oracles.items()}
 
 
 CATALOGUE = _catalogue()
 NAMES = sorted(CATALOGUE)
 # Their outputs are polynomials or elementwise maps of G: exactly odd.
-POLYNOMIAL = {'spectral-newton_schulz', 'spectral-polar_express',
-              'spectral-polar_express-8', 'spectral-polar_express-bf16-compute',
-              'spectral-cubic-rows', 'frobenius', 'sign-0.3', 'sign-0.01',
-              'f_muon-mix'}
-NOT_HOMOGENEOUS = {'huber_nuclear-0.5'}
+POLYNOMIAL = {'spectral', 'spectral_newton_schulz', 'spectral-polar_express-8',
+              'spectral-polar_express-bf16-compute', 'spectral-cubic-rows',
+              'frobenius', 'sign', 'sign-0.01', 'f_muon_mix'}
+NOT_HOMOGENEOUS = {'huber_nuclear'}
 # SpectralFunction runs its SVD on G itself (no max-abs pre-scaling).
-HOMOGENEOUS_TO_ROUNDING = {'schatten-1.5', 'schatten-4'}
+HOMOGENEOUS_TO_ROUNDING = {'schatten', 'schatten-1.5', 'schatten-4'}
 
 
 def test_catalogue_covers_every_lmo_kind():
@@ -323,27 +318,11 @@ DIMENSION_NUMBERS = {name: (None if len(shape) == 1 else
                             DN(1, 2) if len(shape) == 3 else DN())
                      for name, shape in PARAM_SHAPES.items()}
 
-OPTIMIZERS = {
-    'muon': lambda **kw: fo.muon(0.02, weight_decay=0.1, **kw),
-    'muon-newton_schulz-plain-rms': lambda **kw: fo.muon(
-        0.02, nesterov=False, polar_method='newton_schulz',
-        shape_scale='rms', **kw),
-    'muon-svd': lambda **kw: fo.muon(0.02, polar_method='svd',
-                                     shape_scale=None, **kw),
-    'fanion-2-subspace': lambda **kw: fo.fanion(0.02, 2, weight_decay=0.1,
-                                                **kw),
-    'fanion-2-svd': lambda **kw: fo.fanion(0.02, 2, top_k_method='svd',
-                                           **kw),
-    'neon': lambda **kw: fo.neon(0.02, **kw),
-    'f_muon': lambda **kw: fo.f_muon(0.02, 0.5, **kw),
-    's_muon': lambda **kw: fo.s_muon(0.02, 0.5, 0.01, **kw),
-    'f_fanion': lambda **kw: fo.f_fanion(0.02, 2, 0.5, **kw),
-    's_fanion': lambda **kw: fo.s_fanion(0.02, 2, 0.5, 0.01,
-                                         weight_decay=0.1, **kw),
-    'lion': lambda **kw: fo.lion_k(1e-3, lmo.sign(), shape_scale=None, **kw),
-    'lion_k-schatten': lambda **kw: fo.lion_k(1e-3, lmo.schatten(3.0), **kw),
-    'lion_k-huber': lambda **kw: fo.lion_k(1e-3, lmo.huber_nuclear(0.5),
-                                           **kw),
+# The catalogue, and one setting it does not hold.
+OPTIMIZERS = dict(catalogue.OPTIMIZERS) | {
+    'muon_newton_schulz_plain_rms': functools.partial(
+        fo.muon, 0.02, nesterov=False, polar_method='newton_schulz',
+        shape_scale='rms'),
 }
 
 

@@ -21,6 +21,9 @@ import time
 import numpy as np
 import pytest
 
+# Subprocesses killed mid-run and resumed: slow, run by `pytest -m slow`.
+pytestmark = pytest.mark.slow
+
 WORKER = os.path.join(os.path.dirname(__file__), 'resume_worker.py')
 STEPS = 20
 SAVE_EVERY = 4
