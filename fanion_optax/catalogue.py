@@ -8,8 +8,9 @@ everywhere by adding one line here. Researchers can loop over it too:
 >>> sorted(fo.catalogue.OPTIMIZERS)[:3]
 ['f_fanion', 'f_muon', 'fanion']
 >>> tx = fo.catalogue.OPTIMIZERS['fanion'](weight_decay=0.1)
->>> fo.catalogue.OPTIMIZERS['fanion'].args
-(2,)
+>>> fo.catalogue.OPTIMIZERS['fanion'].options['k']
+2
+>>> tx = fo.catalogue.OPTIMIZERS['fanion'](0.01, k=8)  # any option overridden
 
 Every entry builds its optimizer from the public presets; the settings are
 the ones the tests and the toy benchmarks use (small `k`, the package's
@@ -38,10 +39,10 @@ class OptimizerEntry:
 
   Attributes:
     factory: the public constructor, called as
-      `factory(learning_rate, *args, **options)`.
+      `factory(learning_rate, **options)`.
     learning_rate: the learning rate the toy problems use.
-    args: positional arguments after the learning rate (`k`, an LMO).
-    options: keyword arguments; a call's keywords override them.
+    options: keyword arguments (`k`, `lmo` included); a call's keywords
+      override them.
     low_rank: the direction has rank at most `k` < min(m, n).
     exact: its LMO is an SVD (no iteration, no state): the cheapest to
       compile on CPU and the reference for the iterative entries.
@@ -51,7 +52,6 @@ class OptimizerEntry:
 
   factory: Callable[..., optax.GradientTransformation]
   learning_rate: float
-  args: tuple[Any, ...] = ()
   options: Mapping[str, Any] = dataclasses.field(
       default_factory=lambda: MappingProxyType({}))
   low_rank: bool = False
@@ -65,13 +65,13 @@ class OptimizerEntry:
                **overrides: Any) -> optax.GradientTransformation:
     """Builds the optimizer; keywords override the entry's options."""
     lr = self.learning_rate if learning_rate is None else learning_rate
-    return self.factory(lr, *self.args, **{**self.options, **overrides})
+    return self.factory(lr, **{**self.options, **overrides})
 
 
-def _entry(factory, learning_rate, *args, low_rank=False, exact=False,
+def _entry(factory, learning_rate, *, low_rank=False, exact=False,
            variant=False, **options):
-  return OptimizerEntry(factory, learning_rate, args, options,
-                        low_rank=low_rank, exact=exact, variant=variant)
+  return OptimizerEntry(factory, learning_rate, options, low_rank=low_rank,
+                        exact=exact, variant=variant)
 
 
 OPTIMIZERS: Mapping[str, OptimizerEntry] = MappingProxyType({
@@ -80,20 +80,20 @@ OPTIMIZERS: Mapping[str, OptimizerEntry] = MappingProxyType({
                                  polar_method='newton_schulz'),
     'muon_svd': _entry(alias.muon, 0.02, polar_method='svd', exact=True,
                        variant=True),
-    'fanion': _entry(alias.fanion, 0.02, 2, low_rank=True),
-    'fanion_svd': _entry(alias.fanion, 0.02, 2, top_k_method='svd',
+    'fanion': _entry(alias.fanion, 0.02, k=2, low_rank=True),
+    'fanion_svd': _entry(alias.fanion, 0.02, k=2, top_k_method='svd',
                          low_rank=True, exact=True, variant=True),
     'neon': _entry(alias.neon, 0.02, low_rank=True),
     'f_muon': _entry(alias.f_muon, 0.02),
     's_muon': _entry(alias.s_muon, 0.02, sign_scale=0.01),
-    'f_fanion': _entry(alias.f_fanion, 0.02, 2),
-    's_fanion': _entry(alias.s_fanion, 0.02, 2, sign_scale=0.01),
-    'lion': _entry(pipeline.lion_k, 0.01, lmo.sign(), shape_scale=None),
-    'lion_k_frobenius': _entry(pipeline.lion_k, 0.05, lmo.frobenius()),
-    'lion_k_schatten': _entry(pipeline.lion_k, 0.02, lmo.schatten(3.0)),
-    'lion_k_huber': _entry(pipeline.lion_k, 0.02, lmo.huber_nuclear(0.5)),
-    'lion_k_mix': _entry(pipeline.lion_k, 0.02,
-                         lmo.mix((0.5, lmo.ky_fan(2)), (0.5, lmo.sign(0.01)))),
+    'f_fanion': _entry(alias.f_fanion, 0.02, k=2),
+    's_fanion': _entry(alias.s_fanion, 0.02, k=2, sign_scale=0.01),
+    'lion': _entry(pipeline.lion_k, 0.01, lmo=lmo.sign(), shape_scale=None),
+    'lion_k_frobenius': _entry(pipeline.lion_k, 0.05, lmo=lmo.frobenius()),
+    'lion_k_schatten': _entry(pipeline.lion_k, 0.02, lmo=lmo.schatten(3.0)),
+    'lion_k_huber': _entry(pipeline.lion_k, 0.02, lmo=lmo.huber_nuclear(0.5)),
+    'lion_k_mix': _entry(pipeline.lion_k, 0.02, lmo=lmo.mix(
+        (0.5, lmo.ky_fan(2)), (0.5, lmo.sign(0.01)))),
 })
 """Every optimizer configuration under test, by name."""
 
