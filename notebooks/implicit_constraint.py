@@ -224,7 +224,7 @@ for name, (_, _, lmo) in RUNS.items():
           f'contraction={entry.contraction}')
 
 # %% [markdown]
-# ### Norm / radius over training
+# ## Norm / radius over training
 #
 # Solid: ball norm divided by the radius $s/\lambda$, per layer. Dashed black: the
 # guaranteed envelope $1+(r_0-1)(1-\varepsilon\lambda)^t$ (with $r_0$ the initial
@@ -264,7 +264,7 @@ ax.legend(fontsize=8)
 plt.show()
 
 # %% [markdown]
-# ### Singular values before and after
+# ## Singular values before and after
 #
 # Layer $W_2$ starts with every singular value at 3 (red line: the radius
 # $s/\lambda=2$). Muon's constraint is on $\sigma_1$ only, so the directions the
