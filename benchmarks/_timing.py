@@ -265,7 +265,7 @@ def metadata(argv: Sequence[str] | None = None) -> dict[str, Any]:
   except (ImportError, AttributeError):
     fanion_version = None
   return {
-      'date': datetime.datetime.now(datetime.timezone.utc).isoformat(
+      'date': datetime.datetime.now(datetime.UTC).isoformat(
           timespec='seconds'),
       'jax': jax.__version__,
       'jaxlib': getattr(jaxlib, '__version__', None),

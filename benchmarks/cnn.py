@@ -99,6 +99,10 @@ MUON_VS_ADAMW_MARGIN = 0.01
 NOISE_FLOOR = 0.01  # |difference| always counted as noise below 1 point
 CHANCE_MARGIN = 0.3
 
+# flax 0.12.7 renamed `nnx.pure` to `nnx.as_pure`; the oldest flax we
+# support (0.12.0) has only the old name.
+_as_pure = getattr(nnx, 'as_pure', None) or nnx.pure
+
 
 # ----------------------------------------------------------------------------
 # Data.
@@ -187,7 +191,7 @@ def dimension_numbers(params: Any) -> Any:
 def init_model(seed: int) -> tuple[Any, Any]:
   """The model's graph definition and its parameters as a pure tree."""
   graphdef, params = nnx.split(CNN(rngs=nnx.Rngs(seed)), nnx.Param)
-  return graphdef, nnx.as_pure(params)
+  return graphdef, _as_pure(params)
 
 
 # ----------------------------------------------------------------------------

@@ -37,6 +37,10 @@ CLASSES = ('horizontal', 'vertical', 'diagonal', 'anti-diagonal')
 SIZE = 8
 EXCLUDE = (r'^head/',)  # the classifier goes to AdamW
 
+# flax 0.12.7 renamed `nnx.pure` to `nnx.as_pure`; the oldest flax we
+# support (0.12.0) has only the old name.
+_as_pure = getattr(nnx, 'as_pure', None) or nnx.pure
+
 
 def make_images(rng: np.random.Generator, n: int, noise: float
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +139,7 @@ def accuracy(model, images, labels):
 
 def pure_params(model: nnx.Module) -> Any:
   """The model's parameters as a plain nested dict of arrays."""
-  return nnx.as_pure(nnx.state(model, nnx.Param))
+  return _as_pure(nnx.state(model, nnx.Param))
 
 
 def report_constraint(params: Any, args: argparse.Namespace

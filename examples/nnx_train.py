@@ -38,6 +38,10 @@ import fanion_optax as fo
 # (`'embed/embedding'`); a pattern must match both.
 EXCLUDE = (r'^embed/', r'^head/')
 
+# flax 0.12.7 renamed `nnx.pure` to `nnx.as_pure`; the oldest flax we
+# support (0.12.0) has only the old name.
+_as_pure = getattr(nnx, 'as_pure', None) or nnx.pure
+
 
 class MLPLanguageModel(nnx.Module):
   """Embed a window of tokens, concatenate, MLP, project to the vocabulary."""
@@ -96,7 +100,7 @@ def routing_table(model: nnx.Module, exclude: Sequence[str]) -> list[str]:
   leaf.
   """
   # The arrays `nnx.Optimizer.update` hands to `tx.update`.
-  params = nnx.as_pure(nnx.state(model, nnx.Param))
+  params = _as_pure(nnx.state(model, nnx.Param))
   specs = fo.partition.resolve_dimension_numbers(params, exclude=exclude)
   leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
   lines = []

@@ -12,6 +12,7 @@ import numbers
 from typing import Any
 
 import jax
+import jax.core  # jax imports it; named here for type checkers
 import jax.numpy as jnp
 import numpy as np
 

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import inspect
 import textwrap
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 from typing import Any
+from typing import TypeVar
+from typing import cast
 
 import jax
 import optax
@@ -41,14 +44,43 @@ if TYPE_CHECKING:
 
   from fanion_optax.pipeline import PipelineOptions
 
+  class _MixtureOptions(PipelineOptions, total=False):
+    """The keywords of `f_muon` and `s_muon` after `alpha`."""
+
+    allow_extrapolation: bool
+    momentum: ScalarOrSchedule
+    nesterov: bool
+    polar_method: polar_lib.PolarMethod
+    polar_steps: int | None
+    compute_dtype: jax.typing.DTypeLike | None
+
+  class _FanionMixtureOptions(_MixtureOptions, total=False):
+    """The keywords of `f_fanion` and `s_fanion` after `alpha`."""
+
+    top_k_method: lmo_lib.TopKMethod
+    subspace_iters: int | None
+
+  class _NeonOptions(PipelineOptions, total=False):
+    """The keywords of `neon`: those of `fanion` but `k`."""
+
+    momentum: ScalarOrSchedule
+    nesterov: bool
+    top_k_method: lmo_lib.TopKMethod
+    subspace_iters: int | None
+    polar_method: polar_lib.PolarMethod
+    polar_steps: int | None
+    compute_dtype: jax.typing.DTypeLike | None
+
 ScalarOrSchedule = optax.ScalarOrSchedule
 Optimizer = optax.GradientTransformationExtraArgs
+_Preset = TypeVar('_Preset', bound=Callable[..., Optimizer])
 DEFAULT_SIGN_SCALE = 3e-4
 """η for S-Muon/S-Fanion: the value used in GPT training by Kravatskiy et
 al.; their synthetic least-squares problem used 0.01."""
 
 
-def _momentum_betas(momentum: ScalarOrSchedule, nesterov: bool):
+def _momentum_betas(momentum: ScalarOrSchedule, nesterov: bool
+                    ) -> tuple[ScalarOrSchedule, ScalarOrSchedule]:
   """Muon's momentum μ as Lion-𝒦 `(b1, b2)`: `(μ², μ)` with Nesterov."""
   _validate.check_scalar('momentum', momentum, low=0.0, high=1.0,
                          high_inclusive=False)
@@ -60,7 +92,8 @@ def _momentum_betas(momentum: ScalarOrSchedule, nesterov: bool):
   return momentum * momentum, momentum
 
 
-def _mixture(alpha, allow_extrapolation, primary, secondary):
+def _mixture(alpha: jax.typing.ArrayLike, allow_extrapolation: bool,
+             primary: lmo_lib.LMO, secondary: lmo_lib.LMO) -> lmo_lib.Mixture:
   _validate.check_bool('allow_extrapolation', allow_extrapolation)
   _validate.check_scalar('alpha', alpha, schedule=False,
                          low=None if allow_extrapolation else 0.0,
@@ -89,8 +122,14 @@ def _sign(sign_scale: jax.typing.ArrayLike) -> lmo_lib.Sign:
   return lmo_lib.sign(sign_scale)
 
 
-def _ky_fan_or_spectral(k, top_k_method, subspace_iters, polar_method,
-                        polar_steps, compute_dtype) -> lmo_lib.LMO:
+def _ky_fan_or_spectral(
+    k: int | None,
+    top_k_method: lmo_lib.TopKMethod,
+    subspace_iters: int | None,
+    polar_method: polar_lib.PolarMethod,
+    polar_steps: int | None,
+    compute_dtype: jax.typing.DTypeLike | None,
+) -> lmo_lib.LMO:
   """The mixtures' first term: Ky Fan-k, or the spectral LMO for `k=None`."""
   if k is None:
     return lmo_lib.spectral(polar_method=polar_method, polar_steps=polar_steps,
@@ -199,7 +238,8 @@ def fanion(
   return lion_k(learning_rate, lmo, b1, b2, **options)
 
 
-def _signature(source, drop=(), sign_scale=False) -> inspect.Signature:
+def _signature(source: Callable[..., Any], drop: tuple[str, ...] = (),
+               sign_scale: bool = False) -> inspect.Signature:
   """`source`'s signature without `drop`, with `sign_scale` after `alpha`."""
   signature = inspect.signature(source)
   params = [p for p in signature.parameters.values() if p.name not in drop]
@@ -211,7 +251,8 @@ def _signature(source, drop=(), sign_scale=False) -> inspect.Signature:
   return signature.replace(parameters=params)
 
 
-def neon(learning_rate: ScalarOrSchedule, **kwargs: Any) -> Optimizer:
+def neon(learning_rate: ScalarOrSchedule,
+         **kwargs: Unpack[_NeonOptions]) -> Optimizer:
   """Neon: Fanion-1, the rank-one update `u₁ v₁ᵀ` (`fanion` with `k=1`).
 
   Args:
@@ -264,7 +305,8 @@ def _fanion_mixture(
                 **options)
 
 
-def _mixture_preset(*, full_rank: bool, sign_scale: bool):
+def _mixture_preset(*, full_rank: bool, sign_scale: bool
+                    ) -> Callable[[_Preset], _Preset]:
   """Gives a mixture preset `_fanion_mixture`'s signature and Args.
 
   The signature drops `secondary` (the preset builds it), drops `k` and the
@@ -274,13 +316,13 @@ def _mixture_preset(*, full_rank: bool, sign_scale: bool):
   """
   dropped = ('secondary',) + (_FULL_RANK_ONLY if full_rank else ())
 
-  def mark(fn):
+  def mark(fn: _Preset) -> _Preset:
     fn.__signature__ = _signature(_fanion_mixture, dropped, sign_scale)
     args = ''.join(
         textwrap.fill(f'{name}: {text}', 76, initial_indent='    ',
                       subsequent_indent='      ') + '\n'
         for name, text in _MIXTURE_ARGS if name not in dropped)
-    fn.__doc__ = fn.__doc__.replace('    {mixture}\n', args + (
+    fn.__doc__ = cast(str, fn.__doc__).replace('    {mixture}\n', args + (
         pipeline.OPTIONS_DOC.lstrip('\n') + '\n  Returns:\n    An'
         ' `optax.GradientTransformationExtraArgs`.\n\n  References:\n'
         '    Kravatskiy et al., arXiv:2512.09678.\n'))
@@ -290,7 +332,8 @@ def _mixture_preset(*, full_rank: bool, sign_scale: bool):
 
 @_mixture_preset(full_rank=False, sign_scale=False)
 def f_fanion(learning_rate: ScalarOrSchedule, k: int | None,
-             alpha: jax.typing.ArrayLike = 0.5, **kwargs: Any) -> Optimizer:
+             alpha: jax.typing.ArrayLike = 0.5,
+             **kwargs: Unpack[_FanionMixtureOptions]) -> Optimizer:
   """F-Fanion-k: `α·U_k V_kᵀ + (1 − α)·G/‖G‖_F` (k = 1: F-Neon).
 
   The LMO of the Minkowski sum of the Ky Fan-k dual ball and the Frobenius
@@ -310,7 +353,7 @@ def f_fanion(learning_rate: ScalarOrSchedule, k: int | None,
 def s_fanion(learning_rate: ScalarOrSchedule, k: int | None,
              alpha: jax.typing.ArrayLike = 0.5,
              sign_scale: jax.typing.ArrayLike = DEFAULT_SIGN_SCALE,
-             **kwargs: Any) -> Optimizer:
+             **kwargs: Unpack[_FanionMixtureOptions]) -> Optimizer:
   """S-Fanion-k: `α·U_k V_kᵀ + (1 − α)·η·sign(G)` (k = 1: S-Neon).
 
   The LMO of the Minkowski sum of the Ky Fan-k dual ball and the ℓ∞ ball of
@@ -330,7 +373,8 @@ def s_fanion(learning_rate: ScalarOrSchedule, k: int | None,
 
 @_mixture_preset(full_rank=True, sign_scale=False)
 def f_muon(learning_rate: ScalarOrSchedule,
-           alpha: jax.typing.ArrayLike = 0.5, **kwargs: Any) -> Optimizer:
+           alpha: jax.typing.ArrayLike = 0.5,
+           **kwargs: Unpack[_MixtureOptions]) -> Optimizer:
   """F-Muon: `α·U Vᵀ + (1 − α)·G/‖G‖_F` (`f_fanion` with `k=None`).
 
   The LMO of the Minkowski sum of the spectral and Frobenius balls.
@@ -348,7 +392,7 @@ def f_muon(learning_rate: ScalarOrSchedule,
 def s_muon(learning_rate: ScalarOrSchedule,
            alpha: jax.typing.ArrayLike = 0.5,
            sign_scale: jax.typing.ArrayLike = DEFAULT_SIGN_SCALE,
-           **kwargs: Any) -> Optimizer:
+           **kwargs: Unpack[_MixtureOptions]) -> Optimizer:
   """S-Muon: `α·U Vᵀ + (1 − α)·η·sign(G)` (`s_fanion` with `k=None`).
 
   The LMO of the Minkowski sum of the spectral ball and the ℓ∞ ball of

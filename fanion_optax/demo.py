@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -119,10 +120,10 @@ def dimension_numbers(params: Any) -> Any:
 def make_optimizer(name: str, steps: int, lr: float | None = None
                    ) -> optax.GradientTransformation:
   """The demo's optimizers, with learning rates tuned for this model size."""
-  common = dict(weight_decay=0.01, exclude=EXCLUDE,
-                dimension_numbers=dimension_numbers,
-                fallback=fo.adamw_fallback(
-                    optax.cosine_decay_schedule(3e-3, steps), b2=0.999))
+  common: dict[str, Any] = dict(
+      weight_decay=0.01, exclude=EXCLUDE, dimension_numbers=dimension_numbers,
+      fallback=fo.adamw_fallback(
+          optax.cosine_decay_schedule(3e-3, steps), b2=0.999))
   schedule = lambda peak: optax.cosine_decay_schedule(peak, steps)
   if name == 'adamw':
     return optax.adamw(schedule(lr or 3e-3), weight_decay=0.01)
@@ -232,7 +233,8 @@ def plot(results: Sequence[dict[str, Any]], path: str) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
-      prog='python -m fanion_optax.demo', description=__doc__.split('\n')[0])
+      prog='python -m fanion_optax.demo',
+      description=cast(str, __doc__).split('\n')[0])
   p.add_argument('--optimizers', default=','.join(OPTIMIZERS),
                  help=f'comma-separated, from {OPTIMIZERS + ("neon",)}')
   p.add_argument('--steps', type=int, default=300)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 from typing import NamedTuple
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +61,7 @@ def _value_at(name: str, value: Any, step: int | None) -> float:
   if step is None:
     raise ValueError(f'{name} is a schedule: pass step= (the step count at'
                      ' which to evaluate it).')
-  return float(value(step))
+  return float(cast(Any, value)(step))
 
 
 def constraint_report(
@@ -69,7 +70,7 @@ def constraint_report(
     *,
     weight_decay: float,
     learning_rate: float | None = None,
-    shape_scale: str | None = 'muon',
+    shape_scale: partition.ShapeScale = 'muon',
     dimension_numbers: Any = None,
     exclude: Any = (),
     rtol: float | None = None,
@@ -136,7 +137,7 @@ def constraint_report(
     if spec is None:
       continue
     leaf = jnp.asarray(leaf)
-    s = partition.shape_factor(*spec.fans(leaf.shape), shape_scale)
+    s = partition.shape_factor(*spec.fans(leaf.shape), mode=shape_scale)
     radius = s / weight_decay if weight_decay > 0 else float('inf')
     norm = np.asarray(lmo.norm(spec.to_matrices(leaf)), dtype=np.float64)
     report[partition.path_name(path)] = ConstraintEntry(

@@ -34,6 +34,8 @@ import math
 from collections.abc import Hashable
 from collections.abc import Sequence
 from typing import Any
+from typing import Literal
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -118,7 +120,9 @@ def over_axis(axis_name: Hashable) -> OverAxis:
 def over_mesh(mesh: Mesh, axes: str | Sequence[str] | None = None
               ) -> OverMesh:
   """Sharded jit: split the work over `axes` of `mesh` (default: all)."""
-  return OverMesh(mesh, tuple(axes) if isinstance(axes, list) else axes)
+  # A list becomes a tuple; `OverMesh` rejects any other non-tuple sequence.
+  return OverMesh(mesh, cast('str | tuple[str, ...] | None',
+                             tuple(axes) if isinstance(axes, list) else axes))
 
 
 def check_split(split: Any) -> None:
@@ -169,7 +173,8 @@ def _take(tree: Any, start: int, size: int) -> Any:
   return jax.tree.map(lambda x: x[start:start + size], tree)
 
 
-def _pad_batch(tree: Any, total: int, mode: str) -> Any:
+def _pad_batch(tree: Any, total: int, mode: Literal['constant', 'edge']
+               ) -> Any:
   def pad(x):
     extra = total - x.shape[0]
     if extra == 0:
@@ -225,7 +230,8 @@ def _gather_replicated(x: jax.Array, axis_name: Any, start: jax.Array,
 
 
 def _update_mesh(lmo: lmo_lib.LMO, x, state, split: OverMesh):
-  mesh, axes = split.mesh, split.axes
+  mesh = split.mesh
+  axes = cast(tuple[str, ...], split.axes)  # a tuple after __post_init__
   devices = math.prod(mesh.shape[a] for a in axes)
   batch = x.shape[0]
   total = math.ceil(batch / devices) * devices

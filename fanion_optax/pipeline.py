@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import TypedDict
+from typing import TypeVar
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
   pass
 
 ScalarOrSchedule = optax.ScalarOrSchedule
+_Factory = TypeVar('_Factory', bound=Callable[..., Any])
 
 
 def _to_float32(tree: Any) -> Any:
@@ -217,7 +220,7 @@ OPTIONS_DOC = """
 """
 
 
-def preset(factory: Callable[..., Any]) -> Callable[..., Any]:
+def preset(factory: _Factory) -> _Factory:
   """Marks `factory(..., **options)` as a preset over `lion_k`.
 
   Its signature, as `inspect.signature` (IDEs, `help`, and
@@ -229,8 +232,8 @@ def preset(factory: Callable[..., Any]) -> Callable[..., Any]:
   params = [p for p in own.parameters.values()
             if p.kind is not inspect.Parameter.VAR_KEYWORD]
   factory.__signature__ = own.replace(parameters=params + list(_OPTIONS))
-  factory.__doc__ = factory.__doc__.replace('    {options}\n',
-                                            OPTIONS_DOC.lstrip('\n'))
+  factory.__doc__ = cast(str, factory.__doc__).replace(
+      '    {options}\n', OPTIONS_DOC.lstrip('\n'))
   return factory
 
 
@@ -277,6 +280,9 @@ def inject_hyperparams(
       static_args)
   parameters = inspect.signature(factory).parameters
   static = tuple(a for a in STRUCTURAL_ARGS if a in parameters) + extra
-  return optax.inject_hyperparams(factory, static_args=static,
-                                  hyperparam_dtype=hyperparam_dtype)
+  # optax annotates `jnp.dtype | None`; it converts with `jnp.asarray(x,
+  # dtype)`, which takes any DTypeLike.
+  return optax.inject_hyperparams(
+      factory, static_args=static,
+      hyperparam_dtype=cast('jnp.dtype | None', hyperparam_dtype))
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +31,8 @@ from fanion_optax import _linalg
 from fanion_optax import _validate
 
 CoefficientRows = tuple[tuple[float, float, float], ...]
-PolarMethod = str | Sequence[Sequence[float]]
+PolarMethod = (Literal['newton_schulz', 'polar_express', 'svd']
+               | Sequence[Sequence[float]])
 
 JORDAN_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 """Jordan's quintic: fast, not convergent (singular values end in ~[0.7, 1.2])."""
@@ -117,7 +120,7 @@ def coefficient_schedule(
     raise ValueError(
         f'polar_steps must be in [1, {len(rows)}] for the {len(rows)}'
         f' coefficient rows given, got {polar_steps}.')
-  return rows[:polar_steps], 1.0
+  return cast(CoefficientRows, rows[:polar_steps]), 1.0  # rows of 3
 
 
 def newton_schulz_iterate(x: jax.Array, rows: CoefficientRows) -> jax.Array:

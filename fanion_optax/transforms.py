@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 from typing import NamedTuple
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +71,7 @@ def _map_matrices(fn, specs, *trees):
 class ScaleByLionKState(NamedTuple):
   """State of `scale_by_lion_k`."""
 
-  count: jax.Array
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
   """Number of updates so far, int32 scalar."""
   mu: optax.Updates
   """The momentum `M`, shaped like the parameters."""
@@ -200,7 +201,8 @@ def scale_by_lion_k(
         lambda m, g: interpolate(beta2, m, g).astype(m.dtype),
         state.mu, updates)
     return directions, ScaleByLionKState(
-        count=optax.safe_increment(state.count), mu=mu, lmo_state=lmo_state)
+        count=cast(jax.Array, optax.safe_increment(state.count)), mu=mu,
+        lmo_state=lmo_state)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -273,7 +275,7 @@ def scale_by_shape(
     specs = _matrix_specs(updates, dimension_numbers, 'scale_by_shape')
     scaled = _map_matrices(
         lambda spec, u: (u * partition.shape_factor(
-            *spec.fans(u.shape), shape_scale)).astype(u.dtype),
+            *spec.fans(u.shape), mode=shape_scale)).astype(u.dtype),
         specs, updates)
     return scaled, state
 
@@ -283,7 +285,7 @@ def scale_by_shape(
 class AddDecayedWeightsState(NamedTuple):
   """State of `add_decayed_weights`: the step count, for schedules."""
 
-  count: jax.Array
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
 
 
 def add_decayed_weights(
@@ -326,7 +328,8 @@ def add_decayed_weights(
     new = jax.tree.map(
         lambda u, p, m: (u + decay * p).astype(u.dtype) if m else u,
         updates, params, full_mask)
-    return new, AddDecayedWeightsState(count=optax.safe_increment(state.count))
+    return new, AddDecayedWeightsState(
+        count=cast(jax.Array, optax.safe_increment(state.count)))
 
   return optax.GradientTransformation(init_fn, update_fn)
 

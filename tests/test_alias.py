@@ -18,6 +18,7 @@ import pytest
 from reference import np_polar
 from reference import np_top_k
 from reference import svd
+from tiers import tiered
 
 import fanion_optax as fo
 from fanion_optax import catalogue
@@ -756,7 +757,7 @@ def _prop_problem(dtype=jnp.float32):
   return params, grads
 
 
-@pytest.mark.parametrize('name', list(OPTIMIZERS))
+@pytest.mark.parametrize('name', tiered(OPTIMIZERS))
 def test_bf16_params_give_bf16_updates(name):
   tx = OPTIMIZERS[name](weight_decay=0.1)
   params, grads = _prop_problem(jnp.bfloat16)
@@ -797,7 +798,7 @@ def test_mu_dtype_float32_momentum(name):
   assert all(p.dtype == jnp.bfloat16 for p in new.values())
 
 
-@pytest.mark.parametrize('name', list(OPTIMIZERS))
+@pytest.mark.parametrize('name', tiered(OPTIMIZERS))
 def test_jit_traces_once(name):
   tx = OPTIMIZERS[name](weight_decay=0.1)
   params, grads = _prop_problem()
@@ -825,7 +826,7 @@ def _masked_nodes(tree):
   return [x for x in leaves if isinstance(x, optax.MaskedNode)]
 
 
-@pytest.mark.parametrize('name', list(OPTIMIZERS))
+@pytest.mark.parametrize('name', tiered(OPTIMIZERS))
 def test_no_masked_node(name):
   tx = OPTIMIZERS[name](weight_decay=0.1, exclude=['tall'])
   params, grads = _prop_problem()
@@ -1092,7 +1093,7 @@ def test_preset_signature_lists_pipeline_options(name):
 
 
 @pytest.mark.parametrize('wrapper', ['optax', 'package'])
-@pytest.mark.parametrize('name', list(PRESETS))
+@pytest.mark.parametrize('name', tiered(PRESETS))
 def test_preset_weight_decay_is_injectable(name, wrapper):
   preset, own, static = PRESETS[name]
   lr, wd = 0.05, 0.1

@@ -28,6 +28,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
+from tiers import tiered
 
 import fanion_optax as fo
 from fanion_optax import catalogue
@@ -149,7 +150,8 @@ def _restore(directory, target):
     return step, manager.restore(step, args=ocp.args.StandardRestore(target))
 
 
-@pytest.mark.parametrize('name', list(OPTIMIZERS))
+@pytest.mark.parametrize('name', tiered(
+    OPTIMIZERS, fast={'fanion', 'fanion_inject_hyperparams'}))
 def test_pytree_resume_from_disk_is_bitwise_identical(name, tmp_path):
   make = OPTIMIZERS[name]
   params0 = _params()
@@ -287,7 +289,7 @@ def _nnx_arrays(model, optimizer):
       nnx.state(optimizer))
 
 
-@pytest.mark.parametrize('name', NNX_OPTIMIZERS)
+@pytest.mark.parametrize('name', tiered(NNX_OPTIMIZERS, fast={'fanion'}))
 def test_nnx_resume_from_disk_is_bitwise_identical(name, tmp_path):
   model, optimizer = _nnx_objects(name)
   _nnx_train(name, model, optimizer, 0, RESUME_AT)

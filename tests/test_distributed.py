@@ -13,6 +13,7 @@ import pytest
 from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from tiers import tiered
 
 import fanion_optax as fo
 from fanion_optax import catalogue
@@ -78,7 +79,7 @@ def _assert_close(a, b, atol=1e-5):
                                rtol=1e-4)
 
 
-@pytest.mark.parametrize('name', sorted(OPTIMIZERS))
+@pytest.mark.parametrize('name', tiered(OPTIMIZERS))
 def test_pmap_split_equals_single_device(name):
   make = OPTIMIZERS[name]
   params = _params()
@@ -120,13 +121,7 @@ def test_pmap_warm_state_is_split_and_gathered():
   assert not np.allclose(new_lmo[0][0], lmo_states[0])
 
 
-REPLICATED = {
-    'muon': lambda **kw: fo.muon(0.02, weight_decay=0.1, **kw),
-    'fanion': lambda **kw: fo.fanion(0.02, 2, weight_decay=0.1, **kw),
-}
-
-
-@pytest.mark.parametrize('name', sorted(REPLICATED))
+@pytest.mark.parametrize('name', ['fanion', 'muon'])
 def test_shard_map_checked_vma_split_equals_single_device(name):
   """`over_axis` inside `jax.shard_map` with its default `check_vma=True`.
 
@@ -134,7 +129,7 @@ def test_shard_map_checked_vma_split_equals_single_device(name):
   device's share must be typed as replicated, or `out_specs=P()` is refused
   ('could not infer replication').
   """
-  make = REPLICATED[name]
+  make = OPTIMIZERS[name]
   params = _params()
   ref_params, ref_state = _run_single(make, params, steps=3)
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from tiers import tiered
 
 import fanion_optax as fo
 from fanion_optax import catalogue
@@ -41,7 +42,7 @@ def _grads(params, seed=1):
 # 1. Donation of a skip_nonfinite state.
 
 
-@pytest.mark.parametrize('name', sorted(PRESETS))
+@pytest.mark.parametrize('name', tiered(sorted(PRESETS)))
 def test_state_buffers_are_distinct_and_donatable(name):
   tx = fo.skip_nonfinite(PRESETS[name]())
   params = _params()
@@ -70,7 +71,7 @@ def test_state_buffers_are_distinct_and_donatable(name):
 # 2. Zero-size leaves.
 
 
-@pytest.mark.parametrize('name', sorted(PRESETS))
+@pytest.mark.parametrize('name', tiered(sorted(PRESETS)))
 def test_zero_size_leaves_get_empty_updates(name):
   tx = PRESETS[name]()
   base = _params()
@@ -116,7 +117,7 @@ def test_zero_size_constraint_report():
 # 3. Integer parameters.
 
 
-@pytest.mark.parametrize('name', sorted(PRESETS))
+@pytest.mark.parametrize('name', tiered(sorted(PRESETS)))
 def test_integer_parameters_are_refused_by_path(name):
   tx = PRESETS[name]()
   with pytest.raises(TypeError, match=r"'layer/w'.*int32"):
