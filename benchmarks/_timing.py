@@ -49,8 +49,10 @@ def progress_bar(total: int, desc: str, unit: str = 'it'):
   Use as a context manager. `bar.write(msg)` prints above the bar.
   """
   from tqdm.auto import tqdm
-  return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True,
-              mininterval=1.0)
+
+  return tqdm(
+    total=total, desc=desc, unit=unit, dynamic_ncols=True, mininterval=1.0
+  )
 
 
 def fmt(x: Any) -> str:
@@ -69,8 +71,9 @@ def random_tree(shapes: Any, seed: int, scale: float = 1.0) -> Any:
   """`scale * N(0, 1)` float32 arrays for a tree of shapes (a key per leaf)."""
   leaves, treedef = jax.tree.flatten(shapes, is_leaf=is_shape)
   keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-  return treedef.unflatten([scale * jax.random.normal(k, s, jnp.float32)
-                            for k, s in zip(keys, leaves)])
+  return treedef.unflatten(
+    [scale * jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, leaves)]
+  )
 
 
 def flops_of(compiled: Any) -> float | None:
@@ -89,30 +92,38 @@ def flops_of(compiled: Any) -> float | None:
   return float(cost['flops'])
 
 
-def text_table(header: Sequence[str], rows: Sequence[Sequence[Any]],
-               left: int = 1) -> str:
+def text_table(
+  header: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1
+) -> str:
   """A console table; columns sized to fit, the first `left` left-aligned.
 
   Strings are printed as they are, `None` as `-`, other values with `fmt`.
   """
   cells = [list(header)] + [
-      ['-' if v is None else v if isinstance(v, str) else fmt(v)
-       for v in row] for row in rows]
+    ['-' if v is None else v if isinstance(v, str) else fmt(v) for v in row]
+    for row in rows
+  ]
   widths = [max(len(row[j]) for row in cells) for j in range(len(header))]
 
   def line(row):
-    return ' '.join(v.ljust(w) if j < left else v.rjust(w)
-                    for j, (v, w) in enumerate(zip(row, widths)))
+    return ' '.join(
+      v.ljust(w) if j < left else v.rjust(w)
+      for j, (v, w) in enumerate(zip(row, widths))
+    )
+
   rule = '-' * len(line(cells[0]))
   return '\n'.join([line(cells[0]), rule, *map(line, cells[1:])])
 
 
-def print_targets(targets: Mapping[str, Mapping[str, Any]],
-                  detail: Callable[[Mapping[str, Any]], str]) -> None:
+def print_targets(
+  targets: Mapping[str, Mapping[str, Any]],
+  detail: Callable[[Mapping[str, Any]], str],
+) -> None:
   """One `[PASS]`/`[FAIL]` line per target (`detail(target)` after it)."""
   for name, target in targets.items():
-    log(f'  [{"PASS" if target["passed"] else "FAIL"}] {name}:'
-        f' {detail(target)}')
+    log(
+      f'  [{"PASS" if target["passed"] else "FAIL"}] {name}: {detail(target)}'
+    )
 
 
 def compile_ahead(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
@@ -150,20 +161,21 @@ class Timing:
     return min(self.times)
 
 
-def run_round(candidates: Mapping[str, Candidate],
-              order: Sequence[str] | None = None) -> dict[str, float]:
+def run_round(
+  candidates: Mapping[str, Candidate], order: Sequence[str] | None = None
+) -> dict[str, float]:
   """Calls every candidate once, in `order`; returns the seconds of each."""
   order = list(candidates) if order is None else list(order)
   return {name: time_call(candidates[name])[0] for name in order}
 
 
 def time_side_by_side(
-    candidates: Mapping[str, Candidate],
-    *,
-    reps: int,
-    warmup: int = 1,
-    compile_s: Mapping[str, float] | None = None,
-    progress: Callable[[str], None] | None = None,
+  candidates: Mapping[str, Candidate],
+  *,
+  reps: int,
+  warmup: int = 1,
+  compile_s: Mapping[str, float] | None = None,
+  progress: Callable[[str], None] | None = None,
 ) -> dict[str, Timing]:
   """Times the candidates in `reps` interleaved, rotated rounds.
 
@@ -182,8 +194,8 @@ def time_side_by_side(
     for name in names:
       jax.block_until_ready(candidates[name]())
   timings = {
-      name: Timing(name, compile_s=(compile_s or {}).get(name))
-      for name in names}
+    name: Timing(name, compile_s=(compile_s or {}).get(name)) for name in names
+  }
   for r in range(reps):
     shift = r % len(names)
     order = names[shift:] + names[:shift]
@@ -194,8 +206,9 @@ def time_side_by_side(
   return timings
 
 
-def summarize(timings: Mapping[str, Timing],
-              baseline: str | None = None) -> dict[str, dict[str, Any]]:
+def summarize(
+  timings: Mapping[str, Timing], baseline: str | None = None
+) -> dict[str, dict[str, Any]]:
   """Median/min seconds per candidate and ratios to `baseline`.
 
   `ratio` is median(candidate) / median(baseline); `paired_ratio` is the
@@ -206,10 +219,10 @@ def summarize(timings: Mapping[str, Timing],
   base = timings[baseline] if baseline is not None else None
   for name, timing in timings.items():
     row: dict[str, Any] = {
-        'median_s': timing.median,
-        'min_s': timing.min,
-        'times_s': list(timing.times),
-        'compile_s': timing.compile_s,
+      'median_s': timing.median,
+      'min_s': timing.min,
+      'times_s': list(timing.times),
+      'compile_s': timing.compile_s,
     }
     if base is not None:
       row['ratio'] = timing.median / base.median
@@ -221,10 +234,17 @@ def summarize(timings: Mapping[str, Timing],
 
 def _git_commit() -> str | None:
   try:
-    return subprocess.run(
-        ['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
-        check=True, cwd=os.path.dirname(os.path.abspath(__file__)),
-        timeout=10).stdout.strip() or None
+    return (
+      subprocess.run(
+        ['git', 'rev-parse', 'HEAD'],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.abspath(__file__)),
+        timeout=10,
+      ).stdout.strip()
+      or None
+    )
   except (OSError, subprocess.SubprocessError):
     return None
 
@@ -261,28 +281,28 @@ def metadata(argv: Sequence[str] | None = None) -> dict[str, Any]:
     affinity = None
   try:
     import fanion_optax
+
     fanion_version = fanion_optax.__version__
   except (ImportError, AttributeError):
     fanion_version = None
   return {
-      'date': datetime.datetime.now(datetime.UTC).isoformat(
-          timespec='seconds'),
-      'jax': jax.__version__,
-      'jaxlib': getattr(jaxlib, '__version__', None),
-      'optax': optax.__version__,
-      'numpy': np.__version__,
-      'fanion_optax': fanion_version,
-      'git_commit': _git_commit(),
-      'platform': device.platform,
-      'device_kind': device.device_kind,
-      'device_count': jax.device_count(),
-      'cpu_count': os.cpu_count(),
-      'cpu_affinity': affinity,
-      'cpu_model': _cpu_model(),
-      'load_average': load_average(),
-      'machine': platform.machine(),
-      'python': platform.python_version(),
-      'command': shlex.join([os.path.basename(sys.executable), *argv]),
+    'date': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
+    'jax': jax.__version__,
+    'jaxlib': getattr(jaxlib, '__version__', None),
+    'optax': optax.__version__,
+    'numpy': np.__version__,
+    'fanion_optax': fanion_version,
+    'git_commit': _git_commit(),
+    'platform': device.platform,
+    'device_kind': device.device_kind,
+    'device_count': jax.device_count(),
+    'cpu_count': os.cpu_count(),
+    'cpu_affinity': affinity,
+    'cpu_model': _cpu_model(),
+    'load_average': load_average(),
+    'machine': platform.machine(),
+    'python': platform.python_version(),
+    'command': shlex.join([os.path.basename(sys.executable), *argv]),
   }
 
 
@@ -294,8 +314,9 @@ def _to_json(value: Any) -> Any:
   raise TypeError(f'not JSON serialisable: {type(value).__name__}')
 
 
-def write_json(path: str, payload: Mapping[str, Any],
-               argv: Sequence[str] | None = None) -> dict[str, Any]:
+def write_json(
+  path: str, payload: Mapping[str, Any], argv: Sequence[str] | None = None
+) -> dict[str, Any]:
   """Writes `{"metadata": ..., **payload}` to `path` (dirs created)."""
   document = {'metadata': metadata(argv), **payload}
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -305,10 +326,13 @@ def write_json(path: str, payload: Mapping[str, Any],
   return document
 
 
-def save_results(name: str, out: str, payload: Mapping[str, Any],
-                 argv: Sequence[str],
-                 draw: Callable[[dict[str, Any], str], None]
-                 ) -> dict[str, Any]:
+def save_results(
+  name: str,
+  out: str,
+  payload: Mapping[str, Any],
+  argv: Sequence[str],
+  draw: Callable[[dict[str, Any], str], None],
+) -> dict[str, Any]:
   """Writes `<out>/<name>.json` (with `metadata`) and `<out>/<name>.png`.
 
   Args:
@@ -323,19 +347,22 @@ def save_results(name: str, out: str, payload: Mapping[str, Any],
   """
   json_path = os.path.join(out, f'{name}.json')
   png_path = os.path.join(out, f'{name}.png')
-  document = write_json(json_path, payload,
-                        argv=['-m', f'benchmarks.{name}', *argv])
+  document = write_json(
+    json_path, payload, argv=['-m', f'benchmarks.{name}', *argv]
+  )
   draw(document, png_path)
   log(f'wrote {json_path} and {png_path}')
   return document
 
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                           'results')
+RESULTS_DIR = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), 'results'
+)
 
 
-def benchmark_parser(name: str, doc: str, quick_help: str
-                     ) -> argparse.ArgumentParser:
+def benchmark_parser(
+  name: str, doc: str, quick_help: str
+) -> argparse.ArgumentParser:
   """The argument parser every benchmark starts from: `--quick` and `--out`.
 
   Args:
@@ -343,11 +370,15 @@ def benchmark_parser(name: str, doc: str, quick_help: str
     doc: the module docstring; its first line is the description.
     quick_help: what `--quick` shrinks.
   """
-  parser = argparse.ArgumentParser(prog=f'python -m benchmarks.{name}',
-                                   description=doc.splitlines()[0])
+  parser = argparse.ArgumentParser(
+    prog=f'python -m benchmarks.{name}', description=doc.splitlines()[0]
+  )
   parser.add_argument('--quick', action='store_true', help=quick_help)
-  parser.add_argument('--out', default=RESULTS_DIR,
-                      help='results directory (default benchmarks/results)')
+  parser.add_argument(
+    '--out',
+    default=RESULTS_DIR,
+    help='results directory (default benchmarks/results)',
+  )
   return parser
 
 
@@ -357,7 +388,8 @@ def positive_ints(text: str) -> list[int]:
     values = [int(v) for v in text.split(',') if v.strip()]
   except ValueError:
     raise argparse.ArgumentTypeError(
-        f'expected comma-separated integers, got {text!r}') from None
+      f'expected comma-separated integers, got {text!r}'
+    ) from None
   if not values or min(values) < 1:
     raise argparse.ArgumentTypeError(f'expected positive integers: {text!r}')
   return sorted(set(values))

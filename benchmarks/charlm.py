@@ -71,43 +71,80 @@ import fanion_optax as fo
 from benchmarks import _timing
 from fanion_optax import demo
 
-OPTIMIZERS = ('adamw', 'muon', 'f_muon', 's_muon', 'fanion1', 'fanion8',
-              'fanion64')
+OPTIMIZERS = (
+  'adamw',
+  'muon',
+  'f_muon',
+  's_muon',
+  'fanion1',
+  'fanion8',
+  'fanion64',
+)
 FULL_OPTIMIZERS = OPTIMIZERS[:-1]
 """Fanion-64 is Muon at d_model 64 (see the module docstring)."""
 QUICK_OPTIMIZERS = ('adamw', 'muon')
-LABELS = {'adamw': 'AdamW', 'muon': 'Muon', 'f_muon': 'F-Muon',
-          's_muon': 'S-Muon', 'fanion1': 'Fanion-1', 'fanion8': 'Fanion-8',
-          'fanion64': 'Fanion-64'}
+LABELS = {
+  'adamw': 'AdamW',
+  'muon': 'Muon',
+  'f_muon': 'F-Muon',
+  's_muon': 'S-Muon',
+  'fanion1': 'Fanion-1',
+  'fanion8': 'Fanion-8',
+  'fanion64': 'Fanion-64',
+}
 DEFAULT_LR = {'adamw': 3e-3}
 """Peak learning rates of `demo.make_optimizer` (0.02 for the LMO ones)."""
-FULL = dict(steps=400, batch=32, context=64, d_model=64, layers=2, heads=4,
-            lr_multipliers=(0.5, 1.0, 2.0, 4.0), seeds=3, max_eval_batches=None)
-QUICK = dict(steps=40, batch=8, context=32, d_model=32, layers=1, heads=2,
-             lr_multipliers=(1.0,), seeds=1, max_eval_batches=4)
+FULL = dict(
+  steps=400,
+  batch=32,
+  context=64,
+  d_model=64,
+  layers=2,
+  heads=4,
+  lr_multipliers=(0.5, 1.0, 2.0, 4.0),
+  seeds=3,
+  max_eval_batches=None,
+)
+QUICK = dict(
+  steps=40,
+  batch=8,
+  context=32,
+  d_model=32,
+  layers=1,
+  heads=2,
+  lr_multipliers=(1.0,),
+  seeds=1,
+  max_eval_batches=4,
+)
 SPLITS = (0.8, 0.9)  # train | validation | test boundaries
 CURVE_POINTS = 50  # train-loss curve stored as this many chunk means
 MATCH_TOL = 0.01  # nats/byte, the floor of the "within noise" band
 NOISE_SIGMAS = 2.0
 
 
-def make_optimizer(name: str, steps: int, lr: float
-                   ) -> optax.GradientTransformation:
+def make_optimizer(
+  name: str, steps: int, lr: float
+) -> optax.GradientTransformation:
   """`demo.make_optimizer`, plus Fanion-k for any k (the demo fixes k = 8)."""
   if not name.startswith('fanion'):
     return demo.make_optimizer(name, steps, lr)
   # The demo's fallback: AdamW at 3e-3 (cosine) with b2 = 0.999, as before
   # API 1.0 (the new default is 3e-4, b2 = 0.95), so results stay comparable.
   return fo.fanion(
-      optax.cosine_decay_schedule(lr, steps), int(name[len('fanion'):]),
-      weight_decay=0.01, exclude=demo.EXCLUDE,
-      dimension_numbers=demo.dimension_numbers,
-      fallback=fo.adamw_fallback(optax.cosine_decay_schedule(3e-3, steps),
-                                 b2=0.999))
+    optax.cosine_decay_schedule(lr, steps),
+    int(name[len('fanion') :]),
+    weight_decay=0.01,
+    exclude=demo.EXCLUDE,
+    dimension_numbers=demo.dimension_numbers,
+    fallback=fo.adamw_fallback(
+      optax.cosine_decay_schedule(3e-3, steps), b2=0.999
+    ),
+  )
 
 
-def eval_windows(data: np.ndarray, batch: int, context: int,
-                 max_batches: int | None) -> list[tuple[jax.Array, jax.Array]]:
+def eval_windows(
+  data: np.ndarray, batch: int, context: int, max_batches: int | None
+) -> list[tuple[jax.Array, jax.Array]]:
   """Every non-overlapping `context` window of `data`, in full batches."""
   n = (len(data) - 1) // context // batch
   if max_batches is not None:
@@ -123,13 +160,22 @@ def evaluate(model: Any, windows: Sequence[tuple[Any, Any]]) -> float:
   return float(np.mean([demo.eval_step(model, x, y) for x, y in windows]))
 
 
-def train_run(tx: optax.GradientTransformation, seed: int, cfg: dict[str, Any],
-              data: dict[str, Any], bar: Any) -> dict[str, Any]:
+def train_run(
+  tx: optax.GradientTransformation,
+  seed: int,
+  cfg: dict[str, Any],
+  data: dict[str, Any],
+  bar: Any,
+) -> dict[str, Any]:
   """Trains one model from `seed`; final validation and test losses."""
   start = time.perf_counter()
   model = demo.CharTransformer(
-      d_model=cfg['d_model'], layers=cfg['layers'], heads=cfg['heads'],
-      context=cfg['context'], rngs=nnx.Rngs(seed))
+    d_model=cfg['d_model'],
+    layers=cfg['layers'],
+    heads=cfg['heads'],
+    context=cfg['context'],
+    rngs=nnx.Rngs(seed),
+  )
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   stream = demo.batches(data['train'], cfg['batch'], cfg['context'], seed)
   losses = []
@@ -142,17 +188,18 @@ def train_run(tx: optax.GradientTransformation, seed: int, cfg: dict[str, Any],
   chunks = np.array_split(losses, min(CURVE_POINTS, len(losses)))
   diverged = not np.isfinite(losses).all()
   return {
-      'seed': seed,
-      'diverged': diverged,
-      'val_loss': math.inf if diverged else evaluate(model, data['val']),
-      'test_loss': math.inf if diverged else evaluate(model, data['test']),
-      'train_curve': [float(c.mean()) for c in chunks],
-      'seconds': time.perf_counter() - start,
+    'seed': seed,
+    'diverged': diverged,
+    'val_loss': math.inf if diverged else evaluate(model, data['val']),
+    'test_loss': math.inf if diverged else evaluate(model, data['test']),
+    'train_curve': [float(c.mean()) for c in chunks],
+    'seconds': time.perf_counter() - start,
   }
 
 
-def bench_optimizer(name: str, cfg: dict[str, Any], data: dict[str, Any],
-                    bar: Any) -> dict[str, Any]:
+def bench_optimizer(
+  name: str, cfg: dict[str, Any], data: dict[str, Any], bar: Any
+) -> dict[str, Any]:
   """The learning-rate sweep (seed 0), then the other seeds at the best lr."""
   default = DEFAULT_LR.get(name, 0.02)
   sweep, txs = [], {}
@@ -161,26 +208,30 @@ def bench_optimizer(name: str, cfg: dict[str, Any], data: dict[str, Any],
     txs[lr] = make_optimizer(name, cfg['steps'], lr)
     run = train_run(txs[lr], 0, cfg, data, bar)
     sweep.append({'lr': lr, 'multiplier': mult, **run})
-    bar.write(f'{name:9s} lr={lr:.4g} seed 0: val {run["val_loss"]:.4f}'
-              f' test {run["test_loss"]:.4f} ({run["seconds"]:.0f}s)')
+    bar.write(
+      f'{name:9s} lr={lr:.4g} seed 0: val {run["val_loss"]:.4f}'
+      f' test {run["test_loss"]:.4f} ({run["seconds"]:.0f}s)'
+    )
   best = min(sweep, key=lambda r: r['val_loss'])
   runs = [best]
   for seed in range(1, cfg['seeds']):
     run = train_run(txs[best['lr']], seed, cfg, data, bar)
     runs.append({'lr': best['lr'], 'multiplier': best['multiplier'], **run})
-    bar.write(f'{name:9s} lr={best["lr"]:.4g} seed {seed}: val'
-              f' {run["val_loss"]:.4f} test {run["test_loss"]:.4f}')
+    bar.write(
+      f'{name:9s} lr={best["lr"]:.4g} seed {seed}: val'
+      f' {run["val_loss"]:.4f} test {run["test_loss"]:.4f}'
+    )
   test = np.asarray([r['test_loss'] for r in runs])
   return {
-      'label': LABELS[name],
-      'default_lr': default,
-      'sweep': sweep,
-      'best_lr': best['lr'],
-      'best_multiplier': best['multiplier'],
-      'seed_runs': runs[1:],
-      'test_losses': test.tolist(),
-      'test_mean': float(test.mean()),
-      'test_std': float(test.std(ddof=1)) if len(test) > 1 else 0.0,
+    'label': LABELS[name],
+    'default_lr': default,
+    'sweep': sweep,
+    'best_lr': best['lr'],
+    'best_multiplier': best['multiplier'],
+    'seed_runs': runs[1:],
+    'test_losses': test.tolist(),
+    'test_mean': float(test.mean()),
+    'test_std': float(test.std(ddof=1)) if len(test) > 1 else 0.0,
   }
 
 
@@ -195,39 +246,50 @@ def evaluate_targets(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
   if 'adamw' in results:
     adamw = results['adamw']
     targets['muon_beats_adamw'] = {
-        'passed': muon['test_mean'] < adamw['test_mean'],
-        'muon': muon['test_mean'], 'adamw': adamw['test_mean'],
-        'diff': muon['test_mean'] - adamw['test_mean'],
-        'pooled_std': _pooled_std(muon, adamw)}
+      'passed': muon['test_mean'] < adamw['test_mean'],
+      'muon': muon['test_mean'],
+      'adamw': adamw['test_mean'],
+      'diff': muon['test_mean'] - adamw['test_mean'],
+      'pooled_std': _pooled_std(muon, adamw),
+    }
   for name in ('f_muon', 's_muon'):
     if name in results:
       pooled = _pooled_std(results[name], muon)
       diff = results[name]['test_mean'] - muon['test_mean']
       band = max(NOISE_SIGMAS * pooled, MATCH_TOL)
       targets[f'{name}_matches_muon'] = {
-          'passed': abs(diff) <= band, 'diff': diff, 'pooled_std': pooled,
-          'threshold': band,
-          'rule': f'|diff| <= max({NOISE_SIGMAS:g}*pooled std, {MATCH_TOL})'}
+        'passed': abs(diff) <= band,
+        'diff': diff,
+        'pooled_std': pooled,
+        'threshold': band,
+        'rule': f'|diff| <= max({NOISE_SIGMAS:g}*pooled std, {MATCH_TOL})',
+      }
   if 'fanion1' in results:
     pooled = _pooled_std(results['fanion1'], muon)
     diff = results['fanion1']['test_mean'] - muon['test_mean']
     targets['fanion1_worse_than_muon'] = {
-        'passed': diff > NOISE_SIGMAS * pooled, 'diff': diff,
-        'pooled_std': pooled, 'threshold': NOISE_SIGMAS * pooled,
-        'rule': f'diff > {NOISE_SIGMAS:g}*pooled std'}
+      'passed': diff > NOISE_SIGMAS * pooled,
+      'diff': diff,
+      'pooled_std': pooled,
+      'threshold': NOISE_SIGMAS * pooled,
+      'rule': f'diff > {NOISE_SIGMAS:g}*pooled std',
+    }
   return targets
 
 
 def _title(document: dict[str, Any]) -> str:
   meta, cfg = document['metadata'], document['config']
-  return (f'char-level transformer (d={cfg["d_model"]}, {cfg["layers"]}'
-          f' layers, {cfg["steps"]} steps x {cfg["batch"]}x{cfg["context"]}'
-          f' bytes), float32 on {meta["device_kind"]}'
-          + (' [quick]' if cfg['quick'] else ''))
+  return (
+    f'char-level transformer (d={cfg["d_model"]}, {cfg["layers"]}'
+    f' layers, {cfg["steps"]} steps x {cfg["batch"]}x{cfg["context"]}'
+    f' bytes), float32 on {meta["device_kind"]}'
+    + (' [quick]' if cfg['quick'] else '')
+  )
 
 
 def plot(document: dict[str, Any], path: str) -> None:
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
@@ -238,48 +300,75 @@ def plot(document: dict[str, Any], path: str) -> None:
   ax = axes[0]
   for n in names:
     sweep = [r for r in results[n]['sweep'] if math.isfinite(r['val_loss'])]
-    ax.plot([r['multiplier'] for r in sweep], [r['val_loss'] for r in sweep],
-            marker='o', color=colors[n],
-            label=f'{results[n]["label"]} (1x = {results[n]["default_lr"]:g})')
+    ax.plot(
+      [r['multiplier'] for r in sweep],
+      [r['val_loss'] for r in sweep],
+      marker='o',
+      color=colors[n],
+      label=f'{results[n]["label"]} (1x = {results[n]["default_lr"]:g})',
+    )
   ax.set_xscale('log', base=2)
   mults = document['config']['lr_multipliers']
   ax.set_xticks(mults, [f'{m:g}x' for m in mults])
-  ax.set(title='learning-rate sweep (seed 0)', xlabel='lr / default lr',
-         ylabel='validation loss (nats/byte)')
+  ax.set(
+    title='learning-rate sweep (seed 0)',
+    xlabel='lr / default lr',
+    ylabel='validation loss (nats/byte)',
+  )
   ax = axes[1]
   for i, n in enumerate(names):
     r = results[n]
-    ax.errorbar([i], [r['test_mean']], yerr=[r['test_std']], fmt='o',
-                color=colors[n], capsize=5, markersize=8)
-    ax.scatter([i] * len(r['test_losses']), r['test_losses'], color='k',
-               s=10, zorder=3)
-  ax.set_xticks(range(len(names)),
-                [f'{results[n]["label"]}\nlr {results[n]["best_lr"]:.3g}'
-                 for n in names], fontsize=8)
+    ax.errorbar(
+      [i],
+      [r['test_mean']],
+      yerr=[r['test_std']],
+      fmt='o',
+      color=colors[n],
+      capsize=5,
+      markersize=8,
+    )
+    ax.scatter(
+      [i] * len(r['test_losses']), r['test_losses'], color='k', s=10, zorder=3
+    )
+  ax.set_xticks(
+    range(len(names)),
+    [f'{results[n]["label"]}\nlr {results[n]["best_lr"]:.3g}' for n in names],
+    fontsize=8,
+  )
   ax.set_xlim(-0.5, len(names) - 0.5)
-  ax.set(title=f'held-out loss at the best lr, mean ± std over'
-         f' {document["config"]["seeds"]} seeds (dots: seeds)',
-         ylabel='test loss (nats/byte)')
+  ax.set(
+    title=f'held-out loss at the best lr, mean ± std over'
+    f' {document["config"]["seeds"]} seeds (dots: seeds)',
+    ylabel='test loss (nats/byte)',
+  )
   ax = axes[2]
   tails = []
   for n in names:
     r = results[n]
-    curves = [run['train_curve'] for run in
-              [next(s for s in r['sweep'] if s['lr'] == r['best_lr']),
-               *r['seed_runs']]]
+    curves = [
+      run['train_curve']
+      for run in [
+        next(s for s in r['sweep'] if s['lr'] == r['best_lr']),
+        *r['seed_runs'],
+      ]
+    ]
     mean = np.mean(curves, axis=0)
     x = (np.arange(len(mean)) + 0.5) * document['config']['steps'] / len(mean)
     ax.plot(x, mean, color=colors[n], label=r['label'])
-    tails.extend(mean[len(mean) // 5:])
-  ax.set(title='train loss at the best lr (seed mean, chunk means)',
-         xlabel='step', ylabel='train loss (nats/byte)')
+    tails.extend(mean[len(mean) // 5 :])
+  ax.set(
+    title='train loss at the best lr (seed mean, chunk means)',
+    xlabel='step',
+    ylabel='train loss (nats/byte)',
+  )
   # The first fifth (from ln 256 = 5.5 down) would flatten the comparison.
   if tails and all(map(math.isfinite, tails)):
     ax.set_ylim(min(tails) - 0.05, max(tails) + 0.05)
   for ax in axes:
     ax.grid(alpha=0.3)
-  axes[0].legend(fontsize=8, loc='upper center', ncol=3,
-                 bbox_to_anchor=(0.5, -0.13))
+  axes[0].legend(
+    fontsize=8, loc='upper center', ncol=3, bbox_to_anchor=(0.5, -0.13)
+  )
   axes[2].legend(fontsize=8)
   fig.suptitle(_title(document))
   fig.tight_layout()
@@ -296,19 +385,32 @@ def replot(out: str) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = _timing.benchmark_parser(
-      'charlm', __doc__,
-      'tiny model, AdamW and Muon, 1 seed (smoke test)')
-  parser.add_argument('--steps', type=int, default=None,
-                      help=f'training steps per run (default {FULL["steps"]})')
-  parser.add_argument('--optimizers', default=None,
-                      help=f'comma-separated subset of {",".join(OPTIMIZERS)}'
-                      ' (must include muon)')
-  parser.add_argument('--replot', action='store_true',
-                      help='only redraw <out>/charlm.png from <out>/charlm.json')
+    'charlm', __doc__, 'tiny model, AdamW and Muon, 1 seed (smoke test)'
+  )
+  parser.add_argument(
+    '--steps',
+    type=int,
+    default=None,
+    help=f'training steps per run (default {FULL["steps"]})',
+  )
+  parser.add_argument(
+    '--optimizers',
+    default=None,
+    help=f'comma-separated subset of {",".join(OPTIMIZERS)}'
+    ' (must include muon)',
+  )
+  parser.add_argument(
+    '--replot',
+    action='store_true',
+    help='only redraw <out>/charlm.png from <out>/charlm.json',
+  )
   args = parser.parse_args(argv)
   default = QUICK_OPTIMIZERS if args.quick else FULL_OPTIMIZERS
-  args.optimizer_names = (default if args.optimizers is None else
-                          [n.strip() for n in args.optimizers.split(',')])
+  args.optimizer_names = (
+    default
+    if args.optimizers is None
+    else [n.strip() for n in args.optimizers.split(',')]
+  )
   unknown = set(args.optimizer_names) - set(OPTIMIZERS)
   if unknown or 'muon' not in args.optimizer_names:
     parser.error(f'--optimizers: choose from {OPTIMIZERS}, including muon')
@@ -330,16 +432,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   load_start = _timing.load_average()
   corpus = demo.load_corpus()
   cut = [int(f * len(corpus)) for f in SPLITS]
-  data = {'train': corpus[:cut[0]]}
-  for split, part in (('val', corpus[cut[0]:cut[1]]),
-                      ('test', corpus[cut[1]:])):
-    data[split] = eval_windows(part, cfg['batch'], cfg['context'],
-                               cfg['max_eval_batches'])
+  data = {'train': corpus[: cut[0]]}
+  for split, part in (
+    ('val', corpus[cut[0] : cut[1]]),
+    ('test', corpus[cut[1] :]),
+  ):
+    data[split] = eval_windows(
+      part, cfg['batch'], cfg['context'], cfg['max_eval_batches']
+    )
   names = args.optimizer_names
   runs = len(names) * (len(cfg['lr_multipliers']) + cfg['seeds'] - 1)
-  _timing.log(f'charlm ({"quick" if args.quick else "full"}): {len(names)}'
-              f' optimizers, {runs} runs of {cfg["steps"]} steps, corpus'
-              f' {len(corpus):,} bytes, device {jax.devices()[0].device_kind}')
+  _timing.log(
+    f'charlm ({"quick" if args.quick else "full"}): {len(names)}'
+    f' optimizers, {runs} runs of {cfg["steps"]} steps, corpus'
+    f' {len(corpus):,} bytes, device {jax.devices()[0].device_kind}'
+  )
   results = {}
   with _timing.progress_bar(runs * cfg['steps'], 'charlm', unit='step') as bar:
     for name in names:
@@ -347,30 +454,39 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   targets = evaluate_targets(results)
   elapsed = time.perf_counter() - start
   for r in results.values():
-    _timing.log(f'{r["label"]:10s} best lr {r["best_lr"]:<8.3g} test'
-                f' {r["test_mean"]:.4f} ± {r["test_std"]:.4f}')
+    _timing.log(
+      f'{r["label"]:10s} best lr {r["best_lr"]:<8.3g} test'
+      f' {r["test_mean"]:.4f} ± {r["test_std"]:.4f}'
+    )
   for name, t in targets.items():
     _timing.log(f'{name}: {"pass" if t["passed"] else "FAIL"}')
 
   payload = {
-      'benchmark': 'charlm',
-      'config': {
-          **cfg, 'quick': args.quick, 'optimizers': list(names),
-          'lr_multipliers': list(cfg['lr_multipliers']),
-          'default_lr': {n: DEFAULT_LR.get(n, 0.02) for n in names},
-          'weight_decay': 0.01, 'fallback_lr': 3e-3, 's_muon_sign_scale': 1e-3,
-          'schedule': 'cosine decay to 0 over the run',
-          'corpus_bytes': len(corpus),
-          'split_bytes': {'train': cut[0], 'val': cut[1] - cut[0],
-                          'test': len(corpus) - cut[1]},
-          'eval_windows': {s: len(data[s]) * cfg['batch']
-                           for s in ('val', 'test')},
-          'dtype': 'float32', 'load_average_start': load_start,
+    'benchmark': 'charlm',
+    'config': {
+      **cfg,
+      'quick': args.quick,
+      'optimizers': list(names),
+      'lr_multipliers': list(cfg['lr_multipliers']),
+      'default_lr': {n: DEFAULT_LR.get(n, 0.02) for n in names},
+      'weight_decay': 0.01,
+      'fallback_lr': 3e-3,
+      's_muon_sign_scale': 1e-3,
+      'schedule': 'cosine decay to 0 over the run',
+      'corpus_bytes': len(corpus),
+      'split_bytes': {
+        'train': cut[0],
+        'val': cut[1] - cut[0],
+        'test': len(corpus) - cut[1],
       },
-      'results': results,
-      'targets': {name: t['passed'] for name, t in targets.items()},
-      'target_details': targets,
-      'elapsed_s': elapsed,
+      'eval_windows': {s: len(data[s]) * cfg['batch'] for s in ('val', 'test')},
+      'dtype': 'float32',
+      'load_average_start': load_start,
+    },
+    'results': results,
+    'targets': {name: t['passed'] for name, t in targets.items()},
+    'target_details': targets,
+    'elapsed_s': elapsed,
   }
   return _timing.save_results('charlm', args.out, payload, argv, plot)
 
@@ -380,43 +496,59 @@ def markdown(document: dict[str, Any]) -> str:
   cfg, results = document['config'], document['results']
   adamw = results.get('adamw')
   mults = ' / '.join(f'{m:g}x' for m in cfg['lr_multipliers'])
-  lines = [f'| optimizer | validation loss at lr {mults} (seed 0) | best lr |'
-           f' held-out loss (mean ± std, {cfg["seeds"]} seeds) | vs AdamW |',
-           '|---|---|---|---|---|']
+  lines = [
+    f'| optimizer | validation loss at lr {mults} (seed 0) | best lr |'
+    f' held-out loss (mean ± std, {cfg["seeds"]} seeds) | vs AdamW |',
+    '|---|---|---|---|---|',
+  ]
   for r in results.values():
     sweep = ' / '.join(f'{s["val_loss"]:.4f}' for s in r['sweep'])
-    vs = ('—' if adamw is None or r is adamw
-          else f'{r["test_mean"] - adamw["test_mean"]:+.4f}')
-    lines.append(f'| {r["label"]} | {sweep} | {r["best_lr"]:.3g} |'
-                 f' {r["test_mean"]:.4f} ± {r["test_std"]:.4f} | {vs} |')
+    vs = (
+      '—'
+      if adamw is None or r is adamw
+      else f'{r["test_mean"] - adamw["test_mean"]:+.4f}'
+    )
+    lines.append(
+      f'| {r["label"]} | {sweep} | {r["best_lr"]:.3g} |'
+      f' {r["test_mean"]:.4f} ± {r["test_std"]:.4f} | {vs} |'
+    )
   text = '\n'.join(lines) + '\n'
   text += (
-      f'\nProtocol: the demo\'s CharTransformer (d_model {cfg["d_model"]},'
-      f' {cfg["layers"]} layers, {cfg["heads"]} heads, context'
-      f' {cfg["context"]}) trained for {cfg["steps"]} steps of'
-      f' {cfg["batch"]} windows'
-      + (' (fewer than the demo\'s 300: the loaded 2-core machine did not'
-         ' allow more in 30 min)'
-         if cfg['steps'] < 300 and not cfg['quick'] else '')
-      + f' on {cfg["split_bytes"]["train"]:,} bytes of'
-      ' Python standard-library source (cosine-decayed learning rate, weight'
-      ' decay 0.01, AdamW at 3e-3 on embeddings and head). The learning rate'
-      f' is swept over {mults} the default with seed 0 and picked on a'
-      f' validation split ({cfg["split_bytes"]["val"]:,} bytes); seeds'
-      f' (initialisation and batch order) 0–{cfg["seeds"] - 1} at that lr'
-      f' give the held-out loss on the last {cfg["split_bytes"]["test"]:,}'
-      ' bytes (nats/byte over every non-overlapping window; "vs AdamW" is'
-      ' the difference of means). Every LMO matrix here has min(m, n) ='
-      f' {cfg["d_model"]}, so Fanion-k with k ≥ {cfg["d_model"]} is the full'
-      ' polar factor, i.e. Muon. Targets: Muon below AdamW; F-/S-Muon within'
-      f' max({NOISE_SIGMAS:g}·pooled std, {MATCH_TOL}) of Muon; Fanion-1 above'
-      f' Muon by more than {NOISE_SIGMAS:g}·pooled std.')
+    f"\nProtocol: the demo's CharTransformer (d_model {cfg['d_model']},"
+    f' {cfg["layers"]} layers, {cfg["heads"]} heads, context'
+    f' {cfg["context"]}) trained for {cfg["steps"]} steps of'
+    f' {cfg["batch"]} windows'
+    + (
+      " (fewer than the demo's 300: the loaded 2-core machine did not"
+      ' allow more in 30 min)'
+      if cfg['steps'] < 300 and not cfg['quick']
+      else ''
+    )
+    + f' on {cfg["split_bytes"]["train"]:,} bytes of'
+    ' Python standard-library source (cosine-decayed learning rate, weight'
+    ' decay 0.01, AdamW at 3e-3 on embeddings and head). The learning rate'
+    f' is swept over {mults} the default with seed 0 and picked on a'
+    f' validation split ({cfg["split_bytes"]["val"]:,} bytes); seeds'
+    f' (initialisation and batch order) 0–{cfg["seeds"] - 1} at that lr'
+    f' give the held-out loss on the last {cfg["split_bytes"]["test"]:,}'
+    ' bytes (nats/byte over every non-overlapping window; "vs AdamW" is'
+    ' the difference of means). Every LMO matrix here has min(m, n) ='
+    f' {cfg["d_model"]}, so Fanion-k with k ≥ {cfg["d_model"]} is the full'
+    ' polar factor, i.e. Muon. Targets: Muon below AdamW; F-/S-Muon within'
+    f' max({NOISE_SIGMAS:g}·pooled std, {MATCH_TOL}) of Muon; Fanion-1 above'
+    f' Muon by more than {NOISE_SIGMAS:g}·pooled std.'
+  )
   grid = cfg['lr_multipliers']
-  edge = [r['label'] for r in results.values()
-          if len(grid) > 1 and r['best_multiplier'] in (grid[0], grid[-1])]
+  edge = [
+    r['label']
+    for r in results.values()
+    if len(grid) > 1 and r['best_multiplier'] in (grid[0], grid[-1])
+  ]
   if edge:
-    text += (f' The best learning rate lies at an edge of the grid for'
-             f' {", ".join(edge)}: their optimum may lie outside it.')
+    text += (
+      f' The best learning rate lies at an edge of the grid for'
+      f' {", ".join(edge)}: their optimum may lie outside it.'
+    )
   return text + '\n'
 
 

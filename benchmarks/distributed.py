@@ -50,8 +50,9 @@ import os
 N_DEVICES = 8
 _DEVICE_FLAG = '--xla_force_host_platform_device_count'
 if _DEVICE_FLAG not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
-                             + f' {_DEVICE_FLAG}={N_DEVICES}').strip()
+  os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '') + f' {_DEVICE_FLAG}={N_DEVICES}'
+  ).strip()
 # jaxlib's CPU LAPACK kernels come from SciPy's OpenBLAS; its threads nested
 # inside XLA's pool oversubscribe the cores (see benchmarks/step.py).
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
@@ -85,30 +86,41 @@ QUICK_COUNTS = (8, 11)
 FULL_REPS, QUICK_REPS = 3, 1
 FULL_MIXED_WIDTH, FULL_MIXED_LAYERS = 256, 6
 
-MUON_MODES = ('single', 'pmap', 'pmap_split', 'jit_auto', 'jit_auto_split',
-              'jit_explicit', 'jit_explicit_split')
+MUON_MODES = (
+  'single',
+  'pmap',
+  'pmap_split',
+  'jit_auto',
+  'jit_auto_split',
+  'jit_explicit',
+  'jit_explicit_split',
+)
 FANION_MODES = ('single', 'pmap_split', 'jit_auto_split', 'jit_explicit_split')
 SPLIT_MODES = ('pmap_split', 'jit_auto_split', 'jit_explicit_split')
 MODE_LABELS = {
-    'single': 'jit, 1 device (reference total)',
-    'pmap': 'pmap, replicated, no split',
-    'pmap_split': 'pmap, split=over_axis',
-    'jit_auto': 'jit, Auto mesh, sharded, no split (GSPMD)',
-    'jit_auto_split': 'jit, Auto mesh, sharded, split=over_mesh',
-    'jit_explicit': 'jit, Explicit mesh, sharded, no split',
-    'jit_explicit_split': 'jit, Explicit mesh, sharded, split=over_mesh',
+  'single': 'jit, 1 device (reference total)',
+  'pmap': 'pmap, replicated, no split',
+  'pmap_split': 'pmap, split=over_axis',
+  'jit_auto': 'jit, Auto mesh, sharded, no split (GSPMD)',
+  'jit_auto_split': 'jit, Auto mesh, sharded, split=over_mesh',
+  'jit_explicit': 'jit, Explicit mesh, sharded, no split',
+  'jit_explicit_split': 'jit, Explicit mesh, sharded, split=over_mesh',
 }
 # The fallback before API 1.0 (AdamW at the matrix learning rate, b2 =
 # 0.999), explicit so that the results stay comparable (the new default is
 # AdamW at 3e-4, b2 = 0.95).
 FALLBACK = fo.adamw_fallback(0.02, b2=0.999)
 OPTIMIZERS: dict[str, tuple[str, Callable[..., Any], tuple[str, ...]]] = {
-    'muon': ('fo.muon(0.02)',
-             lambda **kw: fo.muon(0.02, fallback=FALLBACK, **kw), MUON_MODES),
-    f'fanion{FANION_K}': (
-        f'fo.fanion(0.02, {FANION_K})',
-        lambda **kw: fo.fanion(0.02, FANION_K, fallback=FALLBACK, **kw),
-        FANION_MODES),
+  'muon': (
+    'fo.muon(0.02)',
+    lambda **kw: fo.muon(0.02, fallback=FALLBACK, **kw),
+    MUON_MODES,
+  ),
+  f'fanion{FANION_K}': (
+    f'fo.fanion(0.02, {FANION_K})',
+    lambda **kw: fo.fanion(0.02, FANION_K, fallback=FALLBACK, **kw),
+    FANION_MODES,
+  ),
 }
 
 
@@ -118,12 +130,12 @@ OPTIMIZERS: dict[str, tuple[str, Callable[..., Any], tuple[str, ...]]] = {
 
 def same_shape_case(count: int, shape: tuple[int, int]) -> dict[str, Any]:
   return {
-      'name': f'{shape[0]}x{shape[1]} N={count}',
-      'kind': 'same_shape',
-      'count': count,
-      'shape': list(shape),
-      'shapes': {f'w{i:02d}': shape for i in range(count)},
-      'dimension_numbers': None,
+    'name': f'{shape[0]}x{shape[1]} N={count}',
+    'kind': 'same_shape',
+    'count': count,
+    'shape': list(shape),
+    'shapes': {f'w{i:02d}': shape for i in range(count)},
+    'dimension_numbers': None,
   }
 
 
@@ -134,9 +146,13 @@ def mixed_case(width: int, layers: int) -> dict[str, Any]:
   shapes: dict[str, Any] = {}
   for i in range(layers):
     shapes[f'layer{i}'] = {
-        'qkv': (d, 3 * d), 'qkv_bias': (3 * d,), 'out': (d, d),
-        'fc': (d, 4 * d), 'fc_bias': (4 * d,), 'proj': (4 * d, d),
-        'ln_scale': (d,),
+      'qkv': (d, 3 * d),
+      'qkv_bias': (3 * d,),
+      'out': (d, d),
+      'fc': (d, 4 * d),
+      'fc_bias': (4 * d,),
+      'proj': (4 * d, d),
+      'ln_scale': (d,),
     }
   shapes['experts'] = (8, d // 2, d)
 
@@ -145,23 +161,29 @@ def mixed_case(width: int, layers: int) -> dict[str, Any]:
       if fo.partition.path_name(path) == 'experts':
         return fo.DimensionNumbers(1, 2)
       return fo.DimensionNumbers() if x.ndim == 2 else None
+
     return jax.tree_util.tree_map_with_path(spec, params)
 
-  groups = {f'{d}x{3 * d}': layers, f'{d}x{d}': layers,
-            f'{d}x{4 * d}': layers, f'{4 * d}x{d}': layers,
-            f'{d // 2}x{d}': 8}
+  groups = {
+    f'{d}x{3 * d}': layers,
+    f'{d}x{d}': layers,
+    f'{d}x{4 * d}': layers,
+    f'{4 * d}x{d}': layers,
+    f'{d // 2}x{d}': 8,
+  }
   return {
-      'name': f'mixed ({layers}L, width {d})',
-      'kind': 'mixed',
-      'count': sum(groups.values()),
-      'groups': groups,
-      'description': (
-          f'{layers} layers of qkv ({d}, {3 * d}), out ({d}, {d}), fc'
-          f' ({d}, {4 * d}), proj ({4 * d}, {d}) kernels, biases and a'
-          f' LayerNorm scale; experts (8, {d // 2}, {d}) read as 8 matrices'
-          ' (DimensionNumbers(1, 2)); vectors go to the AdamW fallback'),
-      'shapes': shapes,
-      'dimension_numbers': dimension_numbers,
+    'name': f'mixed ({layers}L, width {d})',
+    'kind': 'mixed',
+    'count': sum(groups.values()),
+    'groups': groups,
+    'description': (
+      f'{layers} layers of qkv ({d}, {3 * d}), out ({d}, {d}), fc'
+      f' ({d}, {4 * d}), proj ({4 * d}, {d}) kernels, biases and a'
+      f' LayerNorm scale; experts (8, {d // 2}, {d}) read as 8 matrices'
+      ' (DimensionNumbers(1, 2)); vectors go to the AdamW fallback'
+    ),
+    'shapes': shapes,
+    'dimension_numbers': dimension_numbers,
   }
 
 
@@ -194,24 +216,31 @@ def _mesh(axis_type) -> jax.sharding.Mesh:
 
 def _shard_last(tree: Any, mesh: jax.sharding.Mesh) -> Any:
   """Shards every leaf along its last axis when it divides evenly."""
+
   def place(x):
     spec = [None] * x.ndim
     if x.ndim and x.shape[-1] % N_DEVICES == 0:
       spec[-1] = AXIS
     return jax.device_put(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
   return jax.tree.map(place, tree)
 
 
 def _replicate_pmap(tree: Any) -> Any:
   """Copies of `tree` on every device, laid out as pmap's inputs."""
   stacked = jax.tree.map(
-      lambda x: jnp.broadcast_to(x, (N_DEVICES,) + x.shape), tree)
+    lambda x: jnp.broadcast_to(x, (N_DEVICES,) + x.shape), tree
+  )
   return jax.block_until_ready(jax.pmap(lambda t: t)(stacked))
 
 
-def compile_mode(make: Callable[..., Any], mode: str, params: Any,
-                 grads: Any, dimension_numbers: Any
-                 ) -> tuple[Any, tuple[Any, ...], float, Any]:
+def compile_mode(
+  make: Callable[..., Any],
+  mode: str,
+  params: Any,
+  grads: Any,
+  dimension_numbers: Any,
+) -> tuple[Any, tuple[Any, ...], float, Any]:
   """(compiled update, its arguments, compile seconds, the staged update)
   for one mode; the staged update (`jax.jit` or `jax.pmap` of `tx.update`)
   compiles for other arguments with `.lower(*args).compile()`."""
@@ -242,8 +271,9 @@ def compile_mode(make: Callable[..., Any], mode: str, params: Any,
   return compiled, args, time.perf_counter() - start, staged
 
 
-def bench_case(case: dict[str, Any], reps: int,
-               log: Callable[[str], None] = _timing.log) -> dict[str, Any]:
+def bench_case(
+  case: dict[str, Any], reps: int, log: Callable[[str], None] = _timing.log
+) -> dict[str, Any]:
   t0 = time.perf_counter()
   params = _timing.random_tree(case['shapes'], seed=0)
   grads = _timing.random_tree(case['shapes'], seed=1)
@@ -255,10 +285,13 @@ def bench_case(case: dict[str, Any], reps: int,
     rows: dict[str, Any] = {}
     for mode in modes:
       compiled, args, seconds, staged = compile_mode(
-          make, mode, params, grads, case['dimension_numbers'])
+        make, mode, params, grads, case['dimension_numbers']
+      )
       key = f'{opt}/{mode}'
-      rows[mode] = {'flops_per_device': _timing.flops_of(compiled),
-                    'compile_s': seconds}
+      rows[mode] = {
+        'flops_per_device': _timing.flops_of(compiled),
+        'compile_s': seconds,
+      }
       if opt != 'muon':
         # Warm-started LMO: time the warm step, not the cold first one. The
         # first step can also move the LMO state to the mesh's sharding, so
@@ -274,20 +307,25 @@ def bench_case(case: dict[str, Any], reps: int,
       if mode in SPLIT_MODES:
         row['ratio_to_whole_matrix_optimum'] = row['ratio_to_ideal'] / optimum
     results[opt] = {'optimizer': label, 'modes': rows}
-  log(f'  [{case["name"]}] compiled in'
-       f' {time.perf_counter() - t0:.1f}s; timing {len(runs)} modes,'
-       f' {reps} round(s)')
-  timings = _timing.time_side_by_side(runs, reps=reps, warmup=1,
-                                      compile_s=compile_s)
+  log(
+    f'  [{case["name"]}] compiled in'
+    f' {time.perf_counter() - t0:.1f}s; timing {len(runs)} modes,'
+    f' {reps} round(s)'
+  )
+  timings = _timing.time_side_by_side(
+    runs, reps=reps, warmup=1, compile_s=compile_s
+  )
   summary = _timing.summarize(timings, baseline='muon/single')
   for key, row in summary.items():
     opt, mode = key.split('/')
     results[opt]['modes'][mode].update(
-        wall_ms_cpu_emulated=1e3 * row['median_s'],
-        wall_times_s_cpu_emulated=row['times_s'])
+      wall_ms_cpu_emulated=1e3 * row['median_s'],
+      wall_times_s_cpu_emulated=row['times_s'],
+    )
   log(f'  [{case["name"]}] done in {time.perf_counter() - t0:.1f}s')
-  out = {k: v for k, v in case.items()
-         if k not in ('shapes', 'dimension_numbers')}
+  out = {
+    k: v for k, v in case.items() if k not in ('shapes', 'dimension_numbers')
+  }
   out['whole_matrix_optimum'] = optimum
   out['optimizers'] = results
   return out
@@ -306,12 +344,11 @@ def evaluate_targets(cases: list[dict[str, Any]]) -> dict[str, Any]:
     for mode in SPLIT_MODES:
       row = case['optimizers']['muon']['modes'][mode]
       targets[f'muon {case["name"]} {mode} flops/device <= 1.3 T/8'] = {
-          'passed': row['ratio_to_ideal'] <= FLOPS_RATIO_MAX,
-          'ratio_to_ideal': row['ratio_to_ideal'],
-          'threshold': FLOPS_RATIO_MAX,
-          'whole_matrix_optimum': case['whole_matrix_optimum'],
-          'ratio_to_whole_matrix_optimum': row[
-              'ratio_to_whole_matrix_optimum'],
+        'passed': row['ratio_to_ideal'] <= FLOPS_RATIO_MAX,
+        'ratio_to_ideal': row['ratio_to_ideal'],
+        'threshold': FLOPS_RATIO_MAX,
+        'whole_matrix_optimum': case['whole_matrix_optimum'],
+        'ratio_to_whole_matrix_optimum': row['ratio_to_whole_matrix_optimum'],
       }
   return targets
 
@@ -323,25 +360,38 @@ def print_table(cases: list[dict[str, Any]]) -> None:
       for mode, row in res['modes'].items():
         opt_ratio = row.get('ratio_to_whole_matrix_optimum')
         wall = row['wall_ms_cpu_emulated']
-        rows.append([case['name'], f'{opt}/{mode}',
-                     f'{row["flops_per_device"] / 1e9:.3f}',
-                     f'{row["ratio_to_ideal"]:.3f}',
-                     None if opt_ratio is None else f'{opt_ratio:.3f}',
-                     None if wall is None else f'{wall:.1f}'])
-  print(_timing.text_table(
-      ['case', 'optimizer/mode', 'GFLOP/dev', '/(T/8)', '/optimum',
-       'wall ms*'], rows, left=2))
-  print('* wall-clock of 8 virtual CPU devices sharing the host cores: not a'
-        ' speed-up measure.')
+        rows.append(
+          [
+            case['name'],
+            f'{opt}/{mode}',
+            f'{row["flops_per_device"] / 1e9:.3f}',
+            f'{row["ratio_to_ideal"]:.3f}',
+            None if opt_ratio is None else f'{opt_ratio:.3f}',
+            None if wall is None else f'{wall:.1f}',
+          ]
+        )
+  print(
+    _timing.text_table(
+      ['case', 'optimizer/mode', 'GFLOP/dev', '/(T/8)', '/optimum', 'wall ms*'],
+      rows,
+      left=2,
+    )
+  )
+  print(
+    '* wall-clock of 8 virtual CPU devices sharing the host cores: not a'
+    ' speed-up measure.'
+  )
 
 
 def plot(cases: list[dict[str, Any]], path: str, title: str) -> None:
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
   series = [('muon', m) for m in MUON_MODES] + [
-      (f'fanion{FANION_K}', m) for m in FANION_MODES]
+    (f'fanion{FANION_K}', m) for m in FANION_MODES
+  ]
   names = [c['name'] for c in cases]
   x = np.arange(len(cases))
   width = 0.8 / len(series)
@@ -351,12 +401,22 @@ def plot(cases: list[dict[str, Any]], path: str, title: str) -> None:
     rows = [c['optimizers'][opt]['modes'][mode] for c in cases]
     offset = (j - (len(series) - 1) / 2) * width
     hatch = '//' if opt != 'muon' else None
-    kwargs = dict(width=width, color=cmap(j % 20), hatch=hatch,
-                  label=f'{opt}: {MODE_LABELS[mode]}')
-    ax_abs.bar(x + offset, [r['flops_per_device'] / 1e9 for r in rows],
-               **kwargs)
-    ax_rel.bar(x + offset, [r['ratio_to_ideal'] for r in rows], width=width,
-               color=cmap(j % 20), hatch=hatch)
+    kwargs = dict(
+      width=width,
+      color=cmap(j % 20),
+      hatch=hatch,
+      label=f'{opt}: {MODE_LABELS[mode]}',
+    )
+    ax_abs.bar(
+      x + offset, [r['flops_per_device'] / 1e9 for r in rows], **kwargs
+    )
+    ax_rel.bar(
+      x + offset,
+      [r['ratio_to_ideal'] for r in rows],
+      width=width,
+      color=cmap(j % 20),
+      hatch=hatch,
+    )
   ax_abs.set_yscale('log')
   ax_abs.set_ylabel('XLA FLOPs per device [GFLOP]')
   ax_abs.grid(True, axis='y', which='both', alpha=0.3)
@@ -364,14 +424,22 @@ def plot(cases: list[dict[str, Any]], path: str, title: str) -> None:
   ax_rel.set_ylim(0.8, 2 * N_DEVICES)
   ax_rel.axhline(1.0, color='k', lw=0.8, ls='--')
   ax_rel.axhline(FLOPS_RATIO_MAX, color='tab:red', lw=1.0, ls=':')
-  ax_rel.text(x[-1] + 0.45, FLOPS_RATIO_MAX, f' target {FLOPS_RATIO_MAX}',
-              color='tab:red', va='bottom', ha='right', fontsize=8)
+  ax_rel.text(
+    x[-1] + 0.45,
+    FLOPS_RATIO_MAX,
+    f' target {FLOPS_RATIO_MAX}',
+    color='tab:red',
+    va='bottom',
+    ha='right',
+    fontsize=8,
+  )
   ax_rel.set_ylabel('FLOPs per device / (single-device total / 8)')
   ax_rel.grid(True, axis='y', which='both', alpha=0.3)
   ax_rel.set_xticks(x, names)
   handles, labels = ax_abs.get_legend_handles_labels()
-  fig.legend(handles, labels, loc='lower center', ncol=3, fontsize=8,
-             frameon=False)
+  fig.legend(
+    handles, labels, loc='lower center', ncol=3, fontsize=8, frameon=False
+  )
   fig.suptitle(title, fontsize=10)
   fig.tight_layout(rect=(0, 0.1, 1, 1))
   fig.savefig(path, dpi=110)
@@ -383,12 +451,14 @@ def plot(cases: list[dict[str, Any]], path: str, title: str) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = _timing.benchmark_parser(
-      'distributed', __doc__,
-      '64x64 matrices, N = 8 and 11, no mixed tree, 1'
-      ' rep')
-  parser.add_argument('--reps', type=int, default=None,
-                      help=f'timed rounds per case (default {FULL_REPS},'
-                      f' quick {QUICK_REPS})')
+    'distributed', __doc__, '64x64 matrices, N = 8 and 11, no mixed tree, 1 rep'
+  )
+  parser.add_argument(
+    '--reps',
+    type=int,
+    default=None,
+    help=f'timed rounds per case (default {FULL_REPS}, quick {QUICK_REPS})',
+  )
   args = parser.parse_args(argv)
   args.reps = args.reps or (QUICK_REPS if args.quick else FULL_REPS)
   if args.reps < 1:
@@ -401,18 +471,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args = parse_args(argv)
   if jax.device_count() < N_DEVICES:
     raise SystemExit(
-        f'needs {N_DEVICES} devices, found {jax.device_count()}: run it as'
-        ' `python -m benchmarks.distributed` (which sets XLA_FLAGS='
-        f'{_DEVICE_FLAG}={N_DEVICES} before JAX starts) or set XLA_FLAGS.')
+      f'needs {N_DEVICES} devices, found {jax.device_count()}: run it as'
+      ' `python -m benchmarks.distributed` (which sets XLA_FLAGS='
+      f'{_DEVICE_FLAG}={N_DEVICES} before JAX starts) or set XLA_FLAGS.'
+    )
   start = time.perf_counter()
   shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
   counts = QUICK_COUNTS if args.quick else FULL_COUNTS
   cases = [same_shape_case(n, s) for s in shapes for n in counts]
   if not args.quick:
     cases.append(mixed_case(FULL_MIXED_WIDTH, FULL_MIXED_LAYERS))
-  _timing.log(f'distributed benchmark ({"quick" if args.quick else "full"}):'
-       f' {len(cases)} cases, reps {args.reps}, {jax.device_count()}'
-       f' {jax.devices()[0].platform} devices')
+  _timing.log(
+    f'distributed benchmark ({"quick" if args.quick else "full"}):'
+    f' {len(cases)} cases, reps {args.reps}, {jax.device_count()}'
+    f' {jax.devices()[0].platform} devices'
+  )
   results = []
   with _timing.progress_bar(len(cases), 'distributed', unit='case') as bar:
     for case in cases:
@@ -424,77 +497,103 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   print()
   print_table(results)
   _timing.print_targets(
-      targets, lambda t: f'{t["ratio_to_ideal"]:.3f} (whole-matrix optimum'
-      f' {t["whole_matrix_optimum"]:.3f})')
+    targets,
+    lambda t: (
+      f'{t["ratio_to_ideal"]:.3f} (whole-matrix optimum'
+      f' {t["whole_matrix_optimum"]:.3f})'
+    ),
+  )
 
   payload = {
-      'benchmark': 'distributed',
-      'config': {
-          'quick': args.quick,
-          'devices': N_DEVICES,
-          'device_note': (
-              f'CPU-emulated: {N_DEVICES} virtual XLA host devices'
-              f' ({_DEVICE_FLAG}={N_DEVICES}) sharing {os.cpu_count()} CPU'
-              ' cores. The FLOP counts are per device and deterministic; the'
-              ' wall-clock times (wall_ms_cpu_emulated) are NOT a measure of'
-              ' speed-up.'),
-          'shapes': [list(s) for s in shapes],
-          'counts': list(counts),
-          'reps': args.reps,
-          'openblas_num_threads': os.environ.get('OPENBLAS_NUM_THREADS'),
-          'warmup': 1,
-          'dtype': 'float32',
-          'optimizers': {k: v[0] for k, v in OPTIMIZERS.items()},
-          'fanion_flops_note': (
-              "KyFan.update picks 10 (cold) or 2 (warm) subspace iterations"
-              " with lax.cond; XLA's cost analysis reports the costlier"
-              ' branch, so the fanion FLOPs are those of the cold first'
-              ' step (about 3.5x a warm step at 256x256, k=16).'),
-          'modes': MODE_LABELS,
-          'mesh': (f"jax.make_mesh(({N_DEVICES},), ('{AXIS}',),"
-                   ' axis_types=(Auto|Explicit,)); every leaf sharded along'
-                   ' its last axis when divisible by 8, else replicated'),
-          'pmap': ('jax.pmap(tx.update, axis_name=...) on arguments'
-                   ' replicated onto every device'),
-          'measure': ("compile().cost_analysis()['flops'] of tx.update (per"
-                      ' device); ratio_to_ideal = flops_per_device /'
-                      ' (single-device flops / 8)'),
-          'whole_matrix_optimum': (
-              'the least ratio_to_ideal possible when whole matrices are'
-              ' assigned to devices: ceil(N/8)*8/N per shape group (uneven N'
-              ' cannot reach 1); ratio_to_whole_matrix_optimum divides by it'),
-          'timing': ('AOT-compiled, one warm-up call each, then interleaved'
-                     ' rotated rounds over all modes of a case; median'),
-      },
-      'cases': results,
-      'targets': {name: t['passed'] for name, t in targets.items()},
-      'target_details': targets,
-      'elapsed_s': elapsed,
+    'benchmark': 'distributed',
+    'config': {
+      'quick': args.quick,
+      'devices': N_DEVICES,
+      'device_note': (
+        f'CPU-emulated: {N_DEVICES} virtual XLA host devices'
+        f' ({_DEVICE_FLAG}={N_DEVICES}) sharing {os.cpu_count()} CPU'
+        ' cores. The FLOP counts are per device and deterministic; the'
+        ' wall-clock times (wall_ms_cpu_emulated) are NOT a measure of'
+        ' speed-up.'
+      ),
+      'shapes': [list(s) for s in shapes],
+      'counts': list(counts),
+      'reps': args.reps,
+      'openblas_num_threads': os.environ.get('OPENBLAS_NUM_THREADS'),
+      'warmup': 1,
+      'dtype': 'float32',
+      'optimizers': {k: v[0] for k, v in OPTIMIZERS.items()},
+      'fanion_flops_note': (
+        'KyFan.update picks 10 (cold) or 2 (warm) subspace iterations'
+        " with lax.cond; XLA's cost analysis reports the costlier"
+        ' branch, so the fanion FLOPs are those of the cold first'
+        ' step (about 3.5x a warm step at 256x256, k=16).'
+      ),
+      'modes': MODE_LABELS,
+      'mesh': (
+        f"jax.make_mesh(({N_DEVICES},), ('{AXIS}',),"
+        ' axis_types=(Auto|Explicit,)); every leaf sharded along'
+        ' its last axis when divisible by 8, else replicated'
+      ),
+      'pmap': (
+        'jax.pmap(tx.update, axis_name=...) on arguments'
+        ' replicated onto every device'
+      ),
+      'measure': (
+        "compile().cost_analysis()['flops'] of tx.update (per"
+        ' device); ratio_to_ideal = flops_per_device /'
+        ' (single-device flops / 8)'
+      ),
+      'whole_matrix_optimum': (
+        'the least ratio_to_ideal possible when whole matrices are'
+        ' assigned to devices: ceil(N/8)*8/N per shape group (uneven N'
+        ' cannot reach 1); ratio_to_whole_matrix_optimum divides by it'
+      ),
+      'timing': (
+        'AOT-compiled, one warm-up call each, then interleaved'
+        ' rotated rounds over all modes of a case; median'
+      ),
+    },
+    'cases': results,
+    'targets': {name: t['passed'] for name, t in targets.items()},
+    'target_details': targets,
+    'elapsed_s': elapsed,
   }
   return _timing.save_results(
-      'distributed', args.out, payload, argv,
-      lambda _, png: plot(
-          results, png,
-          f'fanion_optax work split: XLA FLOPs per device, {N_DEVICES}'
-          ' CPU-emulated devices' + (' [quick]' if args.quick else '')))
+    'distributed',
+    args.out,
+    payload,
+    argv,
+    lambda _, png: plot(
+      results,
+      png,
+      f'fanion_optax work split: XLA FLOPs per device, {N_DEVICES}'
+      ' CPU-emulated devices' + (' [quick]' if args.quick else ''),
+    ),
+  )
 
 
 def markdown(d: dict[str, Any]) -> str:
   """The tables of `benchmarks/README.md` for one result document."""
   modes = d.get('config', {}).get('modes', {})
-  lines = ['| case | optimizer | mode | GFLOP/device | ÷ (single/8) |',
-           '|---|---|---|---|---|']
+  lines = [
+    '| case | optimizer | mode | GFLOP/device | ÷ (single/8) |',
+    '|---|---|---|---|---|',
+  ]
   for case in d['cases']:
     for opt, o in case['optimizers'].items():
       for mode, m in o['modes'].items():
-        lines.append(f'| {case["name"]} | {opt} | {modes.get(mode, mode)} |'
-                     f' {m["flops_per_device"] / 1e9:.2f} |'
-                     f' {m["ratio_to_ideal"]:.2f} |')
+        lines.append(
+          f'| {case["name"]} | {opt} | {modes.get(mode, mode)} |'
+          f' {m["flops_per_device"] / 1e9:.2f} |'
+          f' {m["ratio_to_ideal"]:.2f} |'
+        )
   note = d.get('config', {}).get('device_note', '')
-  return (note + ' With N matrices on n devices each device orthogonalises'
-          ' ceil(N/n) whole matrices, so an uneven N = 11 on 8 devices costs'
-          ' 2/1.375 = 1.45× the ideal by construction.\n\n'
-          + '\n'.join(lines) + '\n')
+  return (
+    note + ' With N matrices on n devices each device orthogonalises'
+    ' ceil(N/n) whole matrices, so an uneven N = 11 on 8 devices costs'
+    ' 2/1.375 = 1.45× the ideal by construction.\n\n' + '\n'.join(lines) + '\n'
+  )
 
 
 if __name__ == '__main__':

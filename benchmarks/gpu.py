@@ -123,9 +123,17 @@ from benchmarks import _timing  # noqa: E402
 from benchmarks import step as step_bench  # noqa: E402
 from fanion_optax.polar import JORDAN_COEFFICIENTS  # noqa: E402
 
-FULL_SHAPES = ((1024, 1024), (2048, 2048), (4096, 4096), (8192, 8192),
-               (1024, 4096), (2048, 8192), (4096, 16384), (8192, 32768),
-               (16384, 4096))
+FULL_SHAPES = (
+  (1024, 1024),
+  (2048, 2048),
+  (4096, 4096),
+  (8192, 8192),
+  (1024, 4096),
+  (2048, 8192),
+  (4096, 16384),
+  (8192, 32768),
+  (16384, 4096),
+)
 QUICK_SHAPES = ((256, 64),)  # tall: exercises the transposes too
 FULL_PEAK_SIZE, QUICK_PEAK_SIZE = 8192, 256
 FULL_REPS, QUICK_REPS = 10, 2
@@ -174,14 +182,15 @@ def polar_flops(m: int, n: int, steps: int = STEPS) -> float:
 
 
 def _polar(method: str, compute_dtype=None) -> Callable[[jax.Array], Any]:
-  return lambda g: fo.polar_factor(g, polar_method=method,
-                                   polar_steps=STEPS,
-                                   compute_dtype=compute_dtype)
+  return lambda g: fo.polar_factor(
+    g, polar_method=method, polar_steps=STEPS, compute_dtype=compute_dtype
+  )
 
 
 def _optax_ns(g: jax.Array) -> jax.Array:
   return _muon.orthogonalize_via_newton_schulz(
-      g, jnp.asarray(JORDAN_COEFFICIENTS), ns_steps=STEPS)
+    g, jnp.asarray(JORDAN_COEFFICIENTS), ns_steps=STEPS
+  )
 
 
 def _chain(fn: Callable[[jax.Array], jax.Array], repeat: int):
@@ -189,6 +198,7 @@ def _chain(fn: Callable[[jax.Array], jax.Array], repeat: int):
     for _ in range(repeat):
       x = fn(x)
     return x
+
   return chained
 
 
@@ -197,6 +207,7 @@ def _matmul_chain(repeat: int):
     for _ in range(repeat):
       x = q @ x
     return x
+
   return chained
 
 
@@ -205,6 +216,7 @@ def _topk_chain(k: int, repeat: int):
     for _ in range(repeat):
       d, state = fo.top_k_polar(g, k, state=state, return_state=True)
     return d, state
+
   return chained
 
 
@@ -220,62 +232,70 @@ def orthogonal(m: int, seed: int) -> jax.Array:
 
 
 def gaussian(m: int, n: int, seed: int) -> jax.Array:
-  return jax.random.normal(jax.random.PRNGKey(seed), (m, n), jnp.float32
-                           ).astype(DTYPE)
+  return jax.random.normal(
+    jax.random.PRNGKey(seed), (m, n), jnp.float32
+  ).astype(DTYPE)
 
 
 # ----------------------------------------------------------------------------
 # Part 1: throughput.
 
 
-def _rows(timings: dict[str, _timing.Timing], repeats: dict[str, int],
-          baseline: str | None) -> dict[str, dict[str, Any]]:
+def _rows(
+  timings: dict[str, _timing.Timing],
+  repeats: dict[str, int],
+  baseline: str | None,
+) -> dict[str, dict[str, Any]]:
   """`_timing.summarize` of the per-application times of each chain."""
   per_app = {}
   for name, t in timings.items():
     per_app[name] = _timing.Timing(
-        name, [s / repeats[name] for s in t.times], t.compile_s)
+      name, [s / repeats[name] for s in t.times], t.compile_s
+    )
   rows = _timing.summarize(per_app, baseline=baseline)
   for name, row in rows.items():
     row['repeat'] = repeats[name]
   return rows
 
 
-def bench_peak(size: int, reps: int, call_flops: float, bar
-               ) -> dict[str, Any]:
+def bench_peak(size: int, reps: int, call_flops: float, bar) -> dict[str, Any]:
   """bf16 TFLOP/s of a chain of size³ products; advances `bar` once."""
   q, x = orthogonal(size, 0), gaussian(size, size, 1)
   flops = 2.0 * size**3
   repeat = repeat_for(flops, 1, call_flops)
   compiled, compile_s = _timing.compile_ahead(_matmul_chain(repeat), q, x)
   timings = _timing.time_side_by_side(
-      {MATMUL: lambda: compiled(q, x)}, reps=reps,
-      compile_s={MATMUL: compile_s})
+    {MATMUL: lambda: compiled(q, x)}, reps=reps, compile_s={MATMUL: compile_s}
+  )
   row = _rows(timings, {MATMUL: repeat}, None)[MATMUL]
   xla = _timing.flops_of(compiled)
-  row.update(size=_size(size, size), flops=flops,
-             flops_xla=None if xla is None else xla / repeat,
-             tflops=flops / row['median_s'] / 1e12)
-  bar.write(f'  [peak {size}^3 bf16 matmul, R={repeat}]'
-            f' {row["tflops"]:.3g} TFLOP/s')
+  row.update(
+    size=_size(size, size),
+    flops=flops,
+    flops_xla=None if xla is None else xla / repeat,
+    tflops=flops / row['median_s'] / 1e12,
+  )
+  bar.write(
+    f'  [peak {size}^3 bf16 matmul, R={repeat}] {row["tflops"]:.3g} TFLOP/s'
+  )
   bar.update()
   return row
 
 
 def _labels(k: int) -> dict[str, str]:
   return {
-      MATMUL: 'matmul X <- Q X (size-matched reference)',
-      OURS_PE: 'polar_factor(polar_express, 5, bf16 compute)',
-      OURS_NS: 'polar_factor(newton_schulz, 5, bf16 compute)',
-      OPTAX_NS: 'optax orthogonalize_via_newton_schulz (5, bf16)',
-      PE_F32: 'polar_factor(polar_express, 5), default f32 compute',
-      topk_name(k): (f'top_k_polar(k={k}, warm, subspace_iters=2, f32'
-                     ' inside)'),
+    MATMUL: 'matmul X <- Q X (size-matched reference)',
+    OURS_PE: 'polar_factor(polar_express, 5, bf16 compute)',
+    OURS_NS: 'polar_factor(newton_schulz, 5, bf16 compute)',
+    OPTAX_NS: 'optax orthogonalize_via_newton_schulz (5, bf16)',
+    PE_F32: 'polar_factor(polar_express, 5), default f32 compute',
+    topk_name(k): (f'top_k_polar(k={k}, warm, subspace_iters=2, f32 inside)'),
   }
 
 
-def bench_shape(m: int, n: int, k: int, reps: int, call_flops: float,
-                bar) -> dict[str, Any]:
+def bench_shape(
+  m: int, n: int, k: int, reps: int, call_flops: float, bar
+) -> dict[str, Any]:
   """Times every candidate at one shape; advances `bar` 1 + reps times."""
   t0 = time.perf_counter()
   small, large = min(m, n), max(m, n)
@@ -286,33 +306,38 @@ def bench_shape(m: int, n: int, k: int, reps: int, call_flops: float,
   r_polar = repeat_for(polar_flops(m, n), 3 * STEPS, call_flops)
   repeats = {MATMUL: repeat_for(flops[MATMUL], 1, call_flops)}
   fns = {
-      OURS_PE: _polar('polar_express', DTYPE),
-      OURS_NS: _polar('newton_schulz', DTYPE),
-      OPTAX_NS: _optax_ns,
-      PE_F32: _polar('polar_express'),
+    OURS_PE: _polar('polar_express', DTYPE),
+    OURS_NS: _polar('newton_schulz', DTYPE),
+    OPTAX_NS: _optax_ns,
+    PE_F32: _polar('polar_express'),
   }
   compiled, compile_s = {}, {}
   compiled[MATMUL], compile_s[MATMUL] = _timing.compile_ahead(
-      _matmul_chain(repeats[MATMUL]), q, x_wide)
+    _matmul_chain(repeats[MATMUL]), q, x_wide
+  )
   candidates = {MATMUL: lambda: compiled[MATMUL](q, x_wide)}
   for name, fn in fns.items():
     flops[name], repeats[name] = polar_flops(m, n), r_polar
     compiled[name], compile_s[name] = _timing.compile_ahead(
-        _chain(fn, r_polar), g)
+      _chain(fn, r_polar), g
+    )
     candidates[name] = lambda c=compiled[name]: c(g)
   top = topk_name(k)
   repeats[top] = r_polar
   compiled[top], compile_s[top] = _timing.compile_ahead(
-      _topk_chain(k, r_polar), g, state)
+    _topk_chain(k, r_polar), g, state
+  )
   candidates[top] = lambda: compiled[top](g, state)
-  bar.write(f'  [{_size(m, n)}] compiled {len(compiled)} chains in'
-            f' {sum(compile_s.values()):.1f}s (R: {repeats[MATMUL]} matmul,'
-            f' {r_polar} polar); timing {reps} rounds')
+  bar.write(
+    f'  [{_size(m, n)}] compiled {len(compiled)} chains in'
+    f' {sum(compile_s.values()):.1f}s (R: {repeats[MATMUL]} matmul,'
+    f' {r_polar} polar); timing {reps} rounds'
+  )
   bar.update()
 
   timings = _timing.time_side_by_side(
-      candidates, reps=reps, compile_s=compile_s,
-      progress=lambda _: bar.update())
+    candidates, reps=reps, compile_s=compile_s, progress=lambda _: bar.update()
+  )
   rows = _rows(timings, repeats, OPTAX_NS)
   ref_tflops = flops[MATMUL] / rows[MATMUL]['median_s'] / 1e12
   for name, row in rows.items():
@@ -325,12 +350,19 @@ def bench_shape(m: int, n: int, k: int, reps: int, call_flops: float,
       if row['flops_xla']:
         row['flops_xla_over_analytic'] = row['flops_xla'] / flops[name]
   pe = rows[OURS_PE]
-  bar.write(f'  [{_size(m, n)}] done in {time.perf_counter() - t0:.0f}s:'
-            f' matmul {ref_tflops:.3g} TFLOP/s, Polar Express 5 bf16'
-            f' {pe["tflops"]:.3g} TFLOP/s ({1e3 * pe["median_s"]:.3g} ms),'
-            f' NS5 / optax {rows[OURS_NS]["paired_ratio"]:.3f}')
-  return {'size': _size(m, n), 'm': m, 'n': n, 'matmul_tflops': ref_tflops,
-          'methods': rows}
+  bar.write(
+    f'  [{_size(m, n)}] done in {time.perf_counter() - t0:.0f}s:'
+    f' matmul {ref_tflops:.3g} TFLOP/s, Polar Express 5 bf16'
+    f' {pe["tflops"]:.3g} TFLOP/s ({1e3 * pe["median_s"]:.3g} ms),'
+    f' NS5 / optax {rows[OURS_NS]["paired_ratio"]:.3f}'
+  )
+  return {
+    'size': _size(m, n),
+    'm': m,
+    'n': n,
+    'matmul_tflops': ref_tflops,
+    'methods': rows,
+  }
 
 
 def add_peak_fractions(shapes: list[dict[str, Any]], peak: float) -> None:
@@ -344,8 +376,9 @@ def add_peak_fractions(shapes: list[dict[str, Any]], peak: float) -> None:
 # Part 2: the optimizer step on the GPT-2-small tree.
 
 
-def step_specs(tree, k: int, quick: bool
-               ) -> dict[str, tuple[str, Callable[[], Any]]]:
+def step_specs(
+  tree, k: int, quick: bool
+) -> dict[str, tuple[str, Callable[[], Any]]]:
   """The step candidates: a subset of `benchmarks.step`'s, plus bf16 Muon."""
   specs = step_bench.candidates(tree, k)
   keep = [step_bench.BASELINE, step_bench.OPTAX_MUON, step_bench.OURS_NS]
@@ -358,8 +391,9 @@ def step_specs(tree, k: int, quick: bool
   # comparable.
   kw = dict(tree.fo_kwargs(), fallback=fo.adamw_fallback(0.02, b2=0.999))
   out[STEP_MUON_BF16] = (
-      'fo.muon(0.02, compute_dtype=bfloat16) (Polar Express, 5 steps)',
-      lambda: fo.muon(0.02, compute_dtype=DTYPE, **kw))
+    'fo.muon(0.02, compute_dtype=bfloat16) (Polar Express, 5 steps)',
+    lambda: fo.muon(0.02, compute_dtype=DTYPE, **kw),
+  )
   return out
 
 
@@ -376,51 +410,68 @@ def _target_shape(shapes: list[dict[str, Any]]) -> dict[str, Any]:
   return max(square, key=lambda s: s['m'] * s['n'])
 
 
-def evaluate_targets(shapes: list[dict[str, Any]], peak: float,
-                     step: dict[str, Any] | None, is_gpu: bool
-                     ) -> dict[str, dict[str, Any]]:
+def evaluate_targets(
+  shapes: list[dict[str, Any]],
+  peak: float,
+  step: dict[str, Any] | None,
+  is_gpu: bool,
+) -> dict[str, dict[str, Any]]:
   s = _target_shape(shapes)
   pe = s['methods'][OURS_PE]
   targets = {
-      'polar_express5_bf16_ge_0.5_of_matmul_at_4096': {
-          'passed': pe['fraction_of_peak'] >= PE_FRACTION_MIN,
-          'threshold': PE_FRACTION_MIN, 'shape': s['size'],
-          'fraction_of_peak': pe['fraction_of_peak'],
-          'tflops': pe['tflops'], 'peak_tflops': peak,
-          'fraction_of_same_shape_matmul':
-              pe['fraction_of_same_shape_matmul']},
+    'polar_express5_bf16_ge_0.5_of_matmul_at_4096': {
+      'passed': pe['fraction_of_peak'] >= PE_FRACTION_MIN,
+      'threshold': PE_FRACTION_MIN,
+      'shape': s['size'],
+      'fraction_of_peak': pe['fraction_of_peak'],
+      'tflops': pe['tflops'],
+      'peak_tflops': peak,
+      'fraction_of_same_shape_matmul': pe['fraction_of_same_shape_matmul'],
+    },
   }
   ratios = {x['size']: x['methods'][OURS_NS]['paired_ratio'] for x in shapes}
   targets['newton_schulz5_bf16_vs_optax_le_1.05'] = {
-      'passed': max(ratios.values()) <= NS_RATIO_MAX,
-      'threshold': NS_RATIO_MAX, 'paired_ratio_per_shape': ratios,
-      'judged_on': 'the largest paired ratio over the shapes'}
-  rel = {f'{x["size"]}/{name}': x['methods'][name].get(
-      'flops_xla_over_analytic') for x in shapes for name in POLAR_METHODS}
+    'passed': max(ratios.values()) <= NS_RATIO_MAX,
+    'threshold': NS_RATIO_MAX,
+    'paired_ratio_per_shape': ratios,
+    'judged_on': 'the largest paired ratio over the shapes',
+  }
+  rel = {
+    f'{x["size"]}/{name}': x['methods'][name].get('flops_xla_over_analytic')
+    for x in shapes
+    for name in POLAR_METHODS
+  }
   known = [v for v in rel.values() if v is not None]
   targets['flops_model_matches_xla_within_5pct'] = {
-      'passed': bool(known) and all(abs(v - 1.0) <= FLOPS_REL_TOL
-                                    for v in known),
-      'threshold': FLOPS_REL_TOL, 'xla_over_analytic': rel,
-      'note': None if known else 'the backend reports no cost analysis'}
+    'passed': bool(known) and all(abs(v - 1.0) <= FLOPS_REL_TOL for v in known),
+    'threshold': FLOPS_REL_TOL,
+    'xla_over_analytic': rel,
+    'note': None if known else 'the backend reports no cost analysis',
+  }
   if step is not None:
     targets[f'step_{step_bench.TARGET}'] = step['target']
   targets['device_is_gpu'] = {
-      'passed': is_gpu,
-      'note': 'the numbers above are only meaningful on a GPU'}
+    'passed': is_gpu,
+    'note': 'the numbers above are only meaningful on a GPU',
+  }
   return targets
 
 
 def _detail(t: dict[str, Any]) -> str:
   if 'fraction_of_peak' in t:
-    return (f'{t["fraction_of_peak"]:.1%} of {t["peak_tflops"]:.3g} TFLOP/s'
-            f' at {t["shape"]}')
+    return (
+      f'{t["fraction_of_peak"]:.1%} of {t["peak_tflops"]:.3g} TFLOP/s'
+      f' at {t["shape"]}'
+    )
   if 'paired_ratio_per_shape' in t:
     return f'max paired ratio {max(t["paired_ratio_per_shape"].values()):.3f}'
   if 'xla_over_analytic' in t:
     known = [v for v in t['xla_over_analytic'].values() if v is not None]
-    return (f'XLA/analytic in [{min(known):.3f}, {max(known):.3f}]' if known
-            else t['note'])
+    return (
+      f'XLA/analytic in [{min(known):.3f}, {max(known):.3f}]'
+      if known
+      else t['note']
+    )
   if 'paired_ratio' in t:
     return f'paired {t["paired_ratio"]:.3f}'
   return t.get('note', '')
@@ -428,13 +479,20 @@ def _detail(t: dict[str, Any]) -> str:
 
 def print_table(shapes: list[dict[str, Any]], k: int) -> None:
   names = [MATMUL, *POLAR_METHODS, topk_name(k)]
-  print(_timing.text_table(
+  print(
+    _timing.text_table(
       ['shape', *[f'{n} ms' for n in names], 'PE5 TFLOP/s', 'PE5 %peak'],
-      [[s['size'], *[f'{1e3 * s["methods"][n]["median_s"]:.3g}'
-                     for n in names],
-        f'{s["methods"][OURS_PE]["tflops"]:.3g}',
-        f'{100 * s["methods"][OURS_PE]["fraction_of_peak"]:.1f}']
-       for s in shapes]))
+      [
+        [
+          s['size'],
+          *[f'{1e3 * s["methods"][n]["median_s"]:.3g}' for n in names],
+          f'{s["methods"][OURS_PE]["tflops"]:.3g}',
+          f'{100 * s["methods"][OURS_PE]["fraction_of_peak"]:.1f}',
+        ]
+        for s in shapes
+      ],
+    )
+  )
 
 
 def device_label(document: dict[str, Any]) -> str:
@@ -447,6 +505,7 @@ def device_label(document: dict[str, Any]) -> str:
 
 def plot(document: dict[str, Any], path: str) -> None:
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
@@ -454,18 +513,25 @@ def plot(document: dict[str, Any], path: str) -> None:
   k = document['config']['k']
   step = document.get('step')
   labels = document['labels']
-  fig, axes = plt.subplots(1, 3 if step else 2, squeeze=False,
-                           figsize=(20 if step else 14, 6.5))
+  fig, axes = plt.subplots(
+    1, 3 if step else 2, squeeze=False, figsize=(20 if step else 14, 6.5)
+  )
   axes = axes[0]
   x = np.arange(len(shapes))
   names = [MATMUL, *POLAR_METHODS]
   width = 0.8 / len(names)
   for i, name in enumerate(names):
     vals = [s['methods'][name]['tflops'] for s in shapes]
-    axes[0].bar(x + (i - (len(names) - 1) / 2) * width, vals, width,
-                label=labels[name])
-  axes[0].axhline(peak, color='k', ls='--', lw=1,
-                  label=f'measured bf16 matmul throughput {peak:.3g} TFLOP/s')
+    axes[0].bar(
+      x + (i - (len(names) - 1) / 2) * width, vals, width, label=labels[name]
+    )
+  axes[0].axhline(
+    peak,
+    color='k',
+    ls='--',
+    lw=1,
+    label=f'measured bf16 matmul throughput {peak:.3g} TFLOP/s',
+  )
   axes[0].set_xticks(x, [s['size'] for s in shapes], rotation=30)
   axes[0].set_ylabel('achieved TFLOP/s (analytic FLOPs / median time)')
   axes[0].set_title('Throughput per shape (bf16 input)')
@@ -473,19 +539,33 @@ def plot(document: dict[str, Any], path: str) -> None:
   axes[0].grid(True, axis='y', alpha=0.3)
 
   for name, marker in zip(BF16_POLAR, 'os^'):
-    axes[1].plot(x, [s['methods'][name]['fraction_of_peak'] for s in shapes],
-                 marker=marker, label=f'{labels[name]}: / measured peak')
-    axes[1].plot(x, [s['methods'][name]['fraction_of_same_shape_matmul']
-                     for s in shapes], marker=marker, ls=':', alpha=0.6,
-                 label=f'{labels[name]}: / same-shape matmul')
-  axes[1].axhline(PE_FRACTION_MIN, color='tab:red', lw=1, ls='--',
-                  label=f'target {PE_FRACTION_MIN:.0%} (Polar Express at'
-                  ' 4096x4096)')
+    axes[1].plot(
+      x,
+      [s['methods'][name]['fraction_of_peak'] for s in shapes],
+      marker=marker,
+      label=f'{labels[name]}: / measured peak',
+    )
+    axes[1].plot(
+      x,
+      [s['methods'][name]['fraction_of_same_shape_matmul'] for s in shapes],
+      marker=marker,
+      ls=':',
+      alpha=0.6,
+      label=f'{labels[name]}: / same-shape matmul',
+    )
+  axes[1].axhline(
+    PE_FRACTION_MIN,
+    color='tab:red',
+    lw=1,
+    ls='--',
+    label=f'target {PE_FRACTION_MIN:.0%} (Polar Express at 4096x4096)',
+  )
   axes[1].set_xticks(x, [s['size'] for s in shapes], rotation=30)
   axes[1].set_ylabel('fraction of bf16 matmul throughput')
   axes[1].set_ylim(bottom=0)
-  axes[1].set_title(f'Orthogonalisation efficiency; top-{k} warm is in the'
-                    ' JSON')
+  axes[1].set_title(
+    f'Orthogonalisation efficiency; top-{k} warm is in the JSON'
+  )
   axes[1].legend(fontsize=7)
   axes[1].grid(True, alpha=0.3)
 
@@ -494,23 +574,35 @@ def plot(document: dict[str, Any], path: str) -> None:
     names = list(rows)[::-1]
     ratios = [rows[n]['ratio'] for n in names]
     y = np.arange(len(names))
-    axes[2].barh(y, ratios, color=['tab:gray' if n.startswith('optax')
-                                   else 'tab:blue' for n in names])
+    axes[2].barh(
+      y,
+      ratios,
+      color=[
+        'tab:gray' if n.startswith('optax') else 'tab:blue' for n in names
+      ],
+    )
     for yi, n, r in zip(y, names, ratios):
-      axes[2].text(r, yi, f' {r:.2f}x ({rows[n]["ms_per_step"]:.3g} ms)',
-                   va='center', fontsize=8)
+      axes[2].text(
+        r,
+        yi,
+        f' {r:.2f}x ({rows[n]["ms_per_step"]:.3g} ms)',
+        va='center',
+        fontsize=8,
+      )
     axes[2].axvline(1.0, color='k', lw=0.8, ls='--')
     axes[2].set_yticks(y, names)
     axes[2].set_xscale('log')
     axes[2].set_xlim(right=max(ratios) * 4)
     axes[2].set_xlabel('median step time / optax.adamw step time')
-    axes[2].set_title(f'One step on the {step["title"]} tree (float32'
-                      ' params)', fontsize=10)
+    axes[2].set_title(
+      f'One step on the {step["title"]} tree (float32 params)', fontsize=10
+    )
     axes[2].grid(True, axis='x', which='both', alpha=0.3)
-  fig.suptitle(f'fanion_optax GPU benchmark on {device_label(document)}'
-               + (' [quick: smoke-test sizes]' if document['config']['quick']
-                  else ''),
-               color='k' if document['representative'] else 'tab:red')
+  fig.suptitle(
+    f'fanion_optax GPU benchmark on {device_label(document)}'
+    + (' [quick: smoke-test sizes]' if document['config']['quick'] else ''),
+    color='k' if document['representative'] else 'tab:red',
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -521,23 +613,39 @@ def plot(document: dict[str, Any], path: str) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = _timing.benchmark_parser(
-      'gpu', __doc__,
-      'tiny shapes and tree, any device (a smoke test)')
-  parser.add_argument('--allow-cpu', action='store_true',
-                      help='run the full configuration on a device that is'
-                      ' not a GPU (hours on a CPU; not representative)')
-  parser.add_argument('--max-size', type=int, default=None,
-                      help='leave out the shapes (and the peak matmul) with'
-                      ' a side larger than this')
-  parser.add_argument('--reps', type=int, default=None,
-                      help=f'timed rounds (default {FULL_REPS}, quick'
-                      f' {QUICK_REPS})')
-  parser.add_argument('--layers', type=int, default=None,
-                      help='GPT-2 layers of the step tree (default 12);'
-                      ' 0 skips the step part')
-  parser.add_argument('--k', type=int, default=None,
-                      help=f'top-k / Fanion rank (default {FULL_K}, quick'
-                      f' {QUICK_K})')
+    'gpu', __doc__, 'tiny shapes and tree, any device (a smoke test)'
+  )
+  parser.add_argument(
+    '--allow-cpu',
+    action='store_true',
+    help='run the full configuration on a device that is'
+    ' not a GPU (hours on a CPU; not representative)',
+  )
+  parser.add_argument(
+    '--max-size',
+    type=int,
+    default=None,
+    help='leave out the shapes (and the peak matmul) with'
+    ' a side larger than this',
+  )
+  parser.add_argument(
+    '--reps',
+    type=int,
+    default=None,
+    help=f'timed rounds (default {FULL_REPS}, quick {QUICK_REPS})',
+  )
+  parser.add_argument(
+    '--layers',
+    type=int,
+    default=None,
+    help='GPT-2 layers of the step tree (default 12); 0 skips the step part',
+  )
+  parser.add_argument(
+    '--k',
+    type=int,
+    default=None,
+    help=f'top-k / Fanion rank (default {FULL_K}, quick {QUICK_K})',
+  )
   args = parser.parse_args(argv)
   quick = args.quick
   args.shapes = list(QUICK_SHAPES if quick else FULL_SHAPES)
@@ -571,28 +679,36 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   is_gpu = device.platform == 'gpu'
   if not (is_gpu or args.quick or args.allow_cpu):
     raise SystemExit(
-        f'benchmarks.gpu: the default device is {device.device_kind!r}'
-        f' (platform {device.platform!r}), not a GPU. Install the CUDA build'
-        ' of JAX (pip install -U "jax[cuda12]") on a GPU machine, or run'
-        ' --quick (smoke test) or --allow-cpu (full sizes anyway: hours, and'
-        ' the numbers say nothing about a GPU).')
+      f'benchmarks.gpu: the default device is {device.device_kind!r}'
+      f' (platform {device.platform!r}), not a GPU. Install the CUDA build'
+      ' of JAX (pip install -U "jax[cuda12]") on a GPU machine, or run'
+      ' --quick (smoke test) or --allow-cpu (full sizes anyway: hours, and'
+      ' the numbers say nothing about a GPU).'
+    )
   start = time.perf_counter()
   call_flops = QUICK_CALL_FLOPS if args.quick else FULL_CALL_FLOPS
-  specs = (step_specs(args.tree, args.k, args.quick) if args.tree
-           else {})
-  units = (1 + len(args.shapes) * (1 + args.reps)
-           + len(specs) * (2 + args.step_reps))
+  specs = step_specs(args.tree, args.k, args.quick) if args.tree else {}
+  units = (
+    1 + len(args.shapes) * (1 + args.reps) + len(specs) * (2 + args.step_reps)
+  )
   with _timing.progress_bar(units, 'gpu') as bar:
-    bar.write(f'GPU benchmark ({"quick" if args.quick else "full"}) on'
-              f' {device.device_kind} ({device.platform})'
-              + ('' if is_gpu else ': NOT A GPU, numbers not representative')
-              + f'; shapes {[_size(*s) for s in args.shapes]}, reps'
-              f' {args.reps}, k {args.k}')
+    bar.write(
+      f'GPU benchmark ({"quick" if args.quick else "full"}) on'
+      f' {device.device_kind} ({device.platform})'
+      + ('' if is_gpu else ': NOT A GPU, numbers not representative')
+      + f'; shapes {[_size(*s) for s in args.shapes]}, reps'
+      f' {args.reps}, k {args.k}'
+    )
     peak_row = bench_peak(args.peak_size, args.reps, call_flops, bar)
-    shapes = [bench_shape(m, n, args.k, args.reps, call_flops, bar)
-              for m, n in args.shapes]
-    step = (step_bench.bench_tree(args.tree, specs, args.k, args.step_reps,
-                                  bar) if args.tree else None)
+    shapes = [
+      bench_shape(m, n, args.k, args.reps, call_flops, bar)
+      for m, n in args.shapes
+    ]
+    step = (
+      step_bench.bench_tree(args.tree, specs, args.k, args.step_reps, bar)
+      if args.tree
+      else None
+    )
   if step is not None:
     step['target'] = step_bench.evaluate_target(step['candidates'])
   peak = max([peak_row['tflops'], *(s['matmul_tflops'] for s in shapes)])
@@ -610,46 +726,56 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
   stats = device.memory_stats() or {}
   payload = {
-      'benchmark': 'gpu',
-      'representative': is_gpu and not args.quick,
-      'device': {'platform': device.platform,
-                 'device_kind': device.device_kind, 'is_gpu': is_gpu,
-                 'memory_bytes_limit': stats.get('bytes_limit')},
-      'config': {
-          'quick': args.quick,
-          'allow_cpu': args.allow_cpu,
-          'shapes': [_size(*s) for s in args.shapes],
-          'peak_size': args.peak_size,
-          'reps': args.reps,
-          'step_reps': args.step_reps,
-          'warmup': 1,
-          'k': args.k,
-          'steps': STEPS,
-          'dtype': 'bfloat16 input; bf16 products at default precision'
-                   ' (XLA:GPU accumulates in float32 in cuBLAS), bf16'
-                   ' results',
-          'call_flops': call_flops,
-          'max_dots_per_call': MAX_DOTS_PER_CALL,
-          'chain': ('each timed call applies its candidate R times in one'
-                    ' executable (X <- f(X), unrolled; top-k chains its'
-                    ' state on a fixed matrix); times are per application'),
-          'flops': ('analytic: steps*(4m^2n + 2m^3), m <= n, matmuls only;'
-                    " flops_xla: XLA's cost_analysis of the chain / R"),
-          'matmul_tflops': ('best of the peak chain and every size-matched'
-                            ' reference chain'),
-          'step_dtype': 'float32 parameters and gradients',
-          'step_tree': None if args.tree is None else args.tree.describe(),
-          'timing': ('AOT-compiled (compile excluded), one warm-up call'
-                     ' each, interleaved rotated rounds; median'),
-      },
-      'labels': _labels(args.k),
-      'peak': peak_row,
-      'matmul_tflops': peak,
-      'shapes': shapes,
-      'step': step,
-      'targets': {name: bool(t['passed']) for name, t in targets.items()},
-      'target_details': targets,
-      'elapsed_s': elapsed,
+    'benchmark': 'gpu',
+    'representative': is_gpu and not args.quick,
+    'device': {
+      'platform': device.platform,
+      'device_kind': device.device_kind,
+      'is_gpu': is_gpu,
+      'memory_bytes_limit': stats.get('bytes_limit'),
+    },
+    'config': {
+      'quick': args.quick,
+      'allow_cpu': args.allow_cpu,
+      'shapes': [_size(*s) for s in args.shapes],
+      'peak_size': args.peak_size,
+      'reps': args.reps,
+      'step_reps': args.step_reps,
+      'warmup': 1,
+      'k': args.k,
+      'steps': STEPS,
+      'dtype': 'bfloat16 input; bf16 products at default precision'
+      ' (XLA:GPU accumulates in float32 in cuBLAS), bf16'
+      ' results',
+      'call_flops': call_flops,
+      'max_dots_per_call': MAX_DOTS_PER_CALL,
+      'chain': (
+        'each timed call applies its candidate R times in one'
+        ' executable (X <- f(X), unrolled; top-k chains its'
+        ' state on a fixed matrix); times are per application'
+      ),
+      'flops': (
+        'analytic: steps*(4m^2n + 2m^3), m <= n, matmuls only;'
+        " flops_xla: XLA's cost_analysis of the chain / R"
+      ),
+      'matmul_tflops': (
+        'best of the peak chain and every size-matched reference chain'
+      ),
+      'step_dtype': 'float32 parameters and gradients',
+      'step_tree': None if args.tree is None else args.tree.describe(),
+      'timing': (
+        'AOT-compiled (compile excluded), one warm-up call'
+        ' each, interleaved rotated rounds; median'
+      ),
+    },
+    'labels': _labels(args.k),
+    'peak': peak_row,
+    'matmul_tflops': peak,
+    'shapes': shapes,
+    'step': step,
+    'targets': {name: bool(t['passed']) for name, t in targets.items()},
+    'target_details': targets,
+    'elapsed_s': elapsed,
   }
   return _timing.save_results('gpu', args.out, payload, argv, plot)
 
@@ -663,62 +789,91 @@ def markdown(d: dict[str, Any]) -> str:
   labels, k = d['labels'], d['config']['k']
   out = []
   if not d['representative']:
-    out.append(f'> **Not a GPU result**: measured on {device_label(d)}'
-               + (', quick mode' if d['config']['quick'] else '')
-               + '. The throughput fractions and targets below say nothing'
-               ' about a GPU; run `python -m benchmarks.gpu` on one.\n')
-  out.append(f'Device: `{d["metadata"]["device_kind"]}`'
-             f' ({d["metadata"]["platform"]}); measured bf16 matmul'
-             f' throughput {d["matmul_tflops"]:.3g} TFLOP/s (chain of'
-             f' {d["peak"]["size"]} products: {d["peak"]["tflops"]:.3g}).\n')
+    out.append(
+      f'> **Not a GPU result**: measured on {device_label(d)}'
+      + (', quick mode' if d['config']['quick'] else '')
+      + '. The throughput fractions and targets below say nothing'
+      ' about a GPU; run `python -m benchmarks.gpu` on one.\n'
+    )
+  out.append(
+    f'Device: `{d["metadata"]["device_kind"]}`'
+    f' ({d["metadata"]["platform"]}); measured bf16 matmul'
+    f' throughput {d["matmul_tflops"]:.3g} TFLOP/s (chain of'
+    f' {d["peak"]["size"]} products: {d["peak"]["tflops"]:.3g}).\n'
+  )
   names = [MATMUL, *POLAR_METHODS]
-  short = dict(zip([*names, topk_name(k)], [
-      'matmul ref', 'PE5 bf16', 'NS5 bf16', 'optax NS5', 'PE5 f32',
-      f'top-{k} warm']))
-  out.append('Columns: ' + '; '.join(f'{short[n]} = {labels[n]}'
-                                     for n in short) + '.\n')
+  short = dict(
+    zip(
+      [*names, topk_name(k)],
+      [
+        'matmul ref',
+        'PE5 bf16',
+        'NS5 bf16',
+        'optax NS5',
+        'PE5 f32',
+        f'top-{k} warm',
+      ],
+    )
+  )
+  out.append(
+    'Columns: ' + '; '.join(f'{short[n]} = {labels[n]}' for n in short) + '.\n'
+  )
   out.append('| shape |' + ''.join(f' {short[n]} |' for n in short))
   out.append('|---|' + '---|' * (len(names) + 1))
   for s in d['shapes']:
     cells = []
     for n in names:
       r = s['methods'][n]
-      cells.append(f' {1e3 * r["median_s"]:.3g} ms, {r["tflops"]:.3g}'
-                   f' TFLOP/s ({_pct(r["fraction_of_peak"])})'
-                   + ('' if n == MATMUL else f', {r["ratio"]:.2f}x optax')
-                   + ' |')
+      cells.append(
+        f' {1e3 * r["median_s"]:.3g} ms, {r["tflops"]:.3g}'
+        f' TFLOP/s ({_pct(r["fraction_of_peak"])})'
+        + ('' if n == MATMUL else f', {r["ratio"]:.2f}x optax')
+        + ' |'
+      )
     cells.append(f' {1e3 * s["methods"][topk_name(k)]["median_s"]:.3g} ms |')
     out.append(f'| {s["size"]} |' + ''.join(cells))
-  xla = [r['flops_xla_over_analytic'] for s in d['shapes']
-         for n, r in s['methods'].items()
-         if n in POLAR_METHODS and r.get('flops_xla_over_analytic')]
+  xla = [
+    r['flops_xla_over_analytic']
+    for s in d['shapes']
+    for n, r in s['methods'].items()
+    if n in POLAR_METHODS and r.get('flops_xla_over_analytic')
+  ]
   out.append('')
   out.append(
-      'Per application, bf16 input; percentages are of the measured bf16'
-      ' matmul throughput. FLOPs are `5·(4m²n + 2m³)` (m ≤ n) for every'
-      ' polar row'
-      + (f' (XLA counts {min(xla):.3f}-{max(xla):.3f}x that, the extra being'
-         ' elementwise work, and on a CPU bf16-float32 conversions)' if xla
-         else '')
-      + ', `2m²n` for the matmul reference. Each timed call chains R'
-      ' applications inside one executable so launch overhead is amortised.'
-      ' Polar Express and Newton–Schulz do the same products, so they should'
-      ' run at the same speed and approach the same-shape matmul rate as the'
-      ' Gram products grow; the float32-compute row is what `fo.muon` does'
-      ' without `compute_dtype=jnp.bfloat16`.\n')
+    'Per application, bf16 input; percentages are of the measured bf16'
+    ' matmul throughput. FLOPs are `5·(4m²n + 2m³)` (m ≤ n) for every'
+    ' polar row'
+    + (
+      f' (XLA counts {min(xla):.3f}-{max(xla):.3f}x that, the extra being'
+      ' elementwise work, and on a CPU bf16-float32 conversions)'
+      if xla
+      else ''
+    )
+    + ', `2m²n` for the matmul reference. Each timed call chains R'
+    ' applications inside one executable so launch overhead is amortised.'
+    ' Polar Express and Newton–Schulz do the same products, so they should'
+    ' run at the same speed and approach the same-shape matmul rate as the'
+    ' Gram products grow; the float32-compute row is what `fo.muon` does'
+    ' without `compute_dtype=jnp.bfloat16`.\n'
+  )
   step = d.get('step')
   if step:
-    out.append(f'**Optimizer step** on the {step["title"]} tree'
-               f' ({step["description"]}; float32 parameters; median of'
-               f' {step["reps"]} rounds)\n')
+    out.append(
+      f'**Optimizer step** on the {step["title"]} tree'
+      f' ({step["description"]}; float32 parameters; median of'
+      f' {step["reps"]} rounds)\n'
+    )
     out.append('| optimizer | ms/step | ratio to optax.adamw |')
     out.append('|---|---|---|')
     for r in step['candidates'].values():
-      out.append(f'| {r["label"]} | {r["ms_per_step"]:.4g} |'
-                 f' {r["ratio"]:.2f} |')
-    out.append(f'\nfo.muon(newton_schulz) / optax.contrib.muon: paired'
-               f' {step["target"]["paired_ratio"]:.3f} (target <='
-               f' {step["target"]["threshold"]}).')
+      out.append(
+        f'| {r["label"]} | {r["ms_per_step"]:.4g} | {r["ratio"]:.2f} |'
+      )
+    out.append(
+      f'\nfo.muon(newton_schulz) / optax.contrib.muon: paired'
+      f' {step["target"]["paired_ratio"]:.3f} (target <='
+      f' {step["target"]["threshold"]}).'
+    )
   return '\n'.join(out) + '\n'
 
 

@@ -75,8 +75,8 @@ from fanion_optax.polar import newton_schulz_iterate  # noqa: E402
 ASPECTS = (1.0, 1.5, 2.0, 4.0, 8.0)
 FULL_SWEEP_M, QUICK_SWEEP_M = 256, 32
 FLOP_TARGETS = (  # (m, n, ratio without restart, ratio with one restart)
-    (768, 3072, 0.6, 0.75),
-    (512, 4096, 0.45, 0.6),
+  (768, 3072, 0.6, 0.75),
+  (512, 4096, 0.45, 0.6),
 )
 QUICK_FLOP_SHRINK = 8  # quick mode: same aspect ratios, sizes / 8
 FULL_TIME_SIZES = ((768, 3072), (1024, 8192))
@@ -85,8 +85,12 @@ FULL_BF16_SIZES = ((64, 96), (1024, 4096))
 QUICK_BF16_SIZES = ((64, 96), (128, 512))
 FULL_REPS, QUICK_REPS = 5, 2
 DECAY_CONDITION = 1e3
-USER_ROWS = ((3.0, -3.2, 1.2), (2.5, -2.2, 0.7), (2.0, -1.5, 0.5),
-             (1.5, -0.5, 0.0))
+USER_ROWS = (
+  (3.0, -3.2, 1.2),
+  (2.5, -2.2, 0.7),
+  (2.0, -1.5, 0.5),
+  (1.5, -0.5, 0.0),
+)
 SCHEDULES = ('jordan5', 'polar_express5', 'polar_express8', 'user')
 GAP_SCHEDULES = ('polar_express5', 'jordan5')
 SPECTRA = ('gaussian', 'cond1e3')
@@ -98,8 +102,7 @@ BF16_GRAM_GAP_FACTOR = 1.10  # Gram's bf16 gap ÷ the standard's bf16 gap
 BF16_NS_GAP_FACTOR = 1.02  # standard bf16 gap ÷ float32 gap
 
 
-def schedule(name: str) -> tuple[tuple[tuple[float, float, float], ...],
-                                 float]:
+def schedule(name: str) -> tuple[tuple[tuple[float, float, float], ...], float]:
   """`(rows, safety)` of a schedule name of `SCHEDULES`."""
   if name == 'user':
     return USER_ROWS, 1.0
@@ -135,8 +138,12 @@ def matrix(kind: str, m: int, n: int) -> jax.Array:
   return gaussian(m, n) if kind == 'gaussian' else decaying(m, n)
 
 
-def normalized(g: jax.Array, safety: float, dtype: Any = jnp.float32,
-               norm_dtype: Any = jnp.float32) -> jax.Array:
+def normalized(
+  g: jax.Array,
+  safety: float,
+  dtype: Any = jnp.float32,
+  norm_dtype: Any = jnp.float32,
+) -> jax.Array:
   """`g` in `dtype`, Frobenius-normalised in `norm_dtype` (`polar_factor`)."""
   x = g.astype(dtype).astype(norm_dtype)
   x = _linalg.frobenius_normalized(x, safety=safety, eps=DEFAULT_EPS)
@@ -161,12 +168,15 @@ def rel_diff(a: jax.Array, b: jax.Array) -> dict[str, float]:
   """`max|a − b| / max|b|` and `‖a − b‖_F / ‖b‖_F`, computed in float64."""
   a64 = np.asarray(a.astype(jnp.float32), np.float64)
   b64 = np.asarray(b.astype(jnp.float32), np.float64)
-  return {'max': float(np.abs(a64 - b64).max() / np.abs(b64).max()),
-          'fro': float(np.linalg.norm(a64 - b64) / np.linalg.norm(b64))}
+  return {
+    'max': float(np.abs(a64 - b64).max() / np.abs(b64).max()),
+    'fro': float(np.linalg.norm(a64 - b64) / np.linalg.norm(b64)),
+  }
 
 
-def _iterate(kind: str, rows, restart_after=None, jit: bool = True
-             ) -> Callable[..., Any]:
+def _iterate(
+  kind: str, rows, restart_after=None, jit: bool = True
+) -> Callable[..., Any]:
   """An iterate of `x`: standard, accumulating, gram or gram_bf16.
 
   Jitted for cost analysis and timing; eager (`jit=False`) for the sweep's
@@ -179,10 +189,12 @@ def _iterate(kind: str, rows, restart_after=None, jit: bool = True
     fn = lambda x: _gram.newton_schulz_iterate_accumulating(x, rows)
   elif kind == 'gram':
     fn = lambda x: _gram.gram_newton_schulz_iterate(
-        x, rows, restart_after=restart_after)
+      x, rows, restart_after=restart_after
+    )
   else:  # gram with the m×m recursion in the input's (half) dtype
     fn = lambda x: _gram.gram_newton_schulz_iterate(
-        x, rows, restart_after=restart_after, recursion_dtype=x.dtype)
+      x, rows, restart_after=restart_after, recursion_dtype=x.dtype
+    )
   return jax.jit(fn) if jit else fn
 
 
@@ -205,20 +217,25 @@ def flop_ratios(m: int, n: int) -> dict[str, Any]:
   bf16 = xla_flops(_iterate('gram', rows), m, n, jnp.bfloat16)
   model = _gram.newton_schulz_flops(m, n, len(rows))
   return {
-      'standard_flops': standard,
-      'ratio_no_restart': plain / standard,
-      'ratio_default_restart': default / standard,
-      'ratio_bf16_split': bf16 / standard16,
-      'restarts': list(restarts),
-      'model_no_restart': _gram.gram_newton_schulz_flops(
-          m, n, len(rows), 0) / model,
-      'model_default_restart': _gram.gram_newton_schulz_flops(
-          m, n, len(rows), len(restarts)) / model,
-      'model_bf16_split': _gram.gram_newton_schulz_flops(
-          m, n, len(rows), len(restarts), split=True) / model,
-      'auto_f32': _gram.gram_saves_flops(m, n, len(rows), len(restarts)),
-      'auto_bf16': _gram.gram_saves_flops(m, n, len(rows), len(restarts),
-                                          split=True),
+    'standard_flops': standard,
+    'ratio_no_restart': plain / standard,
+    'ratio_default_restart': default / standard,
+    'ratio_bf16_split': bf16 / standard16,
+    'restarts': list(restarts),
+    'model_no_restart': _gram.gram_newton_schulz_flops(m, n, len(rows), 0)
+    / model,
+    'model_default_restart': _gram.gram_newton_schulz_flops(
+      m, n, len(rows), len(restarts)
+    )
+    / model,
+    'model_bf16_split': _gram.gram_newton_schulz_flops(
+      m, n, len(rows), len(restarts), split=True
+    )
+    / model,
+    'auto_f32': _gram.gram_saves_flops(m, n, len(rows), len(restarts)),
+    'auto_bf16': _gram.gram_saves_flops(
+      m, n, len(rows), len(restarts), split=True
+    ),
   }
 
 
@@ -228,8 +245,12 @@ def flop_ratios(m: int, n: int) -> dict[str, Any]:
 
 def bench_aspect(m: int, aspect: float, bar) -> dict[str, Any]:
   n = int(round(m * aspect))
-  entry: dict[str, Any] = {'m': m, 'n': n, 'aspect': aspect,
-                           'flops': flop_ratios(m, n)}
+  entry: dict[str, Any] = {
+    'm': m,
+    'n': n,
+    'aspect': aspect,
+    'flops': flop_ratios(m, n),
+  }
   diffs: dict[str, dict[str, Any]] = {}
   gaps: dict[str, dict[str, Any]] = {}
   for kind in SPECTRA:
@@ -245,22 +266,27 @@ def bench_aspect(m: int, aspect: float, bar) -> dict[str, Any]:
         continue
       x16 = normalized(g, safety, jnp.bfloat16)
       gaps[f'{name} {kind}'] = {
-          'f32_standard': gap(g, standard, nuclear),
-          'f32_gram': gap(g, gram, nuclear),
-          **{variant: gap(g, _iterate(kind_, rows, jit=False)(x16), nuclear)
-             for variant, kind_ in (
-                 ('bf16_everywhere', 'standard'),
-                 ('bf16_accumulating', 'accumulating'),
-                 ('bf16_gram', 'gram'),
-                 ('bf16_gram_bf16_recursion', 'gram_bf16'))},
+        'f32_standard': gap(g, standard, nuclear),
+        'f32_gram': gap(g, gram, nuclear),
+        **{
+          variant: gap(g, _iterate(kind_, rows, jit=False)(x16), nuclear)
+          for variant, kind_ in (
+            ('bf16_everywhere', 'standard'),
+            ('bf16_accumulating', 'accumulating'),
+            ('bf16_gram', 'gram'),
+            ('bf16_gram_bf16_recursion', 'gram_bf16'),
+          )
+        },
       }
   entry['rel_diff_f32'] = diffs
   entry['lmo_gap'] = gaps
   worst = max(d['max'] for d in diffs.values())
-  bar.write(f'  [{m}x{n}] FLOPs ratio {entry["flops"]["ratio_no_restart"]:.3f}'
-            f' / {entry["flops"]["ratio_default_restart"]:.3f} (restart) /'
-            f' {entry["flops"]["ratio_bf16_split"]:.3f} (bf16); worst rel'
-            f' diff {worst:.1e}')
+  bar.write(
+    f'  [{m}x{n}] FLOPs ratio {entry["flops"]["ratio_no_restart"]:.3f}'
+    f' / {entry["flops"]["ratio_default_restart"]:.3f} (restart) /'
+    f' {entry["flops"]["ratio_bf16_split"]:.3f} (bf16); worst rel'
+    f' diff {worst:.1e}'
+  )
   bar.update()
   return entry
 
@@ -273,18 +299,22 @@ def bench_time(m: int, n: int, reps: int, bar) -> dict[str, Any]:
   rows, safety = schedule('polar_express5')
   g = gaussian(m, n)
   x = normalized(g, safety)
-  fns = {'standard': lambda x: newton_schulz_iterate(x, rows),
-         'gram': lambda x: _gram.gram_newton_schulz_iterate(x, rows),
-         'gram_no_restart': lambda x: _gram.gram_newton_schulz_iterate(
-             x, rows, restart_after=())}
+  fns = {
+    'standard': lambda x: newton_schulz_iterate(x, rows),
+    'gram': lambda x: _gram.gram_newton_schulz_iterate(x, rows),
+    'gram_no_restart': lambda x: _gram.gram_newton_schulz_iterate(
+      x, rows, restart_after=()
+    ),
+  }
   compiled, compile_s, candidates = {}, {}, {}
   for name, fn in fns.items():
     compiled[name], compile_s[name] = _timing.compile_ahead(fn, x)
     candidates[name] = lambda c=compiled[name]: c(x)
   bar.write(f'  [{m}x{n}] compiled; timing {reps} rounds')
   load = _timing.load_average()
-  timings = _timing.time_side_by_side(candidates, reps=reps, warmup=1,
-                                      compile_s=compile_s)
+  timings = _timing.time_side_by_side(
+    candidates, reps=reps, warmup=1, compile_s=compile_s
+  )
   rows_out = _timing.summarize(timings, baseline='standard')
   nuclear = float(jnp.sum(_singular_values(g)))
   outs = {name: c(x) for name, c in compiled.items()}
@@ -298,15 +328,23 @@ def bench_time(m: int, n: int, reps: int, bar) -> dict[str, Any]:
   xd = normalized(decaying(m, n), safety)
   standard_d = compiled['standard'](xd)
   for name in ('gram', 'gram_no_restart'):
-    rows_out[name]['rel_diff_decaying'] = rel_diff(compiled[name](xd),
-                                                   standard_d)
-  bar.write(f'  [{m}x{n}] time ratio gram/standard'
-            f' {rows_out["gram"]["ratio"]:.3f} (paired'
-            f' {rows_out["gram"]["paired_ratio"]:.3f}), no restart'
-            f' {rows_out["gram_no_restart"]["ratio"]:.3f}; load {load}')
+    rows_out[name]['rel_diff_decaying'] = rel_diff(
+      compiled[name](xd), standard_d
+    )
+  bar.write(
+    f'  [{m}x{n}] time ratio gram/standard'
+    f' {rows_out["gram"]["ratio"]:.3f} (paired'
+    f' {rows_out["gram"]["paired_ratio"]:.3f}), no restart'
+    f' {rows_out["gram_no_restart"]["ratio"]:.3f}; load {load}'
+  )
   bar.update()
-  return {'size': f'{m}x{n}', 'm': m, 'n': n, 'load_average': load,
-          'methods': rows_out}
+  return {
+    'size': f'{m}x{n}',
+    'm': m,
+    'n': n,
+    'load_average': load,
+    'methods': rows_out,
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -323,19 +361,23 @@ def bench_bf16_standard(m: int, n: int, bar) -> dict[str, Any]:
     x16 = normalized(g, safety, jnp.bfloat16, jnp.bfloat16)
     x16_f32norm = normalized(g, safety, jnp.bfloat16)
     variants = {
-        'bf16_everywhere': _iterate('standard', rows)(x16),
-        'accumulating_bf16_norm': _iterate('accumulating', rows)(x16),
-        'accumulating_f32_norm': _iterate('accumulating', rows)(x16_f32norm),
-        'gram_f32_norm': _iterate('gram', rows)(x16_f32norm),
+      'bf16_everywhere': _iterate('standard', rows)(x16),
+      'accumulating_bf16_norm': _iterate('accumulating', rows)(x16),
+      'accumulating_f32_norm': _iterate('accumulating', rows)(x16_f32norm),
+      'gram_f32_norm': _iterate('gram', rows)(x16_f32norm),
     }
-    out[name] = {'f32_gap': f32, **{
-        k: gap(g, o, nuclear) / f32 for k, o in variants.items()}}
-  bar.write(f'  [bf16 {m}x{n}] gap ratio bf16/f32, Polar Express 5:'
-            f' everywhere {out["polar_express5"]["bf16_everywhere"]:.4f},'
-            ' accumulating'
-            f' {out["polar_express5"]["accumulating_f32_norm"]:.4f}; Jordan 5:'
-            f' {out["jordan5"]["bf16_everywhere"]:.4f},'
-            f' {out["jordan5"]["accumulating_f32_norm"]:.4f}')
+    out[name] = {
+      'f32_gap': f32,
+      **{k: gap(g, o, nuclear) / f32 for k, o in variants.items()},
+    }
+  bar.write(
+    f'  [bf16 {m}x{n}] gap ratio bf16/f32, Polar Express 5:'
+    f' everywhere {out["polar_express5"]["bf16_everywhere"]:.4f},'
+    ' accumulating'
+    f' {out["polar_express5"]["accumulating_f32_norm"]:.4f}; Jordan 5:'
+    f' {out["jordan5"]["bf16_everywhere"]:.4f},'
+    f' {out["jordan5"]["accumulating_f32_norm"]:.4f}'
+  )
   bar.update()
   return out
 
@@ -349,66 +391,95 @@ def evaluate_targets(document: dict[str, Any]) -> dict[str, Any]:
   for entry in document['flop_targets']:
     size = f'{entry["m"]}x{entry["n"]}'
     targets[f'flops_{size}_no_restart_le_{entry["no_restart_max"]}'] = {
-        'passed': entry['ratio_no_restart'] <= entry['no_restart_max'],
-        'ratio': entry['ratio_no_restart'],
-        'measured_at': entry['measured_at']}
+      'passed': entry['ratio_no_restart'] <= entry['no_restart_max'],
+      'ratio': entry['ratio_no_restart'],
+      'measured_at': entry['measured_at'],
+    }
     targets[f'flops_{size}_one_restart_le_{entry["one_restart_max"]}'] = {
-        'passed': entry['ratio_default_restart'] <= entry['one_restart_max'],
-        'ratio': entry['ratio_default_restart'],
-        'measured_at': entry['measured_at']}
+      'passed': entry['ratio_default_restart'] <= entry['one_restart_max'],
+      'ratio': entry['ratio_default_restart'],
+      'measured_at': entry['measured_at'],
+    }
   sweep = document['sweep']
-  diffs = {f'{e["m"]}x{e["n"]} {k}': v['max']
-           for e in sweep for k, v in e['rel_diff_f32'].items()}
+  diffs = {
+    f'{e["m"]}x{e["n"]} {k}': v['max']
+    for e in sweep
+    for k, v in e['rel_diff_f32'].items()
+  }
   targets['max_rel_diff_f32_le_1e-4'] = {
-      'passed': max(diffs.values()) <= MAX_REL_DIFF,
-      'worst': max(diffs.values()), 'per_case': diffs}
-  auto = {f'{e["m"]}x{e["n"]}': {
-      'f32': [e['flops']['auto_f32'],
-              e['flops']['ratio_default_restart'] < 1],
-      'bf16': [e['flops']['auto_bf16'], e['flops']['ratio_bf16_split'] < 1]}
-      for e in sweep}
+    'passed': max(diffs.values()) <= MAX_REL_DIFF,
+    'worst': max(diffs.values()),
+    'per_case': diffs,
+  }
+  auto = {
+    f'{e["m"]}x{e["n"]}': {
+      'f32': [e['flops']['auto_f32'], e['flops']['ratio_default_restart'] < 1],
+      'bf16': [e['flops']['auto_bf16'], e['flops']['ratio_bf16_split'] < 1],
+    }
+    for e in sweep
+  }
   targets['auto_rule_matches_cost_analysis'] = {
-      'passed': all(a == b for v in auto.values() for a, b in v.values()),
-      'rule_vs_measured_saving': auto}
-  factors = {f'{e["m"]}x{e["n"]} {k}': v['bf16_gram'] / v['bf16_accumulating']
-             for e in sweep for k, v in e['lmo_gap'].items()}
+    'passed': all(a == b for v in auto.values() for a, b in v.values()),
+    'rule_vs_measured_saving': auto,
+  }
+  factors = {
+    f'{e["m"]}x{e["n"]} {k}': v['bf16_gram'] / v['bf16_accumulating']
+    for e in sweep
+    for k, v in e['lmo_gap'].items()
+  }
   targets['bf16_gram_gap_within_10pct_of_standard'] = {
-      'passed': max(factors.values()) <= BF16_GRAM_GAP_FACTOR,
-      'worst': max(factors.values()),
-      'gram_over_accumulating_standard': factors}
+    'passed': max(factors.values()) <= BF16_GRAM_GAP_FACTOR,
+    'worst': max(factors.values()),
+    'gram_over_accumulating_standard': factors,
+  }
   for entry in document['timing']:
     row = entry['methods']['gram']
     targets[f'cpu_time_ratio_{entry["size"]}_le_0.75'] = {
-        'passed': row['ratio'] <= TIME_RATIO_MAX,
-        'ratio_of_medians': row['ratio'],
-        'paired_ratio': row['paired_ratio'],
-        'load_average': entry['load_average']}
+      'passed': row['ratio'] <= TIME_RATIO_MAX,
+      'ratio_of_medians': row['ratio'],
+      'paired_ratio': row['paired_ratio'],
+      'load_average': entry['load_average'],
+    }
     worst = max(row['rel_diff']['max'], row['rel_diff_decaying']['max'])
     targets[f'rel_diff_{entry["size"]}_le_1e-4'] = {
-        'passed': worst <= MAX_REL_DIFF, 'worst': worst,
-        'gaussian': row['rel_diff'], 'decaying': row['rel_diff_decaying']}
+      'passed': worst <= MAX_REL_DIFF,
+      'worst': worst,
+      'gaussian': row['rel_diff'],
+      'decaying': row['rel_diff_decaying'],
+    }
   for variant in ('accumulating_f32_norm', 'accumulating_bf16_norm'):
-    ratios = {f'{e["size"]} {name}': e[name][variant]
-              for e in document['bf16_standard'] for name in GAP_SCHEDULES}
+    ratios = {
+      f'{e["size"]} {name}': e[name][variant]
+      for e in document['bf16_standard']
+      for name in GAP_SCHEDULES
+    }
     targets[f'bf16_ns_gap_ratio_le_1.02_{variant}'] = {
-        'passed': max(ratios.values()) <= BF16_NS_GAP_FACTOR,
-        'ratios': ratios}
+      'passed': max(ratios.values()) <= BF16_NS_GAP_FACTOR,
+      'ratios': ratios,
+    }
   return targets
 
 
 def _title(document: dict[str, Any]) -> str:
   meta, config = document['metadata'], document['config']
   load = config.get('load_average_start')
-  return ('Gram Newton-Schulz vs standard on'
-          f' {meta["device_kind"]} ({meta["cpu_affinity"]} CPUs'
-          + (f', 1-min load avg {load[0]:.1f} at start' if load else '')
-          + (f', {meta["load_average"][0]:.1f} at end'
-             if meta.get('load_average') else '') + ')'
-          + (' [quick]' if config['quick'] else ''))
+  return (
+    'Gram Newton-Schulz vs standard on'
+    f' {meta["device_kind"]} ({meta["cpu_affinity"]} CPUs'
+    + (f', 1-min load avg {load[0]:.1f} at start' if load else '')
+    + (
+      f', {meta["load_average"][0]:.1f} at end'
+      if meta.get('load_average')
+      else ''
+    )
+    + ')'
+    + (' [quick]' if config['quick'] else '')
+  )
 
 
 def plot(document: dict[str, Any], path: str) -> None:
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
@@ -418,13 +489,24 @@ def plot(document: dict[str, Any], path: str) -> None:
 
   ax = axes[0, 0]
   for key, label, color in (
-      ('no_restart', 'float32, no restart', 'tab:blue'),
-      ('default_restart', 'float32, default restart', 'tab:orange'),
-      ('bf16_split', 'bf16, f32 recursion, split Q', 'tab:green')):
-    ax.plot(aspects, [e['flops'][f'model_{key}'] for e in sweep], '-',
-            color=color, alpha=0.5)
-    ax.plot(aspects, [e['flops'][f'ratio_{key}'] for e in sweep], 'o',
-            color=color, label=f'{label} (line: matmul count)')
+    ('no_restart', 'float32, no restart', 'tab:blue'),
+    ('default_restart', 'float32, default restart', 'tab:orange'),
+    ('bf16_split', 'bf16, f32 recursion, split Q', 'tab:green'),
+  ):
+    ax.plot(
+      aspects,
+      [e['flops'][f'model_{key}'] for e in sweep],
+      '-',
+      color=color,
+      alpha=0.5,
+    )
+    ax.plot(
+      aspects,
+      [e['flops'][f'ratio_{key}'] for e in sweep],
+      'o',
+      color=color,
+      label=f'{label} (line: matmul count)',
+    )
   ax.axhline(1.0, color='k', lw=0.8)
   ax.axvline(1.5, color='gray', ls=':', label='float32 crossover n/m = 1.5')
   ax.set_xscale('log', base=2)
@@ -436,9 +518,13 @@ def plot(document: dict[str, Any], path: str) -> None:
   ax = axes[0, 1]
   keys = list(sweep[0]['rel_diff_f32'])
   for key in keys:
-    ax.plot(aspects, [max(e['rel_diff_f32'][key]['max'], 1e-9)
-                      for e in sweep], marker='o',
-            ls='-' if 'gaussian' in key else '--', label=key)
+    ax.plot(
+      aspects,
+      [max(e['rel_diff_f32'][key]['max'], 1e-9) for e in sweep],
+      marker='o',
+      ls='-' if 'gaussian' in key else '--',
+      label=key,
+    )
   ax.axhline(MAX_REL_DIFF, color='r', lw=0.8, label='target 1e-4')
   ax.set_xscale('log', base=2)
   ax.set_yscale('log')
@@ -448,18 +534,28 @@ def plot(document: dict[str, Any], path: str) -> None:
   ax.legend(fontsize=7, ncol=2)
 
   ax = axes[0, 2]
-  variants = (('bf16_everywhere', 'tab:red'),
-              ('bf16_accumulating', 'tab:blue'),
-              ('bf16_gram', 'tab:green'),
-              ('bf16_gram_bf16_recursion', 'tab:purple'))
+  variants = (
+    ('bf16_everywhere', 'tab:red'),
+    ('bf16_accumulating', 'tab:blue'),
+    ('bf16_gram', 'tab:green'),
+    ('bf16_gram_bf16_recursion', 'tab:purple'),
+  )
   cases = list(sweep[0]['lmo_gap'])
   styles = ('-', '--', ':', '-.')
   markers = ('o', 's', '^', 'D')
-  for (variant, color) in variants:
+  for variant, color in variants:
     for key, ls, marker in zip(cases, styles, markers):
-      ax.plot(aspects, [e['lmo_gap'][key][variant]
-                        / e['lmo_gap'][key]['f32_standard'] for e in sweep],
-              color=color, ls=ls, marker=marker, ms=4)
+      ax.plot(
+        aspects,
+        [
+          e['lmo_gap'][key][variant] / e['lmo_gap'][key]['f32_standard']
+          for e in sweep
+        ],
+        color=color,
+        ls=ls,
+        marker=marker,
+        ms=4,
+      )
   for variant, color in variants:
     ax.plot([], [], color=color, label=variant)
   for key, ls, marker in zip(cases, styles, markers):
@@ -486,8 +582,12 @@ def plot(document: dict[str, Any], path: str) -> None:
 
   ax = axes[1, 1]
   entries = document['bf16_standard']
-  variants = ('bf16_everywhere', 'accumulating_bf16_norm',
-              'accumulating_f32_norm', 'gram_f32_norm')
+  variants = (
+    'bf16_everywhere',
+    'accumulating_bf16_norm',
+    'accumulating_f32_norm',
+    'gram_f32_norm',
+  )
   labels = [f'{e["size"]}\n{name}' for e in entries for name in GAP_SCHEDULES]
   pos = np.arange(len(labels))
   for i, variant in enumerate(variants):
@@ -506,8 +606,12 @@ def plot(document: dict[str, Any], path: str) -> None:
   labels = [f'{e["m"]}x{e["n"]}' for e in flop]
   pos = np.arange(len(labels))
   ax.bar(pos, [e['ratio_no_restart'] for e in flop], 0.35, label='no restart')
-  ax.bar(pos + 0.35, [e['ratio_default_restart'] for e in flop], 0.35,
-         label='one restart')
+  ax.bar(
+    pos + 0.35,
+    [e['ratio_default_restart'] for e in flop],
+    0.35,
+    label='one restart',
+  )
   for i, e in enumerate(flop):
     ax.plot([i - 0.17, i + 0.17], [e['no_restart_max']] * 2, 'r-')
     ax.plot([i + 0.18, i + 0.52], [e['one_restart_max']] * 2, 'r-')
@@ -524,51 +628,63 @@ def plot(document: dict[str, Any], path: str) -> None:
 
 def markdown(d: dict[str, Any]) -> str:
   """The README section: sweep, timing and bf16 tables."""
-  out = ['**Aspect sweep** (Polar Express 5 FLOPs from XLA cost analysis;'
-         ' worst float32 `max|Gram − standard| / max|standard|` over Jordan'
-         ' 5, Polar Express 5 and 8, user rows, Gaussian and condition-1e3'
-         ' spectra; LMO gaps of Polar Express 5 on the Gaussian matrix)\n',
-         '| m x n | FLOPs no restart | FLOPs restart | FLOPs bf16 | auto |'
-         ' max rel diff | gap f32 std | gap f32 Gram | gap bf16 everywhere'
-         ' | gap bf16 accum. | gap bf16 Gram |',
-         '|---|---|---|---|---|---|---|---|---|---|---|']
+  out = [
+    '**Aspect sweep** (Polar Express 5 FLOPs from XLA cost analysis;'
+    ' worst float32 `max|Gram − standard| / max|standard|` over Jordan'
+    ' 5, Polar Express 5 and 8, user rows, Gaussian and condition-1e3'
+    ' spectra; LMO gaps of Polar Express 5 on the Gaussian matrix)\n',
+    '| m x n | FLOPs no restart | FLOPs restart | FLOPs bf16 | auto |'
+    ' max rel diff | gap f32 std | gap f32 Gram | gap bf16 everywhere'
+    ' | gap bf16 accum. | gap bf16 Gram |',
+    '|---|---|---|---|---|---|---|---|---|---|---|',
+  ]
   for e in d['sweep']:
     f = e['flops']
     worst = max(v['max'] for v in e['rel_diff_f32'].values())
     gp = e['lmo_gap']['polar_express5 gaussian']
     out.append(
-        f'| {e["m"]}x{e["n"]} | {f["ratio_no_restart"]:.3f} |'
-        f' {f["ratio_default_restart"]:.3f} | {f["ratio_bf16_split"]:.3f} |'
-        f' {"Gram" if f["auto_f32"] else "standard"} | {worst:.1e} |'
-        f' {gp["f32_standard"]:.4f} | {gp["f32_gram"]:.4f} |'
-        f' {gp["bf16_everywhere"]:.4f} | {gp["bf16_accumulating"]:.4f} |'
-        f' {gp["bf16_gram"]:.4f} |')
-  out += ['', '**CPU time**, float32, Polar Express 5 (median ms; ratio to'
-          ' the standard iteration, ratio of medians and paired)\n',
-          '| size | standard ms | Gram ms | ratio | paired | Gram no restart'
-          ' ratio | rel diff Gaussian | rel diff cond 1e3 | load |',
-          '|---|---|---|---|---|---|---|---|---|']
+      f'| {e["m"]}x{e["n"]} | {f["ratio_no_restart"]:.3f} |'
+      f' {f["ratio_default_restart"]:.3f} | {f["ratio_bf16_split"]:.3f} |'
+      f' {"Gram" if f["auto_f32"] else "standard"} | {worst:.1e} |'
+      f' {gp["f32_standard"]:.4f} | {gp["f32_gram"]:.4f} |'
+      f' {gp["bf16_everywhere"]:.4f} | {gp["bf16_accumulating"]:.4f} |'
+      f' {gp["bf16_gram"]:.4f} |'
+    )
+  out += [
+    '',
+    '**CPU time**, float32, Polar Express 5 (median ms; ratio to'
+    ' the standard iteration, ratio of medians and paired)\n',
+    '| size | standard ms | Gram ms | ratio | paired | Gram no restart'
+    ' ratio | rel diff Gaussian | rel diff cond 1e3 | load |',
+    '|---|---|---|---|---|---|---|---|---|',
+  ]
   for e in d['timing']:
-    s, g, g0 = (e['methods'][k] for k in ('standard', 'gram',
-                                          'gram_no_restart'))
+    s, g, g0 = (
+      e['methods'][k] for k in ('standard', 'gram', 'gram_no_restart')
+    )
     out.append(
-        f'| {e["size"]} | {1e3 * s["median_s"]:.0f} |'
-        f' {1e3 * g["median_s"]:.0f} | {g["ratio"]:.3f} |'
-        f' {g["paired_ratio"]:.3f} | {g0["ratio"]:.3f} |'
-        f' {g["rel_diff"]["max"]:.1e} |'
-        f' {g["rel_diff_decaying"]["max"]:.1e} | {e["load_average"]} |')
-  out += ['', '**bf16 input, standard iteration**: LMO gap ÷ float32 gap'
-          ' (Gaussian)\n',
-          '| size | schedule | bf16 everywhere | accumulating, bf16 norm |'
-          ' accumulating, f32 norm | Gram, f32 norm |',
-          '|---|---|---|---|---|---|']
+      f'| {e["size"]} | {1e3 * s["median_s"]:.0f} |'
+      f' {1e3 * g["median_s"]:.0f} | {g["ratio"]:.3f} |'
+      f' {g["paired_ratio"]:.3f} | {g0["ratio"]:.3f} |'
+      f' {g["rel_diff"]["max"]:.1e} |'
+      f' {g["rel_diff_decaying"]["max"]:.1e} | {e["load_average"]} |'
+    )
+  out += [
+    '',
+    '**bf16 input, standard iteration**: LMO gap ÷ float32 gap (Gaussian)\n',
+    '| size | schedule | bf16 everywhere | accumulating, bf16 norm |'
+    ' accumulating, f32 norm | Gram, f32 norm |',
+    '|---|---|---|---|---|---|',
+  ]
   for e in d['bf16_standard']:
     for name in GAP_SCHEDULES:
       r = e[name]
-      out.append(f'| {e["size"]} | {name} | {r["bf16_everywhere"]:.4f} |'
-                 f' {r["accumulating_bf16_norm"]:.4f} |'
-                 f' {r["accumulating_f32_norm"]:.4f} |'
-                 f' {r["gram_f32_norm"]:.4f} |')
+      out.append(
+        f'| {e["size"]} | {name} | {r["bf16_everywhere"]:.4f} |'
+        f' {r["accumulating_bf16_norm"]:.4f} |'
+        f' {r["accumulating_f32_norm"]:.4f} |'
+        f' {r["gram_f32_norm"]:.4f} |'
+      )
   return '\n'.join(out) + '\n'
 
 
@@ -577,12 +693,19 @@ def markdown(d: dict[str, Any]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None):
   parser = _timing.benchmark_parser(
-      'gram', __doc__, 'small sizes and 2 timed rounds (a smoke test)')
-  parser.add_argument('--reps', type=int, default=None,
-                      help=f'timed rounds (default {FULL_REPS}, quick'
-                      f' {QUICK_REPS})')
-  parser.add_argument('--replot', action='store_true',
-                      help='only redraw <out>/gram.png from <out>/gram.json')
+    'gram', __doc__, 'small sizes and 2 timed rounds (a smoke test)'
+  )
+  parser.add_argument(
+    '--reps',
+    type=int,
+    default=None,
+    help=f'timed rounds (default {FULL_REPS}, quick {QUICK_REPS})',
+  )
+  parser.add_argument(
+    '--replot',
+    action='store_true',
+    help='only redraw <out>/gram.png from <out>/gram.json',
+  )
   args = parser.parse_args(argv)
   args.reps = args.reps or (QUICK_REPS if args.quick else FULL_REPS)
   if args.reps < 1:
@@ -609,59 +732,80 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   units = len(ASPECTS) + len(FLOP_TARGETS) + len(time_sizes) + len(bf16_sizes)
   document: dict[str, Any] = {}
   with _timing.progress_bar(units, 'gram') as bar:
-    bar.write(f'Gram benchmark ({"quick" if quick else "full"}): sweep m ='
-              f' {sweep_m}, timing {time_sizes}, bf16 {bf16_sizes}, reps'
-              f' {args.reps}, load {load_start}')
+    bar.write(
+      f'Gram benchmark ({"quick" if quick else "full"}): sweep m ='
+      f' {sweep_m}, timing {time_sizes}, bf16 {bf16_sizes}, reps'
+      f' {args.reps}, load {load_start}'
+    )
     document['sweep'] = [bench_aspect(sweep_m, a, bar) for a in ASPECTS]
     flop_targets = []
     for m, n, no_restart, one_restart in FLOP_TARGETS:
       measured = (m // shrink, n // shrink)
-      entry = {'m': m, 'n': n, 'measured_at': f'{measured[0]}x{measured[1]}',
-               'no_restart_max': no_restart, 'one_restart_max': one_restart,
-               **flop_ratios(*measured)}
-      bar.write(f'  [FLOPs {m}x{n} at {entry["measured_at"]}]'
-                f' {entry["ratio_no_restart"]:.3f} (<= {no_restart}),'
-                f' {entry["ratio_default_restart"]:.3f} (<= {one_restart})')
+      entry = {
+        'm': m,
+        'n': n,
+        'measured_at': f'{measured[0]}x{measured[1]}',
+        'no_restart_max': no_restart,
+        'one_restart_max': one_restart,
+        **flop_ratios(*measured),
+      }
+      bar.write(
+        f'  [FLOPs {m}x{n} at {entry["measured_at"]}]'
+        f' {entry["ratio_no_restart"]:.3f} (<= {no_restart}),'
+        f' {entry["ratio_default_restart"]:.3f} (<= {one_restart})'
+      )
       bar.update()
       flop_targets.append(entry)
     document['flop_targets'] = flop_targets
-    document['timing'] = [bench_time(m, n, args.reps, bar)
-                          for m, n in time_sizes]
-    document['bf16_standard'] = [bench_bf16_standard(m, n, bar)
-                                 for m, n in bf16_sizes]
+    document['timing'] = [
+      bench_time(m, n, args.reps, bar) for m, n in time_sizes
+    ]
+    document['bf16_standard'] = [
+      bench_bf16_standard(m, n, bar) for m, n in bf16_sizes
+    ]
   targets = evaluate_targets(document)
-  _timing.print_targets(targets, lambda t: ', '.join(
+  _timing.print_targets(
+    targets,
+    lambda t: ', '.join(
       f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
-      for k, v in t.items() if k != 'passed' and not isinstance(v, dict)))
+      for k, v in t.items()
+      if k != 'passed' and not isinstance(v, dict)
+    ),
+  )
   payload = {
-      'benchmark': 'gram',
-      'config': {
-          'quick': quick,
-          'aspects': list(ASPECTS),
-          'sweep_m': sweep_m,
-          'schedules': list(SCHEDULES),
-          'user_rows': [list(r) for r in USER_ROWS],
-          'spectra': list(SPECTRA),
-          'decay_condition': DECAY_CONDITION,
-          'time_sizes': [f'{m}x{n}' for m, n in time_sizes],
-          'bf16_sizes': [f'{m}x{n}' for m, n in bf16_sizes],
-          'reps': args.reps,
-          'warmup': 1,
-          'restart_growth': _gram.RESTART_GROWTH,
-          'load_average_start': load_start,
-          'openblas_num_threads': os.environ.get('OPENBLAS_NUM_THREADS'),
-          'normalisation': ('Frobenius, in float32 unless a variant says'
-                            ' bf16 norm; safety 1.01 for Polar Express'),
-          'timing': ('AOT-compiled (compile excluded), one warm-up call'
-                     ' each, then interleaved rotated rounds; median'),
-      },
-      **document,
-      'targets': {name: t['passed'] for name, t in targets.items()},
-      'target_details': targets,
-      'elapsed_s': time.perf_counter() - start,
+    'benchmark': 'gram',
+    'config': {
+      'quick': quick,
+      'aspects': list(ASPECTS),
+      'sweep_m': sweep_m,
+      'schedules': list(SCHEDULES),
+      'user_rows': [list(r) for r in USER_ROWS],
+      'spectra': list(SPECTRA),
+      'decay_condition': DECAY_CONDITION,
+      'time_sizes': [f'{m}x{n}' for m, n in time_sizes],
+      'bf16_sizes': [f'{m}x{n}' for m, n in bf16_sizes],
+      'reps': args.reps,
+      'warmup': 1,
+      'restart_growth': _gram.RESTART_GROWTH,
+      'load_average_start': load_start,
+      'openblas_num_threads': os.environ.get('OPENBLAS_NUM_THREADS'),
+      'normalisation': (
+        'Frobenius, in float32 unless a variant says'
+        ' bf16 norm; safety 1.01 for Polar Express'
+      ),
+      'timing': (
+        'AOT-compiled (compile excluded), one warm-up call'
+        ' each, then interleaved rotated rounds; median'
+      ),
+    },
+    **document,
+    'targets': {name: t['passed'] for name, t in targets.items()},
+    'target_details': targets,
+    'elapsed_s': time.perf_counter() - start,
   }
-  return _timing.save_results('gram', args.out, payload, argv,
-                              lambda doc, png: plot(doc, png))
+  return _timing.save_results(
+    'gram', args.out, payload, argv, lambda doc, png: plot(doc, png)
+  )
 
 
 if __name__ == '__main__':

@@ -117,15 +117,17 @@ BF16_GAP_FACTOR_MAX = 1.25
 
 def _polar_fn(method: str, steps: int | None = None, compute_dtype=None):
   def fn(g):
-    return fanion_optax.polar_factor(g, polar_method=method,
-                                     polar_steps=steps,
-                                     compute_dtype=compute_dtype)
+    return fanion_optax.polar_factor(
+      g, polar_method=method, polar_steps=steps, compute_dtype=compute_dtype
+    )
+
   return fn
 
 
 def _optax_ns(g):
   return _muon.orthogonalize_via_newton_schulz(
-      g, jnp.asarray(JORDAN_COEFFICIENTS), ns_steps=5)
+    g, jnp.asarray(JORDAN_COEFFICIENTS), ns_steps=5
+  )
 
 
 def _top_k_svd(k: int):
@@ -134,11 +136,13 @@ def _top_k_svd(k: int):
 
 def _top_k_warm(k: int):
   return lambda g, state: fanion_optax.top_k_polar(
-      g, k, state=state, return_state=True)
+    g, k, state=state, return_state=True
+  )
 
 
-def _methods(ks: Sequence[int], k_svd: int, dtype: str
-             ) -> dict[str, dict[str, Any]]:
+def _methods(
+  ks: Sequence[int], k_svd: int, dtype: str
+) -> dict[str, dict[str, Any]]:
   """name -> {fn, kind, label[, k, steps]}; kind: polar, topk or topk_warm.
 
   In bfloat16 the Newton–Schulz family iterates in bf16 (`compute_dtype`),
@@ -149,31 +153,48 @@ def _methods(ks: Sequence[int], k_svd: int, dtype: str
   compute = jnp.bfloat16 if bf16 else None
   suffix = ', bf16 compute' if bf16 else ''
   methods = {
-      'newton_schulz5': dict(
-          fn=_polar_fn('newton_schulz', 5, compute), kind='polar',
-          label=f'polar_factor(newton_schulz, 5{suffix})'),
-      OPTAX_NS: dict(
-          fn=_optax_ns, kind='polar',
-          label='optax orthogonalize_via_newton_schulz (5)'),
+    'newton_schulz5': dict(
+      fn=_polar_fn('newton_schulz', 5, compute),
+      kind='polar',
+      label=f'polar_factor(newton_schulz, 5{suffix})',
+    ),
+    OPTAX_NS: dict(
+      fn=_optax_ns,
+      kind='polar',
+      label='optax orthogonalize_via_newton_schulz (5)',
+    ),
   }
   for s in PE_STEPS:
     methods[f'polar_express{s}'] = dict(
-        fn=_polar_fn('polar_express', s, compute), kind='polar', steps=s,
-        label=f'polar_factor(polar_express, {s}{suffix})')
+      fn=_polar_fn('polar_express', s, compute),
+      kind='polar',
+      steps=s,
+      label=f'polar_factor(polar_express, {s}{suffix})',
+    )
   if bf16:
     methods['polar_express5_f32compute'] = dict(
-        fn=_polar_fn('polar_express', 5), kind='polar',
-        label='polar_factor(polar_express, 5), default f32 compute')
+      fn=_polar_fn('polar_express', 5),
+      kind='polar',
+      label='polar_factor(polar_express, 5), default f32 compute',
+    )
   methods['svd'] = dict(
-      fn=_polar_fn('svd'), kind='polar',
-      label='polar_factor(svd)' + (' (f32 inside)' if bf16 else ''))
+    fn=_polar_fn('svd'),
+    kind='polar',
+    label='polar_factor(svd)' + (' (f32 inside)' if bf16 else ''),
+  )
   methods[f'top{k_svd}_svd'] = dict(
-      fn=_top_k_svd(k_svd), kind='topk', k=k_svd,
-      label=f'top_k_polar(k={k_svd}, svd) (cost of any k)')
+    fn=_top_k_svd(k_svd),
+    kind='topk',
+    k=k_svd,
+    label=f'top_k_polar(k={k_svd}, svd) (cost of any k)',
+  )
   for k in ks:
     methods[f'top{k}_warm'] = dict(
-        fn=_top_k_warm(k), kind='topk_warm', k=k,
-        label=f'top_k_polar(k={k}, warm, subspace_iters=2)')
+      fn=_top_k_warm(k),
+      kind='topk_warm',
+      k=k,
+      label=f'top_k_polar(k={k}, warm, subspace_iters=2)',
+    )
   return methods
 
 
@@ -242,8 +263,9 @@ def _fmt_size(m: int, n: int) -> str:
   return f'{m}x{n}'
 
 
-def bench_size(m: int, n: int, dtype: str, ks: Sequence[int], k_svd: int,
-               reps: int, bar) -> dict[str, Any]:
+def bench_size(
+  m: int, n: int, dtype: str, ks: Sequence[int], k_svd: int, reps: int, bar
+) -> dict[str, Any]:
   """Times every method at one shape and input dtype; measures its quality.
 
   Advances `bar` once after compilation, once per timed round and once after
@@ -257,23 +279,29 @@ def bench_size(m: int, n: int, dtype: str, ks: Sequence[int], k_svd: int,
   # Warm-start states: a cold start (10 iterations) on the same matrix.
   states = {}
   for k in ks:
-    cold = jax.jit(lambda x, k=k: fanion_optax.top_k_polar(
-        x, k, return_state=True)[1])
+    cold = jax.jit(
+      lambda x, k=k: fanion_optax.top_k_polar(x, k, return_state=True)[1]
+    )
     states[k] = (cold(g), cold(g_decay))
 
   compiled, compile_s, candidates = {}, {}, {}
   for name, spec in methods.items():
-    args = ((g, states[spec['k']][0]) if spec['kind'] == 'topk_warm'
-            else (g,))
+    args = (g, states[spec['k']][0]) if spec['kind'] == 'topk_warm' else (g,)
     compiled[name], compile_s[name] = _timing.compile_ahead(spec['fn'], *args)
-    candidates[name] = (lambda c=compiled[name], a=args: c(*a))
-  bar.write(f'  {tag} compiled {len(compiled)} functions in'
-            f' {sum(compile_s.values()):.1f}s; timing {reps} rounds')
+    candidates[name] = lambda c=compiled[name], a=args: c(*a)
+  bar.write(
+    f'  {tag} compiled {len(compiled)} functions in'
+    f' {sum(compile_s.values()):.1f}s; timing {reps} rounds'
+  )
   bar.update()
 
   timings = _timing.time_side_by_side(
-      candidates, reps=reps, warmup=1, compile_s=compile_s,
-      progress=lambda _: bar.update())
+    candidates,
+    reps=reps,
+    warmup=1,
+    compile_s=compile_s,
+    progress=lambda _: bar.update(),
+  )
   rows = _timing.summarize(timings, baseline=OPTAX_NS)
 
   # Quality, outside the timed region, of the float32 cast of the output
@@ -286,9 +314,9 @@ def bench_size(m: int, n: int, dtype: str, ks: Sequence[int], k_svd: int,
     for key in ('k', 'steps'):
       if key in spec:
         row[key] = spec[key]
-    for i, (matrix, mat, mat32, svals) in enumerate((
-        ('gaussian', g, g32, s_gauss), ('decaying', g_decay, g32_decay,
-                                        s_decay))):
+    for i, (matrix, mat, mat32, svals) in enumerate(
+      (('gaussian', g, g32, s_gauss), ('decaying', g_decay, g32_decay, s_decay))
+    ):
       if spec['kind'] == 'topk_warm':
         d = compiled[name](mat, states[spec['k']][i])[0]
       else:
@@ -300,12 +328,20 @@ def bench_size(m: int, n: int, dtype: str, ks: Sequence[int], k_svd: int,
         row[f'kyfan_capture_{matrix}'] = capture
         row[f'kyfan_gap_{matrix}'] = 1.0 - capture
   bar.update()
-  pe = ', '.join(f'{rows[f"polar_express{s}"]["lmo_gap_gaussian"]:.1e}'
-                 for s in PE_STEPS)
-  bar.write(f'  {tag} done in {time.perf_counter() - t0:.0f}s; Polar Express'
-            f' {PE_STEPS[0]}..{PE_STEPS[-1]} gaps: {pe}')
-  return {'size': _fmt_size(m, n), 'm': m, 'n': n, 'dtype': dtype,
-          'methods': rows}
+  pe = ', '.join(
+    f'{rows[f"polar_express{s}"]["lmo_gap_gaussian"]:.1e}' for s in PE_STEPS
+  )
+  bar.write(
+    f'  {tag} done in {time.perf_counter() - t0:.0f}s; Polar Express'
+    f' {PE_STEPS[0]}..{PE_STEPS[-1]} gaps: {pe}'
+  )
+  return {
+    'size': _fmt_size(m, n),
+    'm': m,
+    'n': n,
+    'dtype': dtype,
+    'methods': rows,
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -318,8 +354,9 @@ def _drift_step(g, key):
   return g + scale * jax.random.normal(key, g.shape, g.dtype)
 
 
-def bench_drift(shape: tuple[int, int], k: int, steps: int, bar
-                ) -> dict[str, Any]:
+def bench_drift(
+  shape: tuple[int, int], k: int, steps: int, bar
+) -> dict[str, Any]:
   """Feeds the warm-start state through a slowly drifting sequence.
 
   Advances `bar` once after compilation and once per step.
@@ -350,8 +387,12 @@ def bench_drift(shape: tuple[int, int], k: int, steps: int, bar
   c_polar, s_polar = _timing.compile_ahead(fanion_optax.polar_factor, g)
   c_next, _ = _timing.compile_ahead(_drift_step, g, key)
   # Warm-up calls (first executions), untimed.
-  for fn, args in ((c_warm, (g, state)), (c_svd, (g,)), (c_polar, (g,)),
-                   (c_cold2, (g,))):
+  for fn, args in (
+    (c_warm, (g, state)),
+    (c_svd, (g,)),
+    (c_polar, (g,)),
+    (c_cold2, (g,)),
+  ):
     jax.block_until_ready(fn(*args))
   bar.write(f'  [drift {_fmt_size(m, n)}, k={k}] compiled; {steps} steps')
   bar.update()
@@ -367,33 +408,40 @@ def bench_drift(shape: tuple[int, int], k: int, steps: int, bar
     else:
       prev = state
       candidates = {
-          'warm': lambda g=g, s=prev: c_warm(g, s),
-          'svd': lambda g=g: c_svd(g),
-          'polar': lambda g=g: c_polar(g),
+        'warm': lambda g=g, s=prev: c_warm(g, s),
+        'svd': lambda g=g: c_svd(g),
+        'polar': lambda g=g: c_polar(g),
       }
       names = list(candidates)
       shift = t % len(names)
       round_times = _timing.run_round(candidates, names[shift:] + names[:shift])
-      extra = [_timing.time_call(candidates['warm'])[0]
-               for _ in range(WARM_REPEATS - 1)]
+      extra = [
+        _timing.time_call(candidates['warm'])[0]
+        for _ in range(WARM_REPEATS - 1)
+      ]
       step_warm = [round_times['warm'], *extra]
       warm_times.extend(step_warm)
       svd_times.append(round_times['svd'])
       polar_times.append(round_times['polar'])
       d, state = c_warm(g, prev)
-      record = {'step': t, 'start': 'warm',
-                'seconds': float(np.median(step_warm)),
-                'svd_seconds': round_times['svd'],
-                'polar_seconds': round_times['polar']}
+      record = {
+        'step': t,
+        'start': 'warm',
+        'seconds': float(np.median(step_warm)),
+        'svd_seconds': round_times['svd'],
+        'polar_seconds': round_times['polar'],
+      }
     record['capture'] = kyfan_capture(g, d, k, svals)
     record['capture_cold_iters2'] = kyfan_capture(g, c_cold2(g), k, svals)
     record['sigma_k_over_sigma_k1'] = float(svals[k - 1] / svals[k])
     record['kyfan_norm'] = float(jnp.sum(svals[:k]))
     records.append(record)
-    bar.write(f'    drift step {t}: {record["start"]:4s}'
-              f' capture={record["capture"]:.6f} (cold subspace_iters=2:'
-              f' {record["capture_cold_iters2"]:.6f})'
-              f' {1e3 * record["seconds"]:.1f} ms')
+    bar.write(
+      f'    drift step {t}: {record["start"]:4s}'
+      f' capture={record["capture"]:.6f} (cold subspace_iters=2:'
+      f' {record["capture_cold_iters2"]:.6f})'
+      f' {1e3 * record["seconds"]:.1f} ms'
+    )
     bar.update()
     g = c_next(g, jax.random.fold_in(key, t))
 
@@ -403,30 +451,31 @@ def bench_drift(shape: tuple[int, int], k: int, steps: int, bar
   late = [rec['capture'] for rec in records[DRIFT_WARMUP_STEPS:]]
   bar.write(f'  [drift] done in {time.perf_counter() - t0:.0f}s')
   return {
-      'shape': [m, n],
-      'k': k,
-      'steps': steps,
-      'design': (
-          f'G_0 = U diag(sigma) V^T + noise, sigma_i = 1/(1 + 4 i / k), noise'
-          f' Gaussian with std {DRIFT_NOISE}*||A||_F/sqrt(mn); G_(t+1) = G_t +'
-          f' {DRIFT_RATE}*||G_t||_F/sqrt(mn)*E_t, E_t standard Gaussian. Step'
-          ' 0 is a cold start (subspace_iters=10); every later step is'
-          ' warm-started from the previous state (subspace_iters=2). capture'
-          ' = <G_t, D_t> /'
-          ' sum_{i<=k} sigma_i(G_t).'),
-      'warm_iters': fanion_optax.lowrank.WARM_ITERS,
-      'cold_iters': fanion_optax.lowrank.COLD_ITERS,
-      'compile_s': {'warm': s_warm, 'svd': s_svd, 'polar': s_polar},
-      'records': records,
-      'warm_median_s': warm_median,
-      'warm_times_s': warm_times,
-      'svd_median_s': svd_median,
-      'svd_times_s': svd_times,
-      'polar_median_s': polar_median,
-      'polar_times_s': polar_times,
-      'speedup_vs_svd': svd_median / warm_median,
-      'speedup_vs_polar': polar_median / warm_median,
-      'min_capture_after_warmup': min(late) if late else None,
+    'shape': [m, n],
+    'k': k,
+    'steps': steps,
+    'design': (
+      f'G_0 = U diag(sigma) V^T + noise, sigma_i = 1/(1 + 4 i / k), noise'
+      f' Gaussian with std {DRIFT_NOISE}*||A||_F/sqrt(mn); G_(t+1) = G_t +'
+      f' {DRIFT_RATE}*||G_t||_F/sqrt(mn)*E_t, E_t standard Gaussian. Step'
+      ' 0 is a cold start (subspace_iters=10); every later step is'
+      ' warm-started from the previous state (subspace_iters=2). capture'
+      ' = <G_t, D_t> /'
+      ' sum_{i<=k} sigma_i(G_t).'
+    ),
+    'warm_iters': fanion_optax.lowrank.WARM_ITERS,
+    'cold_iters': fanion_optax.lowrank.COLD_ITERS,
+    'compile_s': {'warm': s_warm, 'svd': s_svd, 'polar': s_polar},
+    'records': records,
+    'warm_median_s': warm_median,
+    'warm_times_s': warm_times,
+    'svd_median_s': svd_median,
+    'svd_times_s': svd_times,
+    'polar_median_s': polar_median,
+    'polar_times_s': polar_times,
+    'speedup_vs_svd': svd_median / warm_median,
+    'speedup_vs_polar': polar_median / warm_median,
+    'min_capture_after_warmup': min(late) if late else None,
   }
 
 
@@ -437,75 +486,94 @@ def bench_drift(shape: tuple[int, int], k: int, steps: int, bar
 def _pe_monotone(entry: dict[str, Any], matrix: str) -> dict[str, Any]:
   """Polar Express gaps by steps; each step must lower the gap until the
   float32 floor is reached."""
-  gaps = [entry['methods'][f'polar_express{s}'][f'lmo_gap_{matrix}']
-          for s in PE_STEPS]
-  ok = all(after < before or before <= F32_GAP_FLOOR
-           for before, after in zip(gaps, gaps[1:]))
+  gaps = [
+    entry['methods'][f'polar_express{s}'][f'lmo_gap_{matrix}'] for s in PE_STEPS
+  ]
+  ok = all(
+    after < before or before <= F32_GAP_FLOOR
+    for before, after in zip(gaps, gaps[1:])
+  )
   return {'passed': ok, 'gaps': dict(zip(map(str, PE_STEPS), gaps))}
 
 
-def evaluate_targets(sweeps: dict[str, list[dict[str, Any]]],
-                     drift: dict[str, Any]) -> dict[str, Any]:
+def evaluate_targets(
+  sweeps: dict[str, list[dict[str, Any]]], drift: dict[str, Any]
+) -> dict[str, Any]:
   f32 = sweeps['float32']
   ns_ratios = {s['size']: s['methods']['newton_schulz5']['ratio'] for s in f32}
-  ns_paired = {s['size']: s['methods']['newton_schulz5']['paired_ratio']
-               for s in f32}
-  ns_min = {s['size']: (s['methods']['newton_schulz5']['min_s']
-                        / s['methods'][OPTAX_NS]['min_s']) for s in f32}
-  gaps = {s['size']: (s['methods']['polar_express5']['lmo_gap_gaussian'],
-                      s['methods']['newton_schulz5']['lmo_gap_gaussian'])
-          for s in f32}
-  monotone = {f'{s["size"]} {matrix}': _pe_monotone(s, matrix)
-              for s in f32 for matrix in ('gaussian', 'decaying')}
+  ns_paired = {
+    s['size']: s['methods']['newton_schulz5']['paired_ratio'] for s in f32
+  }
+  ns_min = {
+    s['size']: (
+      s['methods']['newton_schulz5']['min_s'] / s['methods'][OPTAX_NS]['min_s']
+    )
+    for s in f32
+  }
+  gaps = {
+    s['size']: (
+      s['methods']['polar_express5']['lmo_gap_gaussian'],
+      s['methods']['newton_schulz5']['lmo_gap_gaussian'],
+    )
+    for s in f32
+  }
+  monotone = {
+    f'{s["size"]} {matrix}': _pe_monotone(s, matrix)
+    for s in f32
+    for matrix in ('gaussian', 'decaying')
+  }
   bf16_factor = {
-      s32['size']: (s16['methods']['polar_express5']['lmo_gap_gaussian']
-                    / s32['methods']['polar_express5']['lmo_gap_gaussian'])
-      for s32, s16 in zip(f32, sweeps.get('bfloat16', []))}
+    s32['size']: (
+      s16['methods']['polar_express5']['lmo_gap_gaussian']
+      / s32['methods']['polar_express5']['lmo_gap_gaussian']
+    )
+    for s32, s16 in zip(f32, sweeps.get('bfloat16', []))
+  }
   captures = [rec['capture'] for rec in drift['records']]
   late = captures[DRIFT_WARMUP_STEPS:]
   return {
-      'ns_vs_optax_ratio_le_1.05': {
-          'passed': all(r <= NS_RATIO_MAX for r in ns_ratios.values()),
-          'threshold': NS_RATIO_MAX,
-          'dtype': 'float32',
-          'ratio_of_medians': ns_ratios,
-          'paired_ratio': ns_paired,
-          'ratio_of_mins': ns_min,
-      },
-      'polar_express5_gap_lt_newton_schulz5_gaussian': {
-          'passed': all(pe < ns for pe, ns in gaps.values()),
-          'dtype': 'float32',
-          'gap_polar_express5_vs_newton_schulz5': gaps,
-      },
-      'polar_express_gap_decreases_with_steps_f32': {
-          'passed': all(v['passed'] for v in monotone.values()),
-          'floor': F32_GAP_FLOOR,
-          'steps': list(PE_STEPS),
-          'per_size_matrix': monotone,
-      },
-      'bf16_polar_express5_gap_le_1.25x_f32': {
-          'passed': bool(bf16_factor) and all(
-              f <= BF16_GAP_FACTOR_MAX for f in bf16_factor.values()),
-          'threshold': BF16_GAP_FACTOR_MAX,
-          'matrix': 'gaussian',
-          'bf16': 'compute_dtype=bfloat16 (bf16 matmuls)',
-          'gap_ratio_bf16_over_f32': bf16_factor,
-      },
-      'warm_topk_capture_ge_0.999': {
-          'passed': bool(late) and min(late) >= CAPTURE_MIN,
-          'threshold': CAPTURE_MIN,
-          'after_step': DRIFT_WARMUP_STEPS,
-          'captures': captures,
-      },
-      'warm_topk_5x_faster_than_svd_polar': {
-          'passed': drift['speedup_vs_svd'] >= SVD_SPEEDUP_MIN,
-          'threshold': SVD_SPEEDUP_MIN,
-          'speedup': drift['speedup_vs_svd'],
-      },
-      'warm_topk_faster_than_polar_express5': {
-          'passed': drift['speedup_vs_polar'] > 1.0,
-          'speedup': drift['speedup_vs_polar'],
-      },
+    'ns_vs_optax_ratio_le_1.05': {
+      'passed': all(r <= NS_RATIO_MAX for r in ns_ratios.values()),
+      'threshold': NS_RATIO_MAX,
+      'dtype': 'float32',
+      'ratio_of_medians': ns_ratios,
+      'paired_ratio': ns_paired,
+      'ratio_of_mins': ns_min,
+    },
+    'polar_express5_gap_lt_newton_schulz5_gaussian': {
+      'passed': all(pe < ns for pe, ns in gaps.values()),
+      'dtype': 'float32',
+      'gap_polar_express5_vs_newton_schulz5': gaps,
+    },
+    'polar_express_gap_decreases_with_steps_f32': {
+      'passed': all(v['passed'] for v in monotone.values()),
+      'floor': F32_GAP_FLOOR,
+      'steps': list(PE_STEPS),
+      'per_size_matrix': monotone,
+    },
+    'bf16_polar_express5_gap_le_1.25x_f32': {
+      'passed': bool(bf16_factor)
+      and all(f <= BF16_GAP_FACTOR_MAX for f in bf16_factor.values()),
+      'threshold': BF16_GAP_FACTOR_MAX,
+      'matrix': 'gaussian',
+      'bf16': 'compute_dtype=bfloat16 (bf16 matmuls)',
+      'gap_ratio_bf16_over_f32': bf16_factor,
+    },
+    'warm_topk_capture_ge_0.999': {
+      'passed': bool(late) and min(late) >= CAPTURE_MIN,
+      'threshold': CAPTURE_MIN,
+      'after_step': DRIFT_WARMUP_STEPS,
+      'captures': captures,
+    },
+    'warm_topk_5x_faster_than_svd_polar': {
+      'passed': drift['speedup_vs_svd'] >= SVD_SPEEDUP_MIN,
+      'threshold': SVD_SPEEDUP_MIN,
+      'speedup': drift['speedup_vs_svd'],
+    },
+    'warm_topk_faster_than_polar_express5': {
+      'passed': drift['speedup_vs_polar'] > 1.0,
+      'speedup': drift['speedup_vs_polar'],
+    },
   }
 
 
@@ -519,29 +587,35 @@ def _gap_of(row: dict[str, Any], matrix: str = 'gaussian') -> float | None:
 
 
 def print_table(sweeps: dict[str, list[dict[str, Any]]]) -> None:
-  head = (f'{"dtype":>8} {"size":>10} {"method":<26} {"median ms":>10}'
-          f' {"min ms":>9} {"x optax":>8} {"paired":>7} {"gap gauss":>10}'
-          f' {"gap decay":>10}')
+  head = (
+    f'{"dtype":>8} {"size":>10} {"method":<26} {"median ms":>10}'
+    f' {"min ms":>9} {"x optax":>8} {"paired":>7} {"gap gauss":>10}'
+    f' {"gap decay":>10}'
+  )
   print(head)
   print('-' * len(head))
   for dtype, sizes in sweeps.items():
     for s in sizes:
       for name, row in s['methods'].items():
-        print(f'{dtype:>8} {s["size"]:>10} {name:<26}'
-              f' {1e3 * row["median_s"]:>10.2f} {1e3 * row["min_s"]:>9.2f}'
-              f' {row["ratio"]:>8.3f} {row["paired_ratio"]:>7.3f}'
-              f' {_num(_gap_of(row), ".2e"):>10}'
-              f' {_num(_gap_of(row, "decaying"), ".2e"):>10}')
+        print(
+          f'{dtype:>8} {s["size"]:>10} {name:<26}'
+          f' {1e3 * row["median_s"]:>10.2f} {1e3 * row["min_s"]:>9.2f}'
+          f' {row["ratio"]:>8.3f} {row["paired_ratio"]:>7.3f}'
+          f' {_num(_gap_of(row), ".2e"):>10}'
+          f' {_num(_gap_of(row, "decaying"), ".2e"):>10}'
+        )
       print()
 
 
 def print_targets(targets: dict[str, Any], drift: dict[str, Any]) -> None:
-  print(f'drift {drift["shape"][0]}x{drift["shape"][1]}, k={drift["k"]}:'
-        f' warm step {1e3 * drift["warm_median_s"]:.1f} ms,'
-        f' polar_factor(svd) {1e3 * drift["svd_median_s"]:.1f} ms'
-        f' ({drift["speedup_vs_svd"]:.1f}x),'
-        f' polar_factor() {1e3 * drift["polar_median_s"]:.1f} ms'
-        f' ({drift["speedup_vs_polar"]:.1f}x)')
+  print(
+    f'drift {drift["shape"][0]}x{drift["shape"][1]}, k={drift["k"]}:'
+    f' warm step {1e3 * drift["warm_median_s"]:.1f} ms,'
+    f' polar_factor(svd) {1e3 * drift["svd_median_s"]:.1f} ms'
+    f' ({drift["speedup_vs_svd"]:.1f}x),'
+    f' polar_factor() {1e3 * drift["polar_median_s"]:.1f} ms'
+    f' ({drift["speedup_vs_polar"]:.1f}x)'
+  )
   for name, target in targets.items():
     print(f'  [{"PASS" if target["passed"] else "FAIL"}] {name}')
 
@@ -552,8 +626,13 @@ SIZE_MARKERS = ('o', 's', '^', 'D', 'v', 'P')
 
 def _method_colors(names: Sequence[str]) -> dict[str, Any]:
   import matplotlib.pyplot as plt
-  fixed = {'newton_schulz5': 'tab:red', OPTAX_NS: 'tab:orange',
-           'svd': 'black', 'polar_express5_f32compute': 'tab:pink'}
+
+  fixed = {
+    'newton_schulz5': 'tab:red',
+    OPTAX_NS: 'tab:orange',
+    'svd': 'black',
+    'polar_express5_f32compute': 'tab:pink',
+  }
   viridis = plt.get_cmap('viridis')
   tab10 = plt.get_cmap('tab10')
   colors, k_index = {}, 0
@@ -561,7 +640,7 @@ def _method_colors(names: Sequence[str]) -> dict[str, Any]:
     if name in fixed:
       colors[name] = fixed[name]
     elif name.startswith('polar_express'):
-      s = int(name[len('polar_express'):])
+      s = int(name[len('polar_express') :])
       colors[name] = viridis((s - PE_STEPS[0]) / (len(PE_STEPS) - 1) * 0.9)
     elif name.endswith('_svd'):
       colors[name] = 'black'
@@ -571,39 +650,64 @@ def _method_colors(names: Sequence[str]) -> dict[str, Any]:
   return colors
 
 
-def _frontier_panel(ax, sizes: list[dict[str, Any]], kinds: Sequence[str],
-                    colors: dict[str, Any]) -> None:
+def _frontier_panel(
+  ax, sizes: list[dict[str, Any]], kinds: Sequence[str], colors: dict[str, Any]
+) -> None:
   """Time vs gap of the methods of `kinds`, one marker per shape."""
-  names = [nm for nm, row in sizes[0]['methods'].items()
-           if row['kind'] in kinds]
+  names = [
+    nm for nm, row in sizes[0]['methods'].items() if row['kind'] in kinds
+  ]
   for i, s in enumerate(sizes):
     marker = SIZE_MARKERS[i % len(SIZE_MARKERS)]
     for name in names:
       row = s['methods'][name]
       t = 1e3 * row['median_s']
       for matrix, fill in (('gaussian', True), ('decaying', False)):
-        ax.scatter(t, max(_gap_of(row, matrix), GAP_FLOOR),
-                   marker='*' if name.endswith('_svd') else marker,
-                   s=(45 if fill else 90) * (2 if name.endswith('_svd')
-                                             else 1),
-                   facecolors=colors[name] if fill else 'none',
-                   edgecolors=colors[name], zorder=3)
+        ax.scatter(
+          t,
+          max(_gap_of(row, matrix), GAP_FLOOR),
+          marker='*' if name.endswith('_svd') else marker,
+          s=(45 if fill else 90) * (2 if name.endswith('_svd') else 1),
+          facecolors=colors[name] if fill else 'none',
+          edgecolors=colors[name],
+          zorder=3,
+        )
     if 'polar' in kinds:
       # The Polar Express curve, 3 -> 8 steps.
       for matrix, style in (('gaussian', '-'), ('decaying', ':')):
-        pts = [(1e3 * s['methods'][f'polar_express{st}']['median_s'],
-                max(s['methods'][f'polar_express{st}'][f'lmo_gap_{matrix}'],
-                    GAP_FLOOR)) for st in PE_STEPS]
+        pts = [
+          (
+            1e3 * s['methods'][f'polar_express{st}']['median_s'],
+            max(
+              s['methods'][f'polar_express{st}'][f'lmo_gap_{matrix}'], GAP_FLOOR
+            ),
+          )
+          for st in PE_STEPS
+        ]
         ax.plot(*zip(*pts), style, color='gray', alpha=0.6, lw=1)
   for name in names:
-    ax.scatter([], [], color=colors[name],
-               marker='*' if name.endswith('_svd') else 'o',
-               label=sizes[0]['methods'][name]['label'])
+    ax.scatter(
+      [],
+      [],
+      color=colors[name],
+      marker='*' if name.endswith('_svd') else 'o',
+      label=sizes[0]['methods'][name]['label'],
+    )
   for i, s in enumerate(sizes):
-    ax.scatter([], [], marker=SIZE_MARKERS[i % len(SIZE_MARKERS)], color='k',
-               label=s['size'])
-  ax.scatter([], [], facecolors='none', edgecolors='k',
-             label=f'hollow: decaying spectrum (cond {DECAY_CONDITION:g})')
+    ax.scatter(
+      [],
+      [],
+      marker=SIZE_MARKERS[i % len(SIZE_MARKERS)],
+      color='k',
+      label=s['size'],
+    )
+  ax.scatter(
+    [],
+    [],
+    facecolors='none',
+    edgecolors='k',
+    label=f'hollow: decaying spectrum (cond {DECAY_CONDITION:g})',
+  )
   ax.set_xscale('log')
   ax.set_yscale('log')
   ax.set_xlabel('median time per call [ms]')
@@ -611,28 +715,36 @@ def _frontier_panel(ax, sizes: list[dict[str, Any]], kinds: Sequence[str],
   ax.legend(fontsize=6.5, ncol=2, loc='best', framealpha=0.8)
 
 
-def plot(sweeps: dict[str, list[dict[str, Any]]], path: str,
-         title: str) -> None:
+def plot(
+  sweeps: dict[str, list[dict[str, Any]]], path: str, title: str
+) -> None:
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
   dtypes = [dt for dt in DTYPES if sweeps.get(dt)]
-  fig, axes = plt.subplots(len(dtypes), 2, figsize=(16, 7 * len(dtypes)),
-                           squeeze=False)
+  fig, axes = plt.subplots(
+    len(dtypes), 2, figsize=(16, 7 * len(dtypes)), squeeze=False
+  )
   for (ax_p, ax_k), dtype in zip(axes, dtypes):
     sizes = sweeps[dtype]
     colors = _method_colors(list(sizes[0]['methods']))
     _frontier_panel(ax_p, sizes, ('polar',), colors)
-    ax_p.set_ylabel(f'spectral LMO gap 1 - <G,O>/(||G||_* s1(O))'
-                    f' (floored at {GAP_FLOOR:g})')
-    ax_p.set_title(f'{dtype} input: polar factor, time vs LMO gap'
-                   ' (gray line: Polar Express 3 -> 8 steps)')
+    ax_p.set_ylabel(
+      f'spectral LMO gap 1 - <G,O>/(||G||_* s1(O)) (floored at {GAP_FLOOR:g})'
+    )
+    ax_p.set_title(
+      f'{dtype} input: polar factor, time vs LMO gap'
+      ' (gray line: Polar Express 3 -> 8 steps)'
+    )
     _frontier_panel(ax_k, sizes, ('topk', 'topk_warm'), colors)
-    ax_k.set_ylabel(f'Ky Fan-k LMO gap 1 - <G,D>/sum_(i<=k) s_i(G)'
-                    f' (floored at {GAP_FLOOR:g})')
-    ax_k.set_title(f'{dtype} input: top-k polar, time vs Ky Fan-k gap'
-                   ' (star: exact, via SVD)')
+    ax_k.set_ylabel(
+      f'Ky Fan-k LMO gap 1 - <G,D>/sum_(i<=k) s_i(G) (floored at {GAP_FLOOR:g})'
+    )
+    ax_k.set_title(
+      f'{dtype} input: top-k polar, time vs Ky Fan-k gap (star: exact, via SVD)'
+    )
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -652,7 +764,8 @@ def _parse_sizes(text: str) -> list[tuple[int, int]]:
       m, n = (int(v) for v in item.split('x'))
     except ValueError:
       raise argparse.ArgumentTypeError(
-          f'sizes must look like 256x256,1024x4096; got {item!r}') from None
+        f'sizes must look like 256x256,1024x4096; got {item!r}'
+      ) from None
     if m < 1 or n < 1:
       raise argparse.ArgumentTypeError(f'sizes must be positive, got {item!r}')
     sizes.append((m, n))
@@ -663,32 +776,60 @@ def _parse_sizes(text: str) -> list[tuple[int, int]]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = _timing.benchmark_parser(
-      'lmo', __doc__,
-      'tiny sizes and reps (a smoke test, a few seconds)')
-  parser.add_argument('--sizes', type=_parse_sizes, default=None,
-                      help='comma-separated MxN list, e.g. 256x256,1024x1024')
-  parser.add_argument('--dtypes', default=','.join(DTYPES),
-                      help='comma-separated input dtypes; float32 is required'
-                      f' (default {",".join(DTYPES)})')
-  parser.add_argument('--reps', type=int, default=None,
-                      help=f'timed rounds per size (default {FULL_REPS},'
-                      f' quick {QUICK_REPS})')
-  parser.add_argument('--ks', type=_timing.positive_ints, default=None,
-                      help='top-k ranks of the warm subspace iteration'
-                      f' (default {",".join(map(str, FULL_KS))}, quick'
-                      f' {",".join(map(str, QUICK_KS))})')
-  parser.add_argument('--k', type=int, default=None,
-                      help='top-k rank of the drift experiment and of the'
-                      f' timed exact top-k SVD (default {FULL_K}, quick'
-                      f' {QUICK_K})')
-  parser.add_argument('--drift-size', type=_parse_sizes, default=None,
-                      help='shape of the drift experiment (default'
-                      ' 2048x2048, quick 128x256)')
-  parser.add_argument('--drift-steps', type=int, default=None,
-                      help=f'steps of the drift experiment (default'
-                      f' {FULL_DRIFT_STEPS}, quick {QUICK_DRIFT_STEPS})')
-  parser.add_argument('--replot', action='store_true',
-                      help='only redraw <out>/lmo.png from <out>/lmo.json')
+    'lmo', __doc__, 'tiny sizes and reps (a smoke test, a few seconds)'
+  )
+  parser.add_argument(
+    '--sizes',
+    type=_parse_sizes,
+    default=None,
+    help='comma-separated MxN list, e.g. 256x256,1024x1024',
+  )
+  parser.add_argument(
+    '--dtypes',
+    default=','.join(DTYPES),
+    help='comma-separated input dtypes; float32 is required'
+    f' (default {",".join(DTYPES)})',
+  )
+  parser.add_argument(
+    '--reps',
+    type=int,
+    default=None,
+    help=f'timed rounds per size (default {FULL_REPS}, quick {QUICK_REPS})',
+  )
+  parser.add_argument(
+    '--ks',
+    type=_timing.positive_ints,
+    default=None,
+    help='top-k ranks of the warm subspace iteration'
+    f' (default {",".join(map(str, FULL_KS))}, quick'
+    f' {",".join(map(str, QUICK_KS))})',
+  )
+  parser.add_argument(
+    '--k',
+    type=int,
+    default=None,
+    help='top-k rank of the drift experiment and of the'
+    f' timed exact top-k SVD (default {FULL_K}, quick'
+    f' {QUICK_K})',
+  )
+  parser.add_argument(
+    '--drift-size',
+    type=_parse_sizes,
+    default=None,
+    help='shape of the drift experiment (default 2048x2048, quick 128x256)',
+  )
+  parser.add_argument(
+    '--drift-steps',
+    type=int,
+    default=None,
+    help=f'steps of the drift experiment (default'
+    f' {FULL_DRIFT_STEPS}, quick {QUICK_DRIFT_STEPS})',
+  )
+  parser.add_argument(
+    '--replot',
+    action='store_true',
+    help='only redraw <out>/lmo.png from <out>/lmo.json',
+  )
   args = parser.parse_args(argv)
   quick = args.quick
   args.sizes = args.sizes or list(QUICK_SIZES if quick else FULL_SIZES)
@@ -698,10 +839,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   args.reps = args.reps or (QUICK_REPS if quick else FULL_REPS)
   args.ks = args.ks or list(QUICK_KS if quick else FULL_KS)
   args.k = args.k or (QUICK_K if quick else FULL_K)
-  args.drift_size = (args.drift_size[0] if args.drift_size
-                     else (QUICK_DRIFT_SHAPE if quick else FULL_DRIFT_SHAPE))
+  args.drift_size = (
+    args.drift_size[0]
+    if args.drift_size
+    else (QUICK_DRIFT_SHAPE if quick else FULL_DRIFT_SHAPE)
+  )
   args.drift_steps = args.drift_steps or (
-      QUICK_DRIFT_STEPS if quick else FULL_DRIFT_STEPS)
+    QUICK_DRIFT_STEPS if quick else FULL_DRIFT_STEPS
+  )
   for name in ('reps', 'k', 'drift_steps'):
     if getattr(args, name) < 1:
       parser.error(f'--{name.replace("_", "-")} must be >= 1')
@@ -717,12 +862,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def _title(document: dict[str, Any]) -> str:
   meta, config = document['metadata'], document['config']
   load = config.get('load_average_start')
-  return (f'fanion_optax LMO kernels, {" and ".join(config["dtypes"])} inputs'
-          f' on {meta["device_kind"]} ({meta["cpu_affinity"]} CPUs'
-          + (f', 1-min load avg {load[0]:.1f} at start' if load else '')
-          + (f', {meta["load_average"][0]:.1f} at end'
-             if meta.get('load_average') else '') + ')'
-          + (' [quick]' if config['quick'] else ''))
+  return (
+    f'fanion_optax LMO kernels, {" and ".join(config["dtypes"])} inputs'
+    f' on {meta["device_kind"]} ({meta["cpu_affinity"]} CPUs'
+    + (f', 1-min load avg {load[0]:.1f} at start' if load else '')
+    + (
+      f', {meta["load_average"][0]:.1f} at end'
+      if meta.get('load_average')
+      else ''
+    )
+    + ')'
+    + (' [quick]' if config['quick'] else '')
+  )
 
 
 def replot(out: str) -> None:
@@ -741,18 +892,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return {}
   start = time.perf_counter()
   load_start = _timing.load_average()
-  units = (len(args.sizes) * len(args.dtypes) * (args.reps + 2)
-           + 1 + args.drift_steps)
+  units = (
+    len(args.sizes) * len(args.dtypes) * (args.reps + 2) + 1 + args.drift_steps
+  )
   sweeps: dict[str, list[dict[str, Any]]] = {dt: [] for dt in args.dtypes}
   with _timing.progress_bar(units, 'lmo') as bar:
-    bar.write(f'LMO benchmark ({"quick" if args.quick else "full"}):'
-              f' sizes {[_fmt_size(*s) for s in args.sizes]}, dtypes'
-              f' {args.dtypes}, reps {args.reps}, ks {args.ks}, drift k'
-              f' {args.k}, device {jax.devices()[0].device_kind}')
+    bar.write(
+      f'LMO benchmark ({"quick" if args.quick else "full"}):'
+      f' sizes {[_fmt_size(*s) for s in args.sizes]}, dtypes'
+      f' {args.dtypes}, reps {args.reps}, ks {args.ks}, drift k'
+      f' {args.k}, device {jax.devices()[0].device_kind}'
+    )
     for m, n in args.sizes:
       for dtype in args.dtypes:
         sweeps[dtype].append(
-            bench_size(m, n, dtype, args.ks, args.k, args.reps, bar))
+          bench_size(m, n, dtype, args.ks, args.k, args.reps, bar)
+        )
     drift = bench_drift(args.drift_size, args.k, args.drift_steps, bar)
   targets = evaluate_targets(sweeps, drift)
   elapsed = time.perf_counter() - start
@@ -762,49 +917,63 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   print_targets(targets, drift)
 
   payload = {
-      'benchmark': 'lmo',
-      'config': {
-          'quick': args.quick,
-          'sizes': [_fmt_size(*s) for s in args.sizes],
-          'dtypes': args.dtypes,
-          'reps': args.reps,
-          'warmup': 1,
-          'ks': args.ks,
-          'k': args.k,
-          'polar_express_steps': list(PE_STEPS),
-          'baseline': OPTAX_NS,
-          'decay_condition': DECAY_CONDITION,
-          'drift_shape': _fmt_size(*args.drift_size),
-          'drift_dtype': 'float32',
-          'drift_steps': args.drift_steps,
-          'load_average_start': load_start,
-          'openblas_num_threads': os.environ.get('OPENBLAS_NUM_THREADS'),
-          'bf16': ('bf16 input; Newton-Schulz family with compute_dtype='
-                   'bfloat16 (optax: its native bf16 iteration); SVD and'
-                   ' top-k upcast to float32 inside the call; gaps of the'
-                   ' float32-cast output against the float32 matrix'),
-          'timing': ('AOT-compiled per shape and dtype (compile excluded),'
-                     ' one warm-up call each, then interleaved rotated'
-                     ' rounds; median'),
-      },
-      'methods': {dtype: {name: spec['label'] for name, spec
-                          in _methods(args.ks, args.k, dtype).items()}
-                  for dtype in args.dtypes},
-      'sweeps': sweeps,
-      'drift': drift,
-      'targets': {name: t['passed'] for name, t in targets.items()},
-      'target_details': targets,
-      'elapsed_s': elapsed,
+    'benchmark': 'lmo',
+    'config': {
+      'quick': args.quick,
+      'sizes': [_fmt_size(*s) for s in args.sizes],
+      'dtypes': args.dtypes,
+      'reps': args.reps,
+      'warmup': 1,
+      'ks': args.ks,
+      'k': args.k,
+      'polar_express_steps': list(PE_STEPS),
+      'baseline': OPTAX_NS,
+      'decay_condition': DECAY_CONDITION,
+      'drift_shape': _fmt_size(*args.drift_size),
+      'drift_dtype': 'float32',
+      'drift_steps': args.drift_steps,
+      'load_average_start': load_start,
+      'openblas_num_threads': os.environ.get('OPENBLAS_NUM_THREADS'),
+      'bf16': (
+        'bf16 input; Newton-Schulz family with compute_dtype='
+        'bfloat16 (optax: its native bf16 iteration); SVD and'
+        ' top-k upcast to float32 inside the call; gaps of the'
+        ' float32-cast output against the float32 matrix'
+      ),
+      'timing': (
+        'AOT-compiled per shape and dtype (compile excluded),'
+        ' one warm-up call each, then interleaved rotated'
+        ' rounds; median'
+      ),
+    },
+    'methods': {
+      dtype: {
+        name: spec['label']
+        for name, spec in _methods(args.ks, args.k, dtype).items()
+      }
+      for dtype in args.dtypes
+    },
+    'sweeps': sweeps,
+    'drift': drift,
+    'targets': {name: t['passed'] for name, t in targets.items()},
+    'target_details': targets,
+    'elapsed_s': elapsed,
   }
   return _timing.save_results(
-      'lmo', args.out, payload, argv,
-      lambda document, png: plot(sweeps, png, _title(document)))
+    'lmo',
+    args.out,
+    payload,
+    argv,
+    lambda document, png: plot(sweeps, png, _title(document)),
+  )
 
 
-def _frontier_table(sizes: list[dict[str, Any]],
-                    labels: dict[str, str]) -> list[str]:
-  head = '| method |' + ''.join(f' {s["size"]} ms (× optax) | gap |'
-                                for s in sizes)
+def _frontier_table(
+  sizes: list[dict[str, Any]], labels: dict[str, str]
+) -> list[str]:
+  head = '| method |' + ''.join(
+    f' {s["size"]} ms (× optax) | gap |' for s in sizes
+  )
   lines = [head, '|---|' + '---|---|' * len(sizes)]
   for name in sizes[0]['methods']:
     cells = []
@@ -823,9 +992,11 @@ def markdown(d: dict[str, Any]) -> str:
   """The README section of one result document: a frontier table per dtype."""
   out = []
   for dtype, sizes in d['sweeps'].items():
-    out.append(f'**{dtype} input** (median time per call; gap on the Gaussian'
-               ' matrix: spectral LMO gap for polar rows, Ky Fan-k gap'
-               ' `1 − capture` for top-k rows)\n')
+    out.append(
+      f'**{dtype} input** (median time per call; gap on the Gaussian'
+      ' matrix: spectral LMO gap for polar rows, Ky Fan-k gap'
+      ' `1 − capture` for top-k rows)\n'
+    )
     out.extend(_frontier_table(sizes, d['methods'][dtype]))
     out.append('')
   f32 = d['sweeps']['float32'][-1]
@@ -834,33 +1005,35 @@ def markdown(d: dict[str, Any]) -> str:
   good = [s for s in PE_STEPS if pe[s]['lmo_gap_gaussian'] < 1e-3]
   if good:
     out.append(
-        f'At {f32["size"]} (float32) Polar Express reaches a gap below 1e-3'
-        f' with {good[0]} steps in {1e3 * pe[good[0]]["median_s"]:.4g} ms;'
-        f' the exact SVD polar factor takes {1e3 * svd["median_s"]:.4g} ms'
-        ' there (on CPU, with single-threaded LAPACK, the SVD is on the'
-        ' frontier at these sizes; on accelerators it is not).\n')
+      f'At {f32["size"]} (float32) Polar Express reaches a gap below 1e-3'
+      f' with {good[0]} steps in {1e3 * pe[good[0]]["median_s"]:.4g} ms;'
+      f' the exact SVD polar factor takes {1e3 * svd["median_s"]:.4g} ms'
+      ' there (on CPU, with single-threaded LAPACK, the SVD is on the'
+      ' frontier at these sizes; on accelerators it is not).\n'
+    )
   drift = d['drift']
   caps = ', '.join(f'{r["capture"]:.5f}' for r in drift['records'])
   out.append(
-      'Polar rows iterate on the Frobenius-normalised wide orientation;'
-      ' Newton–Schulz 5 (Jordan) stops at a gap of ~0.1-0.3 because its'
-      ' singular values end in ~[0.7, 1.2], while Polar Express converges'
-      ' towards the float32 floor with each extra step (bf16 rows: bf16'
-      ' matmuls for the iterations and optax, float32 inside SVD/top-k; the'
-      ' bf16 output rounding alone costs a gap of ~1e-3). Warm top-k rows'
-      ' start from a converged cold start on the same matrix, a Gaussian'
-      ' matrix has a nearly flat spectrum, the worst case for subspace'
-      ' iteration. The machine was shared (see the load average): 256x256'
-      ' medians are noisy, the JSON keeps every round and the minimum.'
-      ' Drift experiment (float32): warm-started'
-      f' top-{drift["k"]} on a drifting {drift["shape"][0]}x'
-      f'{drift["shape"][1]} sequence takes'
-      f' {1e3 * drift["warm_median_s"]:.3g} ms per step vs'
-      f' {1e3 * drift["svd_median_s"]:.4g} ms for `polar_factor(svd)`'
-      f' ({drift["speedup_vs_svd"]:.1f}x) and'
-      f' {1e3 * drift["polar_median_s"]:.4g} ms for `polar_factor()`'
-      f' ({drift["speedup_vs_polar"]:.1f}x); Ky Fan-k captured per step:'
-      f' {caps}. Design: {drift["design"]}')
+    'Polar rows iterate on the Frobenius-normalised wide orientation;'
+    ' Newton–Schulz 5 (Jordan) stops at a gap of ~0.1-0.3 because its'
+    ' singular values end in ~[0.7, 1.2], while Polar Express converges'
+    ' towards the float32 floor with each extra step (bf16 rows: bf16'
+    ' matmuls for the iterations and optax, float32 inside SVD/top-k; the'
+    ' bf16 output rounding alone costs a gap of ~1e-3). Warm top-k rows'
+    ' start from a converged cold start on the same matrix, a Gaussian'
+    ' matrix has a nearly flat spectrum, the worst case for subspace'
+    ' iteration. The machine was shared (see the load average): 256x256'
+    ' medians are noisy, the JSON keeps every round and the minimum.'
+    ' Drift experiment (float32): warm-started'
+    f' top-{drift["k"]} on a drifting {drift["shape"][0]}x'
+    f'{drift["shape"][1]} sequence takes'
+    f' {1e3 * drift["warm_median_s"]:.3g} ms per step vs'
+    f' {1e3 * drift["svd_median_s"]:.4g} ms for `polar_factor(svd)`'
+    f' ({drift["speedup_vs_svd"]:.1f}x) and'
+    f' {1e3 * drift["polar_median_s"]:.4g} ms for `polar_factor()`'
+    f' ({drift["speedup_vs_polar"]:.1f}x); Ky Fan-k captured per step:'
+    f' {caps}. Design: {drift["design"]}'
+  )
   return '\n'.join(out) + '\n'
 
 

@@ -19,8 +19,16 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, 'results')
-ORDER = ('lmo', 'step', 'scaling', 'distributed', 'quadratic', 'charlm',
-         'cnn', 'gpu')
+ORDER = (
+  'lmo',
+  'step',
+  'scaling',
+  'distributed',
+  'quadratic',
+  'charlm',
+  'cnn',
+  'gpu',
+)
 """Section order in the README; benchmarks not listed come last."""
 
 INTRO = """\
@@ -39,16 +47,29 @@ seconds; run by `tests/test_benchmarks.py` so the scripts cannot rot) and
 
 def benchmark_names() -> list[str]:
   """The benchmark modules of this package, in README order."""
-  found = [m.name for m in pkgutil.iter_modules([HERE])
-           if not m.name.startswith('_') and m.name != 'report']
+  found = [
+    m.name
+    for m in pkgutil.iter_modules([HERE])
+    if not m.name.startswith('_') and m.name != 'report'
+  ]
   rank = {name: i for i, name in enumerate(ORDER)}
   return sorted(found, key=lambda name: (rank.get(name, len(ORDER)), name))
 
 
 def _meta(d: dict[str, Any]) -> str:
   m = d.get('metadata', {})
-  keys = ('date', 'device_kind', 'platform', 'cpu_model', 'cpu_count',
-          'jax', 'optax', 'git_commit', 'load_average', 'command')
+  keys = (
+    'date',
+    'device_kind',
+    'platform',
+    'cpu_model',
+    'cpu_count',
+    'jax',
+    'optax',
+    'git_commit',
+    'load_average',
+    'command',
+  )
   return ', '.join(f'{k}: `{m[k]}`' for k in keys if k in m)
 
 
@@ -65,10 +86,11 @@ def _targets(d: dict[str, Any]) -> str:
 def _index(names: list[str]) -> str:
   lines = ['| benchmark | command | what it measures |', '|---|---|---|']
   for name in names:
-    doc = (importlib.import_module(f'benchmarks.{name}').__doc__ or '')
+    doc = importlib.import_module(f'benchmarks.{name}').__doc__ or ''
     summary = doc.strip().splitlines()[0] if doc.strip() else ''
-    lines.append(f'| [{name}](#{name}) | `python -m benchmarks.{name}` |'
-                 f' {summary} |')
+    lines.append(
+      f'| [{name}](#{name}) | `python -m benchmarks.{name}` | {summary} |'
+    )
   return '\n'.join(lines) + '\n'
 
 
@@ -93,8 +115,10 @@ def render(results_dir: str = RESULTS) -> str:
       with open(path, encoding='utf-8') as f:
         parts.append(_section(name, json.load(f), results_dir))
     else:
-      parts.append(f'## {name}\n\nNo committed results yet: run'
-                   f' `python -m benchmarks.{name}`.\n')
+      parts.append(
+        f'## {name}\n\nNo committed results yet: run'
+        f' `python -m benchmarks.{name}`.\n'
+      )
   return '\n'.join(parts)
 
 

@@ -117,20 +117,24 @@ THEORY_SLOPE = {REFERENCE: 3, 'muon_ns5': 3, 'muon_svd': 3, FANION: 2}
 def polar_candidates() -> dict[str, dict[str, Any]]:
   """name -> {label, make}: the Muon steps of the size sweep."""
   return {
-      REFERENCE: dict(label='muon (Polar Express, 5 steps)',
-                      make=lambda: fo.muon(LEARNING_RATE)),
-      'muon_ns5': dict(
-          label='muon (Newton–Schulz, 5 steps)',
-          make=lambda: fo.muon(LEARNING_RATE, polar_method='newton_schulz')),
-      'muon_svd': dict(
-          label='muon (exact SVD polar)',
-          make=lambda: fo.muon(LEARNING_RATE, polar_method='svd')),
+    REFERENCE: dict(
+      label='muon (Polar Express, 5 steps)', make=lambda: fo.muon(LEARNING_RATE)
+    ),
+    'muon_ns5': dict(
+      label='muon (Newton–Schulz, 5 steps)',
+      make=lambda: fo.muon(LEARNING_RATE, polar_method='newton_schulz'),
+    ),
+    'muon_svd': dict(
+      label='muon (exact SVD polar)',
+      make=lambda: fo.muon(LEARNING_RATE, polar_method='svd'),
+    ),
   }
 
 
 def fanion_candidate(k: int) -> dict[str, Any]:
-  return dict(label=f'fanion (k={k}, warm)',
-              make=lambda: fo.fanion(LEARNING_RATE, k=k))
+  return dict(
+    label=f'fanion (k={k}, warm)', make=lambda: fo.fanion(LEARNING_RATE, k=k)
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -145,8 +149,10 @@ def memory_of(compiled) -> dict[str, int] | None:
     return None
   if stats is None:
     return None
-  out = {key: int(getattr(stats, f'{key}_size_in_bytes'))
-         for key in ('argument', 'output', 'temp', 'alias')}
+  out = {
+    key: int(getattr(stats, f'{key}_size_in_bytes'))
+    for key in ('argument', 'output', 'temp', 'alias')
+  }
   out['total'] = out['argument'] + out['output'] + out['temp'] - out['alias']
   return out
 
@@ -159,8 +165,9 @@ def reps_for(n: int, max_reps: int) -> int:
   return max(MIN_REPS, min(max_reps, round(max_reps * REPS_SIZE / n)))
 
 
-def bench_point(n: int, specs: dict[str, dict[str, Any]], reps: int, bar,
-                tag: str) -> dict[str, dict[str, Any]]:
+def bench_point(
+  n: int, specs: dict[str, dict[str, Any]], reps: int, bar, tag: str
+) -> dict[str, dict[str, Any]]:
   """Compiles and times the steps of `specs` side by side at size n."""
   params = _timing.random_tree({'w': (n, n)}, seed=0, scale=0.02)
   grads = _timing.random_tree({'w': (n, n)}, seed=1)
@@ -172,30 +179,40 @@ def bench_point(n: int, specs: dict[str, dict[str, Any]], reps: int, bar,
     tx = spec['make']()
     state = tx.init(params)
     step, compile_s[name] = _timing.compile_ahead(
-        make_step(tx), params, state, grads)
+      make_step(tx), params, state, grads
+    )
     if name.startswith(FANION):
       # The step from `init` is the cold start; time the warm steps.
       state = jax.block_until_ready(step(params, state, grads)[1])
-    candidates[name] = (lambda s=step, st=state: s(params, st, grads))
-    extra[name] = {'label': spec['label'], 'memory': memory_of(step),
-                   'flops': _timing.flops_of(step)}
+    candidates[name] = lambda s=step, st=state: s(params, st, grads)
+    extra[name] = {
+      'label': spec['label'],
+      'memory': memory_of(step),
+      'flops': _timing.flops_of(step),
+    }
     bar.update()
 
   def progress(line):
     bar.update()
 
   timings = _timing.time_side_by_side(
-      candidates, reps=reps, warmup=1, compile_s=compile_s, progress=progress)
+    candidates, reps=reps, warmup=1, compile_s=compile_s, progress=progress
+  )
   rows = _timing.summarize(
-      timings, baseline=REFERENCE if REFERENCE in specs else None)
+    timings, baseline=REFERENCE if REFERENCE in specs else None
+  )
   calib = rows.pop(CALIBRATION)
   for name, row in rows.items():
     row.update(extra[name])
     row['per_calibration'] = statistics.median(
-        t / c for t, c in zip(row['times_s'], calib['times_s']))
-  bar.write(f'  [{tag}] calibration {1e3 * calib["median_s"]:.1f} ms, ' +
-            ', '.join(f'{name} {1e3 * row["median_s"]:.1f} ms'
-                      for name, row in rows.items()))
+      t / c for t, c in zip(row['times_s'], calib['times_s'])
+    )
+  bar.write(
+    f'  [{tag}] calibration {1e3 * calib["median_s"]:.1f} ms, '
+    + ', '.join(
+      f'{name} {1e3 * row["median_s"]:.1f} ms' for name, row in rows.items()
+    )
+  )
   return rows, calib
 
 
@@ -209,13 +226,18 @@ def normalize(rows: dict[str, dict[str, Any]], calibration_s: float) -> None:
 # Fits and targets.
 
 
-def fit_slope(xs: Sequence[float], ys: Sequence[float]) -> dict[str, Any] | None:
+def fit_slope(
+  xs: Sequence[float], ys: Sequence[float]
+) -> dict[str, Any] | None:
   """Least-squares `log y = slope·log x + intercept`; None below 2 points."""
   if len(xs) < 2:
     return None
   slope, intercept = np.polyfit(np.log(xs), np.log(ys), 1)
-  return {'slope': float(slope), 'intercept': float(intercept),
-          'x': [float(x) for x in xs]}
+  return {
+    'slope': float(slope),
+    'intercept': float(intercept),
+    'x': [float(x) for x in xs],
+  }
 
 
 def _value(row: dict[str, Any], key: str) -> float | None:
@@ -224,8 +246,9 @@ def _value(row: dict[str, Any], key: str) -> float | None:
   return row.get(key)
 
 
-def size_fits(sizes: list[dict[str, Any]], fit_min: int,
-              key: str) -> dict[str, Any]:
+def size_fits(
+  sizes: list[dict[str, Any]], fit_min: int, key: str
+) -> dict[str, Any]:
   """Per method: the fitted slope of `key` ('median_s', 'memory', 'flops')."""
   names = list(dict.fromkeys(name for s in sizes for name in s['methods']))
   fits = {}
@@ -243,11 +266,15 @@ def size_fits(sizes: list[dict[str, Any]], fit_min: int,
   return fits
 
 
-def k_fit(ks: dict[str, Any], k_range: tuple[int, int],
-          key: str) -> dict[str, Any] | None:
+def k_fit(
+  ks: dict[str, Any], k_range: tuple[int, int], key: str
+) -> dict[str, Any] | None:
   lo, hi = k_range
-  points = [(row['k'], _value(row, key)) for row in ks['fanion'].values()
-            if lo <= row['k'] <= hi and _value(row, key)]
+  points = [
+    (row['k'], _value(row, key))
+    for row in ks['fanion'].values()
+    if lo <= row['k'] <= hi and _value(row, key)
+  ]
   return fit_slope(*zip(*points)) if len(points) >= 2 else None
 
 
@@ -255,8 +282,9 @@ def _slope(fit: dict[str, Any] | None) -> float | None:
   return None if fit is None else fit['slope']
 
 
-def evaluate_targets(sizes: list[dict[str, Any]], ksweep: dict[str, Any],
-                     fits: dict[str, Any]) -> dict[str, Any]:
+def evaluate_targets(
+  sizes: list[dict[str, Any]], ksweep: dict[str, Any], fits: dict[str, Any]
+) -> dict[str, Any]:
   polar = _slope(fits['time'][REFERENCE])
   fanion = _slope(fits['time'][FANION])
   k_slope = _slope(fits['time_vs_k'])
@@ -264,40 +292,66 @@ def evaluate_targets(sizes: list[dict[str, Any]], ksweep: dict[str, Any],
   lo, hi = POLAR_SLOPE_RANGE
   mem_lo, mem_hi = MEMORY_SLOPE_RANGE
   mem_slopes = {name: _slope(fit) for name, fit in fits['memory'].items()}
-  mem = {s['size']: (s['methods'][FANION]['memory'],
-                     s['methods'][REFERENCE]['memory']) for s in sizes}
+  mem = {
+    s['size']: (
+      s['methods'][FANION]['memory'],
+      s['methods'][REFERENCE]['memory'],
+    )
+    for s in sizes
+  }
   return {
-      'polar_time_slope_in_[2.5,3.3]': {
-          'passed': polar is not None and lo <= polar <= hi,
-          'range': [lo, hi], 'slope': polar, 'method': REFERENCE,
-          'raw_slope': _slope(fits['time_raw'][REFERENCE])},
-      'fanion_time_slope_le_2.5_and_below_polar': {
-          'passed': (fanion is not None and polar is not None
-                     and fanion <= FANION_SLOPE_MAX and fanion < polar),
-          'threshold': FANION_SLOPE_MAX, 'slope': fanion,
-          'polar_slope': polar,
-          'raw_slope': _slope(fits['time_raw'][FANION])},
-      'fanion_faster_than_muon_at_largest_n': {
-          'passed': largest['methods'][FANION]['paired_ratio'] < 1.0,
-          'size': largest['size'],
-          'paired_ratio': largest['methods'][FANION]['paired_ratio'],
-          'ratio': largest['methods'][FANION]['ratio']},
-      'fanion_time_slope_in_k_le_1.1': {
-          'passed': k_slope is not None and k_slope <= K_SLOPE_MAX,
-          'threshold': K_SLOPE_MAX, 'slope': k_slope,
-          'k_range': list(ksweep['k_fit_range']),
-          'raw_slope': _slope(fits['time_vs_k_raw'])},
-      'memory_slope_in_[1.9,2.1]_every_method': {
-          'passed': all(v is not None and mem_lo <= v <= mem_hi
-                        for v in mem_slopes.values()),
-          'range': [mem_lo, mem_hi], 'slopes': mem_slopes},
-      'fanion_memory_le_muon_memory_every_n': {
-          'passed': all(f is not None and m is not None
-                        and f['total'] <= m['total'] for f, m in mem.values()),
-          'total_bytes_fanion_vs_muon': {
-              size: [None if f is None else f['total'],
-                     None if m is None else m['total']]
-              for size, (f, m) in mem.items()}},
+    'polar_time_slope_in_[2.5,3.3]': {
+      'passed': polar is not None and lo <= polar <= hi,
+      'range': [lo, hi],
+      'slope': polar,
+      'method': REFERENCE,
+      'raw_slope': _slope(fits['time_raw'][REFERENCE]),
+    },
+    'fanion_time_slope_le_2.5_and_below_polar': {
+      'passed': (
+        fanion is not None
+        and polar is not None
+        and fanion <= FANION_SLOPE_MAX
+        and fanion < polar
+      ),
+      'threshold': FANION_SLOPE_MAX,
+      'slope': fanion,
+      'polar_slope': polar,
+      'raw_slope': _slope(fits['time_raw'][FANION]),
+    },
+    'fanion_faster_than_muon_at_largest_n': {
+      'passed': largest['methods'][FANION]['paired_ratio'] < 1.0,
+      'size': largest['size'],
+      'paired_ratio': largest['methods'][FANION]['paired_ratio'],
+      'ratio': largest['methods'][FANION]['ratio'],
+    },
+    'fanion_time_slope_in_k_le_1.1': {
+      'passed': k_slope is not None and k_slope <= K_SLOPE_MAX,
+      'threshold': K_SLOPE_MAX,
+      'slope': k_slope,
+      'k_range': list(ksweep['k_fit_range']),
+      'raw_slope': _slope(fits['time_vs_k_raw']),
+    },
+    'memory_slope_in_[1.9,2.1]_every_method': {
+      'passed': all(
+        v is not None and mem_lo <= v <= mem_hi for v in mem_slopes.values()
+      ),
+      'range': [mem_lo, mem_hi],
+      'slopes': mem_slopes,
+    },
+    'fanion_memory_le_muon_memory_every_n': {
+      'passed': all(
+        f is not None and m is not None and f['total'] <= m['total']
+        for f, m in mem.values()
+      ),
+      'total_bytes_fanion_vs_muon': {
+        size: [
+          None if f is None else f['total'],
+          None if m is None else m['total'],
+        ]
+        for size, (f, m) in mem.items()
+      },
+    },
   }
 
 
@@ -311,11 +365,15 @@ def _mb(memory: dict[str, int] | None) -> float | None:
 
 def plot(document: dict[str, Any], path: str) -> None:
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  sizes, ksweep, fits = (document['sizes'], document['k_sweep'],
-                         document['fits'])
+  sizes, ksweep, fits = (
+    document['sizes'],
+    document['k_sweep'],
+    document['fits'],
+  )
   labels = document['labels']
   fig, axes = plt.subplots(2, 2, figsize=(13, 10))
   (ax_t, ax_k), (ax_m, ax_mk) = axes
@@ -328,23 +386,45 @@ def plot(document: dict[str, Any], path: str) -> None:
       continue
     ns = [n for n, _ in pts]
     fit = fits['time'].get(name)
-    suffix = '' if fit is None else (
-        f'; fitted slope {fit["slope"]:.2f} (theory {THEORY_SLOPE[name]})')
-    ax_t.plot(ns, [1e3 * row['normalized_s'] for _, row in pts], 'o',
-              color=colors[name], label=label + suffix)
-    ax_t.plot(ns, [1e3 * row['median_s'] for _, row in pts], 'o',
-              color=colors[name], mfc='none', ms=9, alpha=0.4)
+    suffix = (
+      ''
+      if fit is None
+      else (f'; fitted slope {fit["slope"]:.2f} (theory {THEORY_SLOPE[name]})')
+    )
+    ax_t.plot(
+      ns,
+      [1e3 * row['normalized_s'] for _, row in pts],
+      'o',
+      color=colors[name],
+      label=label + suffix,
+    )
+    ax_t.plot(
+      ns,
+      [1e3 * row['median_s'] for _, row in pts],
+      'o',
+      color=colors[name],
+      mfc='none',
+      ms=9,
+      alpha=0.4,
+    )
     if fit is not None:
       x = np.array([min(fit['x']), max(fit['x'])])
-      ax_t.plot(x, 1e3 * np.exp(fit['intercept']) * x ** fit['slope'], '-',
-                color=colors[name], alpha=0.7)
+      ax_t.plot(
+        x,
+        1e3 * np.exp(fit['intercept']) * x ** fit['slope'],
+        '-',
+        color=colors[name],
+        alpha=0.7,
+      )
     mems = [(n, _mb(row['memory'])) for n, row in pts if row['memory']]
     if mems:
       mfit = fits['memory'].get(name)
       msuffix = '' if mfit is None else f'; slope {mfit["slope"]:.2f}'
       ax_m.plot(*zip(*mems), 'o-', color=colors[name], label=label + msuffix)
-  ax_t.set_title(f'Step time vs n (lines: least-squares fits over'
-                 f' n >= {document["config"]["fit_min_n"]})')
+  ax_t.set_title(
+    f'Step time vs n (lines: least-squares fits over'
+    f' n >= {document["config"]["fit_min_n"]})'
+  )
   ax_t.set_ylabel('ms per step (filled: load-normalised; hollow: raw)')
   ax_m.set_title('Compiled memory (argument + output + temp) vs n')
   ax_m.set_ylabel('MiB')
@@ -356,25 +436,59 @@ def plot(document: dict[str, Any], path: str) -> None:
 
   ks = list(ksweep['fanion'].values())
   kfit = fits['time_vs_k']
-  suffix = '' if kfit is None else (
-      f'; fitted slope {kfit["slope"]:.2f} (theory <= 1)')
-  ax_k.plot([r['k'] for r in ks], [1e3 * r['normalized_s'] for r in ks],
-            'o-', color=colors[FANION], label='fanion (warm)' + suffix)
-  ax_k.plot([r['k'] for r in ks], [1e3 * r['median_s'] for r in ks], 'o',
-            color=colors[FANION], mfc='none', ms=9, alpha=0.4)
+  suffix = (
+    ''
+    if kfit is None
+    else (f'; fitted slope {kfit["slope"]:.2f} (theory <= 1)')
+  )
+  ax_k.plot(
+    [r['k'] for r in ks],
+    [1e3 * r['normalized_s'] for r in ks],
+    'o-',
+    color=colors[FANION],
+    label='fanion (warm)' + suffix,
+  )
+  ax_k.plot(
+    [r['k'] for r in ks],
+    [1e3 * r['median_s'] for r in ks],
+    'o',
+    color=colors[FANION],
+    mfc='none',
+    ms=9,
+    alpha=0.4,
+  )
   if kfit is not None:
     x = np.array([min(kfit['x']), max(kfit['x'])])
-    ax_k.plot(x, 1e3 * np.exp(kfit['intercept']) * x ** kfit['slope'], '--',
-              color='k', alpha=0.6, label=f'fit over k in'
-              f' [{ksweep["k_fit_range"][0]}, {ksweep["k_fit_range"][1]}]')
+    ax_k.plot(
+      x,
+      1e3 * np.exp(kfit['intercept']) * x ** kfit['slope'],
+      '--',
+      color='k',
+      alpha=0.6,
+      label=f'fit over k in'
+      f' [{ksweep["k_fit_range"][0]}, {ksweep["k_fit_range"][1]}]',
+    )
   ref = ksweep['reference']
-  ax_k.axhline(1e3 * ref['normalized_s'], color=colors[REFERENCE], ls=':',
-               label=labels[REFERENCE] + ' (same rounds)')
-  ax_mk.plot([r['k'] for r in ks], [_mb(r['memory']) for r in ks], 'o-',
-             color=colors[FANION], label='fanion (warm)')
+  ax_k.axhline(
+    1e3 * ref['normalized_s'],
+    color=colors[REFERENCE],
+    ls=':',
+    label=labels[REFERENCE] + ' (same rounds)',
+  )
+  ax_mk.plot(
+    [r['k'] for r in ks],
+    [_mb(r['memory']) for r in ks],
+    'o-',
+    color=colors[FANION],
+    label='fanion (warm)',
+  )
   if ref['memory']:
-    ax_mk.axhline(_mb(ref['memory']), color=colors[REFERENCE], ls=':',
-                  label=labels[REFERENCE])
+    ax_mk.axhline(
+      _mb(ref['memory']),
+      color=colors[REFERENCE],
+      ls=':',
+      label=labels[REFERENCE],
+    )
   n = ksweep['n']
   ax_k.set_title(f'Fanion-k step time vs k at n={n}')
   ax_k.set_ylabel('ms per step (filled: load-normalised; hollow: raw)')
@@ -390,10 +504,11 @@ def plot(document: dict[str, Any], path: str) -> None:
     ax.legend(fontsize=8)
   meta, config = document['metadata'], document['config']
   fig.suptitle(
-      f'fanion_optax optimizer step scaling, float32 on {meta["device_kind"]}'
-      f' ({meta["cpu_affinity"]} CPUs, 1-min load avg'
-      f' {meta["load_average"][0] if meta.get("load_average") else "?"})'
-      + (' [quick]' if config['quick'] else ''))
+    f'fanion_optax optimizer step scaling, float32 on {meta["device_kind"]}'
+    f' ({meta["cpu_affinity"]} CPUs, 1-min load avg'
+    f' {meta["load_average"][0] if meta.get("load_average") else "?"})'
+    + (' [quick]' if config['quick'] else '')
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -410,8 +525,9 @@ def _slope_text(fit: dict[str, Any] | None) -> str:
 
 def _last_k_slope(ks: dict[str, Any]) -> float:
   rows = list(ks['fanion'].values())[-2:]
-  return fit_slope([r['k'] for r in rows],
-                   [r['normalized_s'] for r in rows])['slope']
+  return fit_slope([r['k'] for r in rows], [r['normalized_s'] for r in rows])[
+    'slope'
+  ]
 
 
 def _noise_text(fits: dict[str, Any]) -> str:
@@ -419,79 +535,112 @@ def _noise_text(fits: dict[str, Any]) -> str:
   pe, ns = fits['time'].get(REFERENCE), fits['time'].get('muon_ns5')
   if pe is None or ns is None:
     return ''
-  return (f' Newton–Schulz and Polar Express do the same arithmetic, yet their'
-          f' fitted slopes differ by {abs(pe["slope"] - ns["slope"]):.2f}'
-          f' (over n = {", ".join(str(int(x)) for x in ns["x"])}): the'
-          f' noise of these fits on this shared machine.')
+  return (
+    f' Newton–Schulz and Polar Express do the same arithmetic, yet their'
+    f' fitted slopes differ by {abs(pe["slope"] - ns["slope"]):.2f}'
+    f' (over n = {", ".join(str(int(x)) for x in ns["x"])}): the'
+    f' noise of these fits on this shared machine.'
+  )
 
 
 def markdown(d: dict[str, Any]) -> str:
   """The tables of `benchmarks/README.md` for one result document."""
   labels, fits, config = d['labels'], d['fits'], d['config']
   names = list(labels)
-  lines = ['| n | ' + ' | '.join(f'{labels[nm]} ms (MiB)' for nm in names)
-           + ' |', '|---' * (len(names) + 1) + '|']
+  lines = [
+    '| n | ' + ' | '.join(f'{labels[nm]} ms (MiB)' for nm in names) + ' |',
+    '|---' * (len(names) + 1) + '|',
+  ]
   for s in d['sizes']:
     cells = []
     for name in names:
       row = s['methods'].get(name)
       mem = None if row is None else _mb(row['memory'])
-      cells.append('—' if row is None else _ms(row['normalized_s'])
-                   + ('' if mem is None else f' ({mem:.0f})'))
+      cells.append(
+        '—'
+        if row is None
+        else _ms(row['normalized_s']) + ('' if mem is None else f' ({mem:.0f})')
+      )
     lines.append(f'| {s["n"]} | ' + ' | '.join(cells) + ' |')
-  lines.append('| fitted time slope | ' + ' | '.join(
-      _slope_text(fits['time'].get(nm)) for nm in names) + ' |')
-  lines.append('| fitted time slope, raw times | ' + ' | '.join(
-      _slope_text(fits['time_raw'].get(nm)) for nm in names) + ' |')
-  lines.append('| fitted memory slope | ' + ' | '.join(
-      _slope_text(fits['memory'].get(nm)) for nm in names) + ' |')
-  lines.append('| XLA FLOP slope | ' + ' | '.join(
-      _slope_text(fits['flops'].get(nm)) for nm in names) + ' |')
+  lines.append(
+    '| fitted time slope | '
+    + ' | '.join(_slope_text(fits['time'].get(nm)) for nm in names)
+    + ' |'
+  )
+  lines.append(
+    '| fitted time slope, raw times | '
+    + ' | '.join(_slope_text(fits['time_raw'].get(nm)) for nm in names)
+    + ' |'
+  )
+  lines.append(
+    '| fitted memory slope | '
+    + ' | '.join(_slope_text(fits['memory'].get(nm)) for nm in names)
+    + ' |'
+  )
+  lines.append(
+    '| XLA FLOP slope | '
+    + ' | '.join(_slope_text(fits['flops'].get(nm)) for nm in names)
+    + ' |'
+  )
   ks = d['k_sweep']
   ref = ks['reference']
-  klines = ['| k | ms/step | ratio to muon (Polar Express) | MiB |',
-            '|---|---|---|---|']
+  klines = [
+    '| k | ms/step | ratio to muon (Polar Express) | MiB |',
+    '|---|---|---|---|',
+  ]
   for row in ks['fanion'].values():
-    klines.append(f'| {row["k"]} | {_ms(row["normalized_s"])} |'
-                  f' {row["paired_ratio"]:.3g} | {_mb(row["memory"]):.0f} |')
-  klines.append(f'| muon (Polar Express) | {_ms(ref["normalized_s"])} | 1 |'
-                f' {_mb(ref["memory"]):.0f} |')
+    klines.append(
+      f'| {row["k"]} | {_ms(row["normalized_s"])} |'
+      f' {row["paired_ratio"]:.3g} | {_mb(row["memory"]):.0f} |'
+    )
+  klines.append(
+    f'| muon (Polar Express) | {_ms(ref["normalized_s"])} | 1 |'
+    f' {_mb(ref["memory"]):.0f} |'
+  )
   polar = fits['time'][REFERENCE]
   fanion = fits['time'][FANION]
   largest = d['sizes'][-1]
   text = (
-      f'One full optimizer step (`tx.update` + `apply_updates`) on a single'
-      f' square float32 matrix; Fanion-k warm-started (k={config["k"]} in'
-      f' the size sweep). Times (ms) are load-normalised: each is the median'
-      f' over rounds of its ratio to a fixed {config["calibration_n"]}²'
-      f' matmul timed in the same round, times that matmul\'s median over the'
-      f' whole run ({_ms(config["calibration_s"])} ms), so that load drift'
-      f' on the shared machine between sizes does not bend the curves (the'
-      f' fits of the raw medians are shown too). Slopes are least-squares fits on log-log axes over'
-      f' n >= {config["fit_min_n"]} and {ks["k_fit_range"][0]} <= k <='
-      f' {ks["k_fit_range"][1]}. Theory: the polar iterations cost O(n³)'
-      f' (slope 3), Fanion-k O(n²k) (slope 2 in n, at most 1 in k),'
-      f' every method O(n²) memory. Measured: Muon (Polar Express) slope'
-      f' {_slope_text(polar)}, Fanion-{config["k"]} slope'
-      f' {_slope_text(fanion)}; at n={largest["n"]} the Fanion step takes'
-      f' {largest["methods"][FANION]["paired_ratio"]:.3g}x the Muon step;'
-      f' the k slope is {_slope_text(fits["time_vs_k"])}.'
-      f'{_noise_text(fits)} Below n = {config["fit_min_n"]} fixed per-call'
-      f' costs flatten every curve. Fanion\'s n×k products and the O(n²)'
-      f' elementwise work are memory-bound, so its time likely also steps up'
-      f' as the n² matrices outgrow the L2 caches (2 MiB per core, 4 MiB in'
-      f' all: one 1024² float32 matrix), which would steepen its fitted n'
-      f' slope above 2 (its FLOP slope is'
-      f' {_slope_text(fits["flops"].get(FANION))}).'
-      f' The O(nk²) QR and small SVD of the n×k block make the k curve bend'
-      f' upwards at large k (local slope {_last_k_slope(ks):.2f} over the'
-      f' last two k). Memory is XLA\'s compiled argument + output +'
-      f' temp bytes (LAPACK workspace of the SVD and QR not included). The'
-      f' FLOP slope is that of XLA\'s `cost_analysis()` estimate, which is'
-      f' load-independent (for Fanion it counts both branches of the'
-      f' cold/warm `lax.cond`, so its level, not its slope, is inflated).')
-  return ('\n'.join(lines) + '\n\n' + f'Rank sweep at n={ks["n"]}:\n\n'
-          + '\n'.join(klines) + '\n\n' + text + '\n')
+    f'One full optimizer step (`tx.update` + `apply_updates`) on a single'
+    f' square float32 matrix; Fanion-k warm-started (k={config["k"]} in'
+    f' the size sweep). Times (ms) are load-normalised: each is the median'
+    f' over rounds of its ratio to a fixed {config["calibration_n"]}²'
+    f" matmul timed in the same round, times that matmul's median over the"
+    f' whole run ({_ms(config["calibration_s"])} ms), so that load drift'
+    f' on the shared machine between sizes does not bend the curves (the'
+    f' fits of the raw medians are shown too). Slopes are least-squares fits on log-log axes over'
+    f' n >= {config["fit_min_n"]} and {ks["k_fit_range"][0]} <= k <='
+    f' {ks["k_fit_range"][1]}. Theory: the polar iterations cost O(n³)'
+    f' (slope 3), Fanion-k O(n²k) (slope 2 in n, at most 1 in k),'
+    f' every method O(n²) memory. Measured: Muon (Polar Express) slope'
+    f' {_slope_text(polar)}, Fanion-{config["k"]} slope'
+    f' {_slope_text(fanion)}; at n={largest["n"]} the Fanion step takes'
+    f' {largest["methods"][FANION]["paired_ratio"]:.3g}x the Muon step;'
+    f' the k slope is {_slope_text(fits["time_vs_k"])}.'
+    f'{_noise_text(fits)} Below n = {config["fit_min_n"]} fixed per-call'
+    f" costs flatten every curve. Fanion's n×k products and the O(n²)"
+    f' elementwise work are memory-bound, so its time likely also steps up'
+    f' as the n² matrices outgrow the L2 caches (2 MiB per core, 4 MiB in'
+    f' all: one 1024² float32 matrix), which would steepen its fitted n'
+    f' slope above 2 (its FLOP slope is'
+    f' {_slope_text(fits["flops"].get(FANION))}).'
+    f' The O(nk²) QR and small SVD of the n×k block make the k curve bend'
+    f' upwards at large k (local slope {_last_k_slope(ks):.2f} over the'
+    f" last two k). Memory is XLA's compiled argument + output +"
+    f' temp bytes (LAPACK workspace of the SVD and QR not included). The'
+    f" FLOP slope is that of XLA's `cost_analysis()` estimate, which is"
+    f' load-independent (for Fanion it counts both branches of the'
+    f' cold/warm `lax.cond`, so its level, not its slope, is inflated).'
+  )
+  return (
+    '\n'.join(lines)
+    + '\n\n'
+    + f'Rank sweep at n={ks["n"]}:\n\n'
+    + '\n'.join(klines)
+    + '\n\n'
+    + text
+    + '\n'
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -499,30 +648,53 @@ def markdown(d: dict[str, Any]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = _timing.benchmark_parser(
-      'scaling', __doc__,
-      'tiny sizes and reps (a smoke test, a few seconds)')
-  parser.add_argument('--sizes', type=_timing.positive_ints, default=None,
-                      help='comma-separated n of the size sweep (default'
-                      f' {",".join(map(str, FULL_SIZES))})')
-  parser.add_argument('--k', type=int, default=None,
-                      help=f'Fanion rank of the size sweep (default {FULL_K},'
-                      f' quick {QUICK_K})')
-  parser.add_argument('--ks', type=_timing.positive_ints, default=None,
-                      help='comma-separated k of the rank sweep (default'
-                      f' {",".join(map(str, FULL_K_SWEEP))})')
-  parser.add_argument('--k-size', type=int, default=None,
-                      help=f'n of the rank sweep (default {FULL_K_SIZE},'
-                      f' quick {QUICK_K_SIZE})')
-  parser.add_argument('--svd-max', type=int, default=SVD_MAX,
-                      help=f'largest n timed with the SVD polar (default'
-                      f' {SVD_MAX})')
-  parser.add_argument('--max-reps', type=int, default=None,
-                      help=f'timed rounds at n <= {REPS_SIZE}, falling as 1/n'
-                      f' beyond, at least {MIN_REPS} (default {FULL_MAX_REPS},'
-                      f' quick {QUICK_MAX_REPS})')
-  parser.add_argument('--replot', action='store_true',
-                      help='only redraw <out>/scaling.png from'
-                      ' <out>/scaling.json')
+    'scaling', __doc__, 'tiny sizes and reps (a smoke test, a few seconds)'
+  )
+  parser.add_argument(
+    '--sizes',
+    type=_timing.positive_ints,
+    default=None,
+    help='comma-separated n of the size sweep (default'
+    f' {",".join(map(str, FULL_SIZES))})',
+  )
+  parser.add_argument(
+    '--k',
+    type=int,
+    default=None,
+    help=f'Fanion rank of the size sweep (default {FULL_K}, quick {QUICK_K})',
+  )
+  parser.add_argument(
+    '--ks',
+    type=_timing.positive_ints,
+    default=None,
+    help='comma-separated k of the rank sweep (default'
+    f' {",".join(map(str, FULL_K_SWEEP))})',
+  )
+  parser.add_argument(
+    '--k-size',
+    type=int,
+    default=None,
+    help=f'n of the rank sweep (default {FULL_K_SIZE}, quick {QUICK_K_SIZE})',
+  )
+  parser.add_argument(
+    '--svd-max',
+    type=int,
+    default=SVD_MAX,
+    help=f'largest n timed with the SVD polar (default {SVD_MAX})',
+  )
+  parser.add_argument(
+    '--max-reps',
+    type=int,
+    default=None,
+    help=f'timed rounds at n <= {REPS_SIZE}, falling as 1/n'
+    f' beyond, at least {MIN_REPS} (default {FULL_MAX_REPS},'
+    f' quick {QUICK_MAX_REPS})',
+  )
+  parser.add_argument(
+    '--replot',
+    action='store_true',
+    help='only redraw <out>/scaling.png from <out>/scaling.json',
+  )
   args = parser.parse_args(argv)
   q = args.quick
   args.sizes = args.sizes or list(QUICK_SIZES if q else FULL_SIZES)
@@ -533,8 +705,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   args.fit_min_n = QUICK_FIT_MIN_N if q else FULL_FIT_MIN_N
   args.k_fit_range = QUICK_K_FIT if q else FULL_K_FIT
   if args.k >= min(args.sizes):
-    parser.error(f'--k={args.k} must be below every size (else Fanion is'
-                 ' the full polar factor)')
+    parser.error(
+      f'--k={args.k} must be below every size (else Fanion is'
+      ' the full polar factor)'
+    )
   if max(args.ks) >= args.k_size:
     parser.error(f'every --ks must be below --k-size={args.k_size}')
   if len([n for n in args.sizes if n >= args.fit_min_n]) < 2:
@@ -543,8 +717,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _target_detail(target: dict[str, Any]) -> str:
-  return ', '.join(f'{key} {_timing.fmt(value)}' for key, value in
-                   target.items() if key in ('slope', 'paired_ratio'))
+  return ', '.join(
+    f'{key} {_timing.fmt(value)}'
+    for key, value in target.items()
+    if key in ('slope', 'paired_ratio')
+  )
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -561,29 +738,48 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   specs_by_n = {}
   for n in args.sizes:
     max_n = {'muon_svd': args.svd_max, 'muon_ns5': NS_MAX}
-    specs = {name: spec for name, spec in polar.items()
-             if n <= max_n.get(name, n)}
+    specs = {
+      name: spec for name, spec in polar.items() if n <= max_n.get(name, n)
+    }
     specs[FANION] = fanion_candidate(args.k)
     specs_by_n[n] = specs
-  k_specs = {REFERENCE: polar[REFERENCE],
-             **{f'{FANION}{k}': fanion_candidate(k) for k in args.ks}}
+  k_specs = {
+    REFERENCE: polar[REFERENCE],
+    **{f'{FANION}{k}': fanion_candidate(k) for k in args.ks},
+  }
   k_reps = max(3, reps_for(args.k_size, args.max_reps))
-  total = (sum(len(specs) + reps_for(n, args.max_reps)
-               for n, specs in specs_by_n.items()) + len(k_specs) + k_reps)
-  _timing.log(f'scaling benchmark ({"quick" if args.quick else "full"}):'
-              f' n {args.sizes}, k={args.k}; k sweep {args.ks} at'
-              f' n={args.k_size}; device {jax.devices()[0].device_kind}')
+  total = (
+    sum(
+      len(specs) + reps_for(n, args.max_reps) for n, specs in specs_by_n.items()
+    )
+    + len(k_specs)
+    + k_reps
+  )
+  _timing.log(
+    f'scaling benchmark ({"quick" if args.quick else "full"}):'
+    f' n {args.sizes}, k={args.k}; k sweep {args.ks} at'
+    f' n={args.k_size}; device {jax.devices()[0].device_kind}'
+  )
 
   sizes, calibrations = [], []
   with _timing.progress_bar(total, 'scaling', unit='unit') as bar:
     for n, specs in specs_by_n.items():
-      rows, calib = bench_point(n, specs, reps_for(n, args.max_reps), bar,
-                                f'n={n}')
-      sizes.append({'size': f'{n}x{n}', 'n': n, 'calibration': calib,
-                    'reps': reps_for(n, args.max_reps), 'methods': rows})
+      rows, calib = bench_point(
+        n, specs, reps_for(n, args.max_reps), bar, f'n={n}'
+      )
+      sizes.append(
+        {
+          'size': f'{n}x{n}',
+          'n': n,
+          'calibration': calib,
+          'reps': reps_for(n, args.max_reps),
+          'methods': rows,
+        }
+      )
       calibrations += calib['times_s']
-    rows, calib = bench_point(args.k_size, k_specs, k_reps, bar,
-                              f'k sweep n={args.k_size}')
+    rows, calib = bench_point(
+      args.k_size, k_specs, k_reps, bar, f'k sweep n={args.k_size}'
+    )
     calibrations += calib['times_s']
   calibration_s = statistics.median(calibrations)
   for point in [*(s['methods'] for s in sizes), rows]:
@@ -593,17 +789,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     row = rows[f'{FANION}{k}']
     row['k'] = k
     fanion_rows[str(k)] = row
-  ksweep = {'n': args.k_size, 'reps': k_reps, 'k_fit_range':
-            list(args.k_fit_range), 'calibration': calib,
-            'reference': rows[REFERENCE], 'fanion': fanion_rows}
+  ksweep = {
+    'n': args.k_size,
+    'reps': k_reps,
+    'k_fit_range': list(args.k_fit_range),
+    'calibration': calib,
+    'reference': rows[REFERENCE],
+    'fanion': fanion_rows,
+  }
   fits = {
-      'time': size_fits(sizes, args.fit_min_n, 'normalized_s'),
-      'time_raw': size_fits(sizes, args.fit_min_n, 'median_s'),
-      'memory': size_fits(sizes, args.fit_min_n, 'memory'),
-      'flops': size_fits(sizes, args.fit_min_n, 'flops'),
-      'time_vs_k': k_fit(ksweep, args.k_fit_range, 'normalized_s'),
-      'time_vs_k_raw': k_fit(ksweep, args.k_fit_range, 'median_s'),
-      'memory_vs_k': k_fit(ksweep, args.k_fit_range, 'memory'),
+    'time': size_fits(sizes, args.fit_min_n, 'normalized_s'),
+    'time_raw': size_fits(sizes, args.fit_min_n, 'median_s'),
+    'memory': size_fits(sizes, args.fit_min_n, 'memory'),
+    'flops': size_fits(sizes, args.fit_min_n, 'flops'),
+    'time_vs_k': k_fit(ksweep, args.k_fit_range, 'normalized_s'),
+    'time_vs_k_raw': k_fit(ksweep, args.k_fit_range, 'median_s'),
+    'memory_vs_k': k_fit(ksweep, args.k_fit_range, 'memory'),
   }
   targets = evaluate_targets(sizes, ksweep, fits)
   elapsed = time.perf_counter() - start
@@ -611,30 +812,41 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   labels = {name: spec['label'] for name, spec in polar.items()}
   labels[FANION] = fanion_candidate(args.k)['label']
   payload = {
-      'benchmark': 'scaling',
-      'config': {
-          'quick': args.quick, 'sizes': args.sizes, 'k': args.k,
-          'k_sweep': args.ks, 'k_sweep_n': args.k_size,
-          'svd_max': args.svd_max, 'ns_max': NS_MAX,
-          'max_reps': args.max_reps, 'calibration_n': CALIBRATION_N,
-          'calibration_s': calibration_s,
-          'fit_min_n': args.fit_min_n, 'k_fit_range': list(args.k_fit_range),
-          'dtype': 'float32', 'learning_rate': LEARNING_RATE,
-          'load_average_start': load_start,
-          'step': 'tx.update + optax.apply_updates on {"w": (n, n)}',
-          'timing': ('AOT-compiled per size (compile excluded), one warm-up'
-                     ' call each, then interleaved rotated rounds; median.'
-                     ' Fanion timed on the warm state after one cold step.'),
-          'memory': ('compiled.memory_analysis(): argument + output + temp -'
-                     ' alias bytes; LAPACK workspace not included'),
-      },
-      'labels': labels,
-      'sizes': sizes,
-      'k_sweep': ksweep,
-      'fits': fits,
-      'targets': {name: bool(t['passed']) for name, t in targets.items()},
-      'target_details': targets,
-      'elapsed_s': elapsed,
+    'benchmark': 'scaling',
+    'config': {
+      'quick': args.quick,
+      'sizes': args.sizes,
+      'k': args.k,
+      'k_sweep': args.ks,
+      'k_sweep_n': args.k_size,
+      'svd_max': args.svd_max,
+      'ns_max': NS_MAX,
+      'max_reps': args.max_reps,
+      'calibration_n': CALIBRATION_N,
+      'calibration_s': calibration_s,
+      'fit_min_n': args.fit_min_n,
+      'k_fit_range': list(args.k_fit_range),
+      'dtype': 'float32',
+      'learning_rate': LEARNING_RATE,
+      'load_average_start': load_start,
+      'step': 'tx.update + optax.apply_updates on {"w": (n, n)}',
+      'timing': (
+        'AOT-compiled per size (compile excluded), one warm-up'
+        ' call each, then interleaved rotated rounds; median.'
+        ' Fanion timed on the warm state after one cold step.'
+      ),
+      'memory': (
+        'compiled.memory_analysis(): argument + output + temp -'
+        ' alias bytes; LAPACK workspace not included'
+      ),
+    },
+    'labels': labels,
+    'sizes': sizes,
+    'k_sweep': ksweep,
+    'fits': fits,
+    'targets': {name: bool(t['passed']) for name, t in targets.items()},
+    'target_details': targets,
+    'elapsed_s': elapsed,
   }
   for name, fit in fits['time'].items():
     _timing.log(f'  time slope {name}: {_slope_text(fit)}')

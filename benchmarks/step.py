@@ -118,8 +118,10 @@ class GPT2:
     return 'GPT-2 small' if self == GPT2() else 'GPT-2-like (reduced)'
 
   def describe(self) -> str:
-    return (f'GPT-2: {self.layers} layers, width {self.width}, vocab'
-            f' {self.vocab}, context {self.context}')
+    return (
+      f'GPT-2: {self.layers} layers, width {self.width}, vocab'
+      f' {self.vocab}, context {self.context}'
+    )
 
   def shapes(self) -> dict[str, Any]:
     """The nested dict of shapes; leaf names follow GPT-2 / Flax."""
@@ -132,17 +134,17 @@ class GPT2:
       return {'scale': (d,), 'bias': (d,)}
 
     tree: dict[str, Any] = {
-        'wte': {'embedding': (self.vocab, d)},
-        'wpe': {'embedding': (self.context, d)},
+      'wte': {'embedding': (self.vocab, d)},
+      'wpe': {'embedding': (self.context, d)},
     }
     tree['h'] = {
-        str(i): {
-            'ln_1': layer_norm(),
-            'attn': {'c_attn': dense(d, 3 * d), 'c_proj': dense(d, d)},
-            'ln_2': layer_norm(),
-            'mlp': {'c_fc': dense(d, 4 * d), 'c_proj': dense(4 * d, d)},
-        }
-        for i in range(self.layers)
+      str(i): {
+        'ln_1': layer_norm(),
+        'attn': {'c_attn': dense(d, 3 * d), 'c_proj': dense(d, d)},
+        'ln_2': layer_norm(),
+        'mlp': {'c_fc': dense(d, 4 * d), 'c_proj': dense(4 * d, d)},
+      }
+      for i in range(self.layers)
     }
     tree['ln_f'] = layer_norm()
     tree['head'] = {'kernel': (d, self.vocab)}
@@ -163,50 +165,68 @@ class ResNet:
   full_reps = 3
 
   name = 'resnet'
-  fallback = ('dimension_numbers: 4-D conv kernels -> DimensionNumbers((0, 1,'
-              ' 2), 3); BatchNorm scale/bias and the Dense_0 head -> None')
+  fallback = (
+    'dimension_numbers: 4-D conv kernels -> DimensionNumbers((0, 1,'
+    ' 2), 3); BatchNorm scale/bias and the Dense_0 head -> None'
+  )
 
   @property
   def title(self) -> str:
     return 'ResNet-50' if self == ResNet() else 'ResNet-like (reduced)'
 
   def describe(self) -> str:
-    return (f'ResNet: bottleneck stages {list(self.stages)}, width'
-            f' {self.width}, {self.classes} classes, NHWC conv kernels')
+    return (
+      f'ResNet: bottleneck stages {list(self.stages)}, width'
+      f' {self.width}, {self.classes} classes, NHWC conv kernels'
+    )
 
   def shapes(self) -> dict[str, Any]:
     """The nested dict of shapes; names follow flax/examples/imagenet."""
+
     def norm(c):
       return {'scale': (c,), 'bias': (c,)}
 
-    tree: dict[str, Any] = {'conv_init': {'kernel': (7, 7, 3, self.width)},
-                            'bn_init': norm(self.width)}
+    tree: dict[str, Any] = {
+      'conv_init': {'kernel': (7, 7, 3, self.width)},
+      'bn_init': norm(self.width),
+    }
     fan_in, block = self.width, 0
     for i, count in enumerate(self.stages):
       f = self.width * 2**i
       for j in range(count):
-        b = {'Conv_0': {'kernel': (1, 1, fan_in, f)}, 'BatchNorm_0': norm(f),
-             'Conv_1': {'kernel': (3, 3, f, f)}, 'BatchNorm_1': norm(f),
-             'Conv_2': {'kernel': (1, 1, f, 4 * f)},
-             'BatchNorm_2': norm(4 * f)}
+        b = {
+          'Conv_0': {'kernel': (1, 1, fan_in, f)},
+          'BatchNorm_0': norm(f),
+          'Conv_1': {'kernel': (3, 3, f, f)},
+          'BatchNorm_1': norm(f),
+          'Conv_2': {'kernel': (1, 1, f, 4 * f)},
+          'BatchNorm_2': norm(4 * f),
+        }
         if j == 0:
           b['conv_proj'] = {'kernel': (1, 1, fan_in, 4 * f)}
           b['norm_proj'] = norm(4 * f)
         tree[f'BottleneckResNetBlock_{block}'] = b
         fan_in, block = 4 * f, block + 1
-    tree['Dense_0'] = {'kernel': (fan_in, self.classes),
-                       'bias': (self.classes,)}
+    tree['Dense_0'] = {
+      'kernel': (fan_in, self.classes),
+      'bias': (self.classes,),
+    }
     return tree
 
   def fo_kwargs(self) -> dict[str, Any]:
     """Conv kernels are `(kh·kw·in, out)` matrices; the rest the fallback."""
-    return {'dimension_numbers': lambda params: jax.tree.map(
-        lambda x: CONV if x.ndim == 4 else None, params)}
+    return {
+      'dimension_numbers': lambda params: jax.tree.map(
+        lambda x: CONV if x.ndim == 4 else None, params
+      )
+    }
 
 
 FULL_TREES = {'gpt2': GPT2(), 'resnet': ResNet()}
-QUICK_TREES = {'gpt2': GPT2(layers=1, width=64, vocab=512, context=64),
-               'resnet': ResNet(stages=(1,), width=16, classes=10)}
+QUICK_TREES = {
+  'gpt2': GPT2(layers=1, width=64, vocab=512, context=64),
+  'resnet': ResNet(stages=(1,), width=16, classes=10),
+}
 
 
 def matrix_specs(tree, params: Any) -> Any:
@@ -217,17 +237,25 @@ def matrix_specs(tree, params: Any) -> Any:
 def optax_muon_dimension_numbers(tree, params: Any) -> Any:
   """The same split as `matrix_specs`, for `optax.contrib.muon`."""
   return jax.tree.map(
-      lambda spec: None if spec is None else contrib.MuonDimensionNumbers(
-          reduction_axis=spec.reduction_axes, output_axis=spec.output_axes),
-      matrix_specs(tree, params), is_leaf=lambda x: x is None)
+    lambda spec: (
+      None
+      if spec is None
+      else contrib.MuonDimensionNumbers(
+        reduction_axis=spec.reduction_axes, output_axis=spec.output_axes
+      )
+    ),
+    matrix_specs(tree, params),
+    is_leaf=lambda x: x is None,
+  )
 
 
 def count_params(tree, params: Any, k: int) -> dict[str, int]:
   """Parameter counts, and the matrices where Fanion-k is the full polar."""
   total = matrix = matrices = full_rank = 0
   # The resolved specs have params' structure, so the leaves pair up.
-  specs = jax.tree.leaves(matrix_specs(tree, params),
-                          is_leaf=lambda x: x is None)
+  specs = jax.tree.leaves(
+    matrix_specs(tree, params), is_leaf=lambda x: x is None
+  )
   for x, spec in zip(jax.tree.leaves(params), specs):
     total += x.size
     if spec is not None:
@@ -235,8 +263,13 @@ def count_params(tree, params: Any, k: int) -> dict[str, int]:
       matrix += x.size
       matrices += batch
       full_rank += batch * (min(m, n) <= k)
-  return {'total': total, 'matrix': matrix, 'fallback': total - matrix,
-          'matrices': matrices, 'matrices_min_side_le_k': full_rank}
+  return {
+    'total': total,
+    'matrix': matrix,
+    'fallback': total - matrix,
+    'matrices': matrices,
+    'matrices_min_side_le_k': full_rank,
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -253,30 +286,42 @@ def candidates(tree, k: int) -> dict[str, tuple[str, Callable[[], Any]]]:
   kw_02 = dict(kw, fallback=fo.adamw_fallback(0.02, b2=0.999))
   kw_sign = dict(kw, fallback=fo.adamw_fallback(3e-4, b2=0.999))
   return {
-      BASELINE: ('optax.adamw(3e-4)', lambda: optax.adamw(3e-4)),
-      OPTAX_MUON: (
-          'optax.contrib.muon(0.02, ns_steps=5), Jordan coefficients',
-          lambda: contrib.muon(0.02, ns_steps=5,
-                               muon_weight_dimension_numbers=dims)),
-      OURS_NS: (
-          'fo.muon(0.02, polar_method="newton_schulz", polar_steps=5)',
-          lambda: fo.muon(0.02, polar_method='newton_schulz', polar_steps=5,
-                          **kw_02)),
-      'fo.muon': ('fo.muon(0.02) (Polar Express, 5 steps)',
-                  lambda: fo.muon(0.02, **kw_02)),
-      'fo.f_muon': ('fo.f_muon(0.02)', lambda: fo.f_muon(0.02, **kw_02)),
-      'fo.s_muon': ('fo.s_muon(0.02)', lambda: fo.s_muon(0.02, **kw_02)),
-      f'fo.fanion(k={k})': (f'fo.fanion(0.02, {k})',
-                            lambda: fo.fanion(0.02, k, **kw_02)),
-      'fo.neon': ('fo.neon(0.02)', lambda: fo.neon(0.02, **kw_02)),
-      f'fo.f_fanion(k={k})': (f'fo.f_fanion(0.02, {k})',
-                              lambda: fo.f_fanion(0.02, k, **kw_02)),
-      f'fo.s_fanion(k={k})': (f'fo.s_fanion(0.02, {k})',
-                              lambda: fo.s_fanion(0.02, k, **kw_02)),
-      'fo.lion_k(sign)': (
-          'fo.lion_k(3e-4, fo.lmo.sign(), shape_scale=None)',
-          lambda: fo.lion_k(3e-4, fo.lmo.sign(), shape_scale=None,
-                            **kw_sign)),
+    BASELINE: ('optax.adamw(3e-4)', lambda: optax.adamw(3e-4)),
+    OPTAX_MUON: (
+      'optax.contrib.muon(0.02, ns_steps=5), Jordan coefficients',
+      lambda: contrib.muon(
+        0.02, ns_steps=5, muon_weight_dimension_numbers=dims
+      ),
+    ),
+    OURS_NS: (
+      'fo.muon(0.02, polar_method="newton_schulz", polar_steps=5)',
+      lambda: fo.muon(
+        0.02, polar_method='newton_schulz', polar_steps=5, **kw_02
+      ),
+    ),
+    'fo.muon': (
+      'fo.muon(0.02) (Polar Express, 5 steps)',
+      lambda: fo.muon(0.02, **kw_02),
+    ),
+    'fo.f_muon': ('fo.f_muon(0.02)', lambda: fo.f_muon(0.02, **kw_02)),
+    'fo.s_muon': ('fo.s_muon(0.02)', lambda: fo.s_muon(0.02, **kw_02)),
+    f'fo.fanion(k={k})': (
+      f'fo.fanion(0.02, {k})',
+      lambda: fo.fanion(0.02, k, **kw_02),
+    ),
+    'fo.neon': ('fo.neon(0.02)', lambda: fo.neon(0.02, **kw_02)),
+    f'fo.f_fanion(k={k})': (
+      f'fo.f_fanion(0.02, {k})',
+      lambda: fo.f_fanion(0.02, k, **kw_02),
+    ),
+    f'fo.s_fanion(k={k})': (
+      f'fo.s_fanion(0.02, {k})',
+      lambda: fo.s_fanion(0.02, k, **kw_02),
+    ),
+    'fo.lion_k(sign)': (
+      'fo.lion_k(3e-4, fo.lmo.sign(), shape_scale=None)',
+      lambda: fo.lion_k(3e-4, fo.lmo.sign(), shape_scale=None, **kw_sign),
+    ),
   }
 
 
@@ -284,20 +329,21 @@ def make_step(tx: optax.GradientTransformation):
   def step(params, state, grads):
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
+
   return step
 
 
 def time_steps(
-    steps: dict[str, Any],
-    inits: dict[str, Any],
-    params: Any,
-    grads: Any,
-    *,
-    reps: int,
-    keep_state: Sequence[str] = (),
-    warmup: int = 1,
-    compile_s: dict[str, float] | None = None,
-    on_call: Callable[[], None] = lambda: None,
+  steps: dict[str, Any],
+  inits: dict[str, Any],
+  params: Any,
+  grads: Any,
+  *,
+  reps: int,
+  keep_state: Sequence[str] = (),
+  warmup: int = 1,
+  compile_s: dict[str, float] | None = None,
+  on_call: Callable[[], None] = lambda: None,
 ) -> dict[str, _timing.Timing]:
   """Interleaved rotated rounds, like `_timing.time_side_by_side`.
 
@@ -319,7 +365,8 @@ def time_steps(
     if state is None:
       state = jax.block_until_ready(inits[name](params))
     seconds, (_, new_state) = _timing.time_call(
-        lambda: steps[name](params, state, grads))
+      lambda: steps[name](params, state, grads)
+    )
     on_call()
     return seconds, new_state
 
@@ -329,8 +376,10 @@ def time_steps(
       if name in keep_state:
         kept[name] = new_state
       del new_state
-  timings = {name: _timing.Timing(name, compile_s=(compile_s or {}).get(name))
-             for name in names}
+  timings = {
+    name: _timing.Timing(name, compile_s=(compile_s or {}).get(name))
+    for name in names
+  }
   for r in range(reps):
     shift = r % len(names)
     for name in names[shift:] + names[:shift]:
@@ -339,40 +388,56 @@ def time_steps(
   return timings
 
 
-def bench_tree(tree, specs: dict[str, tuple[str, Callable[[], Any]]],
-               k: int, reps: int, bar) -> dict[str, Any]:
+def bench_tree(
+  tree, specs: dict[str, tuple[str, Callable[[], Any]]], k: int, reps: int, bar
+) -> dict[str, Any]:
   """Compiles and times every candidate on one tree; its rows and counts."""
   shapes = tree.shapes()
   params = _timing.random_tree(shapes, seed=0, scale=0.02)
   grads = _timing.random_tree(shapes, seed=1)
   counts = count_params(tree, params, k)
-  bar.write(f'[{tree.name}] {tree.describe()}: {counts["total"] / 1e6:.1f}M'
-            f' parameters, {counts["matrix"] / 1e6:.1f}M in'
-            f' {counts["matrices"]} matrices ({counts["matrices_min_side_le_k"]}'
-            f' with min(m, n) <= k={k}); {reps} rounds')
+  bar.write(
+    f'[{tree.name}] {tree.describe()}: {counts["total"] / 1e6:.1f}M'
+    f' parameters, {counts["matrix"] / 1e6:.1f}M in'
+    f' {counts["matrices"]} matrices ({counts["matrices_min_side_le_k"]}'
+    f' with min(m, n) <= k={k}); {reps} rounds'
+  )
   inits, steps, compile_s, flops = {}, {}, {}, {}
   for name, (_, make) in specs.items():
     tx = make()
     inits[name] = jax.jit(tx.init)
     state = jax.block_until_ready(inits[name](params))
     steps[name], compile_s[name] = _timing.compile_ahead(
-        make_step(tx), params, state, grads)
+      make_step(tx), params, state, grads
+    )
     flops[name] = _timing.flops_of(steps[name])
     del state
     bar.update()
   warm = [name for name in steps if re.search(LOWRANK, name)]
-  timings = time_steps(steps, inits, params, grads, reps=reps,
-                       keep_state=warm, compile_s=compile_s,
-                       on_call=bar.update)
+  timings = time_steps(
+    steps,
+    inits,
+    params,
+    grads,
+    reps=reps,
+    keep_state=warm,
+    compile_s=compile_s,
+    on_call=bar.update,
+  )
   rows = _timing.summarize(timings, baseline=BASELINE)
   for name, row in rows.items():
     row['label'] = specs[name][0]
     row['flops'] = flops[name]
     row['ms_per_step'] = 1e3 * row['median_s']
-  return {'title': tree.title, 'description': tree.describe(),
-          'shape_config': dataclasses.asdict(tree), 'reps': reps,
-          'params': counts, 'fallback': tree.fallback,
-          'candidates': rows}
+  return {
+    'title': tree.title,
+    'description': tree.describe(),
+    'shape_config': dataclasses.asdict(tree),
+    'reps': reps,
+    'params': counts,
+    'fallback': tree.fallback,
+    'candidates': rows,
+  }
 
 
 # ----------------------------------------------------------------------------
@@ -384,63 +449,103 @@ def evaluate_target(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
   pairs = [a / b for a, b in zip(ours['times_s'], theirs['times_s'])]
   paired = statistics.median(pairs)
   return {
-      'passed': paired <= NS_RATIO_MAX,
-      'threshold': NS_RATIO_MAX,
-      'judged_on': 'paired_ratio (median over rounds of the per-round'
-                   ' ratio; the rounds are interleaved)',
-      'paired_ratio': paired,
-      'ratio_of_medians': ours['median_s'] / theirs['median_s'],
-      'ratio_of_mins': ours['min_s'] / theirs['min_s'],
-      'per_round_ratios': pairs,
-      'flops_ratio': (ours['flops'] / theirs['flops']
-                      if ours['flops'] and theirs['flops'] else None),
+    'passed': paired <= NS_RATIO_MAX,
+    'threshold': NS_RATIO_MAX,
+    'judged_on': 'paired_ratio (median over rounds of the per-round'
+    ' ratio; the rounds are interleaved)',
+    'paired_ratio': paired,
+    'ratio_of_medians': ours['median_s'] / theirs['median_s'],
+    'ratio_of_mins': ours['min_s'] / theirs['min_s'],
+    'per_round_ratios': pairs,
+    'flops_ratio': (
+      ours['flops'] / theirs['flops']
+      if ours['flops'] and theirs['flops']
+      else None
+    ),
   }
 
 
 def print_table(rows: dict[str, dict[str, Any]]) -> None:
-  print(_timing.text_table(
-      ['optimizer', 'median ms', 'min ms', 'x adamw', 'paired', 'GFLOP',
-       'compile s'],
-      [[name, f'{1e3 * r["median_s"]:.1f}', f'{1e3 * r["min_s"]:.1f}',
-        f'{r["ratio"]:.2f}', f'{r["paired_ratio"]:.2f}',
-        None if r['flops'] is None else f'{r["flops"] / 1e9:.1f}',
-        f'{r["compile_s"]:.1f}'] for name, r in rows.items()]))
+  print(
+    _timing.text_table(
+      [
+        'optimizer',
+        'median ms',
+        'min ms',
+        'x adamw',
+        'paired',
+        'GFLOP',
+        'compile s',
+      ],
+      [
+        [
+          name,
+          f'{1e3 * r["median_s"]:.1f}',
+          f'{1e3 * r["min_s"]:.1f}',
+          f'{r["ratio"]:.2f}',
+          f'{r["paired_ratio"]:.2f}',
+          None if r['flops'] is None else f'{r["flops"] / 1e9:.1f}',
+          f'{r["compile_s"]:.1f}',
+        ]
+        for name, r in rows.items()
+      ],
+    )
+  )
 
 
-def plot(trees: dict[str, dict[str, Any]], path: str, title: str,
-         skipped: Sequence[str] = ()) -> None:
+def plot(
+  trees: dict[str, dict[str, Any]],
+  path: str,
+  title: str,
+  skipped: Sequence[str] = (),
+) -> None:
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
   n = max(len(t['candidates']) for t in trees.values())
-  fig, axes = plt.subplots(1, len(trees), squeeze=False,
-                           figsize=(7.5 * len(trees), 0.45 * n + 2.2))
+  fig, axes = plt.subplots(
+    1, len(trees), squeeze=False, figsize=(7.5 * len(trees), 0.45 * n + 2.2)
+  )
   for ax, result in zip(axes[0], trees.values()):
     rows = result['candidates']
     names = list(rows)[::-1]
     ratios = [rows[name]['ratio'] for name in names]
-    colors = ['tab:gray' if name.startswith('optax') else 'tab:blue'
-              for name in names]
+    colors = [
+      'tab:gray' if name.startswith('optax') else 'tab:blue' for name in names
+    ]
     y = np.arange(len(names))
     ax.barh(y, ratios, color=colors)
     for yi, name, r in zip(y, names, ratios):
-      ax.text(r, yi, f' {r:.2f}x ({rows[name]["ms_per_step"]:.0f} ms)',
-              va='center', fontsize=8)
+      ax.text(
+        r,
+        yi,
+        f' {r:.2f}x ({rows[name]["ms_per_step"]:.0f} ms)',
+        va='center',
+        fontsize=8,
+      )
     ax.axvline(1.0, color='k', lw=0.8, ls='--')
     ax.set_yticks(y, names)
     ax.set_xscale('log')
     ax.set_xlim(right=max(ratios) * 4)
     ax.set_xlabel('median step time / optax.adamw step time (log scale)')
     p = result['params']
-    ax.set_title(f'{result["title"]} tree: {p["total"] / 1e6:.3g}M params,'
-                 f' {p["matrices"]} matrices, median of {result["reps"]}',
-                 fontsize=9)
+    ax.set_title(
+      f'{result["title"]} tree: {p["total"] / 1e6:.3g}M params,'
+      f' {p["matrices"]} matrices, median of {result["reps"]}',
+      fontsize=9,
+    )
     ax.grid(True, axis='x', which='both', alpha=0.3)
   fig.suptitle(title, fontsize=10)
   if skipped:
-    fig.text(0.01, 0.01, 'not run here (see "skipped" in the JSON): '
-             + ', '.join(skipped), fontsize=7, color='tab:red')
+    fig.text(
+      0.01,
+      0.01,
+      'not run here (see "skipped" in the JSON): ' + ', '.join(skipped),
+      fontsize=7,
+      color='tab:red',
+    )
   fig.tight_layout(rect=(0, 0.03 if skipped else 0, 1, 1))
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -451,26 +556,45 @@ def plot(trees: dict[str, dict[str, Any]], path: str, title: str,
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = _timing.benchmark_parser(
-      'step', __doc__,
-      'tiny trees (1 GPT-2 layer of width 64, one'
-      f' ResNet block of width 16), k={QUICK_K},'
-      f' {QUICK_REPS} reps, only adamw, the two Newton-Schulz'
-      ' Muons and fanion: a smoke test')
-  parser.add_argument('--tree', choices=('gpt2', 'resnet', 'all'),
-                      default='all', help='which parameter tree (default'
-                      ' all)')
-  parser.add_argument('--reps', type=int, default=None,
-                      help='timed rounds (default: GPT-2'
-                      f' {GPT2.full_reps}, ResNet {ResNet.full_reps}; quick'
-                      f' {QUICK_REPS})')
-  parser.add_argument('--layers', type=int, default=None,
-                      help='number of GPT-2 layers (default 12, quick 1)')
-  parser.add_argument('--k', type=int, default=None,
-                      help=f'rank of the Fanion candidates (default {FULL_K},'
-                      f' quick {QUICK_K})')
-  parser.add_argument('--skip', default=None, metavar='REGEX',
-                      help='leave out the candidates whose name matches'
-                      ' REGEX (searched)')
+    'step',
+    __doc__,
+    'tiny trees (1 GPT-2 layer of width 64, one'
+    f' ResNet block of width 16), k={QUICK_K},'
+    f' {QUICK_REPS} reps, only adamw, the two Newton-Schulz'
+    ' Muons and fanion: a smoke test',
+  )
+  parser.add_argument(
+    '--tree',
+    choices=('gpt2', 'resnet', 'all'),
+    default='all',
+    help='which parameter tree (default all)',
+  )
+  parser.add_argument(
+    '--reps',
+    type=int,
+    default=None,
+    help='timed rounds (default: GPT-2'
+    f' {GPT2.full_reps}, ResNet {ResNet.full_reps}; quick'
+    f' {QUICK_REPS})',
+  )
+  parser.add_argument(
+    '--layers',
+    type=int,
+    default=None,
+    help='number of GPT-2 layers (default 12, quick 1)',
+  )
+  parser.add_argument(
+    '--k',
+    type=int,
+    default=None,
+    help=f'rank of the Fanion candidates (default {FULL_K}, quick {QUICK_K})',
+  )
+  parser.add_argument(
+    '--skip',
+    default=None,
+    metavar='REGEX',
+    help='leave out the candidates whose name matches REGEX (searched)',
+  )
   args = parser.parse_args(argv)
   trees = dict(QUICK_TREES if args.quick else FULL_TREES)
   if args.tree != 'all':
@@ -499,33 +623,43 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parse_args(argv)
   start = time.perf_counter()
-  _timing.log(f'step benchmark ({"quick" if args.quick else "full"}):'
-              f' trees {", ".join(args.trees)}; k {args.k};'
-              f' device {jax.devices()[0].device_kind}')
-  specs = {name: candidates(tree, args.k)
-           for name, tree in args.trees.items()}
+  _timing.log(
+    f'step benchmark ({"quick" if args.quick else "full"}):'
+    f' trees {", ".join(args.trees)}; k {args.k};'
+    f' device {jax.devices()[0].device_kind}'
+  )
+  specs = {name: candidates(tree, args.k) for name, tree in args.trees.items()}
   first = next(iter(specs.values()))
-  skipped = ({n: f'--skip {args.skip!r}' for n in first
-              if re.search(args.skip, n)} if args.skip else {})
+  skipped = (
+    {n: f'--skip {args.skip!r}' for n in first if re.search(args.skip, n)}
+    if args.skip
+    else {}
+  )
   if args.quick:
     # Compilation dominates a smoke test: keep one candidate per code path.
     quick = (BASELINE, OPTAX_MUON, OURS_NS, f'fo.fanion(k={args.k})')
-    skipped.update({n: '--quick' for n in first
-                    if n not in quick and n not in skipped})
+    skipped.update(
+      {n: '--quick' for n in first if n not in quick and n not in skipped}
+    )
   for name in (BASELINE, OPTAX_MUON, OURS_NS):
     if name in skipped:
       raise SystemExit(f'{name} is needed for the ratios; do not skip it.')
   labels = {name: spec[0] for name, spec in first.items()}
-  specs = {t: {n: s for n, s in cands.items() if n not in skipped}
-           for t, cands in specs.items()}
+  specs = {
+    t: {n: s for n, s in cands.items() if n not in skipped}
+    for t, cands in specs.items()
+  }
   # One unit per compilation and per step call (warm-up and timed rounds).
-  total = sum(len(specs[name]) * (2 + reps_for(tree, args))
-              for name, tree in args.trees.items())
+  total = sum(
+    len(specs[name]) * (2 + reps_for(tree, args))
+    for name, tree in args.trees.items()
+  )
   results: dict[str, dict[str, Any]] = {}
   with _timing.progress_bar(total, 'step', unit='call') as bar:
     for name, tree in args.trees.items():
-      results[name] = bench_tree(tree, specs[name], args.k,
-                                 reps_for(tree, args), bar)
+      results[name] = bench_tree(
+        tree, specs[name], args.k, reps_for(tree, args), bar
+      )
   targets = {}
   for name, result in results.items():
     result['target'] = evaluate_target(result['candidates'])
@@ -536,55 +670,73 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f'\n{result["description"]}')
     print_table(result['candidates'])
   _timing.print_targets(
-      targets, lambda t: f'paired {t["paired_ratio"]:.3f}, medians'
-      f' {t["ratio_of_medians"]:.3f}')
+    targets,
+    lambda t: (
+      f'paired {t["paired_ratio"]:.3f}, medians {t["ratio_of_medians"]:.3f}'
+    ),
+  )
 
   payload = {
-      'benchmark': 'step',
-      'config': {
-          'quick': args.quick,
-          'trees': list(args.trees),
-          'fanion_k': args.k,
-          'fanion_k_note': ('matrices with min(m, n) <= k get the full polar'
-                            ' factor (Fanion-k is Muon there); counted per'
-                            ' tree in params.matrices_min_side_le_k'),
-          'openblas_num_threads': os.environ.get('OPENBLAS_NUM_THREADS'),
-          'reps': {name: r['reps'] for name, r in results.items()},
-          'warmup': 1,
-          'dtype': 'float32',
-          'baseline': BASELINE,
-          'optax_muon_split': ('muon_weight_dimension_numbers translated'
-                               " from fanion_optax's resolved dimension"
-                               ' numbers: the same matrices in both'),
-          'step': ('jit(tx.update + optax.apply_updates), compiled ahead of'
-                   ' time, nothing donated; params 0.02*N(0,1), grads'
-                   ' N(0,1), fixed across calls'),
-          'timing': ('compile excluded, one warm-up call each, then'
-                     ' interleaved rotated rounds per tree in one process;'
-                     ' median. Each call gets a freshly initialised state,'
-                     ' made outside the timed region, to bound memory,'
-                     ' except the warm-started Fanion/Neon candidates, timed'
-                     ' on the state after their warm-up step (warm branch)'),
-          'flops': ("XLA's compiled cost_analysis()['flops'] of the step;"
-                    ' for Fanion/Neon it counts the costlier branch of'
-                    " KyFan.update's cold/warm lax.cond (the 10-iteration"
-                    ' cold start), while the timing is of warm steps'),
-      },
-      'trees': results,
-      'skipped': {name: {'label': labels[name], 'reason': reason}
-                  for name, reason in skipped.items()},
-      'targets': {name: t['passed'] for name, t in targets.items()},
-      'target_details': targets,
-      'elapsed_s': elapsed,
+    'benchmark': 'step',
+    'config': {
+      'quick': args.quick,
+      'trees': list(args.trees),
+      'fanion_k': args.k,
+      'fanion_k_note': (
+        'matrices with min(m, n) <= k get the full polar'
+        ' factor (Fanion-k is Muon there); counted per'
+        ' tree in params.matrices_min_side_le_k'
+      ),
+      'openblas_num_threads': os.environ.get('OPENBLAS_NUM_THREADS'),
+      'reps': {name: r['reps'] for name, r in results.items()},
+      'warmup': 1,
+      'dtype': 'float32',
+      'baseline': BASELINE,
+      'optax_muon_split': (
+        'muon_weight_dimension_numbers translated'
+        " from fanion_optax's resolved dimension"
+        ' numbers: the same matrices in both'
+      ),
+      'step': (
+        'jit(tx.update + optax.apply_updates), compiled ahead of'
+        ' time, nothing donated; params 0.02*N(0,1), grads'
+        ' N(0,1), fixed across calls'
+      ),
+      'timing': (
+        'compile excluded, one warm-up call each, then'
+        ' interleaved rotated rounds per tree in one process;'
+        ' median. Each call gets a freshly initialised state,'
+        ' made outside the timed region, to bound memory,'
+        ' except the warm-started Fanion/Neon candidates, timed'
+        ' on the state after their warm-up step (warm branch)'
+      ),
+      'flops': (
+        "XLA's compiled cost_analysis()['flops'] of the step;"
+        ' for Fanion/Neon it counts the costlier branch of'
+        " KyFan.update's cold/warm lax.cond (the 10-iteration"
+        ' cold start), while the timing is of warm steps'
+      ),
+    },
+    'trees': results,
+    'skipped': {
+      name: {'label': labels[name], 'reason': reason}
+      for name, reason in skipped.items()
+    },
+    'targets': {name: t['passed'] for name, t in targets.items()},
+    'target_details': targets,
+    'elapsed_s': elapsed,
   }
 
   def draw(document, png):
     meta = document['metadata']
-    plot(results, png,
-         f'One optimizer step (update + apply), float32 on'
-         f' {meta["device_kind"]} ({meta["cpu_affinity"]} CPUs), Fanion'
-         f' k={args.k}' + (' [quick: tiny trees]' if args.quick else ''),
-         skipped=list(skipped))
+    plot(
+      results,
+      png,
+      f'One optimizer step (update + apply), float32 on'
+      f' {meta["device_kind"]} ({meta["cpu_affinity"]} CPUs), Fanion'
+      f' k={args.k}' + (' [quick: tiny trees]' if args.quick else ''),
+      skipped=list(skipped),
+    )
 
   return _timing.save_results('step', args.out, payload, argv, draw)
 
@@ -599,28 +751,39 @@ def markdown(d: dict[str, Any]) -> str:
   out = []
   for result in d['trees'].values():
     p, t = result['params'], result['target']
-    lines = [f'**{result["title"]}** ({result["description"]};'
-             f' {p["total"] / 1e6:.3g}M parameters, {p["matrix"] / 1e6:.3g}M'
-             f' in {p["matrices"]} matrices, {p["matrices_min_side_le_k"]} of'
-             f' them with min(m, n) <= k = {k}; fallback: {result["fallback"]};'
-             f' median of {result["reps"]} rounds).', '',
-             '| optimizer | ms/step | ratio to optax.adamw | GFLOP/step |',
-             '|---|---|---|---|']
+    lines = [
+      f'**{result["title"]}** ({result["description"]};'
+      f' {p["total"] / 1e6:.3g}M parameters, {p["matrix"] / 1e6:.3g}M'
+      f' in {p["matrices"]} matrices, {p["matrices_min_side_le_k"]} of'
+      f' them with min(m, n) <= k = {k}; fallback: {result["fallback"]};'
+      f' median of {result["reps"]} rounds).',
+      '',
+      '| optimizer | ms/step | ratio to optax.adamw | GFLOP/step |',
+      '|---|---|---|---|',
+    ]
     for r in result['candidates'].values():
       flops = r['flops']
-      lines.append(f'| {r["label"]} | {_num(r["ms_per_step"])} |'
-                   f' {r["ratio"]:.2f} |'
-                   f' {"—" if flops is None else _num(flops / 1e9)} |')
-    lines += ['', f'fo.muon(newton_schulz) / optax.contrib.muon: paired'
-              f' {t["paired_ratio"]:.3f} (target <= {t["threshold"]}).']
+      lines.append(
+        f'| {r["label"]} | {_num(r["ms_per_step"])} |'
+        f' {r["ratio"]:.2f} |'
+        f' {"—" if flops is None else _num(flops / 1e9)} |'
+      )
+    lines += [
+      '',
+      f'fo.muon(newton_schulz) / optax.contrib.muon: paired'
+      f' {t["paired_ratio"]:.3f} (target <= {t["threshold"]}).',
+    ]
     out.append('\n'.join(lines))
-  return ('The step is `update` + `apply_updates`, compiled ahead of time;'
-          ' all Muon-like candidates orthogonalise the same matrices (the'
-          ' embeddings, heads and vectors go to AdamW). Full-rank polar'
-          ' methods cost about the same FLOPs whatever the coefficients,'
-          ' Fanion-k costs O(mnk) per warm step instead of O(mn·min(m, n)),'
-          ' so its advantage grows with the width of the matrices.\n\n'
-          + '\n\n'.join(out) + '\n')
+  return (
+    'The step is `update` + `apply_updates`, compiled ahead of time;'
+    ' all Muon-like candidates orthogonalise the same matrices (the'
+    ' embeddings, heads and vectors go to AdamW). Full-rank polar'
+    ' methods cost about the same FLOPs whatever the coefficients,'
+    ' Fanion-k costs O(mnk) per warm step instead of O(mn·min(m, n)),'
+    ' so its advantage grows with the width of the matrices.\n\n'
+    + '\n\n'.join(out)
+    + '\n'
+  )
 
 
 if __name__ == '__main__':

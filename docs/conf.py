@@ -35,33 +35,33 @@ version = '.'.join(release.split('.')[:2])
 # -- Extensions --------------------------------------------------------------
 
 extensions = [
-    'sphinx.ext.autodoc',
-    'sphinx.ext.autosummary',
-    'sphinx.ext.napoleon',
-    'sphinx.ext.mathjax',
-    'sphinx.ext.doctest',
-    'sphinx.ext.viewcode',
-    'myst_nb',  # also registers myst_parser for the .md pages
-    'sphinx_copybutton',
-    # docs/_ext/
-    'fanion_docstrings',   # Markdown-flavoured docstrings, `name` links
-    'fanion_notebooks',    # copies notebooks/ into docs/notebooks/
-    'fanion_benchmarks',   # benchmark pages from benchmarks/results/*.json
+  'sphinx.ext.autodoc',
+  'sphinx.ext.autosummary',
+  'sphinx.ext.napoleon',
+  'sphinx.ext.mathjax',
+  'sphinx.ext.doctest',
+  'sphinx.ext.viewcode',
+  'myst_nb',  # also registers myst_parser for the .md pages
+  'sphinx_copybutton',
+  # docs/_ext/
+  'fanion_docstrings',  # Markdown-flavoured docstrings, `name` links
+  'fanion_notebooks',  # copies notebooks/ into docs/notebooks/
+  'fanion_benchmarks',  # benchmark pages from benchmarks/results/*.json
 ]
 
 source_suffix = {
-    '.rst': 'restructuredtext',
-    '.md': 'myst-nb',
-    '.ipynb': 'myst-nb',
+  '.rst': 'restructuredtext',
+  '.md': 'myst-nb',
+  '.ipynb': 'myst-nb',
 }
 root_doc = 'index'
 exclude_patterns = [
-    '_build',
-    'Thumbs.db',
-    '.DS_Store',
-    '**.ipynb_checkpoints',
-    # Included into benchmarks.md, not a page of its own.
-    '_generated/benchmarks_summary.md',
+  '_build',
+  'Thumbs.db',
+  '.DS_Store',
+  '**.ipynb_checkpoints',
+  # Included into benchmarks.md, not a page of its own.
+  '_generated/benchmarks_summary.md',
 ]
 templates_path: list[str] = []
 # Single backticks in the docstrings (reStructuredText's default role): code,
@@ -76,14 +76,14 @@ nitpicky = True
 # the inventories would come from the network). Builtins resolve by
 # themselves; every other unresolved reference is an error.
 nitpick_ignore_regex = [
-    ('py:.*', r'(jax|jaxlib|optax|numpy|np|jnp|chex|flax)\..*'),
-    ('py:.*', r'(collections\.abc|typing)\..*'),
+  ('py:.*', r'(jax|jaxlib|optax|numpy|np|jnp|chex|flax)\..*'),
+  ('py:.*', r'(collections\.abc|typing)\..*'),
 ]
 
 # -- autodoc / autosummary / napoleon ----------------------------------------
 
 autodoc_default_options = {
-    'member-order': 'bysource',
+  'member-order': 'bysource',
 }
 autodoc_typehints = 'signature'
 autodoc_typehints_format = 'short'
@@ -95,24 +95,27 @@ autodoc_class_signature = 'mixed'
 # fanion_docstrings.py) where it shows them as written (the presets, whose
 # **options annotation uses typing.Unpack and cannot be evaluated).
 _ALIASES = {
-    'fanion_optax.distributed.Split': ('Split', 'distributed.Split'),
-    'fanion_optax.lmo.Shape': ('Shape',),
-    'fanion_optax.lmo.State': ('State',),
-    'fanion_optax.lmo.TopKMethod': ('TopKMethod', 'lmo_lib.TopKMethod'),
-    'fanion_optax.partition.DimensionNumbersSpec': (
-        'DimensionNumbersSpec', 'partition.DimensionNumbersSpec'),
-    'fanion_optax.partition.ShapeScale': ('ShapeScale',
-                                          'partition.ShapeScale'),
-    'fanion_optax.polar.CoefficientRows': ('CoefficientRows',),
-    'fanion_optax.polar.PolarMethod': ('PolarMethod', 'polar_lib.PolarMethod'),
-    'jax.typing.ArrayLike': ('jax.typing.ArrayLike',),
-    'jax.typing.DTypeLike': ('jax.typing.DTypeLike',),
-    'optax.GradientTransformationExtraArgs': ('Optimizer',),
-    'optax.ScalarOrSchedule': ('ScalarOrSchedule', 'optax.ScalarOrSchedule'),
+  'fanion_optax.distributed.Split': ('Split', 'distributed.Split'),
+  'fanion_optax.lmo.Shape': ('Shape',),
+  'fanion_optax.lmo.State': ('State',),
+  'fanion_optax.lmo.TopKMethod': ('TopKMethod', 'lmo_lib.TopKMethod'),
+  'fanion_optax.partition.DimensionNumbersSpec': (
+    'DimensionNumbersSpec',
+    'partition.DimensionNumbersSpec',
+  ),
+  'fanion_optax.partition.ShapeScale': ('ShapeScale', 'partition.ShapeScale'),
+  'fanion_optax.polar.CoefficientRows': ('CoefficientRows',),
+  'fanion_optax.polar.PolarMethod': ('PolarMethod', 'polar_lib.PolarMethod'),
+  'jax.typing.ArrayLike': ('jax.typing.ArrayLike',),
+  'jax.typing.DTypeLike': ('jax.typing.DTypeLike',),
+  'optax.GradientTransformationExtraArgs': ('Optimizer',),
+  'optax.ScalarOrSchedule': ('ScalarOrSchedule', 'optax.ScalarOrSchedule'),
 }
 autodoc_type_aliases = {
-    spelling: full
-    for full, spellings in _ALIASES.items() for spelling in spellings}
+  spelling: full
+  for full, spellings in _ALIASES.items()
+  for spelling in spellings
+}
 fanion_signature_names = autodoc_type_aliases
 autosummary_generate = False
 python_use_unqualified_type_names = True
@@ -128,14 +131,14 @@ napoleon_use_rtype = False
 # -- MyST / myst-nb ----------------------------------------------------------
 
 myst_enable_extensions = [
-    'amsmath',
-    'dollarmath',
-    'colon_fence',
-    'deflist',
+  'amsmath',
+  'dollarmath',
+  'colon_fence',
+  'deflist',
 ]
 myst_heading_anchors = 3
 myst_dmath_double_inline = True
-nb_execution_mode = 'off'   # the committed outputs are shown as they are
+nb_execution_mode = 'off'  # the committed outputs are shown as they are
 nb_output_stderr = 'show'
 nb_merge_streams = True
 
@@ -144,8 +147,11 @@ nb_merge_streams = True
 # The `{doctest}` / `{testcode}` blocks of the Markdown pages, and the `>>>`
 # examples of the docstrings (also run by pytest --doctest-modules), with
 # pytest's option flags.
-doctest_default_flags = (doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
-                         | doctest.DONT_ACCEPT_TRUE_FOR_1)
+doctest_default_flags = (
+  doctest.ELLIPSIS
+  | doctest.NORMALIZE_WHITESPACE
+  | doctest.DONT_ACCEPT_TRUE_FOR_1
+)
 doctest_global_setup = """
 import os
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
@@ -158,15 +164,15 @@ html_title = f'fanion_optax {release}'
 html_static_path = ['_static']
 html_css_files = ['custom.css']
 html_theme_options = {
-    'repository_url': 'https://github.com/fanion-optax/fanion_optax',
-    'repository_branch': 'main',
-    'path_to_docs': 'docs',
-    'use_repository_button': True,
-    'use_source_button': False,
-    'use_edit_page_button': False,
-    'use_download_button': True,
-    'show_toc_level': 2,
-    'home_page_in_toc': True,
+  'repository_url': 'https://github.com/fanion-optax/fanion_optax',
+  'repository_branch': 'main',
+  'path_to_docs': 'docs',
+  'use_repository_button': True,
+  'use_source_button': False,
+  'use_edit_page_button': False,
+  'use_download_button': True,
+  'show_toc_level': 2,
+  'home_page_in_toc': True,
 }
 copybutton_prompt_text = r'>>> |\.\.\. |\$ '
 copybutton_prompt_is_regexp = True
@@ -176,11 +182,11 @@ copybutton_prompt_is_regexp = True
 linkcheck_timeout = 30
 linkcheck_retries = 2
 linkcheck_anchors_ignore_for_url = [
-    # GitHub renders README anchors with JavaScript.
-    r'https://github\.com/.*',
+  # GitHub renders README anchors with JavaScript.
+  r'https://github\.com/.*',
 ]
 linkcheck_ignore = [
-    # The notebooks' "Open in Colab" links: Colab answers every such URL
-    # with its (JavaScript) app page, so checking them proves nothing.
-    r'https://colab\.research\.google\.com/github/.*',
+  # The notebooks' "Open in Colab" links: Colab answers every such URL
+  # with its (JavaScript) app page, so checking them proves nothing.
+  r'https://colab\.research\.google\.com/github/.*',
 ]

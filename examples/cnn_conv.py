@@ -42,8 +42,9 @@ EXCLUDE = (r'^head/',)  # the classifier goes to AdamW
 _as_pure = getattr(nnx, 'as_pure', None) or nnx.pure
 
 
-def make_images(rng: np.random.Generator, n: int, noise: float
-                ) -> tuple[np.ndarray, np.ndarray]:
+def make_images(
+  rng: np.random.Generator, n: int, noise: float
+) -> tuple[np.ndarray, np.ndarray]:
   """`n` noisy 8×8 images of oriented bars and their labels (0..3).
 
   Args:
@@ -78,8 +79,7 @@ class CNN(nnx.Module):
 
   def __init__(self, channels: int, *, rngs: nnx.Rngs):
     self.conv1 = nnx.Conv(1, channels, kernel_size=(3, 3), rngs=rngs)
-    self.conv2 = nnx.Conv(channels, 2 * channels, kernel_size=(3, 3),
-                          rngs=rngs)
+    self.conv2 = nnx.Conv(channels, 2 * channels, kernel_size=(3, 3), rngs=rngs)
     self.head = nnx.Linear(2 * channels, len(CLASSES), rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -94,17 +94,20 @@ def dimension_numbers(params: Any) -> Any:
   Called by the optimizer with the parameter tree; leaves mapped to `None`
   (biases) go to the fallback.
   """
+
   def spec(x):
     if x.ndim == 4:
       return fo.DimensionNumbers(reduction_axes=(0, 1, 2), output_axes=3)
     if x.ndim == 2:
       return fo.DimensionNumbers(reduction_axes=0, output_axes=1)
     return None
+
   return jax.tree.map(spec, params)
 
 
-def make_optimizer(name: str, args: argparse.Namespace
-                   ) -> optax.GradientTransformation:
+def make_optimizer(
+  name: str, args: argparse.Namespace
+) -> optax.GradientTransformation:
   """Muon on the kernels (AdamW for biases and head), or plain AdamW."""
   if name == 'adamw':
     return optax.adamw(args.adam_lr)
@@ -112,22 +115,26 @@ def make_optimizer(name: str, args: argparse.Namespace
   # the ball the excess shrinks by (1 − ελ) per step. The fallback is AdamW
   # at the baseline's learning rate with `b2 = 0.999` (the default
   # `fo.adamw_fallback()` is AdamW at 3e-4 with `b2 = 0.95`).
-  return fo.muon(args.muon_lr, weight_decay=args.weight_decay,
-                 dimension_numbers=dimension_numbers, exclude=EXCLUDE,
-                 fallback=fo.adamw_fallback(args.adam_lr, b2=0.999))
+  return fo.muon(
+    args.muon_lr,
+    weight_decay=args.weight_decay,
+    dimension_numbers=dimension_numbers,
+    exclude=EXCLUDE,
+    fallback=fo.adamw_fallback(args.adam_lr, b2=0.999),
+  )
 
 
 def loss_fn(model, images, labels):
   logits = model(images)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                         labels).mean()
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
   return loss, logits
 
 
 @nnx.jit
 def train_step(model, optimizer, images, labels):
   (loss, _), grads = nnx.value_and_grad(loss_fn, has_aux=True)(
-      model, images, labels)
+    model, images, labels
+  )
   optimizer.update(model, grads)
   return loss
 
@@ -142,17 +149,24 @@ def pure_params(model: nnx.Module) -> Any:
   return _as_pure(nnx.state(model, nnx.Param))
 
 
-def report_constraint(params: Any, args: argparse.Namespace
-                      ) -> dict[str, fo.diagnostics.ConstraintEntry]:
+def report_constraint(
+  params: Any, args: argparse.Namespace
+) -> dict[str, fo.diagnostics.ConstraintEntry]:
   """`constraint_report` for the kernels Muon trains (the optimizer's view)."""
   return fo.diagnostics.constraint_report(
-      params, fo.lmo.spectral(), weight_decay=args.weight_decay,
-      learning_rate=args.muon_lr, shape_scale='muon',
-      dimension_numbers=dimension_numbers, exclude=EXCLUDE)
+    params,
+    fo.lmo.spectral(),
+    weight_decay=args.weight_decay,
+    learning_rate=args.muon_lr,
+    shape_scale='muon',
+    dimension_numbers=dimension_numbers,
+    exclude=EXCLUDE,
+  )
 
 
-def train(name: str, args: argparse.Namespace, data: dict[str, np.ndarray]
-          ) -> dict[str, Any]:
+def train(
+  name: str, args: argparse.Namespace, data: dict[str, np.ndarray]
+) -> dict[str, Any]:
   """Trains a fresh CNN with optimizer `name`."""
   model = CNN(args.channels, rngs=nnx.Rngs(args.seed))
   initial = pure_params(model)
@@ -163,17 +177,29 @@ def train(name: str, args: argparse.Namespace, data: dict[str, np.ndarray]
   start = time.perf_counter()
   for step in range(1, args.steps + 1):
     idx = rng.integers(0, n, size=args.batch)
-    losses.append(float(train_step(model, optimizer, data['train_images'][idx],
-                                   data['train_labels'][idx])))
+    losses.append(
+      float(
+        train_step(
+          model, optimizer, data['train_images'][idx], data['train_labels'][idx]
+        )
+      )
+    )
     if step % max(1, args.steps // 4) == 0 or step == args.steps:
       acc = float(accuracy(model, data['test_images'], data['test_labels']))
-      print(f'  {name:<6} step {step:>4}  loss {losses[-1]:.3f}'
-            f'  test accuracy {acc:.1%}')
-  return {'optimizer': name, 'losses': losses,
-          'test_accuracy': float(accuracy(model, data['test_images'],
-                                          data['test_labels'])),
-          'seconds': time.perf_counter() - start,
-          'initial_params': initial, 'params': pure_params(model)}
+      print(
+        f'  {name:<6} step {step:>4}  loss {losses[-1]:.3f}'
+        f'  test accuracy {acc:.1%}'
+      )
+  return {
+    'optimizer': name,
+    'losses': losses,
+    'test_accuracy': float(
+      accuracy(model, data['test_images'], data['test_labels'])
+    ),
+    'seconds': time.perf_counter() - start,
+    'initial_params': initial,
+    'params': pure_params(model),
+  }
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -187,8 +213,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument('--channels', type=int, default=16)
   p.add_argument('--muon-lr', type=float, default=0.02)
   p.add_argument('--adam-lr', type=float, default=3e-3)
-  p.add_argument('--weight-decay', type=float, default=1.0,
-                 help='Muon\'s decoupled decay λ on the kernels (radius s/λ)')
+  p.add_argument(
+    '--weight-decay',
+    type=float,
+    default=1.0,
+    help="Muon's decoupled decay λ on the kernels (radius s/λ)",
+  )
   p.add_argument('--seed', type=int, default=0)
   args = p.parse_args(argv)
   if args.steps is None:
@@ -204,18 +234,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   rng = np.random.default_rng(args.seed)
   train_images, train_labels = make_images(rng, args.train_size, args.noise)
   test_images, test_labels = make_images(rng, args.test_size, args.noise)
-  data = dict(train_images=train_images, train_labels=train_labels,
-              test_images=test_images, test_labels=test_labels)
-  print(f'{len(CLASSES)} classes of 8x8 bars {CLASSES}, noise σ={args.noise};'
-        f' {args.train_size} training and {args.test_size} test images;'
-        f' chance accuracy {1 / len(CLASSES):.0%}.')
+  data = dict(
+    train_images=train_images,
+    train_labels=train_labels,
+    test_images=test_images,
+    test_labels=test_labels,
+  )
+  print(
+    f'{len(CLASSES)} classes of 8x8 bars {CLASSES}, noise σ={args.noise};'
+    f' {args.train_size} training and {args.test_size} test images;'
+    f' chance accuracy {1 / len(CLASSES):.0%}.'
+  )
   spec = fo.DimensionNumbers(reduction_axes=(0, 1, 2), output_axes=3)
-  for name, kernel in pure_params(CNN(args.channels,
-                                      rngs=nnx.Rngs(0))).items():
+  for name, kernel in pure_params(CNN(args.channels, rngs=nnx.Rngs(0))).items():
     if 'kernel' in kernel and kernel['kernel'].ndim == 4:
       shape = kernel['kernel'].shape
-      print(f'  {name}/kernel {shape} is read as a matrix batch of shape'
-            f' {spec.matrix_shape(shape)} (batch, fan_in, fan_out)')
+      print(
+        f'  {name}/kernel {shape} is read as a matrix batch of shape'
+        f' {spec.matrix_shape(shape)} (batch, fan_in, fan_out)'
+      )
 
   results = {}
   for name in ('muon', 'adamw'):
@@ -227,27 +264,42 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   after = report_constraint(muon['params'], args)
   lam, eps = args.weight_decay, args.muon_lr
   contraction = (1 - eps * lam) ** args.steps
-  print(f'\nMuon with decoupled decay λ={lam}, ε={eps}: the kernels are driven'
-        f' into the spectral ball σ₁ ≤ s/λ; outside it the excess shrinks by'
-        f' (1 − ελ) = {1 - eps * lam:.2f} per step, so after {args.steps}'
-        f' steps σ₁ ≤ s/λ + (σ₁⁰ − s/λ)·{contraction:.1e}.')
-  print(f'{"matrix":<14} {"radius s/λ":>10} {"σ₁ at init":>10}'
-        f' {"bound":>8} {"σ₁ trained":>10}  in the ball')
+  print(
+    f'\nMuon with decoupled decay λ={lam}, ε={eps}: the kernels are driven'
+    f' into the spectral ball σ₁ ≤ s/λ; outside it the excess shrinks by'
+    f' (1 − ελ) = {1 - eps * lam:.2f} per step, so after {args.steps}'
+    f' steps σ₁ ≤ s/λ + (σ₁⁰ − s/λ)·{contraction:.1e}.'
+  )
+  print(
+    f'{"matrix":<14} {"radius s/λ":>10} {"σ₁ at init":>10}'
+    f' {"bound":>8} {"σ₁ trained":>10}  in the ball'
+  )
   bounds = {}
   for path, entry in after.items():
     initial = float(before[path].norm.max())
     bounds[path] = entry.radius + max(0.0, initial - entry.radius) * (
-        contraction)
-    print(f'{path:<14} {entry.radius:>10.3f} {initial:>10.3f}'
-          f' {bounds[path]:>8.3f} {entry.norm.max():>10.3f}  {entry.holds}')
-  print(f'\n{"optimizer":<10} {"test accuracy":>13} {"final loss":>10}'
-        f' {"seconds":>8}')
+      contraction
+    )
+    print(
+      f'{path:<14} {entry.radius:>10.3f} {initial:>10.3f}'
+      f' {bounds[path]:>8.3f} {entry.norm.max():>10.3f}  {entry.holds}'
+    )
+  print(
+    f'\n{"optimizer":<10} {"test accuracy":>13} {"final loss":>10}'
+    f' {"seconds":>8}'
+  )
   for r in results.values():
     tail = max(1, len(r['losses']) // 10)
-    print(f'{r["optimizer"]:<10} {r["test_accuracy"]:>13.1%}'
-          f' {np.mean(r["losses"][-tail:]):>10.3f} {r["seconds"]:>8.1f}')
-  return {'results': results, 'constraint_before': before,
-          'constraint_after': after, 'bounds': bounds}
+    print(
+      f'{r["optimizer"]:<10} {r["test_accuracy"]:>13.1%}'
+      f' {np.mean(r["losses"][-tail:]):>10.3f} {r["seconds"]:>8.1f}'
+    )
+  return {
+    'results': results,
+    'constraint_before': before,
+    'constraint_after': after,
+    'bounds': bounds,
+  }
 
 
 if __name__ == '__main__':

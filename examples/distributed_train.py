@@ -56,12 +56,18 @@ def emulate_cpu_devices(count: int = DEVICES) -> bool:
   if platforms and platforms != 'cpu':
     return False
   if not platforms:
-    plugins = ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin',
-               'jax_rocm7_plugin', 'libtpu')
+    plugins = (
+      'jax_cuda12_plugin',
+      'jax_cuda13_plugin',
+      'jax_rocm60_plugin',
+      'jax_rocm7_plugin',
+      'libtpu',
+    )
     if any(importlib.util.find_spec(p) is not None for p in plugins):
       return False
   os.environ['XLA_FLAGS'] = (
-      f'{flags} --xla_force_host_platform_device_count={count}').strip()
+    f'{flags} --xla_force_host_platform_device_count={count}'
+  ).strip()
   return True
 
 
@@ -123,17 +129,21 @@ def batch_indices(args: argparse.Namespace) -> np.ndarray:
   return rng.integers(0, args.data_size, size=(args.steps, args.batch))
 
 
-def make_optimizer(args: argparse.Namespace,
-                   split: fo.distributed.Split = None
-                   ) -> optax.GradientTransformation:
+def make_optimizer(
+  args: argparse.Namespace, split: fo.distributed.Split = None
+) -> optax.GradientTransformation:
   """Muon; `split`: `over_axis(name)` (pmap), `over_mesh(mesh, axes)`, None.
 
   The fallback is AdamW at `--adam-lr` with `b2 = 0.999` (the default
   `fo.adamw_fallback()` is AdamW at 3e-4 with `b2 = 0.95`).
   """
-  return fo.muon(args.lr, weight_decay=args.weight_decay, exclude=EXCLUDE,
-                 fallback=fo.adamw_fallback(args.adam_lr, b2=0.999),
-                 split=split)
+  return fo.muon(
+    args.lr,
+    weight_decay=args.weight_decay,
+    exclude=EXCLUDE,
+    fallback=fo.adamw_fallback(args.adam_lr, b2=0.999),
+    split=split,
+  )
 
 
 def init_params(args: argparse.Namespace) -> Any:
@@ -178,11 +188,13 @@ def run_pmap(args, data, indices, params) -> dict[str, Any]:
   # pmap's layout: a leading axis of size n, one slice per local device.
   # Placing inputs that way up front (the layout pmap returns) means the step
   # compiles once rather than again at the second call.
-  per_device = NamedSharding(jax.sharding.Mesh(jax.local_devices(), ('batch',)),
-                             P('batch'))
+  per_device = NamedSharding(
+    jax.sharding.Mesh(jax.local_devices(), ('batch',)), P('batch')
+  )
   shard = lambda t: jax.device_put(t, per_device)
-  replicate = lambda t: shard(jax.tree.map(
-      lambda a: np.broadcast_to(a, (n,) + np.shape(a)), t))
+  replicate = lambda t: shard(
+    jax.tree.map(lambda a: np.broadcast_to(a, (n,) + np.shape(a)), t)
+  )
   params, opt_state = replicate(params), replicate(opt_state)
 
   def step(params, opt_state, x, y):
@@ -205,8 +217,10 @@ def run_pmap(args, data, indices, params) -> dict[str, Any]:
     y = shard(y_all[idx].reshape(n, -1, args.out_dim))
     params, opt_state, loss = p_step(params, opt_state, x, y)
     losses.append(float(loss[0]))
-  return {'losses': np.array(losses),
-          'params': jax.tree.map(lambda a: a[0], params)}
+  return {
+    'losses': np.array(losses),
+    'params': jax.tree.map(lambda a: a[0], params),
+  }
 
 
 def fsdp_spec(shape: Sequence[int], axis: str, size: int) -> P:
@@ -217,8 +231,9 @@ def fsdp_spec(shape: Sequence[int], axis: str, size: int) -> P:
   return P()
 
 
-def run_mesh(args, data, indices, params, mesh, param_spec, batch_spec,
-             axes=None) -> dict[str, Any]:
+def run_mesh(
+  args, data, indices, params, mesh, param_spec, batch_spec, axes=None
+) -> dict[str, Any]:
   """`jax.jit` over `mesh` with parameters sharded by `param_spec(shape)`.
 
   The LMO work is split over the mesh axes `axes` (default: all of them).
@@ -226,7 +241,8 @@ def run_mesh(args, data, indices, params, mesh, param_spec, batch_spec,
   x_all, y_all = data
   tx = make_optimizer(args, fo.distributed.over_mesh(mesh, axes))
   place = lambda t: jax.tree.map(
-      lambda a: jax.device_put(a, NamedSharding(mesh, param_spec(a.shape))), t)
+    lambda a: jax.device_put(a, NamedSharding(mesh, param_spec(a.shape))), t
+  )
   # On a pod: build sharded parameters directly, without a full copy on any
   # host: jax.jit(init, out_shardings=...)(key).
   params = place(params)
@@ -252,23 +268,33 @@ def run_mesh(args, data, indices, params, mesh, param_spec, batch_spec,
       params, opt_state, loss = step(params, opt_state, x, y)
       losses.append(float(loss))
   kernel = params['hidden_1']['kernel']
-  return {'losses': np.array(losses), 'params': params,
-          'kernel_sharding': kernel.sharding.spec,
-          'momentum_sharding': opt_state.matrices[0].mu['hidden_1'][
-              'kernel'].sharding.spec}
+  return {
+    'losses': np.array(losses),
+    'params': params,
+    'kernel_sharding': kernel.sharding.spec,
+    'momentum_sharding': opt_state.matrices[0]
+    .mu['hidden_1']['kernel']
+    .sharding.spec,
+  }
 
 
 def max_difference(a: Any, b: Any) -> float:
-  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  return max(
+    float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--quick', action='store_true', help='few steps (seconds)')
   p.add_argument('--steps', type=int, default=None)
-  p.add_argument('--batch', type=int, default=256,
-                 help='global batch (divisible by the device count)')
+  p.add_argument(
+    '--batch',
+    type=int,
+    default=256,
+    help='global batch (divisible by the device count)',
+  )
   p.add_argument('--data-size', type=int, default=8192)
   p.add_argument('--in-dim', type=int, default=32)
   p.add_argument('--hidden', type=int, default=None)
@@ -277,8 +303,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument('--lr', type=float, default=0.02)
   p.add_argument('--adam-lr', type=float, default=3e-3)
   p.add_argument('--weight-decay', type=float, default=0.01)
-  p.add_argument('--rtol', type=float, default=1e-3,
-                 help='relative tolerance of the loss comparison')
+  p.add_argument(
+    '--rtol',
+    type=float,
+    default=1e-3,
+    help='relative tolerance of the loss comparison',
+  )
   p.add_argument('--seed', type=int, default=0)
   args = p.parse_args(argv)
   if args.steps is None:
@@ -294,10 +324,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   n = jax.device_count()
   if args.batch % n:
     raise SystemExit(f'--batch {args.batch} is not divisible by {n} devices.')
-  print(f'{n} {jax.devices()[0].platform} devices'
-        f'{" (emulated by XLA_FLAGS)" if EMULATED else ""}; Flax Linen MLP'
-        f' {args.in_dim} -> {args.layers}x{args.hidden} -> {args.out_dim},'
-        f' global batch {args.batch}, {args.steps} steps of fo.muon.')
+  print(
+    f'{n} {jax.devices()[0].platform} devices'
+    f'{" (emulated by XLA_FLAGS)" if EMULATED else ""}; Flax Linen MLP'
+    f' {args.in_dim} -> {args.layers}x{args.hidden} -> {args.out_dim},'
+    f' global batch {args.batch}, {args.steps} steps of fo.muon.'
+  )
   data = make_data(args)
   indices = batch_indices(args)
   params = init_params(args)
@@ -308,21 +340,36 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     runs[name] = fn(*fn_args, **kwargs)
     timings[name] = time.perf_counter() - start
-    print(f'  {name:<22} final loss {runs[name]["losses"][-1]:.5f}'
-          f'  ({timings[name]:.1f} s with compilation)')
+    print(
+      f'  {name:<22} final loss {runs[name]["losses"][-1]:.5f}'
+      f'  ({timings[name]:.1f} s with compilation)'
+    )
 
   timed('single device (jit)', run_single_device, args, data, indices, params)
   timed('data parallel (pmap)', run_pmap, args, data, indices, params)
   # Auto axes: GSPMD inserts the FSDP all-gathers of the forward pass. (With
   # jax.make_mesh's default Explicit axes every matmul of a batch-sharded
   # activation with an fsdp-sharded kernel needs an explicit reshard.)
-  mesh = jax.make_mesh((n,), ('fsdp',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-  timed('FSDP (jit, 1-D mesh)', run_mesh, args, data, indices, params, mesh,
-        lambda shape: fsdp_spec(shape, 'fsdp', n), P('fsdp'))
+  mesh = jax.make_mesh(
+    (n,), ('fsdp',), axis_types=(jax.sharding.AxisType.Auto,)
+  )
+  timed(
+    'FSDP (jit, 1-D mesh)',
+    run_mesh,
+    args,
+    data,
+    indices,
+    params,
+    mesh,
+    lambda shape: fsdp_spec(shape, 'fsdp', n),
+    P('fsdp'),
+  )
   if n % 2 == 0 and n >= 4:
-    mesh2 = jax.make_mesh((n // 2, 2), ('data', 'model'),
-                          axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    mesh2 = jax.make_mesh(
+      (n // 2, 2),
+      ('data', 'model'),
+      axis_types=(jax.sharding.AxisType.Auto,) * 2,
+    )
 
     def spec_2d(shape):
       """Kernels (in, out): in over 'data' (FSDP), out over 'model' (TP)."""
@@ -336,42 +383,64 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # (all axes) splits finer, but on this (data, model) layout XLA's SPMD
     # partitioner then moves the matrices by replicate-and-slice ("involuntary
     # full rematerialization" warnings).
-    timed('FSDP x TP (2-D mesh)', run_mesh, args, data, indices, params,
-          mesh2, spec_2d, P('data'), axes='data')
+    timed(
+      'FSDP x TP (2-D mesh)',
+      run_mesh,
+      args,
+      data,
+      indices,
+      params,
+      mesh2,
+      spec_2d,
+      P('data'),
+      axes='data',
+    )
 
   reference = runs['single device (jit)']
   ref_losses = reference['losses']
   print(f'\n{"step":>5} ' + ' '.join(f'{name:>22}' for name in runs))
   shown = sorted({0, len(ref_losses) // 2, len(ref_losses) - 1})
   for t in shown:
-    print(f'{t + 1:>5} ' + ' '.join(f'{r["losses"][t]:>22.6f}'
-                                    for r in runs.values()))
+    print(
+      f'{t + 1:>5} '
+      + ' '.join(f'{r["losses"][t]:>22.6f}' for r in runs.values())
+    )
   # Only float32 rounding separates the runs (the pmean and the sharded
   # matmuls sum in other orders): ~1e-7 relative at first, growing slowly
   # along the trajectory as every step feeds on the last.
   diffs = {}
   early = min(10, len(ref_losses))
-  print(f'\nAgainst the single-device run (relative loss difference, first'
-        f' {early} steps and whole run; tolerance {args.rtol}):')
+  print(
+    f'\nAgainst the single-device run (relative loss difference, first'
+    f' {early} steps and whole run; tolerance {args.rtol}):'
+  )
   for name, r in runs.items():
     if r is reference:
       continue
     rel = np.abs(r['losses'] - ref_losses) / np.abs(ref_losses)
     param_diff = max_difference(r['params'], reference['params'])
     worst = float(rel.max())
-    diffs[name] = {'loss_rtol': worst, 'early_loss_rtol': float(
-        rel[:early].max()), 'params_atol': param_diff,
-                   'match': worst <= args.rtol}
-    print(f'  {name:<22} {rel[:early].max():.1e}, {worst:.1e};'
-          f' final parameters within {param_diff:.1e}:'
-          f' {"match" if worst <= args.rtol else "MISMATCH"}')
+    diffs[name] = {
+      'loss_rtol': worst,
+      'early_loss_rtol': float(rel[:early].max()),
+      'params_atol': param_diff,
+      'match': worst <= args.rtol,
+    }
+    print(
+      f'  {name:<22} {rel[:early].max():.1e}, {worst:.1e};'
+      f' final parameters within {param_diff:.1e}:'
+      f' {"match" if worst <= args.rtol else "MISMATCH"}'
+    )
   for name, r in runs.items():
     if 'kernel_sharding' in r:
-      print(f'  {name:<22} hidden_1 kernel stays sharded as'
-            f' {r["kernel_sharding"]}; its momentum as'
-            f' {r["momentum_sharding"]}')
-  print(f'Loss {ref_losses[0]:.4f} -> {ref_losses[-1]:.4f} over'
-        f' {args.steps} steps.')
+      print(
+        f'  {name:<22} hidden_1 kernel stays sharded as'
+        f' {r["kernel_sharding"]}; its momentum as'
+        f' {r["momentum_sharding"]}'
+      )
+  print(
+    f'Loss {ref_losses[0]:.4f} -> {ref_losses[-1]:.4f} over {args.steps} steps.'
+  )
   return {'devices': n, 'runs': runs, 'diffs': diffs, 'timings': timings}
 
 

@@ -46,12 +46,21 @@ _as_pure = getattr(nnx, 'as_pure', None) or nnx.pure
 class MLPLanguageModel(nnx.Module):
   """Embed a window of tokens, concatenate, MLP, project to the vocabulary."""
 
-  def __init__(self, *, vocab: int, context: int, embed_dim: int,
-               hidden: int, layers: int, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    vocab: int,
+    context: int,
+    embed_dim: int,
+    hidden: int,
+    layers: int,
+    rngs: nnx.Rngs,
+  ):
     self.embed = nnx.Embed(vocab, embed_dim, rngs=rngs)
     widths = [context * embed_dim] + [hidden] * layers
-    self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs)
-                            for a, b in zip(widths[:-1], widths[1:])])
+    self.hidden = nnx.List(
+      [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])]
+    )
     self.head = nnx.Linear(hidden, vocab, rngs=rngs)
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -68,12 +77,12 @@ class MarkovSource:
   small concentrations give peaked, learnable tables.
   """
 
-  def __init__(self, vocab: int, context: int, concentration: float,
-               seed: int):
+  def __init__(self, vocab: int, context: int, concentration: float, seed: int):
     rng = np.random.default_rng(seed)
     self.vocab, self.context = vocab, context
-    self.probs = rng.dirichlet(np.full(vocab, concentration),
-                               size=(vocab, vocab))
+    self.probs = rng.dirichlet(
+      np.full(vocab, concentration), size=(vocab, vocab)
+    )
     self.cdf = np.cumsum(self.probs, axis=-1)
     self.cdf[..., -1] = 1.0
 
@@ -82,8 +91,9 @@ class MarkovSource:
     p = self.probs
     return float(-np.sum(p * np.log(np.maximum(p, 1e-30)), axis=-1).mean())
 
-  def sample(self, rng: np.random.Generator, batch: int
-             ) -> tuple[np.ndarray, np.ndarray]:
+  def sample(
+    self, rng: np.random.Generator, batch: int
+  ) -> tuple[np.ndarray, np.ndarray]:
     """`batch` windows of uniform tokens and the next token of each."""
     tokens = rng.integers(0, self.vocab, size=(batch, self.context))
     cdf = self.cdf[tokens[:, -2], tokens[:, -1]]
@@ -119,27 +129,33 @@ def routing_table(model: nnx.Module, exclude: Sequence[str]) -> list[str]:
   return lines
 
 
-def make_optimizer(name: str, args: argparse.Namespace
-                   ) -> optax.GradientTransformation:
+def make_optimizer(
+  name: str, args: argparse.Namespace
+) -> optax.GradientTransformation:
   """Muon (AdamW fallback for embed/head/biases) or plain AdamW."""
   if name == 'adamw':
-    return optax.adamw(optax.cosine_decay_schedule(args.adam_lr, args.steps),
-                       weight_decay=args.weight_decay)
+    return optax.adamw(
+      optax.cosine_decay_schedule(args.adam_lr, args.steps),
+      weight_decay=args.weight_decay,
+    )
   # The fallback is the AdamW of the baseline run (its learning rate and
   # schedule, `b2 = 0.999`); the default `fo.adamw_fallback()` would be
   # AdamW at 3e-4 with `b2 = 0.95`.
   return fo.muon(
-      optax.cosine_decay_schedule(args.muon_lr, args.steps),
-      weight_decay=args.weight_decay, exclude=EXCLUDE,
-      fallback=fo.adamw_fallback(
-          optax.cosine_decay_schedule(args.adam_lr, args.steps), b2=0.999,
-          weight_decay=args.weight_decay))
+    optax.cosine_decay_schedule(args.muon_lr, args.steps),
+    weight_decay=args.weight_decay,
+    exclude=EXCLUDE,
+    fallback=fo.adamw_fallback(
+      optax.cosine_decay_schedule(args.adam_lr, args.steps),
+      b2=0.999,
+      weight_decay=args.weight_decay,
+    ),
+  )
 
 
 def loss_fn(model: nnx.Module, tokens: jax.Array, targets: jax.Array):
   logits = model(tokens)
-  return optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                         targets).mean()
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
 @nnx.jit
@@ -154,12 +170,21 @@ def eval_step(model, tokens, targets):
   return loss_fn(model, tokens, targets)
 
 
-def train(name: str, args: argparse.Namespace, source: MarkovSource,
-          held_out: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+def train(
+  name: str,
+  args: argparse.Namespace,
+  source: MarkovSource,
+  held_out: tuple[np.ndarray, np.ndarray],
+) -> dict[str, Any]:
   """Trains a fresh model with optimizer `name`; returns its losses."""
-  model = MLPLanguageModel(vocab=args.vocab, context=args.context,
-                           embed_dim=args.embed_dim, hidden=args.hidden,
-                           layers=args.layers, rngs=nnx.Rngs(args.seed))
+  model = MLPLanguageModel(
+    vocab=args.vocab,
+    context=args.context,
+    embed_dim=args.embed_dim,
+    hidden=args.hidden,
+    layers=args.layers,
+    rngs=nnx.Rngs(args.seed),
+  )
   optimizer = nnx.Optimizer(model, make_optimizer(name, args), wrt=nnx.Param)
   rng = np.random.default_rng(args.seed + 1)  # same batches for each run
   losses = []
@@ -172,15 +197,20 @@ def train(name: str, args: argparse.Namespace, source: MarkovSource,
   seconds = time.perf_counter() - start
   held = float(eval_step(model, *held_out))
   tail = max(1, args.steps // 10)
-  return {'optimizer': name, 'losses': losses, 'held_out_loss': held,
-          'final_train_loss': float(np.mean(losses[-tail:])),
-          'seconds': seconds}
+  return {
+    'optimizer': name,
+    'losses': losses,
+    'held_out_loss': held,
+    'final_train_loss': float(np.mean(losses[-tail:])),
+    'seconds': seconds,
+  }
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--quick', action='store_true',
-                 help='a small model and few steps (seconds)')
+  p.add_argument(
+    '--quick', action='store_true', help='a small model and few steps (seconds)'
+  )
   p.add_argument('--steps', type=int, default=None)
   p.add_argument('--batch', type=int, default=256)
   p.add_argument('--vocab', type=int, default=None)
@@ -189,13 +219,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument('--hidden', type=int, default=None)
   p.add_argument('--layers', type=int, default=2)
   p.add_argument('--muon-lr', type=float, default=0.05)
-  p.add_argument('--adam-lr', type=float, default=1e-2,
-                 help='AdamW learning rate (also Muon\'s AdamW fallback)')
+  p.add_argument(
+    '--adam-lr',
+    type=float,
+    default=1e-2,
+    help="AdamW learning rate (also Muon's AdamW fallback)",
+  )
   p.add_argument('--weight-decay', type=float, default=0.01)
-  p.add_argument('--concentration', type=float, default=0.1,
-                 help='Dirichlet concentration of the source (peakedness)')
-  p.add_argument('--optimizers', default='muon,adamw',
-                 help='comma-separated, from muon,adamw')
+  p.add_argument(
+    '--concentration',
+    type=float,
+    default=0.1,
+    help='Dirichlet concentration of the source (peakedness)',
+  )
+  p.add_argument(
+    '--optimizers',
+    default='muon,adamw',
+    help='comma-separated, from muon,adamw',
+  )
   p.add_argument('--seed', type=int, default=0)
   args = p.parse_args(argv)
   if args.steps is None:
@@ -216,33 +257,47 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs the example; returns `{'entropy', 'results': {name: ...}}`."""
   args = parse_args(argv)
-  source = MarkovSource(args.vocab, args.context, args.concentration,
-                        args.seed)
+  source = MarkovSource(args.vocab, args.context, args.concentration, args.seed)
   held_out = source.sample(np.random.default_rng(12345), 4096)
   entropy = source.entropy()
-  print(f'Next-token prediction on a random 2nd-order Markov source:'
-        f' vocab {args.vocab}, context {args.context}, {args.steps} steps of'
-        f' {args.batch}.')
-  print(f'Uniform guessing: {np.log(args.vocab):.3f} nats; best possible'
-        f' (source entropy): {entropy:.3f} nats.')
-  model = MLPLanguageModel(vocab=args.vocab, context=args.context,
-                           embed_dim=args.embed_dim, hidden=args.hidden,
-                           layers=args.layers, rngs=nnx.Rngs(args.seed))
-  print(f'\nWhere fo.muon(..., exclude={list(EXCLUDE)}) sends each'
-        ' parameter:')
+  print(
+    f'Next-token prediction on a random 2nd-order Markov source:'
+    f' vocab {args.vocab}, context {args.context}, {args.steps} steps of'
+    f' {args.batch}.'
+  )
+  print(
+    f'Uniform guessing: {np.log(args.vocab):.3f} nats; best possible'
+    f' (source entropy): {entropy:.3f} nats.'
+  )
+  model = MLPLanguageModel(
+    vocab=args.vocab,
+    context=args.context,
+    embed_dim=args.embed_dim,
+    hidden=args.hidden,
+    layers=args.layers,
+    rngs=nnx.Rngs(args.seed),
+  )
+  print(f'\nWhere fo.muon(..., exclude={list(EXCLUDE)}) sends each parameter:')
   print('\n'.join(routing_table(model, EXCLUDE)))
   results = {}
   for name in args.names:
     print(f'\nTraining with {name}:')
     results[name] = train(name, args, source, held_out)
-  print(f'\n{"optimizer":<10} {"train loss":>10} {"held-out":>9}'
-        f' {"gap to best":>11} {"seconds":>8}')
+  print(
+    f'\n{"optimizer":<10} {"train loss":>10} {"held-out":>9}'
+    f' {"gap to best":>11} {"seconds":>8}'
+  )
   for r in results.values():
-    print(f'{r["optimizer"]:<10} {r["final_train_loss"]:>10.3f}'
-          f' {r["held_out_loss"]:>9.3f}'
-          f' {r["held_out_loss"] - entropy:>11.3f} {r["seconds"]:>8.1f}')
-  return {'entropy': entropy, 'uniform': float(np.log(args.vocab)),
-          'results': results}
+    print(
+      f'{r["optimizer"]:<10} {r["final_train_loss"]:>10.3f}'
+      f' {r["held_out_loss"]:>9.3f}'
+      f' {r["held_out_loss"] - entropy:>11.3f} {r["seconds"]:>8.1f}'
+    )
+  return {
+    'entropy': entropy,
+    'uniform': float(np.log(args.vocab)),
+    'results': results,
+  }
 
 
 if __name__ == '__main__':

@@ -79,8 +79,9 @@ Jordan steps after the third, five Polar Express steps after the second and
 eight after the second and fifth.
 """
 
-_GRID = np.unique(np.concatenate([np.linspace(0.0, 1.0, 4001),
-                                  np.geomspace(1e-9, 1.0, 2001)]))[1:]
+_GRID = np.unique(
+  np.concatenate([np.linspace(0.0, 1.0, 4001), np.geomspace(1e-9, 1.0, 2001)])
+)[1:]
 
 
 def accumulation_dtype(dtype: Any) -> jnp.dtype:
@@ -88,13 +89,15 @@ def accumulation_dtype(dtype: Any) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def _matmul(a: jax.Array, b: jax.Array, out: Any,
-            precision: jax.lax.PrecisionLike) -> jax.Array:
+def _matmul(
+  a: jax.Array, b: jax.Array, out: Any, precision: jax.lax.PrecisionLike
+) -> jax.Array:
   return jnp.matmul(a, b, precision=precision, preferred_element_type=out)
 
 
-def restart_steps(rows: CoefficientRows,
-                  max_growth: float = RESTART_GROWTH) -> tuple[int, ...]:
+def restart_steps(
+  rows: CoefficientRows, max_growth: float = RESTART_GROWTH
+) -> tuple[int, ...]:
   """Where the Gram iteration restarts: after how many steps, increasing.
 
   Within a run the accumulated `Q` maps each singular value `s` of the
@@ -127,19 +130,26 @@ def restart_steps(rows: CoefficientRows,
   return tuple(restarts)
 
 
-def _check_restarts(restart_after: Sequence[int], steps: int
-                    ) -> tuple[int, ...]:
+def _check_restarts(
+  restart_after: Sequence[int], steps: int
+) -> tuple[int, ...]:
   restarts = tuple(int(t) for t in restart_after)
-  if (any(not 0 < t < steps for t in restarts)
-      or any(u <= t for t, u in zip(restarts, restarts[1:]))):
+  if any(not 0 < t < steps for t in restarts) or any(
+    u <= t for t, u in zip(restarts, restarts[1:])
+  ):
     raise ValueError(
-        'restart_after must be increasing step counts in [1,'
-        f' {steps - 1}] for {steps} steps, got {tuple(restart_after)!r}.')
+      'restart_after must be increasing step counts in [1,'
+      f' {steps - 1}] for {steps} steps, got {tuple(restart_after)!r}.'
+    )
   return restarts
 
 
-def _run_transform(x: jax.Array, rows: CoefficientRows, recursion: Any,
-                   precision: jax.lax.PrecisionLike) -> jax.Array:
+def _run_transform(
+  x: jax.Array,
+  rows: CoefficientRows,
+  recursion: Any,
+  precision: jax.lax.PrecisionLike,
+) -> jax.Array:
   """The m×m `Q` with `Q x` the iterate after `rows` (one run, no restart)."""
   acc = accumulation_dtype(recursion)
   eye = jnp.eye(x.shape[-2], dtype=acc)
@@ -164,8 +174,9 @@ def _splits(q_dtype: Any, x_dtype: Any) -> bool:
   return jnp.finfo(q_dtype).nmant > jnp.finfo(x_dtype).nmant
 
 
-def _apply(q: jax.Array, x: jax.Array,
-           precision: jax.lax.PrecisionLike) -> jax.Array:
+def _apply(
+  q: jax.Array, x: jax.Array, precision: jax.lax.PrecisionLike
+) -> jax.Array:
   """`Q x` rounded once to `x.dtype`, products in `x.dtype` operands."""
   acc = accumulation_dtype(x.dtype)
   hi = q.astype(x.dtype)
@@ -179,12 +190,12 @@ def _apply(q: jax.Array, x: jax.Array,
 
 
 def gram_newton_schulz_iterate(
-    x: jax.Array,
-    rows: CoefficientRows,
-    *,
-    restart_after: Sequence[int] | None = None,
-    recursion_dtype: Any = None,
-    precision: jax.lax.PrecisionLike = None,
+  x: jax.Array,
+  rows: CoefficientRows,
+  *,
+  restart_after: Sequence[int] | None = None,
+  recursion_dtype: Any = None,
+  precision: jax.lax.PrecisionLike = None,
 ) -> jax.Array:
   """`newton_schulz_iterate`'s result, computed on the m×m Gram matrix.
 
@@ -214,10 +225,16 @@ def gram_newton_schulz_iterate(
   rows = tuple(tuple(float(v) for v in row) for row in rows)
   if not rows:
     raise ValueError('rows must hold at least one (a, b, c) row.')
-  restarts = (restart_steps(rows) if restart_after is None
-              else _check_restarts(restart_after, len(rows)))
-  recursion = (accumulation_dtype(x.dtype) if recursion_dtype is None
-               else jnp.dtype(recursion_dtype))
+  restarts = (
+    restart_steps(rows)
+    if restart_after is None
+    else _check_restarts(restart_after, len(rows))
+  )
+  recursion = (
+    accumulation_dtype(x.dtype)
+    if recursion_dtype is None
+    else jnp.dtype(recursion_dtype)
+  )
   bounds = (0, *restarts, len(rows))
   for start, stop in zip(bounds, bounds[1:]):
     q = _run_transform(x, rows[start:stop], recursion, precision)
@@ -226,10 +243,10 @@ def gram_newton_schulz_iterate(
 
 
 def newton_schulz_iterate_accumulating(
-    x: jax.Array,
-    rows: CoefficientRows,
-    *,
-    precision: jax.lax.PrecisionLike = None,
+  x: jax.Array,
+  rows: CoefficientRows,
+  *,
+  precision: jax.lax.PrecisionLike = None,
 ) -> jax.Array:
   """The standard iteration, products accumulated in at least float32.
 
@@ -268,8 +285,9 @@ def newton_schulz_flops(m: int, n: int, steps: int) -> int:
   return steps * (4 * m * m * n + 2 * m**3)
 
 
-def gram_newton_schulz_flops(m: int, n: int, steps: int, restarts: int = 0,
-                             *, split: bool = False) -> int:
+def gram_newton_schulz_flops(
+  m: int, n: int, steps: int, restarts: int = 0, *, split: bool = False
+) -> int:
   """Matmul FLOPs of `gram_newton_schulz_iterate` on one m×n matrix.
 
   A run of `k` steps costs `4m²n + (8k - 6)m³`: `X Xᵀ` and `Q X` (m×n),
@@ -292,8 +310,9 @@ def gram_newton_schulz_flops(m: int, n: int, steps: int, restarts: int = 0,
   return runs * per_run * m * m * n + (8 * steps - 6 * runs) * m**3
 
 
-def gram_saves_flops(m: int, n: int, steps: int, restarts: int = 0, *,
-                     split: bool = False) -> bool:
+def gram_saves_flops(
+  m: int, n: int, steps: int, restarts: int = 0, *, split: bool = False
+) -> bool:
   """Whether the Gram iteration needs fewer matmul FLOPs than the standard.
 
   Without `split` this is exactly `n > 1.5·m` for any `steps` and
@@ -302,17 +321,18 @@ def gram_saves_flops(m: int, n: int, steps: int, restarts: int = 0, *,
   the crossover is `n/m > (6·steps - 6·runs) / (4·steps - 6·runs)`, 2.25
   for five steps with one restart, and never when `4·steps <= 6·runs`.
   """
-  return (gram_newton_schulz_flops(m, n, steps, restarts, split=split)
-          < newton_schulz_flops(m, n, steps))
+  return gram_newton_schulz_flops(
+    m, n, steps, restarts, split=split
+  ) < newton_schulz_flops(m, n, steps)
 
 
 def polar_iterate(
-    x: jax.Array,
-    rows: CoefficientRows,
-    *,
-    gram: Gram = 'auto',
-    restart_after: Sequence[int] | None = None,
-    precision: jax.lax.PrecisionLike = None,
+  x: jax.Array,
+  rows: CoefficientRows,
+  *,
+  gram: Gram = 'auto',
+  restart_after: Sequence[int] | None = None,
+  precision: jax.lax.PrecisionLike = None,
 ) -> jax.Array:
   """The iterate `polar_factor` runs on the normalised wide matrix.
 
@@ -331,12 +351,16 @@ def polar_iterate(
   """
   rows = tuple(tuple(float(v) for v in row) for row in rows)
   if gram == 'auto':
-    restarts = (restart_steps(rows) if restart_after is None
-                else _check_restarts(restart_after, len(rows)))
+    restarts = (
+      restart_steps(rows)
+      if restart_after is None
+      else _check_restarts(restart_after, len(rows))
+    )
     m, n = x.shape[-2:]
     split = _splits(accumulation_dtype(x.dtype), x.dtype)
     gram = gram_saves_flops(m, n, len(rows), len(restarts), split=split)
   if gram:
-    return gram_newton_schulz_iterate(x, rows, restart_after=restart_after,
-                                      precision=precision)
+    return gram_newton_schulz_iterate(
+      x, rows, restart_after=restart_after, precision=precision
+    )
   return newton_schulz_iterate_accumulating(x, rows, precision=precision)

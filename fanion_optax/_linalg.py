@@ -55,8 +55,9 @@ def times_power_of_two(x: jax.Array, exponent: jax.Array) -> jax.Array:
   return jnp.ldexp(jnp.ldexp(x, half), exponent - half)
 
 
-def frobenius_normalized(x: jax.Array, *, safety: float = 1.0,
-                         eps: float = 0.0) -> jax.Array:
+def frobenius_normalized(
+  x: jax.Array, *, safety: float = 1.0, eps: float = 0.0
+) -> jax.Array:
   """`x / (safety·‖x‖_F + eps·max|x|)` per matrix, computed without overflow.
 
   That is `y / (safety·‖y‖_F + eps)` for `y = x / max|x|`: `eps` is relative
@@ -80,8 +81,11 @@ def singular_value_mask(s: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   them weight 0 (as Newton–Schulz does), so that a zero or rank-deficient
   input yields a zero or low-rank direction rather than noise.
   """
-  tol = (jnp.max(s, axis=-1, keepdims=True, initial=0) * max(shape[-2:])
-         * jnp.finfo(s.dtype).eps)
+  tol = (
+    jnp.max(s, axis=-1, keepdims=True, initial=0)
+    * max(shape[-2:])
+    * jnp.finfo(s.dtype).eps
+  )
   return s > tol
 
 
@@ -97,6 +101,7 @@ def per_matrix_on_cpu(fn: Callable[..., Any]) -> Callable[..., Any]:
   independent calls still run in parallel. GPU and TPU solvers keep the
   batched call.
   """
+
   def per_matrix(x: jax.Array, **kwargs: Any) -> Any:
     batch = x.shape[:-2]
     if math.prod(batch) <= 1 or jax.default_backend() != 'cpu':
@@ -104,7 +109,9 @@ def per_matrix_on_cpu(fn: Callable[..., Any]) -> Callable[..., Any]:
     flat = x.reshape(-1, *x.shape[-2:])
     outs = [fn(flat[i], **kwargs) for i in range(flat.shape[0])]
     return jax.tree.map(
-        lambda *o: jnp.stack(o).reshape(*batch, *o[0].shape), *outs)
+      lambda *o: jnp.stack(o).reshape(*batch, *o[0].shape), *outs
+    )
+
   return per_matrix
 
 

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     polar_steps: int | None
     compute_dtype: jax.typing.DTypeLike | None
 
+
 ScalarOrSchedule = optax.ScalarOrSchedule
 Optimizer = optax.GradientTransformationExtraArgs
 _Preset = TypeVar('_Preset', bound=Callable[..., Optimizer])
@@ -79,11 +80,13 @@ DEFAULT_SIGN_SCALE = 3e-4
 al.; their synthetic least-squares problem used 0.01."""
 
 
-def _momentum_betas(momentum: ScalarOrSchedule, nesterov: bool
-                    ) -> tuple[ScalarOrSchedule, ScalarOrSchedule]:
+def _momentum_betas(
+  momentum: ScalarOrSchedule, nesterov: bool
+) -> tuple[ScalarOrSchedule, ScalarOrSchedule]:
   """Muon's momentum μ as Lion-𝒦 `(b1, b2)`: `(μ², μ)` with Nesterov."""
-  _validate.check_scalar('momentum', momentum, low=0.0, high=1.0,
-                         high_inclusive=False)
+  _validate.check_scalar(
+    'momentum', momentum, low=0.0, high=1.0, high_inclusive=False
+  )
   _validate.check_bool('nesterov', nesterov)
   if not nesterov:
     return momentum, momentum
@@ -92,64 +95,86 @@ def _momentum_betas(momentum: ScalarOrSchedule, nesterov: bool
   return momentum * momentum, momentum
 
 
-def _mixture(alpha: jax.typing.ArrayLike, allow_extrapolation: bool,
-             primary: lmo_lib.LMO, secondary: lmo_lib.LMO) -> lmo_lib.Mixture:
+def _mixture(
+  alpha: jax.typing.ArrayLike,
+  allow_extrapolation: bool,
+  primary: lmo_lib.LMO,
+  secondary: lmo_lib.LMO,
+) -> lmo_lib.Mixture:
   _validate.check_bool('allow_extrapolation', allow_extrapolation)
-  _validate.check_scalar('alpha', alpha, schedule=False,
-                         low=None if allow_extrapolation else 0.0,
-                         high=None if allow_extrapolation else 1.0)
-  return lmo_lib.mix((alpha, primary), (1 - alpha, secondary),
-                     allow_extrapolation=allow_extrapolation)
+  _validate.check_scalar(
+    'alpha',
+    alpha,
+    schedule=False,
+    low=None if allow_extrapolation else 0.0,
+    high=None if allow_extrapolation else 1.0,
+  )
+  return lmo_lib.mix(
+    (alpha, primary),
+    (1 - alpha, secondary),
+    allow_extrapolation=allow_extrapolation,
+  )
 
 
 _MIXTURE_ARGS = (
-    ('allow_extrapolation', 'accept α outside [0, 1].'),
-    ('momentum', 'μ in [0, 1), or a schedule.'),
-    ('nesterov', 'Nesterov form.'),
-    ('top_k_method', '`"subspace"` or `"svd"` (see `fanion`).'),
-    ('subspace_iters', 'subspace iterations per step.'),
-    ('polar_method', 'polar method (see `muon`) for the spectral term and'
-     ' for matrices with `min(m, n) <= k`.'),
-    ('polar_steps', 'polar iteration count.'),
-    ('compute_dtype', 'arithmetic dtype.'),
+  ('allow_extrapolation', 'accept α outside [0, 1].'),
+  ('momentum', 'μ in [0, 1), or a schedule.'),
+  ('nesterov', 'Nesterov form.'),
+  ('top_k_method', '`"subspace"` or `"svd"` (see `fanion`).'),
+  ('subspace_iters', 'subspace iterations per step.'),
+  (
+    'polar_method',
+    'polar method (see `muon`) for the spectral term and'
+    ' for matrices with `min(m, n) <= k`.',
+  ),
+  ('polar_steps', 'polar iteration count.'),
+  ('compute_dtype', 'arithmetic dtype.'),
 )
 _FULL_RANK_ONLY = ('k', 'top_k_method', 'subspace_iters')
 
 
 def _sign(sign_scale: jax.typing.ArrayLike) -> lmo_lib.Sign:
-  _validate.check_scalar('sign_scale', sign_scale, low=0.0,
-                         low_inclusive=False, schedule=False)
+  _validate.check_scalar(
+    'sign_scale', sign_scale, low=0.0, low_inclusive=False, schedule=False
+  )
   return lmo_lib.sign(sign_scale)
 
 
 def _ky_fan_or_spectral(
-    k: int | None,
-    top_k_method: lmo_lib.TopKMethod,
-    subspace_iters: int | None,
-    polar_method: polar_lib.PolarMethod,
-    polar_steps: int | None,
-    compute_dtype: jax.typing.DTypeLike | None,
+  k: int | None,
+  top_k_method: lmo_lib.TopKMethod,
+  subspace_iters: int | None,
+  polar_method: polar_lib.PolarMethod,
+  polar_steps: int | None,
+  compute_dtype: jax.typing.DTypeLike | None,
 ) -> lmo_lib.LMO:
   """The mixtures' first term: Ky Fan-k, or the spectral LMO for `k=None`."""
   if k is None:
-    return lmo_lib.spectral(polar_method=polar_method, polar_steps=polar_steps,
-                            compute_dtype=compute_dtype)
-  return lmo_lib.ky_fan(k, top_k_method=top_k_method,
-                        subspace_iters=subspace_iters,
-                        polar_method=polar_method, polar_steps=polar_steps,
-                        compute_dtype=compute_dtype)
+    return lmo_lib.spectral(
+      polar_method=polar_method,
+      polar_steps=polar_steps,
+      compute_dtype=compute_dtype,
+    )
+  return lmo_lib.ky_fan(
+    k,
+    top_k_method=top_k_method,
+    subspace_iters=subspace_iters,
+    polar_method=polar_method,
+    polar_steps=polar_steps,
+    compute_dtype=compute_dtype,
+  )
 
 
 @preset
 def muon(
-    learning_rate: ScalarOrSchedule,
-    *,
-    momentum: ScalarOrSchedule = 0.95,
-    nesterov: bool = True,
-    polar_method: polar_lib.PolarMethod = 'polar_express',
-    polar_steps: int | None = None,
-    compute_dtype: jax.typing.DTypeLike | None = None,
-    **options: Unpack[PipelineOptions],
+  learning_rate: ScalarOrSchedule,
+  *,
+  momentum: ScalarOrSchedule = 0.95,
+  nesterov: bool = True,
+  polar_method: polar_lib.PolarMethod = 'polar_express',
+  polar_steps: int | None = None,
+  compute_dtype: jax.typing.DTypeLike | None = None,
+  **options: Unpack[PipelineOptions],
 ) -> Optimizer:
   """Muon: momentum, then the polar factor `U Vᵀ` (the spectral-norm LMO).
 
@@ -185,24 +210,27 @@ def muon(
     >>> params = optax.apply_updates(params, updates)
   """
   b1, b2 = _momentum_betas(momentum, nesterov)
-  lmo = lmo_lib.spectral(polar_method=polar_method, polar_steps=polar_steps,
-                         compute_dtype=compute_dtype)
+  lmo = lmo_lib.spectral(
+    polar_method=polar_method,
+    polar_steps=polar_steps,
+    compute_dtype=compute_dtype,
+  )
   return lion_k(learning_rate, lmo, b1, b2, **options)
 
 
 @preset
 def fanion(
-    learning_rate: ScalarOrSchedule,
-    k: int,
-    *,
-    momentum: ScalarOrSchedule = 0.95,
-    nesterov: bool = True,
-    top_k_method: lmo_lib.TopKMethod = 'subspace',
-    subspace_iters: int | None = None,
-    polar_method: polar_lib.PolarMethod = 'polar_express',
-    polar_steps: int | None = None,
-    compute_dtype: jax.typing.DTypeLike | None = None,
-    **options: Unpack[PipelineOptions],
+  learning_rate: ScalarOrSchedule,
+  k: int,
+  *,
+  momentum: ScalarOrSchedule = 0.95,
+  nesterov: bool = True,
+  top_k_method: lmo_lib.TopKMethod = 'subspace',
+  subspace_iters: int | None = None,
+  polar_method: polar_lib.PolarMethod = 'polar_express',
+  polar_steps: int | None = None,
+  compute_dtype: jax.typing.DTypeLike | None = None,
+  **options: Unpack[PipelineOptions],
 ) -> Optimizer:
   """Fanion-k: momentum, then `U_k V_kᵀ` (the LMO dual to Ky Fan-k).
 
@@ -231,28 +259,42 @@ def fanion(
     Kravatskiy et al., arXiv:2512.09678; Ahn et al., arXiv:2504.05295.
   """
   b1, b2 = _momentum_betas(momentum, nesterov)
-  lmo = lmo_lib.ky_fan(k, top_k_method=top_k_method,
-                       subspace_iters=subspace_iters,
-                       polar_method=polar_method, polar_steps=polar_steps,
-                       compute_dtype=compute_dtype)
+  lmo = lmo_lib.ky_fan(
+    k,
+    top_k_method=top_k_method,
+    subspace_iters=subspace_iters,
+    polar_method=polar_method,
+    polar_steps=polar_steps,
+    compute_dtype=compute_dtype,
+  )
   return lion_k(learning_rate, lmo, b1, b2, **options)
 
 
-def _signature(source: Callable[..., Any], drop: tuple[str, ...] = (),
-               sign_scale: bool = False) -> inspect.Signature:
+def _signature(
+  source: Callable[..., Any],
+  drop: tuple[str, ...] = (),
+  sign_scale: bool = False,
+) -> inspect.Signature:
   """`source`'s signature without `drop`, with `sign_scale` after `alpha`."""
   signature = inspect.signature(source)
   params = [p for p in signature.parameters.values() if p.name not in drop]
   if sign_scale:
     at = [p.name for p in params].index('alpha') + 1
-    params.insert(at, inspect.Parameter(
-        'sign_scale', inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        default=DEFAULT_SIGN_SCALE, annotation='jax.typing.ArrayLike'))
+    params.insert(
+      at,
+      inspect.Parameter(
+        'sign_scale',
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        default=DEFAULT_SIGN_SCALE,
+        annotation='jax.typing.ArrayLike',
+      ),
+    )
   return signature.replace(parameters=params)
 
 
-def neon(learning_rate: ScalarOrSchedule,
-         **kwargs: Unpack[_NeonOptions]) -> Optimizer:
+def neon(
+  learning_rate: ScalarOrSchedule, **kwargs: Unpack[_NeonOptions]
+) -> Optimizer:
   """Neon: Fanion-1, the rank-one update `u₁ v₁ᵀ` (`fanion` with `k=1`).
 
   Args:
@@ -268,8 +310,10 @@ def neon(learning_rate: ScalarOrSchedule,
     Kravatskiy et al., arXiv:2512.09678.
   """
   if 'k' in kwargs:
-    raise TypeError(f'neon is Fanion-1 and takes no k, got k={kwargs["k"]!r};'
-                    ' use fanion(learning_rate, k).')
+    raise TypeError(
+      f'neon is Fanion-1 and takes no k, got k={kwargs["k"]!r};'
+      ' use fanion(learning_rate, k).'
+    )
   return fanion(learning_rate, 1, **kwargs)
 
 
@@ -278,35 +322,38 @@ neon.__signature__ = _signature(fanion, drop=('k',))
 
 @preset
 def _fanion_mixture(
-    secondary: lmo_lib.LMO,
-    learning_rate: ScalarOrSchedule,
-    k: int | None,
-    alpha: jax.typing.ArrayLike = 0.5,
-    *,
-    allow_extrapolation: bool = False,
-    momentum: ScalarOrSchedule = 0.95,
-    nesterov: bool = True,
-    top_k_method: lmo_lib.TopKMethod = 'subspace',
-    subspace_iters: int | None = None,
-    polar_method: polar_lib.PolarMethod = 'polar_express',
-    polar_steps: int | None = None,
-    compute_dtype: jax.typing.DTypeLike | None = None,
-    **options: Unpack[PipelineOptions],
+  secondary: lmo_lib.LMO,
+  learning_rate: ScalarOrSchedule,
+  k: int | None,
+  alpha: jax.typing.ArrayLike = 0.5,
+  *,
+  allow_extrapolation: bool = False,
+  momentum: ScalarOrSchedule = 0.95,
+  nesterov: bool = True,
+  top_k_method: lmo_lib.TopKMethod = 'subspace',
+  subspace_iters: int | None = None,
+  polar_method: polar_lib.PolarMethod = 'polar_express',
+  polar_steps: int | None = None,
+  compute_dtype: jax.typing.DTypeLike | None = None,
+  **options: Unpack[PipelineOptions],
 ) -> Optimizer:
   """`α·(Ky Fan-k or spectral) + (1 − α)·secondary`: the F-/S- presets.
 
   Args:
     {options}
   """
-  primary = _ky_fan_or_spectral(k, top_k_method, subspace_iters, polar_method,
-                                polar_steps, compute_dtype)
+  primary = _ky_fan_or_spectral(
+    k, top_k_method, subspace_iters, polar_method, polar_steps, compute_dtype
+  )
   lmo = _mixture(alpha, allow_extrapolation, primary, secondary)
-  return lion_k(learning_rate, lmo, *_momentum_betas(momentum, nesterov),
-                **options)
+  return lion_k(
+    learning_rate, lmo, *_momentum_betas(momentum, nesterov), **options
+  )
 
 
-def _mixture_preset(*, full_rank: bool, sign_scale: bool
-                    ) -> Callable[[_Preset], _Preset]:
+def _mixture_preset(
+  *, full_rank: bool, sign_scale: bool
+) -> Callable[[_Preset], _Preset]:
   """Gives a mixture preset `_fanion_mixture`'s signature and Args.
 
   The signature drops `secondary` (the preset builds it), drops `k` and the
@@ -319,21 +366,34 @@ def _mixture_preset(*, full_rank: bool, sign_scale: bool
   def mark(fn: _Preset) -> _Preset:
     fn.__signature__ = _signature(_fanion_mixture, dropped, sign_scale)
     args = ''.join(
-        textwrap.fill(f'{name}: {text}', 76, initial_indent='    ',
-                      subsequent_indent='      ') + '\n'
-        for name, text in _MIXTURE_ARGS if name not in dropped)
-    fn.__doc__ = cast(str, fn.__doc__).replace('    {mixture}\n', args + (
+      textwrap.fill(
+        f'{name}: {text}', 76, initial_indent='    ', subsequent_indent='      '
+      )
+      + '\n'
+      for name, text in _MIXTURE_ARGS
+      if name not in dropped
+    )
+    fn.__doc__ = cast(str, fn.__doc__).replace(
+      '    {mixture}\n',
+      args
+      + (
         pipeline.OPTIONS_DOC.lstrip('\n') + '\n  Returns:\n    An'
         ' `optax.GradientTransformationExtraArgs`.\n\n  References:\n'
-        '    Kravatskiy et al., arXiv:2512.09678.\n'))
+        '    Kravatskiy et al., arXiv:2512.09678.\n'
+      ),
+    )
     return fn
+
   return mark
 
 
 @_mixture_preset(full_rank=False, sign_scale=False)
-def f_fanion(learning_rate: ScalarOrSchedule, k: int | None,
-             alpha: jax.typing.ArrayLike = 0.5,
-             **kwargs: Unpack[_FanionMixtureOptions]) -> Optimizer:
+def f_fanion(
+  learning_rate: ScalarOrSchedule,
+  k: int | None,
+  alpha: jax.typing.ArrayLike = 0.5,
+  **kwargs: Unpack[_FanionMixtureOptions],
+) -> Optimizer:
   """F-Fanion-k: `α·U_k V_kᵀ + (1 − α)·G/‖G‖_F` (k = 1: F-Neon).
 
   The LMO of the Minkowski sum of the Ky Fan-k dual ball and the Frobenius
@@ -345,15 +405,17 @@ def f_fanion(learning_rate: ScalarOrSchedule, k: int | None,
     alpha: weight α of the Ky Fan term, in [0, 1].
     {mixture}
   """
-  return _fanion_mixture(lmo_lib.frobenius(), learning_rate, k, alpha,
-                         **kwargs)
+  return _fanion_mixture(lmo_lib.frobenius(), learning_rate, k, alpha, **kwargs)
 
 
 @_mixture_preset(full_rank=False, sign_scale=True)
-def s_fanion(learning_rate: ScalarOrSchedule, k: int | None,
-             alpha: jax.typing.ArrayLike = 0.5,
-             sign_scale: jax.typing.ArrayLike = DEFAULT_SIGN_SCALE,
-             **kwargs: Unpack[_FanionMixtureOptions]) -> Optimizer:
+def s_fanion(
+  learning_rate: ScalarOrSchedule,
+  k: int | None,
+  alpha: jax.typing.ArrayLike = 0.5,
+  sign_scale: jax.typing.ArrayLike = DEFAULT_SIGN_SCALE,
+  **kwargs: Unpack[_FanionMixtureOptions],
+) -> Optimizer:
   """S-Fanion-k: `α·U_k V_kᵀ + (1 − α)·η·sign(G)` (k = 1: S-Neon).
 
   The LMO of the Minkowski sum of the Ky Fan-k dual ball and the ℓ∞ ball of
@@ -367,14 +429,15 @@ def s_fanion(learning_rate: ScalarOrSchedule, k: int | None,
       synthetic problem used 0.01).
     {mixture}
   """
-  return _fanion_mixture(_sign(sign_scale), learning_rate, k, alpha,
-                         **kwargs)
+  return _fanion_mixture(_sign(sign_scale), learning_rate, k, alpha, **kwargs)
 
 
 @_mixture_preset(full_rank=True, sign_scale=False)
-def f_muon(learning_rate: ScalarOrSchedule,
-           alpha: jax.typing.ArrayLike = 0.5,
-           **kwargs: Unpack[_MixtureOptions]) -> Optimizer:
+def f_muon(
+  learning_rate: ScalarOrSchedule,
+  alpha: jax.typing.ArrayLike = 0.5,
+  **kwargs: Unpack[_MixtureOptions],
+) -> Optimizer:
   """F-Muon: `α·U Vᵀ + (1 − α)·G/‖G‖_F` (`f_fanion` with `k=None`).
 
   The LMO of the Minkowski sum of the spectral and Frobenius balls.
@@ -384,15 +447,18 @@ def f_muon(learning_rate: ScalarOrSchedule,
     alpha: weight α of the spectral term, in [0, 1].
     {mixture}
   """
-  return _fanion_mixture(lmo_lib.frobenius(), learning_rate, None, alpha,
-                         **kwargs)
+  return _fanion_mixture(
+    lmo_lib.frobenius(), learning_rate, None, alpha, **kwargs
+  )
 
 
 @_mixture_preset(full_rank=True, sign_scale=True)
-def s_muon(learning_rate: ScalarOrSchedule,
-           alpha: jax.typing.ArrayLike = 0.5,
-           sign_scale: jax.typing.ArrayLike = DEFAULT_SIGN_SCALE,
-           **kwargs: Unpack[_MixtureOptions]) -> Optimizer:
+def s_muon(
+  learning_rate: ScalarOrSchedule,
+  alpha: jax.typing.ArrayLike = 0.5,
+  sign_scale: jax.typing.ArrayLike = DEFAULT_SIGN_SCALE,
+  **kwargs: Unpack[_MixtureOptions],
+) -> Optimizer:
   """S-Muon: `α·U Vᵀ + (1 − α)·η·sign(G)` (`s_fanion` with `k=None`).
 
   The LMO of the Minkowski sum of the spectral ball and the ℓ∞ ball of
@@ -405,5 +471,6 @@ def s_muon(learning_rate: ScalarOrSchedule,
       synthetic problem used 0.01).
     {mixture}
   """
-  return _fanion_mixture(_sign(sign_scale), learning_rate, None, alpha,
-                         **kwargs)
+  return _fanion_mixture(
+    _sign(sign_scale), learning_rate, None, alpha, **kwargs
+  )

@@ -53,7 +53,8 @@ class OptimizerEntry:
   factory: Callable[..., optax.GradientTransformation]
   learning_rate: float
   options: Mapping[str, Any] = dataclasses.field(
-      default_factory=lambda: MappingProxyType({}))
+    default_factory=lambda: MappingProxyType({})
+  )
   low_rank: bool = False
   exact: bool = False
   variant: bool = False
@@ -61,28 +62,52 @@ class OptimizerEntry:
   def __post_init__(self):
     object.__setattr__(self, 'options', MappingProxyType(dict(self.options)))
 
-  def __call__(self, learning_rate: optax.ScalarOrSchedule | None = None,
-               **overrides: Any) -> optax.GradientTransformation:
+  def __call__(
+    self, learning_rate: optax.ScalarOrSchedule | None = None, **overrides: Any
+  ) -> optax.GradientTransformation:
     """Builds the optimizer; keywords override the entry's options."""
     lr = self.learning_rate if learning_rate is None else learning_rate
     return self.factory(lr, **{**self.options, **overrides})
 
 
-def _entry(factory, learning_rate, *, low_rank=False, exact=False,
-           variant=False, **options):
-  return OptimizerEntry(factory, learning_rate, options, low_rank=low_rank,
-                        exact=exact, variant=variant)
+def _entry(
+  factory,
+  learning_rate,
+  *,
+  low_rank=False,
+  exact=False,
+  variant=False,
+  **options,
+):
+  return OptimizerEntry(
+    factory,
+    learning_rate,
+    options,
+    low_rank=low_rank,
+    exact=exact,
+    variant=variant,
+  )
 
 
-OPTIMIZERS: Mapping[str, OptimizerEntry] = MappingProxyType({
+OPTIMIZERS: Mapping[str, OptimizerEntry] = MappingProxyType(
+  {
     'muon': _entry(alias.muon, 0.02),
-    'muon_newton_schulz': _entry(alias.muon, 0.02, variant=True,
-                                 polar_method='newton_schulz'),
-    'muon_svd': _entry(alias.muon, 0.02, polar_method='svd', exact=True,
-                       variant=True),
+    'muon_newton_schulz': _entry(
+      alias.muon, 0.02, variant=True, polar_method='newton_schulz'
+    ),
+    'muon_svd': _entry(
+      alias.muon, 0.02, polar_method='svd', exact=True, variant=True
+    ),
     'fanion': _entry(alias.fanion, 0.02, k=2, low_rank=True),
-    'fanion_svd': _entry(alias.fanion, 0.02, k=2, top_k_method='svd',
-                         low_rank=True, exact=True, variant=True),
+    'fanion_svd': _entry(
+      alias.fanion,
+      0.02,
+      k=2,
+      top_k_method='svd',
+      low_rank=True,
+      exact=True,
+      variant=True,
+    ),
     'neon': _entry(alias.neon, 0.02, low_rank=True),
     'f_muon': _entry(alias.f_muon, 0.02),
     's_muon': _entry(alias.s_muon, 0.02, sign_scale=0.01),
@@ -92,19 +117,26 @@ OPTIMIZERS: Mapping[str, OptimizerEntry] = MappingProxyType({
     'lion_k_frobenius': _entry(pipeline.lion_k, 0.05, lmo=lmo.frobenius()),
     'lion_k_schatten': _entry(pipeline.lion_k, 0.02, lmo=lmo.schatten(3.0)),
     'lion_k_huber': _entry(pipeline.lion_k, 0.02, lmo=lmo.huber_nuclear(0.5)),
-    'lion_k_mix': _entry(pipeline.lion_k, 0.02, lmo=lmo.mix(
-        (0.5, lmo.ky_fan(2)), (0.5, lmo.sign(0.01)))),
-})
+    'lion_k_mix': _entry(
+      pipeline.lion_k,
+      0.02,
+      lmo=lmo.mix((0.5, lmo.ky_fan(2)), (0.5, lmo.sign(0.01))),
+    ),
+  }
+)
 """Every optimizer configuration under test, by name."""
 
 PRESETS: tuple[str, ...] = tuple(
-    name for name, entry in OPTIMIZERS.items() if not entry.variant)
+  name for name, entry in OPTIMIZERS.items() if not entry.variant
+)
 """The entries that are not solver variants of another entry."""
 
-LMOS: Mapping[str, Callable[[], lmo.LMO]] = MappingProxyType({
+LMOS: Mapping[str, Callable[[], lmo.LMO]] = MappingProxyType(
+  {
     'spectral': lmo.spectral,
     'spectral_newton_schulz': lambda: lmo.spectral(
-        polar_method='newton_schulz'),
+      polar_method='newton_schulz'
+    ),
     'spectral_svd': lambda: lmo.spectral(polar_method='svd'),
     'ky_fan': lambda: lmo.ky_fan(2),
     'ky_fan_svd': lambda: lmo.ky_fan(2, top_k_method='svd'),
@@ -116,10 +148,12 @@ LMOS: Mapping[str, Callable[[], lmo.LMO]] = MappingProxyType({
     # Every singular value mapped to one: the spectral LMO through the
     # generic SVD path of `SpectralFunction`.
     'spectral_fn_ones': lambda: lmo.spectral_fn(jnp.ones_like),
-    'f_muon_mix': lambda: lmo.mix((0.5, lmo.spectral()),
-                                  (0.5, lmo.frobenius())),
-    's_fanion_mix': lambda: lmo.mix((0.5, lmo.ky_fan(2)),
-                                    (0.5, lmo.sign(0.01))),
-})
+    'f_muon_mix': lambda: lmo.mix(
+      (0.5, lmo.spectral()), (0.5, lmo.frobenius())
+    ),
+    's_fanion_mix': lambda: lmo.mix(
+      (0.5, lmo.ky_fan(2)), (0.5, lmo.sign(0.01))
+    ),
+  }
+)
 """A fresh instance of every LMO configuration under test, by name."""
-

@@ -31,15 +31,29 @@ from flax import nnx
 
 import fanion_optax as fo
 
-STDLIB_MODULES = ('argparse', 'textwrap', 'difflib', 'string', 'functools',
-                  'dataclasses', 'json/decoder', 'csv', 'fractions',
-                  'statistics', 'heapq', 'bisect', 'shlex', 'calendar')
+STDLIB_MODULES = (
+  'argparse',
+  'textwrap',
+  'difflib',
+  'string',
+  'functools',
+  'dataclasses',
+  'json/decoder',
+  'csv',
+  'fractions',
+  'statistics',
+  'heapq',
+  'bisect',
+  'shlex',
+  'calendar',
+)
 VOCAB = 256  # bytes
 OPTIMIZERS = ('adamw', 'muon', 'f_muon', 's_muon', 'fanion')
 
 
-def load_corpus(path: str | None = None, max_bytes: int = 1_000_000
-                ) -> np.ndarray:
+def load_corpus(
+  path: str | None = None, max_bytes: int = 1_000_000
+) -> np.ndarray:
   """Bytes of `path`, or of a fixed list of standard-library modules."""
   if path is not None:
     with open(path, 'rb') as f:
@@ -64,8 +78,13 @@ class Block(nnx.Module):
   def __init__(self, d_model: int, heads: int, *, rngs: nnx.Rngs):
     self.norm1 = nnx.LayerNorm(d_model, rngs=rngs)
     self.attn = nnx.MultiHeadAttention(
-        num_heads=heads, in_features=d_model, qkv_features=d_model,
-        use_bias=False, decode=False, rngs=rngs)
+      num_heads=heads,
+      in_features=d_model,
+      qkv_features=d_model,
+      use_bias=False,
+      decode=False,
+      rngs=rngs,
+    )
     self.norm2 = nnx.LayerNorm(d_model, rngs=rngs)
     self.up = nnx.Linear(d_model, 4 * d_model, rngs=rngs)
     self.down = nnx.Linear(4 * d_model, d_model, rngs=rngs)
@@ -78,13 +97,16 @@ class Block(nnx.Module):
 class CharTransformer(nnx.Module):
   """A small GPT over bytes."""
 
-  def __init__(self, *, d_model: int, layers: int, heads: int, context: int,
-               rngs: nnx.Rngs):
+  def __init__(
+    self, *, d_model: int, layers: int, heads: int, context: int, rngs: nnx.Rngs
+  ):
     self.embed = nnx.Embed(VOCAB, d_model, rngs=rngs)
-    self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(),
-                                                  (context, d_model)))
+    self.pos = nnx.Param(
+      0.02 * jax.random.normal(rngs.params(), (context, d_model))
+    )
     self.blocks = nnx.List(
-        [Block(d_model, heads, rngs=rngs) for _ in range(layers)])
+      [Block(d_model, heads, rngs=rngs) for _ in range(layers)]
+    )
     self.norm = nnx.LayerNorm(d_model, rngs=rngs)
     self.head = nnx.Linear(d_model, VOCAB, rngs=rngs)
 
@@ -105,6 +127,7 @@ EXCLUDE = (r'^embed/', r'^pos', r'^head/')
 
 def dimension_numbers(params: Any) -> Any:
   """Dense kernels `(in, out)`; attention `(in, h, dh)` and `(h, dh, out)`."""
+
   def spec(path, x):
     name = fo.partition.path_name(path)
     if x.ndim == 2:
@@ -114,16 +137,22 @@ def dimension_numbers(params: Any) -> Any:
     if x.ndim == 3:
       return fo.DimensionNumbers(0, (1, 2))
     return None
+
   return jax.tree_util.tree_map_with_path(spec, params)
 
 
-def make_optimizer(name: str, steps: int, lr: float | None = None
-                   ) -> optax.GradientTransformation:
+def make_optimizer(
+  name: str, steps: int, lr: float | None = None
+) -> optax.GradientTransformation:
   """The demo's optimizers, with learning rates tuned for this model size."""
   common: dict[str, Any] = dict(
-      weight_decay=0.01, exclude=EXCLUDE, dimension_numbers=dimension_numbers,
-      fallback=fo.adamw_fallback(
-          optax.cosine_decay_schedule(3e-3, steps), b2=0.999))
+    weight_decay=0.01,
+    exclude=EXCLUDE,
+    dimension_numbers=dimension_numbers,
+    fallback=fo.adamw_fallback(
+      optax.cosine_decay_schedule(3e-3, steps), b2=0.999
+    ),
+  )
   schedule = lambda peak: optax.cosine_decay_schedule(peak, steps)
   if name == 'adamw':
     return optax.adamw(schedule(lr or 3e-3), weight_decay=0.01)
@@ -166,21 +195,37 @@ def eval_step(model, x, y):
   return loss_fn(model, x, y)
 
 
-def train(name: str, args: argparse.Namespace, train_data: np.ndarray,
-          val_data: np.ndarray, progress) -> dict[str, Any]:
+def train(
+  name: str,
+  args: argparse.Namespace,
+  train_data: np.ndarray,
+  val_data: np.ndarray,
+  progress,
+) -> dict[str, Any]:
   """Trains one model; returns its loss curves and timings."""
   # One transformation object for both runs: nnx.jit keys its cache on it.
   tx = make_optimizer(name, args.steps)
 
   def fresh():
-    model = CharTransformer(d_model=args.d_model, layers=args.layers,
-                            heads=args.heads, context=args.context,
-                            rngs=nnx.Rngs(args.seed))
-    return (model, nnx.Optimizer(model, tx, wrt=nnx.Param),
-            batches(train_data, args.batch, args.context, args.seed))
+    model = CharTransformer(
+      d_model=args.d_model,
+      layers=args.layers,
+      heads=args.heads,
+      context=args.context,
+      rngs=nnx.Rngs(args.seed),
+    )
+    return (
+      model,
+      nnx.Optimizer(model, tx, wrt=nnx.Param),
+      batches(train_data, args.batch, args.context, args.seed),
+    )
 
-  val_batches = list(zip(range(args.eval_batches),
-                         batches(val_data, args.batch, args.context, 1234)))
+  val_batches = list(
+    zip(
+      range(args.eval_batches),
+      batches(val_data, args.batch, args.context, 1234),
+    )
+  )
   # Compile both steps on a throw-away copy so timings exclude compilation.
   model, optimizer, data = fresh()
   x, y = next(data)
@@ -197,22 +242,29 @@ def train(name: str, args: argparse.Namespace, train_data: np.ndarray,
       raise FloatingPointError(f'{name}: loss became {loss} at step {step}.')
     curve.append(loss)
     if step % args.eval_every == 0 or step == args.steps:
-      val = float(np.mean([eval_step(model, vx, vy)
-                           for _, (vx, vy) in val_batches]))
+      val = float(
+        np.mean([eval_step(model, vx, vy) for _, (vx, vy) in val_batches])
+      )
       val_curve.append((step, val))
     progress.update(1)
     progress.set_postfix(opt=name, loss=f'{loss:.3f}', refresh=False)
   tail = max(1, args.steps // 20)
-  return {'optimizer': name, 'train_curve': curve, 'val_curve': val_curve,
-          'final_train_loss': float(np.mean(curve[-tail:])),
-          'final_val_loss': val_curve[-1][1],
-          'ms_per_step': 1000 * seconds / args.steps}
+  return {
+    'optimizer': name,
+    'train_curve': curve,
+    'val_curve': val_curve,
+    'final_train_loss': float(np.mean(curve[-tail:])),
+    'final_val_loss': val_curve[-1][1],
+    'ms_per_step': 1000 * seconds / args.steps,
+  }
 
 
 def plot(results: Sequence[dict[str, Any]], path: str) -> None:
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
   for r in results:
     curve = np.asarray(r['train_curve'])
@@ -233,10 +285,14 @@ def plot(results: Sequence[dict[str, Any]], path: str) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
-      prog='python -m fanion_optax.demo',
-      description=cast(str, __doc__).split('\n')[0])
-  p.add_argument('--optimizers', default=','.join(OPTIMIZERS),
-                 help=f'comma-separated, from {OPTIMIZERS + ("neon",)}')
+    prog='python -m fanion_optax.demo',
+    description=cast(str, __doc__).split('\n')[0],
+  )
+  p.add_argument(
+    '--optimizers',
+    default=','.join(OPTIMIZERS),
+    help=f'comma-separated, from {OPTIMIZERS + ("neon",)}',
+  )
   p.add_argument('--steps', type=int, default=300)
   p.add_argument('--batch', type=int, default=32)
   p.add_argument('--context', type=int, default=64)
@@ -246,8 +302,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument('--eval-every', type=int, default=50)
   p.add_argument('--eval-batches', type=int, default=8)
   p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--corpus', default=None,
-                 help='text file to train on (default: Python stdlib source)')
+  p.add_argument(
+    '--corpus',
+    default=None,
+    help='text file to train on (default: Python stdlib source)',
+  )
   p.add_argument('--out', default='demo_out', help='output folder')
   p.add_argument('--no-plot', action='store_true')
   args = p.parse_args(argv)
@@ -256,8 +315,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if n not in OPTIMIZERS + ('neon',):
       p.error(f'unknown optimizer {n!r}')
   args.optimizer_names = names
-  for flag in ('steps', 'batch', 'context', 'd_model', 'layers', 'heads',
-               'eval_every', 'eval_batches'):
+  for flag in (
+    'steps',
+    'batch',
+    'context',
+    'd_model',
+    'layers',
+    'heads',
+    'eval_every',
+    'eval_batches',
+  ):
     if getattr(args, flag) < 1:
       p.error(f'--{flag.replace("_", "-")} must be >= 1')
   if args.d_model % args.heads:
@@ -272,24 +339,36 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   data = load_corpus(args.corpus)
   split = int(0.9 * len(data))
   train_data, val_data = data[:split], data[split:]
-  print(f'corpus: {len(data):,} bytes ({"stdlib" if args.corpus is None else args.corpus});'
-        f' model: d={args.d_model}, layers={args.layers};'
-        f' {args.steps} steps x {len(args.optimizer_names)} optimizers;'
-        f' jax {jax.__version__} on {jax.devices()[0].platform}')
+  print(
+    f'corpus: {len(data):,} bytes ({"stdlib" if args.corpus is None else args.corpus});'
+    f' model: d={args.d_model}, layers={args.layers};'
+    f' {args.steps} steps x {len(args.optimizer_names)} optimizers;'
+    f' jax {jax.__version__} on {jax.devices()[0].platform}'
+  )
   results = []
-  with tqdm(total=args.steps * len(args.optimizer_names), unit='step',
-            file=sys.stdout, mininterval=1.0) as progress:
+  with tqdm(
+    total=args.steps * len(args.optimizer_names),
+    unit='step',
+    file=sys.stdout,
+    mininterval=1.0,
+  ) as progress:
     for name in args.optimizer_names:
       results.append(train(name, args, train_data, val_data, progress))
-  print(f'\n{"optimizer":<10} {"train loss":>10} {"held-out":>10}'
-        f' {"ms/step":>8}')
+  print(
+    f'\n{"optimizer":<10} {"train loss":>10} {"held-out":>10} {"ms/step":>8}'
+  )
   for r in results:
-    print(f'{r["optimizer"]:<10} {r["final_train_loss"]:>10.3f}'
-          f' {r["final_val_loss"]:>10.3f} {r["ms_per_step"]:>8.1f}')
+    print(
+      f'{r["optimizer"]:<10} {r["final_train_loss"]:>10.3f}'
+      f' {r["final_val_loss"]:>10.3f} {r["ms_per_step"]:>8.1f}'
+    )
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, 'results.json'), 'w') as f:
-    json.dump({'args': {k: v for k, v in vars(args).items()},
-               'results': results}, f, indent=1)
+    json.dump(
+      {'args': {k: v for k, v in vars(args).items()}, 'results': results},
+      f,
+      indent=1,
+    )
   if not args.no_plot:
     path = os.path.join(args.out, 'loss_curves.png')
     plot(results, path)

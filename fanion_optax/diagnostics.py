@@ -59,22 +59,24 @@ def _value_at(name: str, value: Any, step: int | None) -> float:
   if not callable(value):
     return value
   if step is None:
-    raise ValueError(f'{name} is a schedule: pass step= (the step count at'
-                     ' which to evaluate it).')
+    raise ValueError(
+      f'{name} is a schedule: pass step= (the step count at'
+      ' which to evaluate it).'
+    )
   return float(cast(Any, value)(step))
 
 
 def constraint_report(
-    params: Any,
-    lmo: lmo_lib.LMO,
-    *,
-    weight_decay: float,
-    learning_rate: float | None = None,
-    shape_scale: partition.ShapeScale = 'muon',
-    dimension_numbers: Any = None,
-    exclude: Any = (),
-    rtol: float | None = None,
-    step: int | None = None,
+  params: Any,
+  lmo: lmo_lib.LMO,
+  *,
+  weight_decay: float,
+  learning_rate: float | None = None,
+  shape_scale: partition.ShapeScale = 'muon',
+  dimension_numbers: Any = None,
+  exclude: Any = (),
+  rtol: float | None = None,
+  step: int | None = None,
 ) -> dict[str, ConstraintEntry]:
   """Per matrix leaf: the weights' ball norm, the radius `s/λ`, and a verdict.
 
@@ -127,10 +129,12 @@ def constraint_report(
     _validate.check_scalar('learning_rate', learning_rate, low=0.0)
     if weight_decay * learning_rate > 1:
       raise ValueError(
-          'learning_rate * weight_decay must be <= 1 for the constraint to'
-          f' hold, got {learning_rate} * {weight_decay}.')
-  specs = partition.resolve_dimension_numbers(params, dimension_numbers,
-                                              exclude)
+        'learning_rate * weight_decay must be <= 1 for the constraint to'
+        f' hold, got {learning_rate} * {weight_decay}.'
+      )
+  specs = partition.resolve_dimension_numbers(
+    params, dimension_numbers, exclude
+  )
   leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
   report = {}
   for (path, leaf), spec in zip(leaves, treedef.flatten_up_to(specs)):
@@ -141,8 +145,11 @@ def constraint_report(
     radius = s / weight_decay if weight_decay > 0 else float('inf')
     norm = np.asarray(lmo.norm(spec.to_matrices(leaf)), dtype=np.float64)
     report[partition.path_name(path)] = ConstraintEntry(
-        norm=norm, radius=radius,
-        holds=bool(np.all(norm <= radius * (1 + rtol))),
-        contraction=None if learning_rate is None else (
-            1.0 - learning_rate * weight_decay))
+      norm=norm,
+      radius=radius,
+      holds=bool(np.all(norm <= radius * (1 + rtol))),
+      contraction=None
+      if learning_rate is None
+      else (1.0 - learning_rate * weight_decay),
+    )
   return report

@@ -60,12 +60,16 @@ class OverAxis:
   axis_name: Hashable
 
   def __post_init__(self):
-    names = (self.axis_name if isinstance(self.axis_name, tuple)
-             else (self.axis_name,))
-    if not names or any(n is None or not isinstance(n, Hashable)
-                        for n in names):
-      raise TypeError('axis_name must be a hashable axis name (or a tuple of'
-                      f' them), got {self.axis_name!r}.')
+    names = (
+      self.axis_name if isinstance(self.axis_name, tuple) else (self.axis_name,)
+    )
+    if not names or any(
+      n is None or not isinstance(n, Hashable) for n in names
+    ):
+      raise TypeError(
+        'axis_name must be a hashable axis name (or a tuple of'
+        f' them), got {self.axis_name!r}.'
+      )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,12 +98,16 @@ class OverMesh:
     elif isinstance(axes, (tuple, list)) and axes:
       axes = tuple(axes)
     else:
-      raise TypeError('axes must be a mesh axis name, a non-empty tuple of'
-                      f' them, or None, got {self.axes!r}.')
+      raise TypeError(
+        'axes must be a mesh axis name, a non-empty tuple of'
+        f' them, or None, got {self.axes!r}.'
+      )
     for axis in axes:
       if axis not in self.mesh.axis_names:
-        raise ValueError(f'axes holds {axis!r}, which is not an axis of the'
-                         f' mesh {tuple(self.mesh.axis_names)}.')
+        raise ValueError(
+          f'axes holds {axis!r}, which is not an axis of the'
+          f' mesh {tuple(self.mesh.axis_names)}.'
+        )
     object.__setattr__(self, 'axes', axes)
 
 
@@ -117,20 +125,25 @@ def over_axis(axis_name: Hashable) -> OverAxis:
   return OverAxis(axis_name)
 
 
-def over_mesh(mesh: Mesh, axes: str | Sequence[str] | None = None
-              ) -> OverMesh:
+def over_mesh(mesh: Mesh, axes: str | Sequence[str] | None = None) -> OverMesh:
   """Sharded jit: split the work over `axes` of `mesh` (default: all)."""
   # A list becomes a tuple; `OverMesh` rejects any other non-tuple sequence.
-  return OverMesh(mesh, cast('str | tuple[str, ...] | None',
-                             tuple(axes) if isinstance(axes, list) else axes))
+  return OverMesh(
+    mesh,
+    cast(
+      'str | tuple[str, ...] | None',
+      tuple(axes) if isinstance(axes, list) else axes,
+    ),
+  )
 
 
 def check_split(split: Any) -> None:
   """Raises `TypeError` unless `split` is `None`, `over_axis` or `over_mesh`."""
   if split is not None and not isinstance(split, (OverAxis, OverMesh)):
     raise TypeError(
-        'split must be None, fanion_optax.distributed.over_axis(name) or'
-        f' fanion_optax.distributed.over_mesh(mesh, axes), got {split!r}.')
+      'split must be None, fanion_optax.distributed.over_axis(name) or'
+      f' fanion_optax.distributed.over_mesh(mesh, axes), got {split!r}.'
+    )
 
 
 def _explicit_sharding(x: jax.Array) -> NamedSharding | None:
@@ -161,7 +174,8 @@ def replicate_explicit(x: jax.Array) -> tuple[jax.Array, Any]:
   if sharding is None:
     return x, lambda y: y
   replicated = jax.sharding.reshard(
-      x, NamedSharding(sharding.mesh, PartitionSpec()))
+    x, NamedSharding(sharding.mesh, PartitionSpec())
+  )
   return replicated, lambda y: jax.sharding.reshard(y, sharding)
 
 
@@ -170,17 +184,17 @@ def _concat(trees: Sequence[Any]) -> Any:
 
 
 def _take(tree: Any, start: int, size: int) -> Any:
-  return jax.tree.map(lambda x: x[start:start + size], tree)
+  return jax.tree.map(lambda x: x[start : start + size], tree)
 
 
-def _pad_batch(tree: Any, total: int, mode: Literal['constant', 'edge']
-               ) -> Any:
+def _pad_batch(tree: Any, total: int, mode: Literal['constant', 'edge']) -> Any:
   def pad(x):
     extra = total - x.shape[0]
     if extra == 0:
       return x
     widths = [(0, extra)] + [(0, 0)] * (x.ndim - 1)
     return jnp.pad(x, widths, mode=mode)
+
   return jax.tree.map(pad, tree)
 
 
@@ -195,7 +209,8 @@ def _update_pmap(lmo: lmo_lib.LMO, x, state, axis_name):
   start = jax.lax.axis_index(axis_name) * share
   mine = jax.lax.dynamic_slice_in_dim(x, start, share, axis=0)
   my_state = jax.tree.map(
-      lambda s: jax.lax.dynamic_slice_in_dim(s, start, share, axis=0), state)
+    lambda s: jax.lax.dynamic_slice_in_dim(s, start, share, axis=0), state
+  )
   out, new_state = lmo.update(mine, my_state)
   gather = lambda t: _gather_replicated(t, axis_name, start, share * devices)
   return _take((gather(out), jax.tree.map(gather, new_state)), 0, batch)
@@ -213,8 +228,9 @@ def _varies_over(x: jax.Array, axis_name: Any) -> bool:
   return any(n in vma for n in names)
 
 
-def _gather_replicated(x: jax.Array, axis_name: Any, start: jax.Array,
-                       total: int) -> jax.Array:
+def _gather_replicated(
+  x: jax.Array, axis_name: Any, start: jax.Array, total: int
+) -> jax.Array:
   """Every device's share, concatenated on every device.
 
   An `all_gather` result is typed as varying over the axis, which
@@ -225,7 +241,8 @@ def _gather_replicated(x: jax.Array, axis_name: Any, start: jax.Array,
   if not _varies_over(x, axis_name):
     return jax.lax.all_gather(x, axis_name, axis=0, tiled=True)
   placed = jax.lax.dynamic_update_slice_in_dim(
-      jnp.zeros((total, *x.shape[1:]), x.dtype), x, start, axis=0)
+    jnp.zeros((total, *x.shape[1:]), x.dtype), x, start, axis=0
+  )
   return jax.lax.psum(placed, axis_name)
 
 
@@ -240,33 +257,36 @@ def _update_mesh(lmo: lmo_lib.LMO, x, state, split: OverMesh):
   spec = lambda t: PartitionSpec(axes, *([None] * (t.ndim - 1)))
   explicit = jax.sharding.AxisType.Explicit
   if any(t == explicit for t in getattr(mesh, 'axis_types', ())):
-    constrain = lambda t: jax.sharding.reshard(
-        t, NamedSharding(mesh, spec(t)))
+    constrain = lambda t: jax.sharding.reshard(t, NamedSharding(mesh, spec(t)))
   else:
     constrain = lambda t: jax.lax.with_sharding_constraint(
-        t, NamedSharding(mesh, spec(t)))
+      t, NamedSharding(mesh, spec(t))
+    )
   x = constrain(x)
   state = jax.tree.map(constrain, state)
   local = jax.shard_map(
-      lmo.update, mesh=mesh,
-      in_specs=(spec(x), jax.tree.map(spec, state)),
-      out_specs=(spec(x), jax.tree.map(spec, state)),
-      check_vma=False)
+    lmo.update,
+    mesh=mesh,
+    in_specs=(spec(x), jax.tree.map(spec, state)),
+    out_specs=(spec(x), jax.tree.map(spec, state)),
+    check_vma=False,
+  )
   out, new_state = local(x, state)
   if any(t == explicit for t in getattr(mesh, 'axis_types', ())):
     # Explicit sharding forbids slicing a sharded axis unevenly.
     whole = NamedSharding(mesh, PartitionSpec())
     out, new_state = jax.tree.map(
-        lambda t: jax.sharding.reshard(t, whole), (out, new_state))
+      lambda t: jax.sharding.reshard(t, whole), (out, new_state)
+    )
   return _take((out, new_state), 0, batch)
 
 
 def apply_lmo(
-    lmo: lmo_lib.LMO,
-    matrices: Sequence[jax.Array],
-    states: Sequence[Any],
-    *,
-    split: Split = None,
+  lmo: lmo_lib.LMO,
+  matrices: Sequence[jax.Array],
+  states: Sequence[Any],
+  *,
+  split: Split = None,
 ) -> tuple[list[jax.Array], list[Any]]:
   """`lmo.update` on each `(batch, m, n)` matrix stack, grouped by shape.
 

@@ -96,14 +96,16 @@ class LMO(abc.ABC):
   def __call__(self, g: jax.typing.ArrayLike) -> jax.Array:
     """The direction `argmax_{‖D‖ ≤ 1} ⟨g, D⟩`, stateless (cold start)."""
 
-  def init(self, shape: Shape, dtype: jax.typing.DTypeLike = jnp.float32
-           ) -> State:
+  def init(
+    self, shape: Shape, dtype: jax.typing.DTypeLike = jnp.float32
+  ) -> State:
     """The state for matrices of `shape` `(..., m, n)`; `None` if stateless."""
     del shape, dtype
     return None
 
-  def update(self, g: jax.typing.ArrayLike, state: State
-             ) -> tuple[jax.Array, State]:
+  def update(
+    self, g: jax.typing.ArrayLike, state: State
+  ) -> tuple[jax.Array, State]:
     """The direction and the next state (warm-started LMOs use `state`)."""
     return self(g), state
 
@@ -114,9 +116,10 @@ class LMO(abc.ABC):
   def norm(self, x: jax.typing.ArrayLike) -> jax.Array:
     """The ball's norm per matrix, where it has a closed form."""
     raise NotImplementedError(
-        f'{type(self).__name__} has no closed-form ball norm: the norm whose'
-        ' ball is a Minkowski sum of balls is an infimal convolution. Use the'
-        ' norms of its terms (or dual_norm) instead.')
+      f'{type(self).__name__} has no closed-form ball norm: the norm whose'
+      ' ball is a Minkowski sum of balls is an infimal convolution. Use the'
+      ' norms of its terms (or dual_norm) instead.'
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -142,13 +145,18 @@ class Spectral(LMO):
   eps: float = polar_lib.DEFAULT_EPS
 
   def __post_init__(self):
-    _check_polar_options(self.polar_method, self.polar_steps,
-                         self.compute_dtype, self.eps)
+    _check_polar_options(
+      self.polar_method, self.polar_steps, self.compute_dtype, self.eps
+    )
 
   def __call__(self, g):
     return polar_lib.polar_factor(
-        g, polar_method=self.polar_method, polar_steps=self.polar_steps,
-        compute_dtype=self.compute_dtype, eps=self.eps)
+      g,
+      polar_method=self.polar_method,
+      polar_steps=self.polar_steps,
+      compute_dtype=self.compute_dtype,
+      eps=self.eps,
+    )
 
   def dual_norm(self, g):
     return jnp.sum(_linalg.singular_values(g), axis=-1)
@@ -195,8 +203,9 @@ class KyFan(LMO):
     _validate.check_choice('top_k_method', self.top_k_method, lowrank.METHODS)
     if self.subspace_iters is not None:
       _validate.check_int('subspace_iters', self.subspace_iters, minimum=0)
-    _check_polar_options(self.polar_method, self.polar_steps,
-                         self.compute_dtype, self.eps)
+    _check_polar_options(
+      self.polar_method, self.polar_steps, self.compute_dtype, self.eps
+    )
 
   @property
   def stateful(self) -> bool:  # type: ignore[override]
@@ -209,11 +218,19 @@ class KyFan(LMO):
     g = _validate.check_matrix('g', g)
     if self._is_full_rank(g.shape) and self.top_k_method == 'subspace':
       return polar_lib.polar_factor(
-          g, polar_method=self.polar_method, polar_steps=self.polar_steps,
-          compute_dtype=self.compute_dtype, eps=self.eps)
-    return lowrank.top_k_polar(g, self.k, top_k_method=self.top_k_method,
-                               subspace_iters=self.subspace_iters,
-                               compute_dtype=self.compute_dtype)
+        g,
+        polar_method=self.polar_method,
+        polar_steps=self.polar_steps,
+        compute_dtype=self.compute_dtype,
+        eps=self.eps,
+      )
+    return lowrank.top_k_polar(
+      g,
+      self.k,
+      top_k_method=self.top_k_method,
+      subspace_iters=self.subspace_iters,
+      compute_dtype=self.compute_dtype,
+    )
 
   def init(self, shape, dtype=jnp.float32):
     shape = tuple(shape)
@@ -231,19 +248,27 @@ class KyFan(LMO):
     if not self.stateful or self._is_full_rank(g.shape):
       return self(g), state
     direction, subspace = lowrank.top_k_polar(
-        g, self.k, top_k_method='subspace', subspace_iters=self.subspace_iters,
-        state=state, return_state=True, compute_dtype=self.compute_dtype)
+      g,
+      self.k,
+      top_k_method='subspace',
+      subspace_iters=self.subspace_iters,
+      state=state,
+      return_state=True,
+      compute_dtype=self.compute_dtype,
+    )
     subspace = cast(jax.Array, subspace)  # None only for an empty g
     # A zero or non-finite input carries no information about the subspace:
     # keep the previous one rather than a QR of zeros (or NaN) for the next
     # warm start.
-    informative = (jnp.all(jnp.isfinite(subspace), axis=(-2, -1), keepdims=True)
-                   & jnp.any(g != 0, axis=(-2, -1), keepdims=True)
-                   & jnp.all(jnp.isfinite(g), axis=(-2, -1), keepdims=True))
+    informative = (
+      jnp.all(jnp.isfinite(subspace), axis=(-2, -1), keepdims=True)
+      & jnp.any(g != 0, axis=(-2, -1), keepdims=True)
+      & jnp.all(jnp.isfinite(g), axis=(-2, -1), keepdims=True)
+    )
     return direction, jnp.where(informative, subspace, state)
 
   def dual_norm(self, g):
-    return jnp.sum(_linalg.singular_values(g)[..., :self.k], axis=-1)
+    return jnp.sum(_linalg.singular_values(g)[..., : self.k], axis=-1)
 
   def norm(self, x):
     s = _linalg.singular_values(x)
@@ -284,8 +309,9 @@ class Sign(LMO):
   scale: jax.typing.ArrayLike = 1.0
 
   def __post_init__(self):
-    _validate.check_scalar('scale', self.scale, low=0.0, low_inclusive=False,
-                           schedule=False)
+    _validate.check_scalar(
+      'scale', self.scale, low=0.0, low_inclusive=False, schedule=False
+    )
 
   def __call__(self, g):
     g = _validate.check_matrix('g', g)
@@ -320,16 +346,22 @@ class Mixture(LMO):
   def __post_init__(self):
     _validate.check_bool('allow_extrapolation', self.allow_extrapolation)
     if not isinstance(self.terms, (tuple, list)) or not self.terms:
-      raise ValueError('terms must hold at least one (weight, lmo) pair, got'
-                       f' {self.terms!r}.')
+      raise ValueError(
+        f'terms must hold at least one (weight, lmo) pair, got {self.terms!r}.'
+      )
     for i, term in enumerate(self.terms):
-      if not (isinstance(term, tuple) and len(term) == 2
-              and isinstance(term[1], LMO)):
+      if not (
+        isinstance(term, tuple) and len(term) == 2 and isinstance(term[1], LMO)
+      ):
         raise TypeError(
-            f'terms[{i}] must be a (weight, LMO) pair, got {term!r}.')
+          f'terms[{i}] must be a (weight, LMO) pair, got {term!r}.'
+        )
       _validate.check_scalar(
-          f'terms[{i}] weight', term[0], schedule=False,
-          low=None if self.allow_extrapolation else 0.0)
+        f'terms[{i}] weight',
+        term[0],
+        schedule=False,
+        low=None if self.allow_extrapolation else 0.0,
+      )
     object.__setattr__(self, 'terms', tuple(self.terms))
 
   @property
@@ -338,8 +370,13 @@ class Mixture(LMO):
 
   def _combine(self, g, directions):
     wide = jnp.promote_types(g.dtype, jnp.float32)
-    acc = cast(jax.Array, sum(weight * d.astype(wide)
-                              for (weight, _), d in zip(self.terms, directions)))
+    acc = cast(
+      jax.Array,
+      sum(
+        weight * d.astype(wide)
+        for (weight, _), d in zip(self.terms, directions)
+      ),
+    )
     return acc.astype(g.dtype)
 
   def __call__(self, g):
@@ -352,12 +389,15 @@ class Mixture(LMO):
   def update(self, g, state):
     g = _validate.check_matrix('g', g)
     outputs = [term.update(g, s) for (_, term), s in zip(self.terms, state)]
-    return (self._combine(g, [d for d, _ in outputs]),
-            tuple(s for _, s in outputs))
+    return (
+      self._combine(g, [d for d, _ in outputs]),
+      tuple(s for _, s in outputs),
+    )
 
   def dual_norm(self, g):
-    return cast(jax.Array,
-                sum(weight * term.dual_norm(g) for weight, term in self.terms))
+    return cast(
+      jax.Array, sum(weight * term.dual_norm(g) for weight, term in self.terms)
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -397,15 +437,17 @@ class SpectralFunction(LMO):
     scaled, exponent = _linalg.power_of_two_scaled(x)
     u, s, vh = _linalg.svd(scaled, full_matrices=False)
     keep = _linalg.singular_value_mask(s, x.shape)
-    sigma = s if self.homogeneous else _linalg.times_power_of_two(
-        s, exponent[..., 0])
+    sigma = (
+      s if self.homogeneous else _linalg.times_power_of_two(s, exponent[..., 0])
+    )
     weights = jnp.where(keep, self.h_prime(sigma), 0.0).astype(x.dtype)
     return ((u * weights[..., None, :]) @ vh).astype(g.dtype)
 
   def dual_norm(self, g):
     if self.value is None:
       raise NotImplementedError(
-          f'{self.name}: pass h= to spectral_fn to evaluate 𝒦(g).')
+        f'{self.name}: pass h= to spectral_fn to evaluate 𝒦(g).'
+      )
     return self.value(_linalg.singular_values(g))
 
   def norm(self, x):
@@ -421,8 +463,9 @@ frobenius = Frobenius
 sign = Sign
 
 
-def mix(*terms: tuple[jax.typing.ArrayLike, LMO],
-        allow_extrapolation: bool = False) -> Mixture:
+def mix(
+  *terms: tuple[jax.typing.ArrayLike, LMO], allow_extrapolation: bool = False
+) -> Mixture:
   """The conic mixture `Σ αᵢ·lmoᵢ`: the LMO of the Minkowski sum `Σ αᵢ Bᵢ`.
 
   F-Muon is `mix((α, spectral()), (1 − α, frobenius()))`, S-Muon
@@ -444,10 +487,10 @@ def mix(*terms: tuple[jax.typing.ArrayLike, LMO],
 
 
 def spectral_fn(
-    h_prime: Callable[[jax.Array], jax.Array],
-    *,
-    h: Callable[[jax.Array], jax.Array] | None = None,
-    name: str = 'spectral_fn',
+  h_prime: Callable[[jax.Array], jax.Array],
+  *,
+  h: Callable[[jax.Array], jax.Array] | None = None,
+  name: str = 'spectral_fn',
 ) -> SpectralFunction:
   """`∇𝒦` for a spectral function `𝒦(X) = Σ h(σᵢ)`, via an SVD.
 
@@ -493,14 +536,19 @@ def schatten(p: float) -> SpectralFunction:
 
   def h_prime(s):
     ratios, _ = _peak_ratios(s)
-    norm = jnp.sum(ratios**p, axis=-1, keepdims=True)**(1.0 / p)
-    return (ratios / norm)**(p - 1.0)
+    norm = jnp.sum(ratios**p, axis=-1, keepdims=True) ** (1.0 / p)
+    return (ratios / norm) ** (p - 1.0)
 
   def q_norm(s):
     return _largest(s) if p == 1.0 else _lp_norm(s, p / (p - 1.0))
 
-  return SpectralFunction(h_prime=h_prime, value=p_norm, ball_norm=q_norm,
-                          name=f'schatten(p={p})', homogeneous=True)
+  return SpectralFunction(
+    h_prime=h_prime,
+    value=p_norm,
+    ball_norm=q_norm,
+    name=f'schatten(p={p})',
+    homogeneous=True,
+  )
 
 
 def _peak_ratios(s: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -517,7 +565,7 @@ def _peak_ratios(s: jax.Array) -> tuple[jax.Array, jax.Array]:
 def _lp_norm(s: jax.Array, p: float) -> jax.Array:
   """`‖s‖_p` over the last axis, scaled by the peak so it cannot overflow."""
   ratios, peak = _peak_ratios(s)
-  return peak * jnp.sum(ratios**p, axis=-1)**(1.0 / p)
+  return peak * jnp.sum(ratios**p, axis=-1) ** (1.0 / p)
 
 
 def huber_nuclear(delta: float) -> SpectralFunction:
@@ -533,14 +581,16 @@ def huber_nuclear(delta: float) -> SpectralFunction:
   Returns:
     A stateless `LMO`-like oracle for Lion-𝒦.
   """
-  _validate.check_scalar('delta', delta, low=0.0, low_inclusive=False,
-                         schedule=False)
+  _validate.check_scalar(
+    'delta', delta, low=0.0, low_inclusive=False, schedule=False
+  )
 
   def h(s):
     return jnp.where(s <= delta, s * s / (2 * delta), s - delta / 2)
 
   return SpectralFunction(
-      h_prime=lambda s: jnp.minimum(s / delta, 1.0),
-      value=lambda s: jnp.sum(h(s), axis=-1),
-      ball_norm=_largest,
-      name=f'huber_nuclear(delta={delta})')
+    h_prime=lambda s: jnp.minimum(s / delta, 1.0),
+    value=lambda s: jnp.sum(h(s), axis=-1),
+    ball_norm=_largest,
+    name=f'huber_nuclear(delta={delta})',
+  )

@@ -35,8 +35,9 @@ def effective_rank(shape: tuple[int, ...], k: int) -> int:
   return min(k, shape[-2], shape[-1])
 
 
-def initial_subspace(shape: tuple[int, ...], k: int,
-                     dtype: jax.typing.DTypeLike = jnp.float32) -> jax.Array:
+def initial_subspace(
+  shape: tuple[int, ...], k: int, dtype: jax.typing.DTypeLike = jnp.float32
+) -> jax.Array:
   """A fixed random orthonormal right subspace, the cold start.
 
   Args:
@@ -70,8 +71,9 @@ def top_k_svd(g: jax.Array, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   return u[..., :k], s[..., :k], _linalg.swap_last(vh[..., :k, :])
 
 
-def _power_step(_, carry: tuple[jax.Array, jax.Array]
-                ) -> tuple[jax.Array, jax.Array]:
+def _power_step(
+  _, carry: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array, jax.Array]:
   # Module level (not a closure over `g`): eagerly, `fori_loop` then finds
   # its traced body in JAX's cache instead of compiling it on every call.
   g, q = carry
@@ -80,7 +82,7 @@ def _power_step(_, carry: tuple[jax.Array, jax.Array]
 
 
 def subspace_iteration(
-    g: jax.Array, q: jax.Array, subspace_iters: int | jax.Array
+  g: jax.Array, q: jax.Array, subspace_iters: int | jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Block power iteration `Q ← orth(Gᵀ(G Q))` and a Rayleigh–Ritz step.
 
@@ -101,52 +103,52 @@ def subspace_iteration(
 
 @overload
 def top_k_polar(
-    g: jax.typing.ArrayLike,
-    k: int,
-    *,
-    top_k_method: TopKMethod = ...,
-    subspace_iters: int | None = ...,
-    state: jax.Array | None = ...,
-    return_state: Literal[False] = ...,
-    compute_dtype: jax.typing.DTypeLike | None = ...,
+  g: jax.typing.ArrayLike,
+  k: int,
+  *,
+  top_k_method: TopKMethod = ...,
+  subspace_iters: int | None = ...,
+  state: jax.Array | None = ...,
+  return_state: Literal[False] = ...,
+  compute_dtype: jax.typing.DTypeLike | None = ...,
 ) -> jax.Array: ...
 
 
 @overload
 def top_k_polar(
-    g: jax.typing.ArrayLike,
-    k: int,
-    *,
-    top_k_method: TopKMethod = ...,
-    subspace_iters: int | None = ...,
-    state: jax.Array | None = ...,
-    return_state: Literal[True],
-    compute_dtype: jax.typing.DTypeLike | None = ...,
+  g: jax.typing.ArrayLike,
+  k: int,
+  *,
+  top_k_method: TopKMethod = ...,
+  subspace_iters: int | None = ...,
+  state: jax.Array | None = ...,
+  return_state: Literal[True],
+  compute_dtype: jax.typing.DTypeLike | None = ...,
 ) -> tuple[jax.Array, jax.Array | None]: ...
 
 
 @overload
 def top_k_polar(
-    g: jax.typing.ArrayLike,
-    k: int,
-    *,
-    top_k_method: TopKMethod = ...,
-    subspace_iters: int | None = ...,
-    state: jax.Array | None = ...,
-    return_state: bool,
-    compute_dtype: jax.typing.DTypeLike | None = ...,
+  g: jax.typing.ArrayLike,
+  k: int,
+  *,
+  top_k_method: TopKMethod = ...,
+  subspace_iters: int | None = ...,
+  state: jax.Array | None = ...,
+  return_state: bool,
+  compute_dtype: jax.typing.DTypeLike | None = ...,
 ) -> jax.Array | tuple[jax.Array, jax.Array | None]: ...
 
 
 def top_k_polar(
-    g: jax.typing.ArrayLike,
-    k: int,
-    *,
-    top_k_method: TopKMethod = 'subspace',
-    subspace_iters: int | None = None,
-    state: jax.Array | None = None,
-    return_state: bool = False,
-    compute_dtype: jax.typing.DTypeLike | None = None,
+  g: jax.typing.ArrayLike,
+  k: int,
+  *,
+  top_k_method: TopKMethod = 'subspace',
+  subspace_iters: int | None = None,
+  state: jax.Array | None = None,
+  return_state: bool = False,
+  compute_dtype: jax.typing.DTypeLike | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array | None]:
   """`U_k V_kᵀ`: the top-k singular pairs of `g`, each with weight 1.
 
@@ -196,7 +198,8 @@ def top_k_polar(
   if _linalg.is_empty(g):
     return (g, state) if return_state else g
   dtype = jnp.promote_types(
-      _linalg.compute_dtype_of(g.dtype, compute_dtype), jnp.float32)
+    _linalg.compute_dtype_of(g.dtype, compute_dtype), jnp.float32
+  )
   x = _linalg.max_abs_scaled(g.astype(dtype))
   k = effective_rank(x.shape, k)
   full_rank = k == min(x.shape[-2:])
@@ -211,8 +214,9 @@ def top_k_polar(
       expected = (*x.shape[:-2], x.shape[-1], k)
       if tuple(state.shape) != expected:
         raise ValueError(
-            f'state must have shape {expected} for g of shape {g.shape} and'
-            f' k={k}, got {tuple(state.shape)}.')
+          f'state must have shape {expected} for g of shape {g.shape} and'
+          f' k={k}, got {tuple(state.shape)}.'
+        )
       # A zero state (`KyFan.init`, or no informative step yet) is the cold
       # start, matrix by matrix; the count is decided at run time, so one
       # loop body serves the cold first step and the warm ones.

@@ -54,32 +54,38 @@ class DimensionNumbers:
   reduction_axes: int | Sequence[int] = 0
   output_axes: int | Sequence[int] = 1
 
-  def axes(self, ndim: int) -> tuple[tuple[int, ...], tuple[int, ...],
-                                     tuple[int, ...]]:
+  def axes(
+    self, ndim: int
+  ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     """`(batch, reduction, output)` axes, non-negative, for an `ndim` array.
 
     Raises:
       ValueError: axes out of range, empty, or shared by both groups.
     """
+
     def normalize(name, axes):
       if isinstance(axes, int):
         axes = (axes,)
       elif isinstance(axes, (tuple, list)):
         axes = tuple(axes)
       else:
-        raise TypeError(f'dimension_numbers.{name} must be an int or a'
-                        f' sequence of ints, got {axes!r}.')
+        raise TypeError(
+          f'dimension_numbers.{name} must be an int or a'
+          f' sequence of ints, got {axes!r}.'
+        )
       if not axes:
         raise ValueError(f'dimension_numbers.{name} must not be empty.')
       out = []
       for ax in axes:
         if isinstance(ax, bool) or not isinstance(ax, int):
           raise TypeError(
-              f'dimension_numbers.{name} must hold ints, got {axes!r}.')
+            f'dimension_numbers.{name} must hold ints, got {axes!r}.'
+          )
         if not -ndim <= ax < ndim:
           raise ValueError(
-              f'dimension_numbers.{name}={axes!r} does not fit an array with'
-              f' {ndim} axes: axes must be in [-{ndim}, {ndim}).')
+            f'dimension_numbers.{name}={axes!r} does not fit an array with'
+            f' {ndim} axes: axes must be in [-{ndim}, {ndim}).'
+          )
         out.append(ax % ndim)
       if len(set(out)) != len(out):
         raise ValueError(f'dimension_numbers.{name}={axes!r} repeats an axis.')
@@ -89,16 +95,19 @@ class DimensionNumbers:
     output = normalize('output_axes', self.output_axes)
     if set(reduction) & set(output):
       raise ValueError(
-          f'dimension_numbers reduction_axes={self.reduction_axes!r} and'
-          f' output_axes={self.output_axes!r} overlap.')
+        f'dimension_numbers reduction_axes={self.reduction_axes!r} and'
+        f' output_axes={self.output_axes!r} overlap.'
+      )
     batch = tuple(a for a in range(ndim) if a not in reduction + output)
     return batch, reduction, output
 
   def fans(self, shape: Sequence[int]) -> tuple[int, int]:
     """`(fan_in, fan_out)` for an array of `shape`."""
     _, reduction, output = self.axes(len(shape))
-    return (math.prod(shape[a] for a in reduction),
-            math.prod(shape[a] for a in output))
+    return (
+      math.prod(shape[a] for a in reduction),
+      math.prod(shape[a] for a in output),
+    )
 
   def matrix_shape(self, shape: Sequence[int]) -> tuple[int, int, int]:
     """`(batch, fan_in, fan_out)` for an array of `shape`."""
@@ -109,7 +118,8 @@ class DimensionNumbers:
     """Transposes and reshapes `x` to `(batch, fan_in, fan_out)`."""
     batch, reduction, output = self.axes(x.ndim)
     return jnp.transpose(x, batch + reduction + output).reshape(
-        self.matrix_shape(x.shape))
+      self.matrix_shape(x.shape)
+    )
 
   def from_matrices(self, y: jax.Array, shape: Sequence[int]) -> jax.Array:
     """Inverse of `to_matrices` for an array of the original `shape`."""
@@ -163,9 +173,10 @@ def check_float_params(tree: Any, who: str) -> None:
     dtype = jnp.result_type(leaf) if dtype is None else jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
       raise TypeError(
-          f'{who}: parameter {path_name(path)!r} has dtype {dtype}, but only'
-          ' floating parameters can be optimized (an integer one would be'
-          ' silently frozen). Keep it out of the optimized tree.')
+        f'{who}: parameter {path_name(path)!r} has dtype {dtype}, but only'
+        ' floating parameters can be optimized (an integer one would be'
+        ' silently frozen). Keep it out of the optimized tree.'
+      )
 
 
 def path_name(path: Sequence[Any]) -> str:
@@ -176,8 +187,11 @@ def path_name(path: Sequence[Any]) -> str:
   variables (at `init`) or raw arrays (at `update`).
   """
   keys = list(path)
-  if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and (
-      keys[-1].name == 'value'):
+  if (
+    keys
+    and isinstance(keys[-1], jax.tree_util.GetAttrKey)
+    and (keys[-1].name == 'value')
+  ):
     keys.pop()
   parts = []
   for key in keys:
@@ -198,13 +212,14 @@ DimensionNumbersSpec = Any
 def default_dimension_numbers(params: Any) -> Any:
   """2-D leaves are `(fan_in, fan_out)` matrices; other leaves: `None`."""
   return jax.tree.map(
-      lambda x: DimensionNumbers() if jnp.ndim(x) == 2 else None, params)
+    lambda x: DimensionNumbers() if jnp.ndim(x) == 2 else None, params
+  )
 
 
 def resolve_dimension_numbers(
-    params: Any,
-    dimension_numbers: DimensionNumbersSpec = None,
-    exclude: Sequence[str] | str = (),
+  params: Any,
+  dimension_numbers: DimensionNumbersSpec = None,
+  exclude: Sequence[str] | str = (),
 ) -> Any:
   """A full tree of `DimensionNumbers` or `None`, one per leaf of `params`.
 
@@ -225,7 +240,8 @@ def resolve_dimension_numbers(
       named), or a tree that does not match `params`.
   """
   if callable(dimension_numbers) and not is_dimension_numbers(
-      dimension_numbers):
+    dimension_numbers
+  ):
     dimension_numbers = dimension_numbers(params)
   if dimension_numbers is None:
     full = default_dimension_numbers(params)
@@ -233,12 +249,15 @@ def resolve_dimension_numbers(
     is_spec = lambda x: x is None or is_dimension_numbers(x)
     try:
       full = jax.tree.map(
-          lambda spec, sub: jax.tree.map(lambda _: spec, sub),
-          dimension_numbers, params, is_leaf=is_spec)
+        lambda spec, sub: jax.tree.map(lambda _: spec, sub),
+        dimension_numbers,
+        params,
+        is_leaf=is_spec,
+      )
     except ValueError as err:
       raise ValueError(
-          'dimension_numbers must be a DimensionNumbers, a tree or prefix'
-          f' tree of them matching the parameters, or a callable: {err}'
+        'dimension_numbers must be a DimensionNumbers, a tree or prefix'
+        f' tree of them matching the parameters, or a callable: {err}'
       ) from None
   patterns = [re.compile(p) for p in _as_patterns(exclude)]
   leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
@@ -251,13 +270,15 @@ def resolve_dimension_numbers(
     if spec is not None:
       if not is_dimension_numbers(spec):
         raise TypeError(
-            f'dimension_numbers for {name!r} must be DimensionNumbers or'
-            f' None, got {spec!r}.')
+          f'dimension_numbers for {name!r} must be DimensionNumbers or'
+          f' None, got {spec!r}.'
+        )
       try:
         spec.axes(jnp.ndim(leaf))
       except ValueError as err:
         raise ValueError(
-            f'{err} (parameter {name!r} of shape {jnp.shape(leaf)})') from None
+          f'{err} (parameter {name!r} of shape {jnp.shape(leaf)})'
+        ) from None
     out.append(spec)
   return treedef.unflatten(out)
 
@@ -270,8 +291,7 @@ def _as_patterns(exclude: Sequence[str] | str) -> tuple[str, ...]:
     try:
       re.compile(p)
     except re.error as err:
-      raise ValueError(
-          f'exclude holds an invalid regex {p!r}: {err}') from None
+      raise ValueError(f'exclude holds an invalid regex {p!r}: {err}') from None
   return patterns
 
 
@@ -283,8 +303,11 @@ def check_exclude(exclude: Sequence[str] | str) -> tuple[str, ...]:
 def select(tree: Any, specs: Any, *, matrices: bool) -> Any:
   """`tree` with `None` where a leaf is not (or, if not `matrices`, is) one."""
   return jax.tree.map(
-      lambda x, spec: x if (spec is not None) == matrices else None,
-      tree, specs, is_leaf=lambda x: x is None)
+    lambda x, spec: x if (spec is not None) == matrices else None,
+    tree,
+    specs,
+    is_leaf=lambda x: x is None,
+  )
 
 
 class RoutedState(NamedTuple):
@@ -295,11 +318,11 @@ class RoutedState(NamedTuple):
 
 
 def route(
-    matrix_tx: optax.GradientTransformation,
-    fallback_tx: optax.GradientTransformation,
-    *,
-    dimension_numbers: DimensionNumbersSpec = None,
-    exclude: Sequence[str] | str = (),
+  matrix_tx: optax.GradientTransformation,
+  fallback_tx: optax.GradientTransformation,
+  *,
+  dimension_numbers: DimensionNumbersSpec = None,
+  exclude: Sequence[str] | str = (),
 ) -> optax.GradientTransformationExtraArgs:
   """Sends matrix leaves to `matrix_tx` and the others to `fallback_tx`.
 
@@ -327,30 +350,39 @@ def route(
     check_float_params(params, 'init')
     specs = specs_of(params)
     return RoutedState(
-        matrices=matrix_tx.init(select(params, specs, matrices=True)),
-        fallback=fallback_tx.init(select(params, specs, matrices=False)))
+      matrices=matrix_tx.init(select(params, specs, matrices=True)),
+      fallback=fallback_tx.init(select(params, specs, matrices=False)),
+    )
 
   def update_fn(updates, state, params=None, **extra_args):
     specs = specs_of(updates)
     outputs = []
-    for tx, inner, is_matrix in ((matrix_tx, state.matrices, True),
-                                 (fallback_tx, state.fallback, False)):
+    for tx, inner, is_matrix in (
+      (matrix_tx, state.matrices, True),
+      (fallback_tx, state.fallback, False),
+    ):
       part = select(updates, specs, matrices=is_matrix)
       if not jax.tree.leaves(part):
         # Nothing routed here (a bare array selects to a bare None, which
         # transformations needing params would reject).
         outputs.append((part, inner))
         continue
-      outputs.append(tx.update(
-          part, inner,
-          None if params is None else select(params, specs,
-                                             matrices=is_matrix),
-          **extra_args))
-    (matrix_updates, matrix_state), (fallback_updates, fallback_state) = (
-        outputs)
+      outputs.append(
+        tx.update(
+          part,
+          inner,
+          None if params is None else select(params, specs, matrices=is_matrix),
+          **extra_args,
+        )
+      )
+    (matrix_updates, matrix_state), (fallback_updates, fallback_state) = outputs
     merged = jax.tree.map(
-        lambda spec, a, b: b if spec is None else a,
-        specs, matrix_updates, fallback_updates, is_leaf=lambda x: x is None)
+      lambda spec, a, b: b if spec is None else a,
+      specs,
+      matrix_updates,
+      fallback_updates,
+      is_leaf=lambda x: x is None,
+    )
     return merged, RoutedState(matrices=matrix_state, fallback=fallback_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -49,12 +49,14 @@ _Factory = TypeVar('_Factory', bound=Callable[..., Any])
 
 def _to_float32(tree: Any) -> Any:
   return jax.tree.map(
-      lambda x: jnp.asarray(x).astype(jnp.promote_types(x.dtype, jnp.float32)),
-      tree)
+    lambda x: jnp.asarray(x).astype(jnp.promote_types(x.dtype, jnp.float32)),
+    tree,
+  )
 
 
-def _in_float32(inner: optax.GradientTransformation
-                ) -> optax.GradientTransformationExtraArgs:
+def _in_float32(
+  inner: optax.GradientTransformation,
+) -> optax.GradientTransformationExtraArgs:
   """`inner` computed (and its state kept) in at least float32.
 
   AdamW's second moment of a float16 gradient underflows (`(1e-4)² = 1e-8`
@@ -69,19 +71,22 @@ def _in_float32(inner: optax.GradientTransformation
 
   def update_fn(updates, state, params=None, **extra_args):
     out, state = inner.update(
-        _to_float32(updates), state,
-        None if params is None else _to_float32(params), **extra_args)
+      _to_float32(updates),
+      state,
+      None if params is None else _to_float32(params),
+      **extra_args,
+    )
     return jax.tree.map(lambda o, u: o.astype(u.dtype), out, updates), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def adamw_fallback(
-    learning_rate: ScalarOrSchedule = 3e-4,
-    b1: float = 0.9,
-    b2: float = 0.95,
-    eps: float = 1e-8,
-    weight_decay: ScalarOrSchedule = 0.0,
+  learning_rate: ScalarOrSchedule = 3e-4,
+  b1: float = 0.9,
+  b2: float = 0.95,
+  eps: float = 1e-8,
+  weight_decay: ScalarOrSchedule = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
   """The default optimizer for non-matrix leaves: AdamW in float32.
 
@@ -108,24 +113,25 @@ def adamw_fallback(
   _validate.check_scalar('b2', b2, low=0.0, high=1.0, high_inclusive=False)
   _validate.check_scalar('eps', eps, low=0.0)
   _validate.check_scalar('weight_decay', weight_decay, low=0.0)
-  return _in_float32(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps,
-                                 weight_decay=weight_decay))
+  return _in_float32(
+    optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+  )
 
 
 def lion_k(
-    learning_rate: ScalarOrSchedule,
-    lmo: lmo_lib.LMO,
-    b1: ScalarOrSchedule = 0.9,
-    b2: ScalarOrSchedule = 0.99,
-    *,
-    weight_decay: ScalarOrSchedule = 0.0,
-    weight_decay_mask: Any = None,
-    shape_scale: partition.ShapeScale = 'muon',
-    dimension_numbers: partition.DimensionNumbersSpec = None,
-    exclude: str | Sequence[str] = (),
-    fallback: optax.GradientTransformation | None = None,
-    mu_dtype: jax.typing.DTypeLike | None = None,
-    split: distributed.Split = None,
+  learning_rate: ScalarOrSchedule,
+  lmo: lmo_lib.LMO,
+  b1: ScalarOrSchedule = 0.9,
+  b2: ScalarOrSchedule = 0.99,
+  *,
+  weight_decay: ScalarOrSchedule = 0.0,
+  weight_decay_mask: Any = None,
+  shape_scale: partition.ShapeScale = 'muon',
+  dimension_numbers: partition.DimensionNumbersSpec = None,
+  exclude: str | Sequence[str] = (),
+  fallback: optax.GradientTransformation | None = None,
+  mu_dtype: jax.typing.DTypeLike | None = None,
+  split: distributed.Split = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Lion-𝒦 with any LMO of `fanion_optax.lmo` as `∇𝒦`: the pipeline.
 
@@ -179,19 +185,26 @@ def lion_k(
   if fallback is None:
     fallback = adamw_fallback()
   elif not isinstance(fallback, optax.GradientTransformation):
-    raise TypeError('fallback must be an optax.GradientTransformation or'
-                    f' None, got {fallback!r}.')
+    raise TypeError(
+      'fallback must be an optax.GradientTransformation or'
+      f' None, got {fallback!r}.'
+    )
   matrices = optax.chain(
-      transforms.scale_by_lion_k(lmo, b1, b2, mu_dtype=mu_dtype,
-                                 dimension_numbers=dimension_numbers,
-                                 split=split),
-      transforms.scale_by_shape(shape_scale,
-                                dimension_numbers=dimension_numbers),
-      transforms.add_decayed_weights(weight_decay, weight_decay_mask),
-      optax.scale_by_learning_rate(learning_rate),
+    transforms.scale_by_lion_k(
+      lmo,
+      b1,
+      b2,
+      mu_dtype=mu_dtype,
+      dimension_numbers=dimension_numbers,
+      split=split,
+    ),
+    transforms.scale_by_shape(shape_scale, dimension_numbers=dimension_numbers),
+    transforms.add_decayed_weights(weight_decay, weight_decay_mask),
+    optax.scale_by_learning_rate(learning_rate),
   )
-  return partition.route(matrices, fallback,
-                         dimension_numbers=dimension_numbers, exclude=exclude)
+  return partition.route(
+    matrices, fallback, dimension_numbers=dimension_numbers, exclude=exclude
+  )
 
 
 class PipelineOptions(TypedDict, total=False):
@@ -208,10 +221,13 @@ class PipelineOptions(TypedDict, total=False):
 
 
 _OPTIONS = tuple(
-    p for p in inspect.signature(lion_k).parameters.values()
-    if p.kind is inspect.Parameter.KEYWORD_ONLY)
+  p
+  for p in inspect.signature(lion_k).parameters.values()
+  if p.kind is inspect.Parameter.KEYWORD_ONLY
+)
 assert tuple(p.name for p in _OPTIONS) == tuple(
-    PipelineOptions.__annotations__), 'PipelineOptions must mirror lion_k'
+  PipelineOptions.__annotations__
+), 'PipelineOptions must mirror lion_k'
 
 OPTIONS_DOC = """
     **options: the pipeline options of `fanion_optax.lion_k`, forwarded
@@ -229,28 +245,45 @@ def preset(factory: _Factory) -> _Factory:
   injectable; its docstring's `{options}` line lists them.
   """
   own = inspect.signature(factory)
-  params = [p for p in own.parameters.values()
-            if p.kind is not inspect.Parameter.VAR_KEYWORD]
+  params = [
+    p
+    for p in own.parameters.values()
+    if p.kind is not inspect.Parameter.VAR_KEYWORD
+  ]
   factory.__signature__ = own.replace(parameters=params + list(_OPTIONS))
   factory.__doc__ = cast(str, factory.__doc__).replace(
-      '    {options}\n', OPTIONS_DOC.lstrip('\n'))
+    '    {options}\n', OPTIONS_DOC.lstrip('\n')
+  )
   return factory
 
 
 STRUCTURAL_ARGS = (
-    'lmo', 'k', 'polar_method', 'polar_steps', 'top_k_method',
-    'subspace_iters', 'compute_dtype', 'nesterov', 'allow_extrapolation',
-    'dimension_numbers', 'weight_decay_mask', 'exclude', 'fallback',
-    'mu_dtype', 'split', 'shape_scale')
+  'lmo',
+  'k',
+  'polar_method',
+  'polar_steps',
+  'top_k_method',
+  'subspace_iters',
+  'compute_dtype',
+  'nesterov',
+  'allow_extrapolation',
+  'dimension_numbers',
+  'weight_decay_mask',
+  'exclude',
+  'fallback',
+  'mu_dtype',
+  'split',
+  'shape_scale',
+)
 """Arguments that shape the computation rather than scale it: kept static
 by `inject_hyperparams` (traced, an int cannot size an array, and optax would
 call a callable such as an LMO or a mask as a schedule)."""
 
 
 def inject_hyperparams(
-    factory: Callable[..., Any],
-    static_args: str | Sequence[str] = (),
-    hyperparam_dtype: jax.typing.DTypeLike | None = None,
+  factory: Callable[..., Any],
+  static_args: str | Sequence[str] = (),
+  hyperparam_dtype: jax.typing.DTypeLike | None = None,
 ) -> Callable[..., optax.GradientTransformationExtraArgs]:
   """`optax.inject_hyperparams` with this package's structural args static.
 
@@ -276,13 +309,13 @@ def inject_hyperparams(
     >>> float(hp["learning_rate"]), "weight_decay" in hp, "k" in hp
     (0.5, True, False)
   """
-  extra = (static_args,) if isinstance(static_args, str) else tuple(
-      static_args)
+  extra = (static_args,) if isinstance(static_args, str) else tuple(static_args)
   parameters = inspect.signature(factory).parameters
   static = tuple(a for a in STRUCTURAL_ARGS if a in parameters) + extra
   # optax annotates `jnp.dtype | None`; it converts with `jnp.asarray(x,
   # dtype)`, which takes any DTypeLike.
   return optax.inject_hyperparams(
-      factory, static_args=static,
-      hyperparam_dtype=cast('jnp.dtype | None', hyperparam_dtype))
-
+    factory,
+    static_args=static,
+    hyperparam_dtype=cast('jnp.dtype | None', hyperparam_dtype),
+  )

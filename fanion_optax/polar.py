@@ -31,21 +31,22 @@ from fanion_optax import _linalg
 from fanion_optax import _validate
 
 CoefficientRows = tuple[tuple[float, float, float], ...]
-PolarMethod = (Literal['newton_schulz', 'polar_express', 'svd']
-               | Sequence[Sequence[float]])
+PolarMethod = (
+  Literal['newton_schulz', 'polar_express', 'svd'] | Sequence[Sequence[float]]
+)
 
 JORDAN_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 """Jordan's quintic: fast, not convergent (singular values end in ~[0.7, 1.2])."""
 
 POLAR_EXPRESS_COEFFICIENTS: CoefficientRows = (
-    (8.28721201814563, -23.595886519098837, 17.300387312530933),
-    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
-    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
-    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
-    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
-    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
-    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
-    (1.875, -1.25, 0.375),
+  (8.28721201814563, -23.595886519098837, 17.300387312530933),
+  (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+  (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+  (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+  (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+  (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+  (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+  (1.875, -1.25, 0.375),
 )
 """Polar Express optimal coefficients (Amsel et al.), before the safety factor."""
 
@@ -59,14 +60,15 @@ def _polar_express_rows() -> CoefficientRows:
   # Every row but the table's last is damped so that rounding cannot push a
   # singular value past the region where the polynomials map it towards 1.
   s = POLAR_EXPRESS_SAFETY
-  damped = tuple((a / s, b / s**3, c / s**5)
-                 for a, b, c in POLAR_EXPRESS_COEFFICIENTS[:-1])
+  damped = tuple(
+    (a / s, b / s**3, c / s**5) for a, b, c in POLAR_EXPRESS_COEFFICIENTS[:-1]
+  )
   return damped + POLAR_EXPRESS_COEFFICIENTS[-1:]
 
 
 def coefficient_schedule(
-    polar_method: PolarMethod = 'polar_express',
-    polar_steps: int | None = None,
+  polar_method: PolarMethod = 'polar_express',
+  polar_steps: int | None = None,
 ) -> tuple[CoefficientRows | None, float]:
   """Resolves a polar method into coefficient rows and a normalisation safety.
 
@@ -87,8 +89,10 @@ def coefficient_schedule(
   """
   if polar_steps is not None:
     polar_steps = _validate.check_int('polar_steps', polar_steps, minimum=1)
-  unknown = (f'polar_method must be one of {METHODS} or a sequence of'
-             f' (a, b, c) rows, got {polar_method!r}.')
+  unknown = (
+    f'polar_method must be one of {METHODS} or a sequence of'
+    f' (a, b, c) rows, got {polar_method!r}.'
+  )
   if isinstance(polar_method, str):
     if polar_method == 'svd':
       return None, 1.0
@@ -99,8 +103,9 @@ def coefficient_schedule(
       polar_steps = polar_steps or DEFAULT_STEPS
       if polar_steps > len(rows):
         raise ValueError(
-            f'polar_steps must be in [1, {len(rows)}] for'
-            f' polar_method="polar_express", got {polar_steps}.')
+          f'polar_steps must be in [1, {len(rows)}] for'
+          f' polar_method="polar_express", got {polar_steps}.'
+        )
       return rows[:polar_steps], POLAR_EXPRESS_SAFETY
     raise ValueError(unknown)
   try:
@@ -109,17 +114,20 @@ def coefficient_schedule(
     raise ValueError(unknown) from None
   if not rows or any(len(row) != 3 for row in rows):
     raise ValueError(
-        'polar_method given as coefficient rows must be a non-empty sequence'
-        f' of (a, b, c) triples, got {polar_method!r}.')
+      'polar_method given as coefficient rows must be a non-empty sequence'
+      f' of (a, b, c) triples, got {polar_method!r}.'
+    )
   if not np.all(np.isfinite(rows)):
     raise ValueError(
-        'polar_method given as coefficient rows must hold finite numbers,'
-        f' got {polar_method!r}.')
+      'polar_method given as coefficient rows must hold finite numbers,'
+      f' got {polar_method!r}.'
+    )
   polar_steps = polar_steps or len(rows)
   if polar_steps > len(rows):
     raise ValueError(
-        f'polar_steps must be in [1, {len(rows)}] for the {len(rows)}'
-        f' coefficient rows given, got {polar_steps}.')
+      f'polar_steps must be in [1, {len(rows)}] for the {len(rows)}'
+      f' coefficient rows given, got {polar_steps}.'
+    )
   return cast(CoefficientRows, rows[:polar_steps]), 1.0  # rows of 3
 
 
@@ -146,12 +154,12 @@ def _svd_polar(x: jax.Array) -> jax.Array:
 
 
 def polar_factor(
-    g: jax.typing.ArrayLike,
-    *,
-    polar_method: PolarMethod = 'polar_express',
-    polar_steps: int | None = None,
-    compute_dtype: jax.typing.DTypeLike | None = None,
-    eps: float = DEFAULT_EPS,
+  g: jax.typing.ArrayLike,
+  *,
+  polar_method: PolarMethod = 'polar_express',
+  polar_steps: int | None = None,
+  compute_dtype: jax.typing.DTypeLike | None = None,
+  eps: float = DEFAULT_EPS,
 ) -> jax.Array:
   """Approximate polar factor `U Vᵀ` of `g = U Σ Vᵀ`.
 
@@ -227,8 +235,9 @@ def lmo_gap(g: jax.typing.ArrayLike, o: jax.typing.ArrayLike) -> jax.Array:
   g = _validate.check_matrix('g', g)
   o = _validate.check_matrix('o', o)
   if g.shape != o.shape:
-    raise ValueError(f'g and o must have the same shape, got {g.shape} and'
-                     f' {o.shape}.')
+    raise ValueError(
+      f'g and o must have the same shape, got {g.shape} and {o.shape}.'
+    )
   dtype = jnp.promote_types(jnp.promote_types(g.dtype, o.dtype), jnp.float32)
   g, o = g.astype(dtype), o.astype(dtype)
   nuclear = jnp.sum(_linalg.singular_values(g), axis=-1)
@@ -237,8 +246,9 @@ def lmo_gap(g: jax.typing.ArrayLike, o: jax.typing.ArrayLike) -> jax.Array:
   return 1.0 - inner / (nuclear * sigma1)
 
 
-def singular_value_bound(polar_method: PolarMethod = 'polar_express',
-                         polar_steps: int | None = None) -> float:
+def singular_value_bound(
+  polar_method: PolarMethod = 'polar_express', polar_steps: int | None = None
+) -> float:
   """The largest singular value `polar_factor` can output for this schedule.
 
   Newton–Schulz-type iterations act on each singular value `x ∈ (0, 1]` of
@@ -258,8 +268,14 @@ def singular_value_bound(polar_method: PolarMethod = 'polar_express',
   rows, safety = coefficient_schedule(polar_method, polar_steps)
   if rows is None:
     return 1.0
-  x = np.unique(np.concatenate([np.linspace(0.0, 1.0, 200_001),
-                                np.geomspace(1e-9, 1.0, 20_001)])) / safety
+  x = (
+    np.unique(
+      np.concatenate(
+        [np.linspace(0.0, 1.0, 200_001), np.geomspace(1e-9, 1.0, 20_001)]
+      )
+    )
+    / safety
+  )
   for a, b, c in rows:
     x = a * x + b * x**3 + c * x**5
   return max(1.0, float(np.max(np.abs(x))))

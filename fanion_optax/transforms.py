@@ -54,18 +54,22 @@ def _matrix_specs(tree: Any, dimension_numbers: Any, who: str) -> Any:
   for (path, leaf), spec in zip(leaves, treedef.flatten_up_to(specs)):
     if spec is None:
       raise ValueError(
-          f'{who}: parameter {partition.path_name(path)!r} of shape'
-          f' {jnp.shape(leaf)} has no dimension numbers. Pass'
-          ' dimension_numbers=, or use an alias such as fanion_optax.muon that'
-          ' routes non-matrix leaves to a fallback optimizer.')
+        f'{who}: parameter {partition.path_name(path)!r} of shape'
+        f' {jnp.shape(leaf)} has no dimension numbers. Pass'
+        ' dimension_numbers=, or use an alias such as fanion_optax.muon that'
+        ' routes non-matrix leaves to a fallback optimizer.'
+      )
   return specs
 
 
 def _map_matrices(fn, specs, *trees):
   """`fn(spec, *leaves)` over matrix leaves; `None` leaves stay `None`."""
   return jax.tree.map(
-      lambda spec, *xs: None if spec is None else fn(spec, *xs),
-      specs, *trees, is_leaf=lambda x: x is None)
+    lambda spec, *xs: None if spec is None else fn(spec, *xs),
+    specs,
+    *trees,
+    is_leaf=lambda x: x is None,
+  )
 
 
 class ScaleByLionKState(NamedTuple):
@@ -95,9 +99,10 @@ def _init_lmo_states(lmo, params, specs):
   """
   spec_leaves, treedef = jax.tree.flatten(specs, is_leaf=lambda x: x is None)
   return tuple(
-      lmo.init(spec.matrix_shape(jnp.shape(p)), jnp.float32)
-      for spec, p in zip(spec_leaves, treedef.flatten_up_to(params))
-      if spec is not None)
+    lmo.init(spec.matrix_shape(jnp.shape(p)), jnp.float32)
+    for spec, p in zip(spec_leaves, treedef.flatten_up_to(params))
+    if spec is not None
+  )
 
 
 def _apply_lmo(lmo, specs, directions, states, split):
@@ -115,8 +120,9 @@ def _apply_lmo(lmo, specs, directions, states, split):
     whole, restore = distributed.replicate_explicit(leaves[i])
     matrices.append(spec_leaves[i].to_matrices(whole))
     restorers.append(restore)
-  outs, new_states = distributed.apply_lmo(lmo, matrices, list(states),
-                                           split=split)
+  outs, new_states = distributed.apply_lmo(
+    lmo, matrices, list(states), split=split
+  )
   merged = [None] * len(leaves)
   for i, out, restore in zip(matrix_ids, outs, restorers):
     merged[i] = restore(spec_leaves[i].from_matrices(out, leaves[i].shape))
@@ -124,13 +130,13 @@ def _apply_lmo(lmo, specs, directions, states, split):
 
 
 def scale_by_lion_k(
-    lmo: lmo_lib.LMO,
-    b1: ScalarOrSchedule = 0.9,
-    b2: ScalarOrSchedule = 0.99,
-    *,
-    mu_dtype: jax.typing.DTypeLike | None = None,
-    dimension_numbers: partition.DimensionNumbersSpec = None,
-    split: distributed.Split = None,
+  lmo: lmo_lib.LMO,
+  b1: ScalarOrSchedule = 0.9,
+  b2: ScalarOrSchedule = 0.99,
+  *,
+  mu_dtype: jax.typing.DTypeLike | None = None,
+  dimension_numbers: partition.DimensionNumbersSpec = None,
+  split: distributed.Split = None,
 ) -> optax.GradientTransformation:
   """The Lion-𝒦 direction `∇𝒦(b1·M + (1 − b1)·g)`, then `M ← b2·M + (1−b2)·g`.
 
@@ -170,15 +176,20 @@ def scale_by_lion_k(
   _validate.check_scalar('b1', b1, low=0.0, high=1.0)
   _validate.check_scalar('b2', b2, low=0.0, high=1.0, high_inclusive=False)
   distributed.check_split(split)
-  mu_dtype = None if mu_dtype is None else _validate.check_float_dtype(
-      'mu_dtype', mu_dtype)
+  mu_dtype = (
+    None
+    if mu_dtype is None
+    else _validate.check_float_dtype('mu_dtype', mu_dtype)
+  )
 
   def init_fn(params):
     specs = _matrix_specs(params, dimension_numbers, 'scale_by_lion_k')
     mu = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=mu_dtype), params)
     return ScaleByLionKState(
-        count=jnp.zeros([], jnp.int32), mu=mu,
-        lmo_state=_init_lmo_states(lmo, params, specs))
+      count=jnp.zeros([], jnp.int32),
+      mu=mu,
+      lmo_state=_init_lmo_states(lmo, params, specs),
+    )
 
   def update_fn(updates, state, params=None):
     del params
@@ -192,26 +203,31 @@ def scale_by_lion_k(
       return beta * m32 + (1 - beta) * g32
 
     direction_in = jax.tree.map(
-        lambda m, g: interpolate(beta1, m, g), state.mu, updates)
-    directions, lmo_state = _apply_lmo(lmo, specs, direction_in,
-                                       state.lmo_state, split)
-    directions = jax.tree.map(lambda d, g: d.astype(g.dtype), directions,
-                              updates)
+      lambda m, g: interpolate(beta1, m, g), state.mu, updates
+    )
+    directions, lmo_state = _apply_lmo(
+      lmo, specs, direction_in, state.lmo_state, split
+    )
+    directions = jax.tree.map(
+      lambda d, g: d.astype(g.dtype), directions, updates
+    )
     mu = jax.tree.map(
-        lambda m, g: interpolate(beta2, m, g).astype(m.dtype),
-        state.mu, updates)
+      lambda m, g: interpolate(beta2, m, g).astype(m.dtype), state.mu, updates
+    )
     return directions, ScaleByLionKState(
-        count=cast(jax.Array, optax.safe_increment(state.count)), mu=mu,
-        lmo_state=lmo_state)
+      count=cast(jax.Array, optax.safe_increment(state.count)),
+      mu=mu,
+      lmo_state=lmo_state,
+    )
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
 def scale_by_lmo(
-    lmo: lmo_lib.LMO,
-    *,
-    dimension_numbers: partition.DimensionNumbersSpec = None,
-    split: distributed.Split = None,
+  lmo: lmo_lib.LMO,
+  *,
+  dimension_numbers: partition.DimensionNumbersSpec = None,
+  split: distributed.Split = None,
 ) -> optax.GradientTransformation:
   """Replaces each matrix update `u` by `lmo(u)` (to follow any momentum).
 
@@ -242,17 +258,18 @@ def scale_by_lmo(
   def update_fn(updates, state, params=None):
     del params
     specs = _matrix_specs(updates, dimension_numbers, 'scale_by_lmo')
-    directions, lmo_state = _apply_lmo(lmo, specs, updates, state.lmo_state,
-                                       split)
+    directions, lmo_state = _apply_lmo(
+      lmo, specs, updates, state.lmo_state, split
+    )
     return directions, ScaleByLmoState(lmo_state=lmo_state)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
 def scale_by_shape(
-    shape_scale: partition.ShapeScale = 'muon',
-    *,
-    dimension_numbers: partition.DimensionNumbersSpec = None,
+  shape_scale: partition.ShapeScale = 'muon',
+  *,
+  dimension_numbers: partition.DimensionNumbersSpec = None,
 ) -> optax.GradientTransformation:
   """Multiplies each matrix update by its shape factor `s`.
 
@@ -274,9 +291,12 @@ def scale_by_shape(
     del params
     specs = _matrix_specs(updates, dimension_numbers, 'scale_by_shape')
     scaled = _map_matrices(
-        lambda spec, u: (u * partition.shape_factor(
-            *spec.fans(u.shape), mode=shape_scale)).astype(u.dtype),
-        specs, updates)
+      lambda spec, u: (
+        u * partition.shape_factor(*spec.fans(u.shape), mode=shape_scale)
+      ).astype(u.dtype),
+      specs,
+      updates,
+    )
     return scaled, state
 
   return optax.GradientTransformation(optax.init_empty_state, update_fn)
@@ -289,8 +309,8 @@ class AddDecayedWeightsState(NamedTuple):
 
 
 def add_decayed_weights(
-    weight_decay: ScalarOrSchedule = 0.0,
-    weight_decay_mask: Any = None,
+  weight_decay: ScalarOrSchedule = 0.0,
+  weight_decay_mask: Any = None,
 ) -> optax.GradientTransformation:
   """Adds `λ_t·params` to the updates (decoupled decay; λ may be scheduled).
 
@@ -323,13 +343,20 @@ def add_decayed_weights(
       spec = mask(params) if callable(mask) else mask
       _validate.check_bool_tree('weight_decay_mask', spec)
       full_mask = jax.tree.map(
-          lambda m, sub: jax.tree.map(lambda _: m, sub), spec, updates,
-          is_leaf=lambda x: x is None or isinstance(x, bool))
+        lambda m, sub: jax.tree.map(lambda _: m, sub),
+        spec,
+        updates,
+        is_leaf=lambda x: x is None or isinstance(x, bool),
+      )
     new = jax.tree.map(
-        lambda u, p, m: (u + decay * p).astype(u.dtype) if m else u,
-        updates, params, full_mask)
+      lambda u, p, m: (u + decay * p).astype(u.dtype) if m else u,
+      updates,
+      params,
+      full_mask,
+    )
     return new, AddDecayedWeightsState(
-        count=cast(jax.Array, optax.safe_increment(state.count)))
+      count=cast(jax.Array, optax.safe_increment(state.count))
+    )
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -350,7 +377,7 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 def skip_nonfinite(
-    inner: optax.GradientTransformation,
+  inner: optax.GradientTransformation,
 ) -> optax.GradientTransformationExtraArgs:
   """Skips steps whose gradients, updates or new state contain NaN or Inf.
 
@@ -377,31 +404,38 @@ def skip_nonfinite(
     ([[0.0, 0.0], [0.0, 0.0]], 1)
   """
   if not isinstance(inner, optax.GradientTransformation):
-    raise TypeError('inner must be an optax.GradientTransformation, got'
-                    f' {inner!r}.')
+    raise TypeError(
+      f'inner must be an optax.GradientTransformation, got {inner!r}.'
+    )
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
     # Two buffers, not one shared zero: a jitted step that donates the state
     # would otherwise donate the same buffer twice.
-    return SkipNonfiniteState(inner.init(params), jnp.zeros([], jnp.int32),
-                              jnp.zeros([], jnp.int32))
+    return SkipNonfiniteState(
+      inner.init(params), jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32)
+    )
 
   def update_fn(updates, state, params=None, **extra_args):
-    new_updates, new_inner = inner.update(updates, state.inner_state, params,
-                                          **extra_args)
+    new_updates, new_inner = inner.update(
+      updates, state.inner_state, params, **extra_args
+    )
     # The new state is checked too: finite gradients can still overflow a
     # second moment to inf, which would freeze the leaf from then on.
-    ok = (_all_finite(updates) & _all_finite(new_updates)
-          & _all_finite(new_inner))
+    ok = (
+      _all_finite(updates) & _all_finite(new_updates) & _all_finite(new_inner)
+    )
     keep = lambda new, old: jax.tree.map(
-        lambda a, b: jnp.where(ok, a, b), new, old)
-    out = jax.tree.map(lambda u: jnp.where(ok, u, jnp.zeros_like(u)),
-                       new_updates)
+      lambda a, b: jnp.where(ok, a, b), new, old
+    )
+    out = jax.tree.map(
+      lambda u: jnp.where(ok, u, jnp.zeros_like(u)), new_updates
+    )
     skipped = jnp.where(ok, 0, 1).astype(jnp.int32)
     return out, SkipNonfiniteState(
-        inner_state=keep(new_inner, state.inner_state),
-        skipped=state.skipped + skipped,
-        consecutive=jnp.where(ok, 0, state.consecutive + 1).astype(jnp.int32))
+      inner_state=keep(new_inner, state.inner_state),
+      skipped=state.skipped + skipped,
+      consecutive=jnp.where(ok, 0, state.consecutive + 1).astype(jnp.int32),
+    )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

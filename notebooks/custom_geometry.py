@@ -45,8 +45,9 @@ import sys
 
 PACKAGE = 'fanion_optax @ git+https://github.com/fanion-optax/fanion_optax'
 if importlib.util.find_spec('google.colab'):
-  subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', PACKAGE],
-                 check=True)
+  subprocess.run(
+    [sys.executable, '-m', 'pip', 'install', '-q', PACKAGE], check=True
+  )
 
 # On CPU, JAX's SVD and QR call OpenBLAS, whose worker threads fight XLA's own
 # thread pool (SVDs get 10-100x slower); one OpenBLAS thread avoids that. It
@@ -72,8 +73,9 @@ from flax import nnx
 import fanion_optax as fo
 
 # %%
-plt.rcParams.update({'figure.dpi': 80, 'savefig.dpi': 80, 'axes.grid': True,
-                     'grid.alpha': 0.3})
+plt.rcParams.update(
+  {'figure.dpi': 80, 'savefig.dpi': 80, 'axes.grid': True, 'grid.alpha': 0.3}
+)
 
 # %% [markdown]
 # ## 1. The identity $\langle g,\operatorname{lmo}(g)\rangle=\|g\|_\dagger$, checked
@@ -94,15 +96,20 @@ V, _ = jnp.linalg.qr(jax.random.normal(kv, (n, m)))
 SIGMA = 1.0 / jnp.arange(1, m + 1)
 g = (U * SIGMA) @ V.T
 
-three_term = fo.lmo.mix((0.5, fo.lmo.ky_fan(8, top_k_method='svd')),
-                        (0.3, fo.lmo.frobenius()), (0.2, fo.lmo.sign(1e-2)))
+three_term = fo.lmo.mix(
+  (0.5, fo.lmo.ky_fan(8, top_k_method='svd')),
+  (0.3, fo.lmo.frobenius()),
+  (0.2, fo.lmo.sign(1e-2)),
+)
 # Every LMO configuration of the package (`fo.catalogue.LMOS` makes a fresh
 # instance of each), and the three-term mixture above.
 CATALOGUE = {name: make() for name, make in fo.catalogue.LMOS.items()}
 CATALOGUE['3-term mix'] = three_term
 
-print(f'{"LMO":24s} {"<g, lmo(g)>":>12s} {"dual_norm(g)":>12s} '
-      f'{"rel. gap":>9s} {"norm(lmo(g))":>13s}')
+print(
+  f'{"LMO":24s} {"<g, lmo(g)>":>12s} {"dual_norm(g)":>12s} '
+  f'{"rel. gap":>9s} {"norm(lmo(g))":>13s}'
+)
 CHECKS = {}
 for name, lmo in CATALOGUE.items():
   d = lmo(g)
@@ -151,8 +158,10 @@ for name, lmo in CATALOGUE.items():
   d = lmo(g)
   scale = float(jnp.abs(lmo(3.7 * g) - d).max())
   odd = float(jnp.abs(lmo(-g) + d).max())
-  print(f'{name:24s} |lmo(3.7 g) − lmo(g)| = {scale:.1e}   '
-        f'|lmo(−g) + lmo(g)| = {odd:.1e}')
+  print(
+    f'{name:24s} |lmo(3.7 g) − lmo(g)| = {scale:.1e}   '
+    f'|lmo(−g) + lmo(g)| = {odd:.1e}'
+  )
 
 # %% [markdown]
 # ## 2. Spectral functions, and a custom $h'$
@@ -174,20 +183,30 @@ for name, lmo in CATALOGUE.items():
 # $\langle g,\nabla\mathcal K(g)\rangle=\mathcal K(g)$; for Huber it does not
 # ($\langle g,\nabla\mathcal K(g)\rangle=\sum_i\sigma_ih'(\sigma_i)\ne\sum_ih(\sigma_i)$).
 
+
 # %%
 def soft_muon(delta=0.1):
-  return fo.lmo.spectral_fn(lambda s: jnp.tanh(s / (delta * s[..., :1])),
-                            name=f'soft_muon(delta={delta})')
+  return fo.lmo.spectral_fn(
+    lambda s: jnp.tanh(s / (delta * s[..., :1])),
+    name=f'soft_muon(delta={delta})',
+  )
 
 
 huber = fo.lmo.huber_nuclear(0.05)
 sv = jnp.linalg.svd(g, compute_uv=False)
-print('huber:  <g, ∇K(g)> =', float(jnp.sum(g * huber(g))),
-      "  Σ σ h'(σ) =", float(jnp.sum(sv * jnp.minimum(sv / 0.05, 1))),
-      '  K(g) =', float(huber.dual_norm(g)))
+print(
+  'huber:  <g, ∇K(g)> =',
+  float(jnp.sum(g * huber(g))),
+  "  Σ σ h'(σ) =",
+  float(jnp.sum(sv * jnp.minimum(sv / 0.05, 1))),
+  '  K(g) =',
+  float(huber.dual_norm(g)),
+)
 d = soft_muon()(g)
-print('soft muon: |soft_muon(3.7 g) − soft_muon(g)| =',
-      float(jnp.abs(soft_muon()(3.7 * g) - d).max()))
+print(
+  'soft muon: |soft_muon(3.7 g) − soft_muon(g)| =',
+  float(jnp.abs(soft_muon()(3.7 * g) - d).max()),
+)
 
 # %% [markdown]
 # ## 3. Singular values of the directions
@@ -208,25 +227,30 @@ print('soft muon: |soft_muon(3.7 g) − soft_muon(g)| =',
 
 # %%
 SHOWN = {
-    'spectral (Muon)': fo.lmo.spectral(polar_method='svd'),
-    'ky_fan(8) (Fanion-8)': fo.lmo.ky_fan(8, top_k_method='svd'),
-    'frobenius (NSGD)': fo.lmo.frobenius(),
-    'F-Muon mix': fo.lmo.mix((0.5, fo.lmo.spectral(polar_method='svd')),
-                             (0.5, fo.lmo.frobenius())),
-    '3-term mix': three_term,
-    'schatten(3)': fo.lmo.schatten(3.0),
-    'huber_nuclear(0.05)': huber,
-    'soft_muon(0.1)': soft_muon(),
-    'sign(0.01)': fo.lmo.sign(0.01),
+  'spectral (Muon)': fo.lmo.spectral(polar_method='svd'),
+  'ky_fan(8) (Fanion-8)': fo.lmo.ky_fan(8, top_k_method='svd'),
+  'frobenius (NSGD)': fo.lmo.frobenius(),
+  'F-Muon mix': fo.lmo.mix(
+    (0.5, fo.lmo.spectral(polar_method='svd')), (0.5, fo.lmo.frobenius())
+  ),
+  '3-term mix': three_term,
+  'schatten(3)': fo.lmo.schatten(3.0),
+  'huber_nuclear(0.05)': huber,
+  'soft_muon(0.1)': soft_muon(),
+  'sign(0.01)': fo.lmo.sign(0.01),
 }
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
 idx = np.arange(1, m + 1)
-ax1.plot(idx, SIGMA / SIGMA[0], color='grey', lw=3, alpha=0.4,
-         label='g (σ/σ₁)')
+ax1.plot(idx, SIGMA / SIGMA[0], color='grey', lw=3, alpha=0.4, label='g (σ/σ₁)')
 for name, lmo in SHOWN.items():
   ax1.plot(idx, jnp.linalg.svd(lmo(g), compute_uv=False), label=name, lw=1.2)
-ax1.set(xlabel='index i', ylabel='σᵢ(direction)', yscale='log',
-        ylim=(1e-3, 3), title='singular values of lmo(g)')
+ax1.set(
+  xlabel='index i',
+  ylabel='σᵢ(direction)',
+  yscale='log',
+  ylim=(1e-3, 3),
+  title='singular values of lmo(g)',
+)
 ax1.legend(fontsize=7, ncol=2)
 
 
@@ -240,13 +264,19 @@ def scalar_map(x, polar_method, polar_steps):
 
 
 x = np.logspace(-3, 0, 400)
-for label, method, steps in [('Newton–Schulz, 5', 'newton_schulz', 5),
-                             ('Polar Express, 5', 'polar_express', 5),
-                             ('Polar Express, 8', 'polar_express', 8)]:
+for label, method, steps in [
+  ('Newton–Schulz, 5', 'newton_schulz', 5),
+  ('Polar Express, 5', 'polar_express', 5),
+  ('Polar Express, 8', 'polar_express', 8),
+]:
   ax2.plot(x, scalar_map(x, method, steps), label=label)
 ax2.axhline(1.0, color='k', lw=0.8)
-ax2.set(xscale='log', xlabel='input singular value σ/‖G‖_F',
-        ylabel='output singular value', title='polar-factor approximations')
+ax2.set(
+  xscale='log',
+  xlabel='input singular value σ/‖G‖_F',
+  ylabel='output singular value',
+  title='polar-factor approximations',
+)
 ax2.legend(fontsize=8)
 fig.tight_layout()
 plt.show()
@@ -261,6 +291,7 @@ plt.show()
 # for layers fed one-hot or sparse inputs. Its LMO normalises every row:
 # $\operatorname{lmo}(G)_{i,:}=G_{i,:}/\|G_{i,:}\|_2$, and the dual norm is
 # $\sum_i\|G_{i,:}\|_2$.
+
 
 # %%
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -281,11 +312,17 @@ class RowNorm(fo.lmo.LMO):
 
 row = RowNorm()
 d = row(g)
-print('<g, lmo(g)> =', float(jnp.sum(g * d)),
-      '  dual_norm =', float(row.dual_norm(g)),
-      '  norm(lmo(g)) =', float(row.norm(d)))
+print(
+  '<g, lmo(g)> =',
+  float(jnp.sum(g * d)),
+  '  dual_norm =',
+  float(row.dual_norm(g)),
+  '  norm(lmo(g)) =',
+  float(row.norm(d)),
+)
 CHECKS['row_norm (custom class)'] = float(
-    (row.dual_norm(g) - jnp.sum(g * d)) / row.dual_norm(g))
+  (row.dual_norm(g) - jnp.sum(g * d)) / row.dual_norm(g)
+)
 
 # %% [markdown]
 # ## 5. A different norm per layer (Scion-style), and new optimizers in training
@@ -339,6 +376,7 @@ class MLP(nnx.Module):
 def loss_fn(model, x, y):
   return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
 
+
 # %%
 LR, ADAM_LR = 0.02, 3e-3
 lr = optax.cosine_decay_schedule(LR, STEPS)
@@ -350,28 +388,33 @@ def layer_label(path, leaf):
   name = fo.partition.path_name(path)
   if leaf.ndim != 2:
     return 'bias'
-  return name.split('/')[0]          # 'layer1', 'layer2' or 'head'
+  return name.split('/')[0]  # 'layer1', 'layer2' or 'head'
 
 
 def scion_style():
   return optax.partition(
-      {'layer1': fo.lion_k(lr, RowNorm(), **mom),
-       'layer2': fo.muon(lr),
-       'head': optax.chain(fo.scale_by_lion_k(fo.lmo.sign(0.05), **mom),
-                           optax.scale_by_learning_rate(lr)),
-       'bias': optax.adamw(adam_lr, weight_decay=0.0)},
-      lambda params: jax.tree_util.tree_map_with_path(layer_label, params))
+    {
+      'layer1': fo.lion_k(lr, RowNorm(), **mom),
+      'layer2': fo.muon(lr),
+      'head': optax.chain(
+        fo.scale_by_lion_k(fo.lmo.sign(0.05), **mom),
+        optax.scale_by_learning_rate(lr),
+      ),
+      'bias': optax.adamw(adam_lr, weight_decay=0.0),
+    },
+    lambda params: jax.tree_util.tree_map_with_path(layer_label, params),
+  )
 
 
-common = dict(exclude=[r'^head/'],
-              fallback=fo.adamw_fallback(adam_lr, b2=0.999))
+common = dict(
+  exclude=[r'^head/'], fallback=fo.adamw_fallback(adam_lr, b2=0.999)
+)
 OPTIMIZERS = {
-    'muon': lambda: fo.muon(lr, **common),
-    'scion-style per layer': scion_style,
-    '3-term mix': lambda: fo.lion_k(lr, three_term, **mom, **common),
-    'schatten(4)': lambda: fo.lion_k(lr, fo.lmo.schatten(4.0), **mom,
-                                     **common),
-    'soft_muon(0.1)': lambda: fo.lion_k(lr, soft_muon(0.1), **mom, **common),
+  'muon': lambda: fo.muon(lr, **common),
+  'scion-style per layer': scion_style,
+  '3-term mix': lambda: fo.lion_k(lr, three_term, **mom, **common),
+  'schatten(4)': lambda: fo.lion_k(lr, fo.lmo.schatten(4.0), **mom, **common),
+  'soft_muon(0.1)': lambda: fo.lion_k(lr, soft_muon(0.1), **mom, **common),
 }
 
 
@@ -395,16 +438,23 @@ for name, make in OPTIMIZERS.items():
   model = MLP(rngs=nnx.Rngs(0))
   optimizer = nnx.Optimizer(model, make(), wrt=nnx.Param)
   start = time.perf_counter()
-  curve = [train_step(model, optimizer, k)
-           for k in jax.random.split(jax.random.PRNGKey(1), STEPS)]
+  curve = [
+    train_step(model, optimizer, k)
+    for k in jax.random.split(jax.random.PRNGKey(1), STEPS)
+  ]
   curve = np.asarray(jax.device_get(curve))
   test_loss, test_acc = evaluate(model)
-  runs[name] = dict(curve=curve, test_loss=float(test_loss),
-                    test_acc=float(test_acc),
-                    seconds=time.perf_counter() - start)
-  print(f'{name:22s} test loss {float(test_loss):.4f}  '
-        f'acc {float(test_acc):.3f}  '
-        f'({runs[name]["seconds"]:.1f} s incl. compilation)')
+  runs[name] = dict(
+    curve=curve,
+    test_loss=float(test_loss),
+    test_acc=float(test_acc),
+    seconds=time.perf_counter() - start,
+  )
+  print(
+    f'{name:22s} test loss {float(test_loss):.4f}  '
+    f'acc {float(test_acc):.3f}  '
+    f'({runs[name]["seconds"]:.1f} s incl. compilation)'
+  )
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.8))
@@ -412,15 +462,22 @@ window = max(1, STEPS // 25)
 for name, r in runs.items():
   smooth = np.convolve(r['curve'], np.ones(window) / window, mode='valid')
   ax.plot(np.arange(len(smooth)) + window, smooth, label=name)
-ax.set(xlabel='step', ylabel='train loss (smoothed)', yscale='log',
-       title='custom geometries on the quickstart MLP task')
+ax.set(
+  xlabel='step',
+  ylabel='train loss (smoothed)',
+  yscale='log',
+  title='custom geometries on the quickstart MLP task',
+)
 ax.legend(fontsize=8)
 plt.show()
 
-RESULTS = {'checks': CHECKS,
-           'runs': {name: {'test_loss': r['test_loss'],
-                           'test_acc': r['test_acc']}
-                    for name, r in runs.items()}}
+RESULTS = {
+  'checks': CHECKS,
+  'runs': {
+    name: {'test_loss': r['test_loss'], 'test_acc': r['test_acc']}
+    for name, r in runs.items()
+  },
+}
 
 # %% [markdown]
 # **Notes.** In the committed 400-step run, Muon (held-out loss 0.771), the

@@ -58,8 +58,9 @@ import sys
 
 PACKAGE = 'fanion_optax @ git+https://github.com/fanion-optax/fanion_optax'
 if importlib.util.find_spec('google.colab'):
-  subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', PACKAGE],
-                 check=True)
+  subprocess.run(
+    [sys.executable, '-m', 'pip', 'install', '-q', PACKAGE], check=True
+  )
 
 # On CPU, JAX's SVD and QR call OpenBLAS, whose worker threads fight XLA's own
 # thread pool (SVDs get 10-100x slower); one OpenBLAS thread avoids that. It
@@ -81,15 +82,16 @@ from flax import nnx
 import fanion_optax as fo
 
 # %%
-plt.rcParams.update({'figure.dpi': 80, 'savefig.dpi': 80, 'axes.grid': True,
-                     'grid.alpha': 0.3})
+plt.rcParams.update(
+  {'figure.dpi': 80, 'savefig.dpi': 80, 'axes.grid': True, 'grid.alpha': 0.3}
+)
 
 # %%
 D, DEPTH, K = 64, 3, 8
-LAMBDA, LR = 0.5, 0.04            # radius s/λ = 2 (s = 1 for square layers)
+LAMBDA, LR = 0.5, 0.04  # radius s/λ = 2 (s = 1 for square layers)
 STEPS = 150 if SMALL else 800
-EVERY = 5                         # record the spectra every EVERY steps
-INIT = 3.0                        # every singular value of W_i(0) is 3
+EVERY = 5  # record the spectra every EVERY steps
+INIT = 3.0  # every singular value of W_i(0) is 3
 RADIUS = 1.0 / LAMBDA
 print(f'radius s/λ = {RADIUS},  contraction 1 − ελ = {1 - LR * LAMBDA}')
 
@@ -102,9 +104,12 @@ TARGET = (U * jnp.linspace(16.0, 0.5, D)) @ V.T
 class DeepLinear(nnx.Module):
   def __init__(self, *, rngs: nnx.Rngs):
     init = nnx.initializers.orthogonal(scale=INIT)
-    self.layers = nnx.List([
+    self.layers = nnx.List(
+      [
         nnx.Linear(D, D, use_bias=False, kernel_init=init, rngs=rngs)
-        for _ in range(DEPTH)])
+        for _ in range(DEPTH)
+      ]
+    )
 
   def __call__(self, x):
     for layer in self.layers:
@@ -114,6 +119,7 @@ class DeepLinear(nnx.Module):
 
 def loss_fn(model, x):
   return jnp.mean((model(x) - x @ TARGET) ** 2)
+
 
 # %% [markdown]
 # **The F-Muon ball.** The mixture's ball is the Minkowski sum
@@ -126,6 +132,7 @@ def loss_fn(model, x):
 # The left side decreases and the right side increases in $t$, so the gauge is a
 # 1-D root, found by bisection. Since $\|b\|_2\ge\|b\|_\infty$, it bounds $\sigma_1$
 # from above: the F-Muon constraint implies Muon's.
+
 
 # %%
 def ky_fan_ball(sv, k=K):
@@ -151,16 +158,31 @@ def spectral_ball(sv):
 # name: (optimizer, ball norm on singular values, the LMO for
 # constraint_report)
 RUNS = {
-    'muon, λ=0': (fo.muon(LR, polar_method='svd'), spectral_ball,
-                  fo.lmo.spectral()),
-    'muon': (fo.muon(LR, weight_decay=LAMBDA, polar_method='svd'),
-             spectral_ball, fo.lmo.spectral()),
-    'muon, Polar Express': (fo.muon(LR, weight_decay=LAMBDA), spectral_ball,
-                            fo.lmo.spectral()),
-    f'fanion-{K}': (fo.fanion(LR, k=K, weight_decay=LAMBDA), ky_fan_ball,
-                    fo.lmo.ky_fan(K)),
-    'f_muon': (fo.f_muon(LR, weight_decay=LAMBDA, polar_method='svd'),
-               mixture_gauge, fo.lmo.spectral()),
+  'muon, λ=0': (
+    fo.muon(LR, polar_method='svd'),
+    spectral_ball,
+    fo.lmo.spectral(),
+  ),
+  'muon': (
+    fo.muon(LR, weight_decay=LAMBDA, polar_method='svd'),
+    spectral_ball,
+    fo.lmo.spectral(),
+  ),
+  'muon, Polar Express': (
+    fo.muon(LR, weight_decay=LAMBDA),
+    spectral_ball,
+    fo.lmo.spectral(),
+  ),
+  f'fanion-{K}': (
+    fo.fanion(LR, k=K, weight_decay=LAMBDA),
+    ky_fan_ball,
+    fo.lmo.ky_fan(K),
+  ),
+  'f_muon': (
+    fo.f_muon(LR, weight_decay=LAMBDA, polar_method='svd'),
+    mixture_gauge,
+    fo.lmo.spectral(),
+  ),
 }
 
 # %% [markdown]
@@ -170,6 +192,7 @@ RUNS = {
 # but spread up to about 1.12 (the approximation equioscillates around 1), so
 # $\|D_t\|$ can reach about 1.12 and the argument above only guarantees the
 # radius $1.12\,s/\lambda$.
+
 
 # %%
 @nnx.jit
@@ -199,13 +222,19 @@ for name, (tx, ball, _) in RUNS.items():
     if t % EVERY == 0 or t == STEPS:
       steps.append(t)
       spectra.append(spectrum(model))
-  spectra = np.asarray(spectra)                 # (records, layers, D)
-  history[name] = dict(steps=np.asarray(steps), spectra=spectra,
-                       ratio=ball(spectra) / RADIUS, loss=np.asarray(losses),
-                       params=nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-  print(f'{name:20s} final loss {np.mean(losses[-10:]):8.3f}   '
-        'final ball norm / radius per layer: '
-        f'{np.round(history[name]["ratio"][-1], 3)}')
+  spectra = np.asarray(spectra)  # (records, layers, D)
+  history[name] = dict(
+    steps=np.asarray(steps),
+    spectra=spectra,
+    ratio=ball(spectra) / RADIUS,
+    loss=np.asarray(losses),
+    params=nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+  )
+  print(
+    f'{name:20s} final loss {np.mean(losses[-10:]):8.3f}   '
+    'final ball norm / radius per layer: '
+    f'{np.round(history[name]["ratio"][-1], 3)}'
+  )
 
 # %% [markdown]
 # `fo.diagnostics.constraint_report` checks the final weights of each run
@@ -217,11 +246,14 @@ for name, (tx, ball, _) in RUNS.items():
 for name, (_, _, lmo) in RUNS.items():
   decay = 0.0 if 'λ=0' in name else LAMBDA
   report = fo.diagnostics.constraint_report(
-      history[name]['params'], lmo, weight_decay=decay, learning_rate=LR)
+    history[name]['params'], lmo, weight_decay=decay, learning_rate=LR
+  )
   for path, entry in report.items():
-    print(f'{name:20s} {path:16s} norm {entry.norm[0]:7.3f}  '
-          f'radius {entry.radius:5.2f}  holds={entry.holds}  '
-          f'contraction={entry.contraction}')
+    print(
+      f'{name:20s} {path:16s} norm {entry.norm[0]:7.3f}  '
+      f'radius {entry.radius:5.2f}  holds={entry.holds}  '
+      f'contraction={entry.contraction}'
+    )
 
 # %% [markdown]
 # ## Norm / radius over training
@@ -235,8 +267,9 @@ for name, (_, _, lmo) in RUNS.items():
 # %%
 envelope = lambda r0, t: 1 + (r0 - 1) * (1 - LR * LAMBDA) ** t
 names = [n for n in RUNS if n != 'muon, λ=0']
-fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.2),
-                         sharey=True)
+fig, axes = plt.subplots(
+  1, len(names), figsize=(3.3 * len(names), 3.2), sharey=True
+)
 for ax, name in zip(axes, names):
   h = history[name]
   for layer in range(DEPTH):
@@ -245,8 +278,9 @@ for ax, name in zip(axes, names):
   ax.plot(h['steps'], envelope(r0, h['steps']), 'k--', lw=1, label='envelope')
   if name == 'muon':
     free = history['muon, λ=0']
-    ax.plot(free['steps'], free['ratio'].max(1), color='grey', ls=':',
-            label='λ = 0')
+    ax.plot(
+      free['steps'], free['ratio'].max(1), color='grey', ls=':', label='λ = 0'
+    )
   ax.axhline(1.0, color='r', lw=1)
   ax.set(title=name, xlabel='step', yscale='log')
   ax.legend(fontsize=7)
@@ -258,8 +292,12 @@ plt.show()
 fig, ax = plt.subplots(figsize=(6, 3.2))
 for name, h in history.items():
   ax.plot(np.arange(1, STEPS + 1), h['loss'], label=name, lw=1)
-ax.set(xlabel='step', ylabel='train loss', yscale='log',
-       title='the constraint costs loss: W1 W2 W3 cannot reach σ = 16')
+ax.set(
+  xlabel='step',
+  ylabel='train loss',
+  yscale='log',
+  title='the constraint costs loss: W1 W2 W3 cannot reach σ = 16',
+)
 ax.legend(fontsize=8)
 plt.show()
 
@@ -274,8 +312,9 @@ plt.show()
 # exceed $\alpha\,s/\lambda=1$.
 
 # %%
-fig, axes = plt.subplots(1, len(history), figsize=(2.9 * len(history), 2.8),
-                         sharey=True)
+fig, axes = plt.subplots(
+  1, len(history), figsize=(2.9 * len(history), 2.8), sharey=True
+)
 top = max(h['spectra'][:, 1].max() for h in history.values())
 bins = np.linspace(0, top * 1.05, 50)
 for ax, (name, h) in zip(axes, history.items()):
@@ -293,25 +332,30 @@ RESULTS = {}
 for name, h in history.items():
   rank_w2 = int((h['spectra'][-1, 1] > 1e-3 * RADIUS).sum())
   if name == 'muon, λ=0':  # no decay, no ball: report the loss and rank only
-    RESULTS[name] = {'final_loss': float(np.mean(h['loss'][-10:])),
-                     'final_sigma1': float(h['spectra'][-1, :, 0].max()),
-                     'rank_W2': rank_w2}
+    RESULTS[name] = {
+      'final_loss': float(np.mean(h['loss'][-10:])),
+      'final_sigma1': float(h['spectra'][-1, :, 0].max()),
+      'rank_W2': rank_w2,
+    }
     continue
   inside = np.flatnonzero((h['ratio'] <= 1 + 1e-3).all(axis=1))
   entry = inside[0] if inside.size else None
   bound = envelope(h['ratio'][0], h['steps'][:, None])
   RESULTS[name] = {
-      'final_loss': float(np.mean(h['loss'][-10:])),
-      'final_ratio': float(h['ratio'][-1].max()),
-      'first_step_inside': None if entry is None else int(h['steps'][entry]),
-      'max_ratio_after_entry': (None if entry is None
-                                else float(h['ratio'][entry:].max())),
-      'max_ratio_over_envelope': float((h['ratio'] / bound).max()),
-      'rank_W2': rank_w2,
+    'final_loss': float(np.mean(h['loss'][-10:])),
+    'final_ratio': float(h['ratio'][-1].max()),
+    'first_step_inside': None if entry is None else int(h['steps'][entry]),
+    'max_ratio_after_entry': (
+      None if entry is None else float(h['ratio'][entry:].max())
+    ),
+    'max_ratio_over_envelope': float((h['ratio'] / bound).max()),
+    'rank_W2': rank_w2,
   }
 for name, r in RESULTS.items():
-  print(f'{name:20s}', {k: (round(v, 4) if isinstance(v, float) else v)
-                        for k, v in r.items()})
+  print(
+    f'{name:20s}',
+    {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()},
+  )
 
 # %% [markdown]
 # **Reading the numbers** (the committed run: 800 steps). With an exact LMO the

@@ -55,8 +55,9 @@ import sys
 
 PACKAGE = 'fanion_optax @ git+https://github.com/fanion-optax/fanion_optax'
 if importlib.util.find_spec('google.colab'):
-  subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', PACKAGE],
-                 check=True)
+  subprocess.run(
+    [sys.executable, '-m', 'pip', 'install', '-q', PACKAGE], check=True
+  )
 
 # On CPU, JAX's SVD and QR call OpenBLAS, whose worker threads fight XLA's own
 # thread pool (SVDs get 10-100x slower); one OpenBLAS thread avoids that. It
@@ -80,8 +81,9 @@ import numpy as np
 import fanion_optax as fo
 
 # %%
-plt.rcParams.update({'figure.dpi': 80, 'savefig.dpi': 80, 'axes.grid': True,
-                     'grid.alpha': 0.3})
+plt.rcParams.update(
+  {'figure.dpi': 80, 'savefig.dpi': 80, 'axes.grid': True, 'grid.alpha': 0.3}
+)
 
 # %% [markdown]
 # ## Sizes
@@ -103,26 +105,30 @@ FULL = os.environ.get('FANION_NOTEBOOK_FULL', '0') == '1'
 SQRT2 = np.sqrt(2.0)
 if SMALL:
   N, T = 48, 2000
-  LR_GRID = 0.01 * SQRT2 ** np.arange(6)            # 0.01 ... 0.057
+  LR_GRID = 0.01 * SQRT2 ** np.arange(6)  # 0.01 ... 0.057
   MOMENTA = (0.5, 0.9)
 elif FULL:
   N, T = 500, 5000
-  LR_GRID = 0.00125 * SQRT2 ** np.arange(11)        # 0.00125 ... 0.04
+  LR_GRID = 0.00125 * SQRT2 ** np.arange(11)  # 0.00125 ... 0.04
   MOMENTA = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 else:
   N, T = 128, 5000
-  LR_GRID = 0.0025 * SQRT2 ** np.arange(9)          # 0.0025 ... 0.04
+  LR_GRID = 0.0025 * SQRT2 ** np.arange(9)  # 0.0025 ... 0.04
   MOMENTA = (0.1, 0.5, 0.9, 0.95)
 TARGET = 1e-3
 FANION_KS = (1, N // 16, N // 4)
-METHODS = (['Muon', 'F-Muon', 'S-Muon', 'NSGD', 'signSGD']
-           + [f'Fanion-{k}' for k in FANION_KS])
+METHODS = ['Muon', 'F-Muon', 'S-Muon', 'NSGD', 'signSGD'] + [
+  f'Fanion-{k}' for k in FANION_KS
+]
 # Steps of equal learning rate have different lengths: ‖UVᵀ‖_F = √n,
 # ‖G/‖G‖_F‖_F = 1, ‖sign(G)‖_F = n. NSGD's and signSGD's grids are shifted to
 # the same Frobenius length.
 LR_SCALE = {'NSGD': np.sqrt(N), 'signSGD': 1 / np.sqrt(N)}
-print(f'n = {N}, T = {T}, {len(LR_GRID)} learning rates x {len(MOMENTA)} '
-      f'momenta, methods: {METHODS}')
+print(
+  f'n = {N}, T = {T}, {len(LR_GRID)} learning rates x {len(MOMENTA)} '
+  f'momenta, methods: {METHODS}'
+)
+
 
 # %%
 def make_problem(n, seed=0):
@@ -148,11 +154,18 @@ print(f'F(X0) = {float(objective(X0)):.2f}')
 # grid's learning rate, Nesterov momentum μ (b1 = μ², b2 = μ for the
 # `fo.lion_k` entries), no shape factor, the paper's α and η for the
 # mixtures, and each Fanion's k.
-ENTRIES = {'Muon': 'muon', 'F-Muon': 'f_muon', 'S-Muon': 's_muon',
-           'NSGD': 'lion_k_frobenius', 'signSGD': 'lion',
-           **{f'Fanion-{k}': 'fanion' for k in FANION_KS}}
-SETTINGS = {'F-Muon': dict(alpha=0.5),
-            'S-Muon': dict(alpha=0.5, sign_scale=0.01)}
+ENTRIES = {
+  'Muon': 'muon',
+  'F-Muon': 'f_muon',
+  'S-Muon': 's_muon',
+  'NSGD': 'lion_k_frobenius',
+  'signSGD': 'lion',
+  **{f'Fanion-{k}': 'fanion' for k in FANION_KS},
+}
+SETTINGS = {
+  'F-Muon': dict(alpha=0.5),
+  'S-Muon': dict(alpha=0.5, sign_scale=0.01),
+}
 
 
 def make_optimizer(name, lr, momentum):
@@ -166,6 +179,7 @@ def make_optimizer(name, lr, momentum):
     momenta = dict(momentum=momentum)
   return entry(lr, shape_scale=None, **momenta, **settings)
 
+
 # %% [markdown]
 # One run is a `jax.lax.while_loop` that stops at the target, at divergence, or
 # at `cap` iterations, and records $F$ after every step. The learning rate and
@@ -176,6 +190,7 @@ def make_optimizer(name, lr, momentum):
 # once some configuration has reached the target in $t^\star$ iterations, later
 # runs are capped at $t^\star$ (they can only tie or win), which keeps the search
 # cheap without changing its result.
+
 
 # %%
 @functools.partial(jax.jit, static_argnames='name')
@@ -193,8 +208,13 @@ def run(name, lr, momentum, cap):
     f = objective(x)
     return t + 1, x, state, f, history.at[t].set(f)
 
-  carry = (jnp.int32(0), X0, tx.init({'X': X0}), objective(X0),
-           jnp.full(T, jnp.nan))
+  carry = (
+    jnp.int32(0),
+    X0,
+    tx.init({'X': X0}),
+    objective(X0),
+    jnp.full(T, jnp.nan),
+  )
   t, _, _, f, history = jax.lax.while_loop(cond, body, carry)
   return t, f, history
 
@@ -208,32 +228,46 @@ def tune(name):
       t, f, history = run(name, float(lr), float(momentum), cap)
       t, f, runs = int(t), float(f), runs + 1
       reached = f < TARGET
-      if (best is None
-          or (reached and (not best['reached'] or t < best['iters']))
-          or (not reached and not best['reached'] and f < best['final_F'])):
-        best = dict(lr=float(lr), momentum=momentum, iters=t,
-                    reached=reached, final_F=f,
-                    history=np.asarray(history[:t]))
+      if (
+        best is None
+        or (reached and (not best['reached'] or t < best['iters']))
+        or (not reached and not best['reached'] and f < best['final_F'])
+      ):
+        best = dict(
+          lr=float(lr),
+          momentum=momentum,
+          iters=t,
+          reached=reached,
+          final_F=f,
+          history=np.asarray(history[:t]),
+        )
   best['seconds'], best['runs'] = time.perf_counter() - start, runs
-  best['lr_at_edge'] = bool(np.isclose(best['lr'], lrs[0])
-                            or np.isclose(best['lr'], lrs[-1]))
+  best['lr_at_edge'] = bool(
+    np.isclose(best['lr'], lrs[0]) or np.isclose(best['lr'], lrs[-1])
+  )
   return best
 
 
 results = {}
 for name in METHODS:
   results[name] = r = tune(name)
-  outcome = (f'iters {r["iters"]}' if r['reached']
-             else f'not reached, final F {round(r["final_F"], 5)}')
-  print(f'{name:11s} {outcome}  (lr {r["lr"]:.4g}, momentum '
-        f'{r["momentum"]}; {r["runs"]} runs in {r["seconds"]:.1f} s)')
+  outcome = (
+    f'iters {r["iters"]}'
+    if r['reached']
+    else f'not reached, final F {round(r["final_F"], 5)}'
+  )
+  print(
+    f'{name:11s} {outcome}  (lr {r["lr"]:.4g}, momentum '
+    f'{r["momentum"]}; {r["runs"]} runs in {r["seconds"]:.1f} s)'
+  )
 
 # %% [markdown]
 # ## Iterations to reach $F<10^{-3}$
 
 # %%
-order = sorted(METHODS, key=lambda n: (not results[n]['reached'],
-                                       results[n]['iters']))
+order = sorted(
+  METHODS, key=lambda n: (not results[n]['reached'], results[n]['iters'])
+)
 print(f'n = {N}, target F < {TARGET}, T = {T}\n')
 print(f'{"method":11s} {"iterations":>10s} {"lr":>10s} {"momentum":>9s}')
 for name in order:
@@ -244,14 +278,20 @@ for name in order:
 print('\n* best learning rate at the edge of the grid')
 
 # %%
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8),
-                               gridspec_kw={'width_ratios': [2, 1]})
+fig, (ax1, ax2) = plt.subplots(
+  1, 2, figsize=(11, 3.8), gridspec_kw={'width_ratios': [2, 1]}
+)
 for name in order:
   h = results[name]['history']
   ax1.plot(np.arange(1, len(h) + 1), h, label=name, lw=1.2)
 ax1.axhline(TARGET, color='k', ls='--', lw=1)
-ax1.set(xscale='log', yscale='log', xlabel='iteration', ylabel='F(X)',
-        title=f'best configuration per method, n = {N}')
+ax1.set(
+  xscale='log',
+  yscale='log',
+  xlabel='iteration',
+  ylabel='F(X)',
+  title=f'best configuration per method, n = {N}',
+)
 ax1.legend(fontsize=8, ncol=2)
 
 ks = list(FANION_KS) + [N]
@@ -261,16 +301,31 @@ reached = [r['reached'] for r in fanions]
 ax2.plot(ks, its, '-', color='C0')
 for k, it, ok in zip(ks, its, reached):
   ax2.plot(k, it, 'o', color='C0', mfc='C0' if ok else 'white')
-  ax2.annotate(f'{it}' if ok else f'>{T}', (k, it),
-               textcoords='offset points', xytext=(4, 4), fontsize=8)
-ax2.set(xscale='log', yscale='log', xlabel='k  (k = n is Muon)',
-        ylabel='iterations to target', title='Fanion-k')
+  ax2.annotate(
+    f'{it}' if ok else f'>{T}',
+    (k, it),
+    textcoords='offset points',
+    xytext=(4, 4),
+    fontsize=8,
+  )
+ax2.set(
+  xscale='log',
+  yscale='log',
+  xlabel='k  (k = n is Muon)',
+  ylabel='iterations to target',
+  title='Fanion-k',
+)
 fig.tight_layout()
 plt.show()
 
-RESULTS = {name: {'iters': r['iters'] if r['reached'] else None,
-                  'lr': r['lr'], 'momentum': r['momentum']}
-           for name, r in results.items()}
+RESULTS = {
+  name: {
+    'iters': r['iters'] if r['reached'] else None,
+    'lr': r['lr'],
+    'momentum': r['momentum'],
+  }
+  for name, r in results.items()
+}
 
 # %% [markdown]
 # **Results at $n=128$** (the committed run; everything is seeded): F-Muon is

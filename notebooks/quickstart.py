@@ -51,8 +51,9 @@ import sys
 
 PACKAGE = 'fanion_optax @ git+https://github.com/fanion-optax/fanion_optax'
 if importlib.util.find_spec('google.colab'):
-  subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', PACKAGE],
-                 check=True)
+  subprocess.run(
+    [sys.executable, '-m', 'pip', 'install', '-q', PACKAGE], check=True
+  )
 
 # On CPU, JAX's SVD and QR call OpenBLAS, whose worker threads fight XLA's own
 # thread pool (SVDs get 10-100x slower); one OpenBLAS thread avoids that. It
@@ -76,12 +77,21 @@ from flax import nnx
 
 import fanion_optax as fo
 
-print('jax', jax.__version__, '| optax', optax.__version__, '| fanion_optax',
-      fo.__version__, '| device:', jax.devices()[0].platform)
+print(
+  'jax',
+  jax.__version__,
+  '| optax',
+  optax.__version__,
+  '| fanion_optax',
+  fo.__version__,
+  '| device:',
+  jax.devices()[0].platform,
+)
 
 # %%
-plt.rcParams.update({'figure.dpi': 80, 'savefig.dpi': 80, 'axes.grid': True,
-                     'grid.alpha': 0.3})
+plt.rcParams.update(
+  {'figure.dpi': 80, 'savefig.dpi': 80, 'axes.grid': True, 'grid.alpha': 0.3}
+)
 
 # %% [markdown]
 # ## 1. One optimizer for the whole parameter tree
@@ -97,24 +107,34 @@ plt.rcParams.update({'figure.dpi': 80, 'savefig.dpi': 80, 'axes.grid': True,
 
 # %%
 key = jax.random.PRNGKey(0)
-params = {'hidden': {'kernel': jax.random.normal(key, (64, 32)) / 8,
-                     'bias': jnp.zeros(32)},
-          'head': {'kernel': jax.random.normal(key, (32, 10)) / 6}}
+params = {
+  'hidden': {
+    'kernel': jax.random.normal(key, (64, 32)) / 8,
+    'bias': jnp.zeros(32),
+  },
+  'head': {'kernel': jax.random.normal(key, (32, 10)) / 6},
+}
 routing = fo.partition.resolve_dimension_numbers(params, exclude=[r'head'])
 for path, spec in jax.tree_util.tree_flatten_with_path(
-    routing, is_leaf=lambda x: x is None)[0]:
-  print(f'{fo.partition.path_name(path):16s} ->',
-        'LMO' if spec is not None else 'fallback (AdamW)')
+  routing, is_leaf=lambda x: x is None
+)[0]:
+  print(
+    f'{fo.partition.path_name(path):16s} ->',
+    'LMO' if spec is not None else 'fallback (AdamW)',
+  )
 
-tx = fo.muon(learning_rate=0.02, exclude=[r'head'],
-             fallback=fo.adamw_fallback(3e-3))
+tx = fo.muon(
+  learning_rate=0.02, exclude=[r'head'], fallback=fo.adamw_fallback(3e-3)
+)
 state = tx.init(params)
 grads = jax.tree.map(lambda p: jax.random.normal(key, p.shape), params)
 updates, state = tx.update(grads, state, params)
 sv = jnp.linalg.svd(-updates['hidden']['kernel'] / 0.02, compute_uv=False)
-print('singular values of the Muon direction: '
-      f'min {sv.min():.3f}  max {sv.max():.3f}'
-      '  (U Vᵀ up to the 5-step Polar Express approximation)')
+print(
+  'singular values of the Muon direction: '
+  f'min {sv.min():.3f}  max {sv.max():.3f}'
+  '  (U Vᵀ up to the 5-step Polar Express approximation)'
+)
 
 # %% [markdown]
 # ## 2. Building blocks: chain them yourself
@@ -126,10 +146,10 @@ print('singular values of the Muon direction: '
 # %%
 mu, lr, wd = 0.95, 0.02, 0.1
 by_hand = optax.chain(
-    fo.scale_by_lion_k(fo.lmo.spectral(), b1=mu**2, b2=mu),
-    fo.scale_by_shape('muon'),
-    fo.add_decayed_weights(wd),
-    optax.scale_by_learning_rate(lr),
+  fo.scale_by_lion_k(fo.lmo.spectral(), b1=mu**2, b2=mu),
+  fo.scale_by_shape('muon'),
+  fo.add_decayed_weights(wd),
+  optax.scale_by_learning_rate(lr),
 )
 alias = fo.muon(lr, momentum=mu, weight_decay=wd)
 
@@ -144,8 +164,9 @@ CHAIN_DIFF = float(jnp.abs(p1['w'] - p2['w']).max())
 print('max |chain − alias| after 5 steps:', CHAIN_DIFF)
 
 # Lion is Lion-𝒦 with 𝒦 = ‖·‖₁ (lmo = sign) and no shape factor:
-lion = fo.lion_k(1e-3, fo.lmo.sign(), b1=0.9, b2=0.99, shape_scale=None,
-                 weight_decay=0.1)
+lion = fo.lion_k(
+  1e-3, fo.lmo.sign(), b1=0.9, b2=0.99, shape_scale=None, weight_decay=0.1
+)
 ref = optax.lion(1e-3, b1=0.9, b2=0.99, weight_decay=0.1)
 p1, p2, s1, s2 = w, w, lion.init(w), ref.init(w)
 for step in range(5):
@@ -163,10 +184,10 @@ print('max |fo.lion_k(sign) − optax.lion|:', LION_DIFF)
 
 # %%
 tx = optax.chain(
-    optax.clip_by_global_norm(1.0),
-    optax.inject_hyperparams(fo.fanion, static_args=('k',))(
-        learning_rate=optax.warmup_cosine_decay_schedule(0.0, 0.02, 10, 100),
-        k=4),
+  optax.clip_by_global_norm(1.0),
+  optax.inject_hyperparams(fo.fanion, static_args=('k',))(
+    learning_rate=optax.warmup_cosine_decay_schedule(0.0, 0.02, 10, 100), k=4
+  ),
 )
 state = tx.init(w)
 for step in range(3):
@@ -174,8 +195,7 @@ for step in range(3):
   updates, state = tx.update(g, state, w)
   w_new = optax.apply_updates(w, updates)
 print('learning rate now:', float(state[1].hyperparams['learning_rate']))
-print('rank of the Fanion-4 update:',
-      int(jnp.linalg.matrix_rank(updates['w'])))
+print('rank of the Fanion-4 update:', int(jnp.linalg.matrix_rank(updates['w'])))
 
 # %% [markdown]
 # ## 3. Train a Flax NNX MLP
@@ -202,8 +222,10 @@ def sample(key, n):
 
 
 x_test, y_test = sample(jax.random.PRNGKey(123), 4096)
-print('class frequencies:',
-      np.bincount(np.asarray(y_test), minlength=CLASSES) / 4096)
+print(
+  'class frequencies:',
+  np.bincount(np.asarray(y_test), minlength=CLASSES) / 4096,
+)
 
 
 class MLP(nnx.Module):
@@ -221,26 +243,30 @@ class MLP(nnx.Module):
 def loss_fn(model, x, y):
   return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
 
+
 # %% [markdown]
 # The optimizers. Learning rates: AdamW's usual 3e-3; 0.02 for the LMO methods
 # (Muon's customary value with the `"muon"` shape scale). The head and biases
 # use the baseline's AdamW (3e-3, $\beta_2=0.999$) inside every LMO optimizer,
 # passed as `fallback=fo.adamw_fallback(...)`. Cosine decay throughout.
 
+
 # %%
 def schedule(peak):
   return optax.cosine_decay_schedule(peak, STEPS)
 
 
-common = dict(exclude=[r'^head/'],
-              fallback=fo.adamw_fallback(schedule(3e-3), b2=0.999))
+common = dict(
+  exclude=[r'^head/'], fallback=fo.adamw_fallback(schedule(3e-3), b2=0.999)
+)
 OPTIMIZERS = {
-    'adamw': lambda: optax.adamw(schedule(3e-3), weight_decay=0.0),
-    'muon': lambda: fo.muon(schedule(0.02), **common),
-    'f_muon': lambda: fo.f_muon(schedule(0.02), alpha=0.5, **common),
-    's_muon': lambda: fo.s_muon(schedule(0.02), alpha=0.5, sign_scale=1e-3,
-                                **common),
-    'fanion-8': lambda: fo.fanion(schedule(0.02), k=8, **common),
+  'adamw': lambda: optax.adamw(schedule(3e-3), weight_decay=0.0),
+  'muon': lambda: fo.muon(schedule(0.02), **common),
+  'f_muon': lambda: fo.f_muon(schedule(0.02), alpha=0.5, **common),
+  's_muon': lambda: fo.s_muon(
+    schedule(0.02), alpha=0.5, sign_scale=1e-3, **common
+  ),
+  'fanion-8': lambda: fo.fanion(schedule(0.02), k=8, **common),
 }
 
 
@@ -264,8 +290,9 @@ def train(name):
   keys = jax.random.split(jax.random.PRNGKey(1), STEPS)
   # Compile on a throw-away copy (same tx object, so the cache is hit below).
   model = MLP(rngs=nnx.Rngs(0))
-  train_step(model, nnx.Optimizer(model, tx, wrt=nnx.Param),
-             keys[0]).block_until_ready()
+  train_step(
+    model, nnx.Optimizer(model, tx, wrt=nnx.Param), keys[0]
+  ).block_until_ready()
   model = MLP(rngs=nnx.Rngs(0))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   losses, start = [], time.perf_counter()
@@ -274,15 +301,21 @@ def train(name):
   losses = np.asarray(jax.device_get(losses))
   seconds = time.perf_counter() - start
   test_loss, test_acc = evaluate(model)
-  return dict(curve=losses, test_loss=float(test_loss),
-              test_acc=float(test_acc), ms_per_step=1000 * seconds / STEPS)
+  return dict(
+    curve=losses,
+    test_loss=float(test_loss),
+    test_acc=float(test_acc),
+    ms_per_step=1000 * seconds / STEPS,
+  )
 
 
 runs = {name: train(name) for name in OPTIMIZERS}
 print(f'{"optimizer":10s} {"test loss":>9s} {"test acc":>9s} {"ms/step":>8s}')
 for name, r in runs.items():
-  print(f'{name:10s} {r["test_loss"]:9.4f} {r["test_acc"]:9.3f} '
-        f'{r["ms_per_step"]:8.2f}')
+  print(
+    f'{name:10s} {r["test_loss"]:9.4f} {r["test_acc"]:9.3f} '
+    f'{r["ms_per_step"]:8.2f}'
+  )
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.8))
@@ -290,15 +323,23 @@ window = max(1, STEPS // 25)
 for name, r in runs.items():
   smooth = np.convolve(r['curve'], np.ones(window) / window, mode='valid')
   ax.plot(np.arange(len(smooth)) + window, smooth, label=name)
-ax.set(xlabel='step', ylabel='train loss (smoothed)', yscale='log',
-       title=f'MLP on a teacher task, {STEPS} steps, batch {BATCH}')
+ax.set(
+  xlabel='step',
+  ylabel='train loss (smoothed)',
+  yscale='log',
+  title=f'MLP on a teacher task, {STEPS} steps, batch {BATCH}',
+)
 ax.legend()
 plt.show()
 
-RESULTS = {'chain_vs_alias': CHAIN_DIFF, 'lion_k_vs_optax_lion': LION_DIFF,
-           'runs': {name: {k: r[k] for k in ('test_loss', 'test_acc',
-                                             'ms_per_step')}
-                    for name, r in runs.items()}}
+RESULTS = {
+  'chain_vs_alias': CHAIN_DIFF,
+  'lion_k_vs_optax_lion': LION_DIFF,
+  'runs': {
+    name: {k: r[k] for k in ('test_loss', 'test_acc', 'ms_per_step')}
+    for name, r in runs.items()
+  },
+}
 
 # %% [markdown]
 # **What to take away.** All LMO methods train this MLP with one untuned

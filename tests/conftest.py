@@ -20,8 +20,9 @@ os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
 _FLAG = '--xla_force_host_platform_device_count=8'
 if _FLAG not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _FLAG
-                             ).strip()
+  os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '') + ' ' + _FLAG
+  ).strip()
 
 # Run as subprocesses by test_multihost.py and test_resume.py; importing
 # them would change this process's devices or build optimizers.

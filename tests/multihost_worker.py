@@ -15,7 +15,8 @@ import sys
 
 LOCAL_DEVICES = 4
 os.environ['XLA_FLAGS'] = (
-    f'--xla_force_host_platform_device_count={LOCAL_DEVICES}')
+  f'--xla_force_host_platform_device_count={LOCAL_DEVICES}'
+)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -32,8 +33,10 @@ STEPS = 4
 
 def initial_params():
   rng = np.random.default_rng(0)
-  params = {f'hidden{i}': rng.normal(size=(16, 16)).astype(np.float32) * 0.3
-            for i in range(6)}
+  params = {
+    f'hidden{i}': rng.normal(size=(16, 16)).astype(np.float32) * 0.3
+    for i in range(6)
+  }
   params['out'] = rng.normal(size=(16, 8)).astype(np.float32) * 0.3
   params['bias'] = np.zeros(16, np.float32)
   return params
@@ -83,19 +86,23 @@ def main(argv):
     results = {name: train(name) for name in ('muon', 'f_muon')}
   else:
     proc, nprocs, port = int(argv[2]), int(argv[3]), int(argv[4])
-    jax.distributed.initialize(f'localhost:{port}', num_processes=nprocs,
-                               process_id=proc)
+    jax.distributed.initialize(
+      f'localhost:{port}', num_processes=nprocs, process_id=proc
+    )
     assert jax.process_count() == nprocs
     assert jax.device_count() == nprocs * LOCAL_DEVICES
-    mesh = jax.make_mesh((jax.device_count(),), ('fsdp',),
-                         axis_types=(jax.sharding.AxisType.Auto,))
+    mesh = jax.make_mesh(
+      (jax.device_count(),), ('fsdp',), axis_types=(jax.sharding.AxisType.Auto,)
+    )
 
     def place(tree):
       def put(x):
         spec = P('fsdp') if x.shape[0] % jax.device_count() == 0 else P()
         sharding = NamedSharding(mesh, spec)
-        return jax.make_array_from_callback(x.shape, sharding,
-                                            lambda idx: x[idx])
+        return jax.make_array_from_callback(
+          x.shape, sharding, lambda idx: x[idx]
+        )
+
       return jax.tree.map(put, tree)
 
     results = {}
@@ -103,8 +110,11 @@ def main(argv):
       params = train(name, mesh, place)
       results[name] = multihost_utils.process_allgather(params, tiled=True)
   if jax.process_index() == 0:
-    flat = {f'{name}/{key}': np.asarray(value)
-            for name, tree in results.items() for key, value in tree.items()}
+    flat = {
+      f'{name}/{key}': np.asarray(value)
+      for name, tree in results.items()
+      for key, value in tree.items()
+    }
     np.savez(out, **flat)
   if len(argv) > 2:
     jax.distributed.shutdown()

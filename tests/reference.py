@@ -15,6 +15,7 @@ def x64():
   if hasattr(jax, 'enable_x64'):
     return jax.enable_x64(True)
   from jax.experimental import enable_x64  # older JAX
+
   return enable_x64()
 
 
@@ -50,7 +51,7 @@ def with_spectrum(shape, sigma, seed=0):
 def gapped_spectrum(shape):
   """sigma = [10, 9, 8, 1, 0.9, 0.81, ...]: a clear gap after the third."""
   r = min(shape[-2:])
-  return np.concatenate([[10.0, 9.0, 8.0], 0.9**np.arange(r - 3)])
+  return np.concatenate([[10.0, 9.0, 8.0], 0.9 ** np.arange(r - 3)])
 
 
 def svd(x):

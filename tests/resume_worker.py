@@ -47,10 +47,10 @@ class CheckpointError(RuntimeError):
 def init_params(width):
   k0, k1 = jax.random.split(jax.random.PRNGKey(0))
   return {
-      'w0': jax.random.normal(k0, (IN, width)) / np.sqrt(IN),
-      'b0': jnp.zeros((width,)),
-      'w1': jax.random.normal(k1, (width, OUT)) / np.sqrt(width),
-      'b1': jnp.zeros((OUT,)),
+    'w0': jax.random.normal(k0, (IN, width)) / np.sqrt(IN),
+    'b0': jnp.zeros((width,)),
+    'w1': jax.random.normal(k1, (width, OUT)) / np.sqrt(width),
+    'b1': jnp.zeros((OUT,)),
   }
 
 
@@ -68,17 +68,21 @@ def loss_fn(params, x, y):
   return jnp.mean(jnp.square(h @ params['w1'] + params['b1'] - y))
 
 
-OPTIMIZERS = {name: catalogue.OPTIMIZERS[name](weight_decay=0.1)
-              for name in ('fanion', 'muon')}
+OPTIMIZERS = {
+  name: catalogue.OPTIMIZERS[name](weight_decay=0.1)
+  for name in ('fanion', 'muon')
+}
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def initial_state(width):
   params = init_params(width)
   return {
-      'models': {name: {'params': params, 'opt_state': tx.init(params)}
-                 for name, tx in OPTIMIZERS.items()},
-      'step': jnp.zeros([], jnp.int32),
+    'models': {
+      name: {'params': params, 'opt_state': tx.init(params)}
+      for name, tx in OPTIMIZERS.items()
+    },
+    'step': jnp.zeros([], jnp.int32),
   }
 
 
@@ -95,8 +99,10 @@ def train_step(state):
     model = state['models'][name]
     grads = jax.grad(loss_fn)(model['params'], x, y)
     updates, opt_state = tx.update(grads, model['opt_state'], model['params'])
-    models[name] = {'params': optax.apply_updates(model['params'], updates),
-                    'opt_state': opt_state}
+    models[name] = {
+      'params': optax.apply_updates(model['params'], updates),
+      'opt_state': opt_state,
+    }
   return {'models': models, 'step': state['step'] + 1}
 
 
@@ -104,8 +110,9 @@ def _leaf_shapes(tree):
   """`{'models/muon/params/w0': shape}`; orbax metadata turns NamedTuples
   into dicts, so paths are compared by their names alone."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {fo.partition.path_name(path): tuple(leaf.shape)
-          for path, leaf in leaves}
+  return {
+    fo.partition.path_name(path): tuple(leaf.shape) for path, leaf in leaves
+  }
 
 
 def restore_latest(directory, template):
@@ -124,8 +131,8 @@ def restore_latest(directory, template):
     return None, None
   options = ocp.CheckpointManagerOptions(read_only=True, create=False)
   with ocp.CheckpointManager(
-      directory, item_handlers=ocp.StandardCheckpointHandler(),
-      options=options) as manager:
+    directory, item_handlers=ocp.StandardCheckpointHandler(), options=options
+  ) as manager:
     step = manager.latest_step()
     if step is None:
       return None, None
@@ -134,24 +141,27 @@ def restore_latest(directory, template):
       stored_shapes = _leaf_shapes(manager.item_metadata(step))
     except Exception as err:  # noqa: BLE001 (orbax raises many types)
       raise CheckpointError(
-          f'cannot read the metadata of {where}: {type(err).__name__}:'
-          f' {err}') from err
+        f'cannot read the metadata of {where}: {type(err).__name__}: {err}'
+      ) from err
     expected = _leaf_shapes(template)
     for path in sorted(set(stored_shapes) | set(expected)):
       if stored_shapes.get(path) != expected.get(path):
         raise CheckpointError(
-            f'{where} does not match this model: {path} has shape'
-            f' {stored_shapes.get(path, "<missing>")} in the checkpoint but'
-            f' {expected.get(path, "<missing>")} in the model.')
+          f'{where} does not match this model: {path} has shape'
+          f' {stored_shapes.get(path, "<missing>")} in the checkpoint but'
+          f' {expected.get(path, "<missing>")} in the model.'
+        )
     try:
       state = manager.restore(step, args=ocp.args.StandardRestore(template))
     except Exception as err:  # noqa: BLE001
       raise CheckpointError(
-          f'cannot restore {where} (corrupted or incomplete):'
-          f' {type(err).__name__}: {err}') from err
+        f'cannot restore {where} (corrupted or incomplete):'
+        f' {type(err).__name__}: {err}'
+      ) from err
   if int(state['step']) != step:
     raise CheckpointError(
-        f'{where} holds step {int(state["step"])}, not {step}.')
+      f'{where} holds step {int(state["step"])}, not {step}.'
+    )
   return step, state
 
 
@@ -178,7 +188,8 @@ def main(argv=None):
     print(f'restored step {step}', flush=True)
 
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=None, enable_async_checkpointing=False)
+    max_to_keep=None, enable_async_checkpointing=False
+  )
   with ocp.CheckpointManager(directory, options=options) as manager:
     while int(state['step']) < args.steps:
       state = train_step(state)
@@ -190,8 +201,10 @@ def main(argv=None):
       time.sleep(args.step_delay)
 
   leaves = jax.tree_util.tree_flatten_with_path(state['models'])[0]
-  np.savez(args.out, **{jax.tree_util.keystr(path): np.asarray(leaf)
-                        for path, leaf in leaves})
+  np.savez(
+    args.out,
+    **{jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves},
+  )
   print('done', flush=True)
   return 0
 

@@ -16,9 +16,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize('name', report.benchmark_names())
 def test_benchmark_quick_mode(name, tmp_path):
   env = dict(os.environ, OPENBLAS_NUM_THREADS='1')
-  subprocess.run([sys.executable, '-m', f'benchmarks.{name}', '--quick',
-                  '--out', str(tmp_path)], cwd=ROOT, env=env, check=True,
-                 timeout=600, stdout=subprocess.DEVNULL)
+  subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      f'benchmarks.{name}',
+      '--quick',
+      '--out',
+      str(tmp_path),
+    ],
+    cwd=ROOT,
+    env=env,
+    check=True,
+    timeout=600,
+    stdout=subprocess.DEVNULL,
+  )
   with open(tmp_path / f'{name}.json', encoding='utf-8') as f:
     result = json.load(f)
   assert result['metadata']['jax']
@@ -27,6 +39,7 @@ def test_benchmark_quick_mode(name, tmp_path):
   assert os.path.getsize(tmp_path / f'{name}.png') > 1000
   assert report.benchmark_names().count(name) == 1
   from importlib import import_module
+
   table = import_module(f'benchmarks.{name}').markdown(result)
   assert table.count('|') > 10, 'the README section has a table'
 

@@ -42,20 +42,33 @@ VOCAB, DIM, HIDDEN, OUT = 12, 8, 16, 4
 # Each leaf kind: 2-D hidden kernels -> LMO; embed/head -> AdamW (excluded);
 # biases -> AdamW. The states thus hold None leaves on both branches.
 OPTIMIZERS = {
-    **{name: functools.partial(catalogue.OPTIMIZERS[name], weight_decay=0.1,
-                               exclude=EXCLUDE)
-       for name in ('muon', 'fanion', 'f_muon', 's_fanion')},
-    'fanion_skip_nonfinite': lambda: fo.skip_nonfinite(
-        catalogue.OPTIMIZERS['fanion'](weight_decay=0.1, exclude=EXCLUDE)),
-    # Injected hyperparameters: a scheduled learning rate (its value at the
-    # restored count) and a weight decay changed in the state during the run.
-    'fanion_inject_hyperparams': lambda: optax.inject_hyperparams(
-        fo.fanion, static_args=('k',))(
-            learning_rate=optax.cosine_decay_schedule(0.02, STEPS), k=2,
-            weight_decay=0.1, exclude=EXCLUDE),
+  **{
+    name: functools.partial(
+      catalogue.OPTIMIZERS[name], weight_decay=0.1, exclude=EXCLUDE
+    )
+    for name in ('muon', 'fanion', 'f_muon', 's_fanion')
+  },
+  'fanion_skip_nonfinite': lambda: fo.skip_nonfinite(
+    catalogue.OPTIMIZERS['fanion'](weight_decay=0.1, exclude=EXCLUDE)
+  ),
+  # Injected hyperparameters: a scheduled learning rate (its value at the
+  # restored count) and a weight decay changed in the state during the run.
+  'fanion_inject_hyperparams': lambda: optax.inject_hyperparams(
+    fo.fanion, static_args=('k',)
+  )(
+    learning_rate=optax.cosine_decay_schedule(0.02, STEPS),
+    k=2,
+    weight_decay=0.1,
+    exclude=EXCLUDE,
+  ),
 }
-NNX_OPTIMIZERS = ('muon', 'fanion', 'f_muon', 's_fanion',
-                  'fanion_skip_nonfinite')
+NNX_OPTIMIZERS = (
+  'muon',
+  'fanion',
+  'f_muon',
+  's_fanion',
+  'fanion_skip_nonfinite',
+)
 
 
 def _is_none(x):
@@ -97,20 +110,28 @@ def _edit_state(name, state, step):
 def _params():
   keys = jax.random.split(jax.random.PRNGKey(0), 5)
   return {
-      'embed': jax.random.normal(keys[0], (VOCAB, DIM)),
-      'hidden1': {'kernel': jax.random.normal(keys[1], (DIM, HIDDEN)) * 0.3,
-                  'bias': jnp.zeros((HIDDEN,))},
-      'hidden2': {'kernel': jax.random.normal(keys[2], (HIDDEN, HIDDEN)) * 0.3,
-                  'bias': jnp.zeros((HIDDEN,))},
-      'head': {'kernel': jax.random.normal(keys[3], (HIDDEN, OUT)) * 0.3,
-               'bias': jnp.zeros((OUT,))},
+    'embed': jax.random.normal(keys[0], (VOCAB, DIM)),
+    'hidden1': {
+      'kernel': jax.random.normal(keys[1], (DIM, HIDDEN)) * 0.3,
+      'bias': jnp.zeros((HIDDEN,)),
+    },
+    'hidden2': {
+      'kernel': jax.random.normal(keys[2], (HIDDEN, HIDDEN)) * 0.3,
+      'bias': jnp.zeros((HIDDEN,)),
+    },
+    'head': {
+      'kernel': jax.random.normal(keys[3], (HIDDEN, OUT)) * 0.3,
+      'bias': jnp.zeros((OUT,)),
+    },
   }
 
 
 def _batch(step):
   key_x, key_y = jax.random.split(jax.random.PRNGKey(1000 + step))
-  return (jax.random.randint(key_x, (16,), 0, VOCAB),
-          jax.random.normal(key_y, (16, OUT)))
+  return (
+    jax.random.randint(key_x, (16,), 0, VOCAB),
+    jax.random.normal(key_y, (16, OUT)),
+  )
 
 
 def _loss(params, tokens, targets):
@@ -128,6 +149,7 @@ def _make_step(tx):
     grads = jax.tree.map(lambda g: jnp.where(poison, jnp.nan, g), grads)
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
+
   return step
 
 
@@ -150,8 +172,9 @@ def _restore(directory, target):
     return step, manager.restore(step, args=ocp.args.StandardRestore(target))
 
 
-@pytest.mark.parametrize('name', tiered(
-    OPTIMIZERS, fast={'fanion', 'fanion_inject_hyperparams'}))
+@pytest.mark.parametrize(
+  'name', tiered(OPTIMIZERS, fast={'fanion', 'fanion_inject_hyperparams'})
+)
 def test_pytree_resume_from_disk_is_bitwise_identical(name, tmp_path):
   make = OPTIMIZERS[name]
   params0 = _params()
@@ -160,25 +183,33 @@ def test_pytree_resume_from_disk_is_bitwise_identical(name, tmp_path):
   # carry on uninterrupted to STEPS.
   tx = make()
   step_fn = _make_step(tx)
-  params, state = _train(name, step_fn, params0, tx.init(params0), 0,
-                         RESUME_AT)
+  params, state = _train(name, step_fn, params0, tx.init(params0), 0, RESUME_AT)
   assert _count_none(state) > 0  # the fallback masks are None leaves
   _save(tmp_path / 'ckpt', RESUME_AT, {'params': params, 'opt_state': state})
   saved_state = state
-  full_params, full_state = _train(name, step_fn, params, state, RESUME_AT,
-                                   STEPS)
+  full_params, full_state = _train(
+    name, step_fn, params, state, RESUME_AT, STEPS
+  )
   del tx, step_fn, params, state
 
   # Fresh objects: a new optimizer, abstract targets, a new jitted step.
   tx = make()
-  target = {'params': jax.eval_shape(_params),
-            'opt_state': jax.eval_shape(tx.init, params0)}
+  target = {
+    'params': jax.eval_shape(_params),
+    'opt_state': jax.eval_shape(tx.init, params0),
+  }
   step, restored = _restore(tmp_path / 'ckpt', target)
   assert step == RESUME_AT
   _assert_trees_equal(restored['opt_state'], saved_state)
   assert type(restored['opt_state']) is type(saved_state)
-  params, state = _train(name, _make_step(tx), restored['params'],
-                         restored['opt_state'], RESUME_AT, STEPS)
+  params, state = _train(
+    name,
+    _make_step(tx),
+    restored['params'],
+    restored['opt_state'],
+    RESUME_AT,
+    STEPS,
+  )
 
   _assert_trees_equal(params, full_params)
   _assert_trees_equal(state, full_state)
@@ -194,21 +225,24 @@ def _check_special_state(name, saved, final):
     np.testing.assert_allclose(saved.hyperparams['weight_decay'], 0.05)
     np.testing.assert_allclose(final.hyperparams['weight_decay'], 0.05)
     schedule = optax.cosine_decay_schedule(0.02, STEPS)
-    np.testing.assert_allclose(final.hyperparams['learning_rate'],
-                               schedule(STEPS - 1), rtol=1e-6)
+    np.testing.assert_allclose(
+      final.hyperparams['learning_rate'], schedule(STEPS - 1), rtol=1e-6
+    )
     inner = final.inner_state
   else:
     inner = final
   lion_state = inner.matrices[0]
-  assert int(lion_state.count) == STEPS - (1 if name.endswith(
-      'skip_nonfinite') else 0)
+  assert int(lion_state.count) == STEPS - (
+    1 if name.endswith('skip_nonfinite') else 0
+  )
   if 'fanion' in name:
     # The warm-started right subspaces moved away from the cold start.
     subspaces = jax.tree.leaves(lion_state.lmo_state)
     assert subspaces
     for q in subspaces:
-      cold = fo.lowrank.initial_subspace((q.shape[0], q.shape[1], q.shape[1]),
-                                         q.shape[2])
+      cold = fo.lowrank.initial_subspace(
+        (q.shape[0], q.shape[1], q.shape[1]), q.shape[2]
+      )
       if q.shape[1] > q.shape[2]:
         assert not np.allclose(q, cold)
 
@@ -227,8 +261,9 @@ def test_orbax_keeps_none_leaves_and_empty_states(tmp_path):
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(tmp_path / 'state', state)
   checkpointer.wait_until_finished()
-  restored = checkpointer.restore(tmp_path / 'state',
-                                  jax.eval_shape(tx.init, params))
+  restored = checkpointer.restore(
+    tmp_path / 'state', jax.eval_shape(tx.init, params)
+  )
   _assert_trees_equal(restored, state)
   assert isinstance(restored, fo.transforms.SkipNonfiniteState)
   # Without a target the NamedTuples come back as dicts and lists (None
@@ -237,8 +272,10 @@ def test_orbax_keeps_none_leaves_and_empty_states(tmp_path):
   assert isinstance(raw, dict)
   assert raw['inner_state']['matrices'][0]['mu']['embed'] is None
   assert raw['inner_state']['matrices'][1] is None  # optax.EmptyState()
-  np.testing.assert_array_equal(raw['inner_state']['matrices'][0]['mu'][
-      'hidden1']['kernel'], inner.matrices[0].mu['hidden1']['kernel'])
+  np.testing.assert_array_equal(
+    raw['inner_state']['matrices'][0]['mu']['hidden1']['kernel'],
+    inner.matrices[0].mu['hidden1']['kernel'],
+  )
   # The live state (concrete arrays) also works as the target.
   again = checkpointer.restore(tmp_path / 'state', tx.init(params))
   _assert_trees_equal(again, state)
@@ -250,7 +287,6 @@ def test_orbax_keeps_none_leaves_and_empty_states(tmp_path):
 
 
 class Net(nnx.Module):
-
   def __init__(self, rngs):
     self.embed = nnx.Embed(VOCAB, DIM, rngs=rngs)
     self.hidden1 = nnx.Linear(DIM, HIDDEN, rngs=rngs)
@@ -286,7 +322,8 @@ def _nnx_objects(name, seed=0):
 def _nnx_arrays(model, optimizer):
   """Pure arrays (None kept) of the model's parameters and optimizer."""
   return nnx.to_pure_dict(nnx.state(model)), nnx.to_pure_dict(
-      nnx.state(optimizer))
+    nnx.state(optimizer)
+  )
 
 
 @pytest.mark.parametrize('name', tiered(NNX_OPTIMIZERS, fast={'fanion'}))
@@ -305,9 +342,12 @@ def test_nnx_resume_from_disk_is_bitwise_identical(name, tmp_path):
   # Fresh objects with different initial weights; the abstract target comes
   # from nnx.eval_shape, so nothing is computed before the restore.
   abstract_model, abstract_optimizer = nnx.eval_shape(
-      lambda: _nnx_objects(name, seed=1))
-  target = {'model': nnx.state(abstract_model),
-            'optimizer': nnx.state(abstract_optimizer)}
+    lambda: _nnx_objects(name, seed=1)
+  )
+  target = {
+    'model': nnx.state(abstract_model),
+    'optimizer': nnx.state(abstract_optimizer),
+  }
   step, restored = _restore(tmp_path / 'ckpt', target)
   assert step == RESUME_AT
   model, optimizer = _nnx_objects(name, seed=1)

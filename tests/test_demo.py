@@ -11,10 +11,30 @@ from fanion_optax import demo
 
 @pytest.mark.slow
 def test_demo_trains_and_writes_results(tmp_path):
-  results = demo.main([
-      '--optimizers', 'adamw,muon,fanion', '--steps', '6', '--batch', '4',
-      '--context', '16', '--d-model', '16', '--layers', '1', '--heads', '2',
-      '--eval-every', '3', '--eval-batches', '1', '--out', str(tmp_path)])
+  results = demo.main(
+    [
+      '--optimizers',
+      'adamw,muon,fanion',
+      '--steps',
+      '6',
+      '--batch',
+      '4',
+      '--context',
+      '16',
+      '--d-model',
+      '16',
+      '--layers',
+      '1',
+      '--heads',
+      '2',
+      '--eval-every',
+      '3',
+      '--eval-batches',
+      '1',
+      '--out',
+      str(tmp_path),
+    ]
+  )
   assert [r['optimizer'] for r in results] == ['adamw', 'muon', 'fanion']
   for r in results:
     assert len(r['train_curve']) == 6

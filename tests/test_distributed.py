@@ -22,9 +22,10 @@ N_DEV = 8
 DN = fo.DimensionNumbers
 
 pytestmark = pytest.mark.skipif(
-    jax.device_count() < N_DEV,
-    reason='needs XLA_FLAGS=--xla_force_host_platform_device_count=8 '
-    '(set by tests/conftest.py before JAX starts)')
+  jax.device_count() < N_DEV,
+  reason='needs XLA_FLAGS=--xla_force_host_platform_device_count=8 '
+  '(set by tests/conftest.py before JAX starts)',
+)
 
 
 def _params():
@@ -46,6 +47,7 @@ def _dims(params):
     if name == 'stack':
       return DN(1, 2)
     return DN() if x.ndim == 2 else None
+
   return jax.tree_util.tree_map_with_path(spec, params)
 
 
@@ -54,12 +56,13 @@ def _grads(params, step):
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(key, len(leaves))
   return treedef.unflatten(
-      [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+    [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
+  )
 
 
 OPTIMIZERS = {
-    name: functools.partial(catalogue.OPTIMIZERS[name], weight_decay=0.1)
-    for name in ('muon', 'fanion', 'f_muon', 's_fanion', 'lion_k_schatten')
+  name: functools.partial(catalogue.OPTIMIZERS[name], weight_decay=0.1)
+  for name in ('muon', 'fanion', 'f_muon', 's_fanion', 'lion_k_schatten')
 }
 
 
@@ -75,8 +78,9 @@ def _run_single(make, params, steps):
 
 def _assert_close(a, b, atol=1e-5):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol,
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+      np.asarray(x), np.asarray(y), atol=atol, rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize('name', tiered(OPTIMIZERS))
@@ -85,10 +89,10 @@ def test_pmap_split_equals_single_device(name):
   params = _params()
   ref_params, ref_state = _run_single(make, params, steps=3)
 
-  tx = make(dimension_numbers=_dims,
-            split=fo.distributed.over_axis('devices'))
+  tx = make(dimension_numbers=_dims, split=fo.distributed.over_axis('devices'))
   replicate = lambda t: jax.tree.map(
-      lambda x: jnp.broadcast_to(x, (N_DEV,) + x.shape), t)
+    lambda x: jnp.broadcast_to(x, (N_DEV,) + x.shape), t
+  )
   update = jax.pmap(tx.update, axis_name='devices')
   state = replicate(tx.init(params))
   p = replicate(params)
@@ -102,18 +106,22 @@ def test_pmap_split_equals_single_device(name):
 
 def test_pmap_warm_state_is_split_and_gathered():
   params = _params()
-  tx = fo.fanion(0.02, 3, dimension_numbers=_dims,
-                 split=fo.distributed.over_axis('d'))
+  tx = fo.fanion(
+    0.02, 3, dimension_numbers=_dims, split=fo.distributed.over_axis('d')
+  )
   state = tx.init(params)
   lmo_states = state.matrices[0].lmo_state
   # One (batch, n, k) subspace per matrix leaf in tree order (conv, stack,
   # tall, w0, ..., w10), shared by every device.
   assert [s.shape for s in lmo_states] == (
-      [(1, 8, 3), (3, 20, 3), (1, 6, 3)] + [(1, 20, 3)] * 11)
+    [(1, 8, 3), (3, 20, 3), (1, 6, 3)] + [(1, 20, 3)] * 11
+  )
   replicate = lambda t: jax.tree.map(
-      lambda x: jnp.broadcast_to(x, (N_DEV,) + x.shape), t)
+    lambda x: jnp.broadcast_to(x, (N_DEV,) + x.shape), t
+  )
   _, new_state = jax.pmap(tx.update, axis_name='d')(
-      replicate(_grads(params, 0)), replicate(state), replicate(params))
+    replicate(_grads(params, 0)), replicate(state), replicate(params)
+  )
   new_lmo = new_state.matrices[0].lmo_state
   for s in new_lmo:
     # Every device holds the same, updated subspace.
@@ -135,8 +143,9 @@ def test_shard_map_checked_vma_split_equals_single_device(name):
 
   mesh = jax.make_mesh((N_DEV,), ('batch',))
   tx = make(dimension_numbers=_dims, split=fo.distributed.over_axis('batch'))
-  update = jax.jit(jax.shard_map(tx.update, mesh=mesh,
-                                 in_specs=(P(), P(), P()), out_specs=P()))
+  update = jax.jit(
+    jax.shard_map(tx.update, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P())
+  )
   state = tx.init(params)
   p = params
   for t in range(3):
@@ -152,35 +161,44 @@ def _mesh(shape, names, axis_type):
 
 def _shard_params(params, mesh, model_axis, data_axis=None):
   """FSDP-like layout: last axis over `model_axis`, first over `data_axis`."""
+
   def place(x):
     spec = [None] * x.ndim
     spec[-1] = model_axis
-    if data_axis is not None and x.ndim >= 2 and x.shape[0] % mesh.shape[
-        data_axis] == 0:
+    if (
+      data_axis is not None
+      and x.ndim >= 2
+      and x.shape[0] % mesh.shape[data_axis] == 0
+    ):
       spec[0] = data_axis
     if x.shape[-1] % mesh.shape[model_axis]:
       spec[-1] = None
     return jax.device_put(x, NamedSharding(mesh, P(*spec)))
-  return jax.tree.map(place, params)
 
+  return jax.tree.map(place, params)
 
 
 @pytest.mark.parametrize('axis_type', [AxisType.Auto, AxisType.Explicit])
 @pytest.mark.parametrize('split', [False, True])
 @pytest.mark.parametrize('name', ['muon', 'fanion', 'f_muon'])
-def test_sharded_jit_matches_unsharded_and_keeps_shardings(axis_type, split,
-                                                           name):
+def test_sharded_jit_matches_unsharded_and_keeps_shardings(
+  axis_type, split, name
+):
   make = OPTIMIZERS[name]
-  params = {f'w{i}': jax.random.normal(jax.random.PRNGKey(i), (12, 24))
-            for i in range(5)}
+  params = {
+    f'w{i}': jax.random.normal(jax.random.PRNGKey(i), (12, 24))
+    for i in range(5)
+  }
   params['stack'] = jax.random.normal(jax.random.PRNGKey(9), (3, 12, 24))
   params['bias'] = jnp.ones((24,))
   ref_params, ref_state = _run_single(make, params, steps=2)
 
   mesh = _mesh((N_DEV,), ('model',), axis_type)
   sharded = _shard_params(params, mesh, 'model')
-  tx = make(dimension_numbers=_dims,
-            split=fo.distributed.over_mesh(mesh, 'model') if split else None)
+  tx = make(
+    dimension_numbers=_dims,
+    split=fo.distributed.over_mesh(mesh, 'model') if split else None,
+  )
   state = tx.init(sharded)
   update = jax.jit(tx.update)
   p = sharded
@@ -195,23 +213,29 @@ def test_sharded_jit_matches_unsharded_and_keeps_shardings(axis_type, split,
   _assert_close(p, ref_params)
   _assert_close(state, ref_state)
   for key in params:
-    assert p[key].sharding.is_equivalent_to(sharded[key].sharding,
-                                            p[key].ndim), key
+    assert p[key].sharding.is_equivalent_to(
+      sharded[key].sharding, p[key].ndim
+    ), key
   mu = state.matrices[0].mu
   assert mu['w0'].sharding.is_equivalent_to(sharded['w0'].sharding, 2)
 
 
 @pytest.mark.parametrize('axis_type', [AxisType.Auto, AxisType.Explicit])
 def test_two_dimensional_mesh(axis_type):
-  params = {f'w{i}': jax.random.normal(jax.random.PRNGKey(i), (16, 24))
-            for i in range(6)}
+  params = {
+    f'w{i}': jax.random.normal(jax.random.PRNGKey(i), (16, 24))
+    for i in range(6)
+  }
   params['bias'] = jnp.ones((24,))
   ref_params, _ = _run_single(OPTIMIZERS['muon'], params, steps=2)
   mesh = _mesh((4, 2), ('data', 'model'), axis_type)
   sharded = _shard_params(params, mesh, 'model', data_axis='data')
   assert sharded['w0'].sharding.spec == P('data', 'model')
-  for split in (None, fo.distributed.over_mesh(mesh),
-                fo.distributed.over_mesh(mesh, 'data')):
+  for split in (
+    None,
+    fo.distributed.over_mesh(mesh),
+    fo.distributed.over_mesh(mesh, 'data'),
+  ):
     tx = OPTIMIZERS['muon'](dimension_numbers=_dims, split=split)
     state = tx.init(sharded)
     update = jax.jit(tx.update)
@@ -232,24 +256,30 @@ def _flops(compiled):
 
 
 def _same_shape_params(count=16, shape=(64, 128)):
-  return {f'w{i:02d}': jax.random.normal(jax.random.PRNGKey(i), shape)
-          for i in range(count)}
+  return {
+    f'w{i:02d}': jax.random.normal(jax.random.PRNGKey(i), shape)
+    for i in range(count)
+  }
 
 
 def test_pmap_split_divides_flops_per_device():
   params = _same_shape_params()
   grads = _grads(params, 0)
   single = fo.muon(0.02)
-  single_flops = _flops(jax.jit(single.update).lower(
-      grads, single.init(params), params).compile())
+  single_flops = _flops(
+    jax.jit(single.update).lower(grads, single.init(params), params).compile()
+  )
   replicate = lambda t: jax.tree.map(
-      lambda x: jnp.broadcast_to(x, (N_DEV,) + x.shape), t)
+    lambda x: jnp.broadcast_to(x, (N_DEV,) + x.shape), t
+  )
   args = (replicate(grads), replicate(single.init(params)), replicate(params))
-  no_split = _flops(jax.pmap(single.update, axis_name='d').lower(
-      *args).compile())
+  no_split = _flops(
+    jax.pmap(single.update, axis_name='d').lower(*args).compile()
+  )
   split_tx = fo.muon(0.02, split=fo.distributed.over_axis('d'))
-  split = _flops(jax.pmap(split_tx.update, axis_name='d').lower(
-      *args).compile())
+  split = _flops(
+    jax.pmap(split_tx.update, axis_name='d').lower(*args).compile()
+  )
   assert no_split == pytest.approx(single_flops, rel=0.05)
   assert split <= 1.3 * single_flops / N_DEV
 
@@ -259,12 +289,16 @@ def test_shard_map_split_divides_flops_per_device():
   grads = _grads(params, 0)
   single = fo.muon(0.02)
   state = single.init(params)
-  single_flops = _flops(jax.jit(single.update).lower(
-      grads, state, params).compile())
+  single_flops = _flops(
+    jax.jit(single.update).lower(grads, state, params).compile()
+  )
   mesh = jax.make_mesh((N_DEV,), ('batch',))
   split_tx = fo.muon(0.02, split=fo.distributed.over_axis('batch'))
-  update = jax.jit(jax.shard_map(split_tx.update, mesh=mesh,
-                                 in_specs=(P(), P(), P()), out_specs=P()))
+  update = jax.jit(
+    jax.shard_map(
+      split_tx.update, mesh=mesh, in_specs=(P(), P(), P()), out_specs=P()
+    )
+  )
   split = _flops(update.lower(grads, state, params).compile())
   assert split <= 1.3 * single_flops / N_DEV
 
@@ -273,8 +307,9 @@ def test_mesh_split_divides_flops_per_device():
   params = _same_shape_params()
   grads = _grads(params, 0)
   single = fo.muon(0.02)
-  single_flops = _flops(jax.jit(single.update).lower(
-      grads, single.init(params), params).compile())
+  single_flops = _flops(
+    jax.jit(single.update).lower(grads, single.init(params), params).compile()
+  )
   for axis_type in (AxisType.Auto, AxisType.Explicit):
     mesh = _mesh((N_DEV,), ('fsdp',), axis_type)
     sp, sg = (_shard_params(t, mesh, 'fsdp') for t in (params, grads))
@@ -282,29 +317,34 @@ def test_mesh_split_divides_flops_per_device():
     split = _flops(jax.jit(tx.update).lower(sg, tx.init(sp), sp).compile())
     assert split <= 1.3 * single_flops / N_DEV, axis_type
     no_split_tx = fo.muon(0.02)
-    no_split = _flops(jax.jit(no_split_tx.update).lower(
-        sg, no_split_tx.init(sp), sp).compile())
+    no_split = _flops(
+      jax.jit(no_split_tx.update).lower(sg, no_split_tx.init(sp), sp).compile()
+    )
     # GSPMD alone replicates at least the Gram products on every device.
     assert no_split > 2 * split, axis_type
 
 
 def test_split_values_validate_themselves():
   mesh = _mesh((N_DEV,), ('x',), AxisType.Auto)
-  missing = re.escape("axes holds 'y', which is not an axis of the mesh"
-                      " ('x',).")
+  missing = re.escape(
+    "axes holds 'y', which is not an axis of the mesh ('x',)."
+  )
   with pytest.raises(ValueError, match=missing):
     fo.distributed.over_mesh(mesh, 'y')
   with pytest.raises(ValueError, match=missing):
     fo.distributed.over_mesh(mesh, ('x', 'y'))
-  with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh, got"
-                     " 'not a mesh'"):
+  with pytest.raises(
+    TypeError, match="mesh must be a jax.sharding.Mesh, got 'not a mesh'"
+  ):
     fo.distributed.over_mesh('not a mesh')
-  with pytest.raises(TypeError, match='axis_name must be a hashable axis'
-                     ' name .* got None'):
+  with pytest.raises(
+    TypeError, match='axis_name must be a hashable axis name .* got None'
+  ):
     fo.distributed.over_axis(None)
   split_error = re.escape(
-      'split must be None, fanion_optax.distributed.over_axis(name) or'
-      ' fanion_optax.distributed.over_mesh(mesh, axes), got')
+    'split must be None, fanion_optax.distributed.over_axis(name) or'
+    ' fanion_optax.distributed.over_mesh(mesh, axes), got'
+  )
   with pytest.raises(TypeError, match=split_error + " 'batch'"):
     fo.muon(0.02, split='batch')
   with pytest.raises(TypeError, match=split_error + ' Mesh'):
@@ -316,16 +356,16 @@ def test_split_values_validate_themselves():
 
 
 def test_apply_lmo_groups_and_restores_order():
-  mats = [jax.random.normal(jax.random.PRNGKey(i), shape) for i, shape in
-          enumerate([(2, 5, 7), (1, 7, 5), (3, 5, 7), (1, 4, 4)])]
+  mats = [
+    jax.random.normal(jax.random.PRNGKey(i), shape)
+    for i, shape in enumerate([(2, 5, 7), (1, 7, 5), (3, 5, 7), (1, 4, 4)])
+  ]
   spectral = fo.lmo.spectral(polar_method='svd')
   outs, states = fo.distributed.apply_lmo(spectral, mats, [None] * 4)
   assert states == [None] * 4
   for m, o in zip(mats, outs):
     u, _, vh = np.linalg.svd(np.asarray(m), full_matrices=False)
     np.testing.assert_allclose(o, u @ vh, atol=1e-5)
-
-
 
 
 HANG_SCRIPT = """
@@ -347,10 +387,14 @@ print('finished')
 def test_pmap_lowrank_lmo_with_many_matrices_per_device_finishes(split):
   """jaxlib 0.10's batched CPU QR/SVD deadlocked 8 concurrent devices (each
   blocked a pool thread waiting for its batch); one matrix per call cannot."""
-  env = dict(os.environ,
-             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
   script = HANG_SCRIPT.replace('SPLIT', str(split))
-  result = subprocess.run([sys.executable, '-c', script], env=env,
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    [sys.executable, '-c', script],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'finished' in result.stdout

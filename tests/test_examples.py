@@ -25,8 +25,9 @@ def _load(name):
   module_name = f'fanion_examples_{name}'
   if module_name in sys.modules:
     return sys.modules[module_name]
-  spec = importlib.util.spec_from_file_location(module_name,
-                                                EXAMPLES / f'{name}.py')
+  spec = importlib.util.spec_from_file_location(
+    module_name, EXAMPLES / f'{name}.py'
+  )
   module = importlib.util.module_from_spec(spec)
   sys.modules[module_name] = module
   try:
@@ -50,10 +51,13 @@ def test_nnx_train(capsys):
   out = example.main(['--quick'])
   printed = capsys.readouterr().out
   # The routing table shows the path-based split.
-  for path, where in (('embed/embedding', 'AdamW'), ('head/kernel', 'AdamW'),
-                      ('hidden/0/bias', 'AdamW'),
-                      ('hidden/0/kernel', 'Muon'),
-                      ('hidden/1/kernel', 'Muon')):
+  for path, where in (
+    ('embed/embedding', 'AdamW'),
+    ('head/kernel', 'AdamW'),
+    ('hidden/0/bias', 'AdamW'),
+    ('hidden/0/kernel', 'Muon'),
+    ('hidden/1/kernel', 'Muon'),
+  ):
     line = next(x for x in printed.splitlines() if f' {path} ' in x)
     assert where in line, line
   assert set(out['results']) == {'muon', 'adamw'}
@@ -73,17 +77,25 @@ def test_nnx_train_optimizer_state_follows_the_routing():
   example = _load('nnx_train')
   args = example.parse_args(['--quick'])
   model = example.MLPLanguageModel(
-      vocab=args.vocab, context=args.context, embed_dim=args.embed_dim,
-      hidden=args.hidden, layers=args.layers, rngs=nnx.Rngs(0))
-  optimizer = nnx.Optimizer(model, example.make_optimizer('muon', args),
-                            wrt=nnx.Param)
+    vocab=args.vocab,
+    context=args.context,
+    embed_dim=args.embed_dim,
+    hidden=args.hidden,
+    layers=args.layers,
+    rngs=nnx.Rngs(0),
+  )
+  optimizer = nnx.Optimizer(
+    model, example.make_optimizer('muon', args), wrt=nnx.Param
+  )
   state = nnx.to_pure_dict(nnx.state(optimizer))['opt_state']
   muon_mu = state['matrices'][0]['mu']
   adam_mu = state['fallback'][0]['mu']
   assert muon_mu['embed']['embedding'] is None
   assert muon_mu['head']['kernel'] is None
   assert muon_mu['hidden'][0]['kernel'].shape == (
-      args.context * args.embed_dim, args.hidden)
+    args.context * args.embed_dim,
+    args.hidden,
+  )
   assert adam_mu['hidden'][0]['kernel'] is None
   assert adam_mu['embed']['embedding'].shape == (args.vocab, args.embed_dim)
 
@@ -123,14 +135,18 @@ def test_distributed_cpu_device_flag(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(jax.device_count() < 8,
-                    reason='needs the 8 CPU devices of tests/conftest.py')
+@pytest.mark.skipif(
+  jax.device_count() < 8, reason='needs the 8 CPU devices of tests/conftest.py'
+)
 def test_distributed_train_matches_single_device():
   example = _load('distributed_train')
   out = example.main(['--quick'])
   assert out['devices'] == 8
-  assert set(out['diffs']) == {'data parallel (pmap)', 'FSDP (jit, 1-D mesh)',
-                               'FSDP x TP (2-D mesh)'}
+  assert set(out['diffs']) == {
+    'data parallel (pmap)',
+    'FSDP (jit, 1-D mesh)',
+    'FSDP x TP (2-D mesh)',
+  }
   reference = out['runs']['single device (jit)']['losses']
   assert reference[-1] < 0.95 * reference[0]
   for name, diff in out['diffs'].items():

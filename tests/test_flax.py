@@ -36,12 +36,14 @@ _as_pure = getattr(nnx, 'as_pure', None) or nnx.pure
 
 def _dimension_numbers(params):
   """Conv kernels `(kh, kw, in, out)` and dense kernels are matrices."""
+
   def spec(x):
     if x.ndim == 4:
       return DN((0, 1, 2), 3)
     if x.ndim == 2:
       return DN()
     return None
+
   return jax.tree.map(spec, params)
 
 
@@ -60,9 +62,12 @@ def _train(lr):
 # Every optimizer of the catalogue (its solver variants aside) at its
 # reference step size, with the routing above.
 OPTIMIZERS = {
-    name: functools.partial(catalogue.OPTIMIZERS[name], weight_decay=0.01,
-                            **_train(catalogue.OPTIMIZERS[name].learning_rate))
-    for name in catalogue.PRESETS
+  name: functools.partial(
+    catalogue.OPTIMIZERS[name],
+    weight_decay=0.01,
+    **_train(catalogue.OPTIMIZERS[name].learning_rate),
+  )
+  for name in catalogue.PRESETS
 }
 
 
@@ -76,7 +81,6 @@ def _data():
 
 
 class NnxNet(nnx.Module):
-
   def __init__(self, rngs):
     self.embed = nnx.Embed(VOCAB, DIM, rngs=rngs)
     self.conv = nnx.Conv(DIM, DIM, kernel_size=(3, 3), rngs=rngs)
@@ -90,7 +94,6 @@ class NnxNet(nnx.Module):
 
 
 class LinenNet(nn.Module):
-
   @nn.compact
   def __call__(self, tokens):
     x = nn.Embed(VOCAB, DIM, name='embed')(tokens)
@@ -116,19 +119,22 @@ def test_nnx_optimizer_trains(name):
   model = NnxNet(nnx.Rngs(0))
   optimizer = nnx.Optimizer(model, OPTIMIZERS[name](), wrt=nnx.Param)
   initial = float(_nnx_loss(model, tokens, targets))
-  losses = [float(_nnx_step(model, optimizer, tokens, targets))
-            for _ in range(STEPS)]
+  losses = [
+    float(_nnx_step(model, optimizer, tokens, targets)) for _ in range(STEPS)
+  ]
   final = float(_nnx_loss(model, tokens, targets))
   assert losses[0] == pytest.approx(initial, rel=1e-5)
   assert np.all(np.isfinite(losses)) and final < 0.9 * initial, losses
-  leaves = jax.tree.leaves(nnx.state(optimizer),
-                           is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+  leaves = jax.tree.leaves(
+    nnx.state(optimizer), is_leaf=lambda x: isinstance(x, optax.MaskedNode)
+  )
   assert not any(isinstance(x, optax.MaskedNode) for x in leaves)
 
 
 def _kernel_singular_values(delta, shape):
-  return np.linalg.svd(np.asarray(delta, np.float64).reshape(shape),
-                       compute_uv=False)
+  return np.linalg.svd(
+    np.asarray(delta, np.float64).reshape(shape), compute_uv=False
+  )
 
 
 FALLBACK_LR = 3e-4  # the default fallback's: AdamW at 3e-4, not Muon's lr
@@ -137,12 +143,14 @@ FALLBACK_LR = 3e-4  # the default fallback's: AdamW at 3e-4, not Muon's lr
 def _check_first_muon_step(before, after, lr):
   """Matrices moved by −lr·s·U Vᵀ; embeddings and biases by the default
   AdamW fallback (≈ ±FALLBACK_LR)."""
-  delta = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), after,
-                       before)
+  delta = jax.tree.map(
+    lambda a, b: np.asarray(a) - np.asarray(b), after, before
+  )
   for name, shape, fan_in, fan_out in [
-      ('conv', (3 * 3 * DIM, DIM), 3 * 3 * DIM, DIM),
-      ('hidden', (DIM, HIDDEN), DIM, HIDDEN),
-      ('out', (HIDDEN, OUT), HIDDEN, OUT)]:
+    ('conv', (3 * 3 * DIM, DIM), 3 * 3 * DIM, DIM),
+    ('hidden', (DIM, HIDDEN), DIM, HIDDEN),
+    ('out', (HIDDEN, OUT), HIDDEN, OUT),
+  ]:
     sv = _kernel_singular_values(delta[name]['kernel'], shape)
     s = math.sqrt(max(1.0, fan_out / fan_in))
     np.testing.assert_allclose(sv, lr * s, rtol=1e-4, err_msg=name)
@@ -159,10 +167,12 @@ def test_nnx_routing_first_step_closed_form():
   lr = 0.02
   tokens, targets = _data()
   model = NnxNet(nnx.Rngs(1))
-  optimizer = nnx.Optimizer(model, fo.muon(lr, polar_method='svd',
-                                            **ROUTING), wrt=nnx.Param)
+  optimizer = nnx.Optimizer(
+    model, fo.muon(lr, polar_method='svd', **ROUTING), wrt=nnx.Param
+  )
   to_dict = lambda: jax.tree.map(
-      np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  )
   before = to_dict()
   _nnx_step(model, optimizer, tokens, targets)
   _check_first_muon_step(before, to_dict(), lr)
@@ -171,8 +181,8 @@ def test_nnx_routing_first_step_closed_form():
 @jax.jit
 def _linen_step(state, tokens, targets):
   def loss_fn(params):
-    return jnp.mean((state.apply_fn({'params': params}, tokens) - targets)
-                    ** 2)
+    return jnp.mean((state.apply_fn({'params': params}, tokens) - targets) ** 2)
+
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   return state.apply_gradients(grads=grads), loss
 
@@ -181,8 +191,9 @@ def _linen_state(tx, seed=0):
   tokens, _ = _data()
   model = LinenNet()
   params = model.init(jax.random.PRNGKey(seed), tokens)['params']
-  return train_state.TrainState.create(apply_fn=model.apply, params=params,
-                                       tx=tx)
+  return train_state.TrainState.create(
+    apply_fn=model.apply, params=params, tx=tx
+  )
 
 
 @pytest.mark.parametrize('name', tiered(OPTIMIZERS))
@@ -194,8 +205,7 @@ def test_linen_train_state_trains(name):
     state, loss = _linen_step(state, tokens, targets)
     losses.append(float(loss))
   _, final = _linen_step(state, tokens, targets)
-  assert np.all(np.isfinite(losses)) and float(final) < 0.9 * losses[0], (
-      losses)
+  assert np.all(np.isfinite(losses)) and float(final) < 0.9 * losses[0], losses
   assert int(state.step) == STEPS
 
 
@@ -210,17 +220,21 @@ def test_linen_routing_first_step_closed_form():
 
 def test_exclude_anchored_at_end_under_nnx_optimizer():
   """NNX passes Variables at init and arrays at update: same names."""
-  model = nnx.Sequential(nnx.Embed(10, 6, rngs=nnx.Rngs(0)),
-                         nnx.Linear(6, 6, rngs=nnx.Rngs(1)))
+  model = nnx.Sequential(
+    nnx.Embed(10, 6, rngs=nnx.Rngs(0)), nnx.Linear(6, 6, rngs=nnx.Rngs(1))
+  )
   state = nnx.state(model, nnx.Param)
-  names_init = [fo.partition.path_name(p)
-                for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
-  names_update = [fo.partition.path_name(p) for p, _ in
-                  jax.tree_util.tree_flatten_with_path(_as_pure(state))[0]]
+  names_init = [
+    fo.partition.path_name(p)
+    for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]
+  ]
+  names_update = [
+    fo.partition.path_name(p)
+    for p, _ in jax.tree_util.tree_flatten_with_path(_as_pure(state))[0]
+  ]
   assert names_init == names_update
   assert 'layers/0/embedding' in names_init
-  tx = fo.muon(0.02, exclude=[r'embedding$'],
-               fallback=fo.adamw_fallback(0.02))
+  tx = fo.muon(0.02, exclude=[r'embedding$'], fallback=fo.adamw_fallback(0.02))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   before = np.asarray(model.layers[0].embedding[...])
   grads = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))

@@ -26,32 +26,33 @@ from fanion_optax.polar import newton_schulz_iterate
 # SPEC.md §3.1.
 JORDAN = (3.4445, -4.7750, 2.0315)
 POLAR_EXPRESS_TABLE = (
-    (8.28721201814563, -23.595886519098837, 17.300387312530933),
-    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
-    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
-    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
-    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
-    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
-    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
-    (1.875, -1.25, 0.375),
+  (8.28721201814563, -23.595886519098837, 17.300387312530933),
+  (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+  (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+  (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+  (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+  (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+  (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+  (1.875, -1.25, 0.375),
 )
 SAFETY = 1.01
 
 
 def _polar_express(steps):
-  rows = [(a / SAFETY, b / SAFETY**3, c / SAFETY**5)
-          for a, b, c in POLAR_EXPRESS_TABLE[:-1]] + [POLAR_EXPRESS_TABLE[-1]]
+  rows = [
+    (a / SAFETY, b / SAFETY**3, c / SAFETY**5)
+    for a, b, c in POLAR_EXPRESS_TABLE[:-1]
+  ] + [POLAR_EXPRESS_TABLE[-1]]
   return tuple(rows[:steps])
 
 
 # A user row set: slower quintics ending in the classic cubic.
-USER = ((3.0, -3.2, 1.2), (2.5, -2.2, 0.7), (2.0, -1.5, 0.5),
-        (1.5, -0.5, 0.0))
+USER = ((3.0, -3.2, 1.2), (2.5, -2.2, 0.7), (2.0, -1.5, 0.5), (1.5, -0.5, 0.0))
 SCHEDULES = {
-    'jordan5': ((JORDAN,) * 5, 1.0),
-    'polar_express5': (_polar_express(5), SAFETY),
-    'polar_express8': (_polar_express(8), SAFETY),
-    'user': (USER, 1.0),
+  'jordan5': ((JORDAN,) * 5, 1.0),
+  'polar_express5': (_polar_express(5), SAFETY),
+  'polar_express8': (_polar_express(8), SAFETY),
+  'user': (USER, 1.0),
 }
 ASPECTS = [(64, 96), (64, 128), (64, 256), (256, 2048)]  # 1:1.5 ... 1:8
 TOL = 1e-4  # max relative difference to the standard iterate, float32
@@ -61,16 +62,18 @@ def _normalized(g, safety=1.0, dtype=np.float32):
   """`g / (safety·‖g‖_F)` per matrix in float64, cast to `dtype`."""
   g = np.asarray(g, np.float64)
   norm = np.sqrt(np.sum(g * g, axis=(-2, -1), keepdims=True))
-  return jnp.asarray((g / (safety * np.where(norm > 0, norm, 1.0)))
-                     .astype(np.float32), dtype)
+  return jnp.asarray(
+    (g / (safety * np.where(norm > 0, norm, 1.0))).astype(np.float32), dtype
+  )
 
 
 def _spectrum(kind, shape, seed):
   if kind == 'gaussian':
     return gaussian(shape, seed)
   r = min(shape[-2:])
-  sigma = (np.geomspace(1.0, 1e-3, r) if kind == 'cond1e3'
-           else 0.9**np.arange(r))
+  sigma = (
+    np.geomspace(1.0, 1e-3, r) if kind == 'cond1e3' else 0.9 ** np.arange(r)
+  )
   return with_spectrum(shape, sigma, seed)
 
 
@@ -101,9 +104,15 @@ def _gap(g, o):
 # Restart schedule.
 
 
-@pytest.mark.parametrize('name,expected', [
-    ('jordan5', (3,)), ('polar_express5', (2,)), ('polar_express8', (2, 5)),
-    ('user', ())])
+@pytest.mark.parametrize(
+  'name,expected',
+  [
+    ('jordan5', (3,)),
+    ('polar_express5', (2,)),
+    ('polar_express8', (2, 5)),
+    ('user', ()),
+  ],
+)
 def test_restart_steps_of_schedules(name, expected):
   # Runs grow Q by at most RESTART_GROWTH = 50: products of |a| per run.
   assert _gram.restart_steps(SCHEDULES[name][0]) == expected
@@ -154,9 +163,12 @@ def test_any_restart_positions_give_the_same_iterate(restart_after):
   rows, safety = SCHEDULES['polar_express5']
   x = _normalized(gaussian((32, 80), seed=2), safety)
   np.testing.assert_allclose(
-      np.asarray(_gram.gram_newton_schulz_iterate(
-          x, rows, restart_after=restart_after)),
-      _np_iterate(x, rows), atol=1e-5)
+    np.asarray(
+      _gram.gram_newton_schulz_iterate(x, rows, restart_after=restart_after)
+    ),
+    _np_iterate(x, rows),
+    atol=1e-5,
+  )
 
 
 def test_float64_matches_numpy_iteration():
@@ -166,8 +178,9 @@ def test_float64_matches_numpy_iteration():
     for rows in (SCHEDULES['polar_express8'][0], USER):
       out = _gram.gram_newton_schulz_iterate(jnp.asarray(x), rows)
       assert out.dtype == jnp.float64
-      np.testing.assert_allclose(np.asarray(out), _np_iterate(x, rows),
-                                 atol=1e-12)
+      np.testing.assert_allclose(
+        np.asarray(out), _np_iterate(x, rows), atol=1e-12
+      )
 
 
 # ---------------------------------------------------------------------------
@@ -205,12 +218,18 @@ def test_polar_express8_reaches_the_svd_polar_factor(kind):
 # Edge cases, batching, transformations.
 
 
-@pytest.mark.parametrize('shape,dtype', [
-    ((12, 20), jnp.float32), ((1, 9), jnp.bfloat16),
-    ((2, 3, 6, 10), jnp.float32)])
+@pytest.mark.parametrize(
+  'shape,dtype',
+  [
+    ((12, 20), jnp.float32),
+    ((1, 9), jnp.bfloat16),
+    ((2, 3, 6, 10), jnp.float32),
+  ],
+)
 def test_zero_matrix_gives_exact_zeros(shape, dtype):
-  o = _gram.gram_newton_schulz_iterate(jnp.zeros(shape, dtype),
-                                       SCHEDULES['polar_express5'][0])
+  o = _gram.gram_newton_schulz_iterate(
+    jnp.zeros(shape, dtype), SCHEDULES['polar_express5'][0]
+  )
   assert o.shape == shape and o.dtype == dtype
   assert np.all(np.asarray(o.astype(jnp.float32)) == 0.0)
 
@@ -251,8 +270,10 @@ def test_batched_matches_per_matrix():
   for i in range(2):
     for j in range(3):
       np.testing.assert_allclose(
-          o[i, j], np.asarray(_gram.gram_newton_schulz_iterate(x[i, j], rows)),
-          atol=1e-6)
+        o[i, j],
+        np.asarray(_gram.gram_newton_schulz_iterate(x[i, j], rows)),
+        atol=1e-6,
+      )
   np.testing.assert_allclose(o, _np_iterate(x, rows), atol=1e-5)
 
 
@@ -263,8 +284,9 @@ def test_jit_and_vmap():
   eager = np.asarray(f(x))
   # XLA may fuse differently under jit: float32 rounding only.
   np.testing.assert_allclose(np.asarray(jax.jit(f)(x)), eager, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(jax.jit(jax.vmap(f))(x)), eager,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(jax.jit(jax.vmap(f))(x)), eager, atol=1e-5
+  )
 
 
 def test_bad_arguments_raise():
@@ -285,8 +307,9 @@ def test_accumulating_iterate_is_the_standard_one_in_float32():
   x = _normalized(gaussian((3, 16, 40), seed=10))
   for rows, _ in SCHEDULES.values():
     np.testing.assert_array_equal(
-        np.asarray(_gram.newton_schulz_iterate_accumulating(x, rows)),
-        np.asarray(newton_schulz_iterate(x, rows)))
+      np.asarray(_gram.newton_schulz_iterate_accumulating(x, rows)),
+      np.asarray(newton_schulz_iterate(x, rows)),
+    )
 
 
 @pytest.mark.parametrize('name', ['jordan5', 'polar_express5'])
@@ -323,8 +346,7 @@ def test_half_precision_gram_gap_within_10_percent(name, kind, dtype):
 def test_half_precision_recursion_is_allowed():
   rows, safety = SCHEDULES['polar_express5']
   x16 = _normalized(gaussian((16, 64), seed=12), safety, jnp.bfloat16)
-  o = _gram.gram_newton_schulz_iterate(x16, rows,
-                                       recursion_dtype=jnp.bfloat16)
+  o = _gram.gram_newton_schulz_iterate(x16, rows, recursion_dtype=jnp.bfloat16)
   assert o.dtype == jnp.bfloat16
   ref = _np_iterate(to_f64(x16), rows)
   np.testing.assert_allclose(to_f64(o), ref, atol=0.05)
@@ -342,30 +364,46 @@ def _xla_flops(fn, shape, dtype=jnp.float32):
   return cost['flops']
 
 
-@pytest.mark.parametrize('shape,no_restart,one_restart', [
-    ((768, 3072), 0.6, 0.75), ((512, 4096), 0.45, 0.6)])
+@pytest.mark.parametrize(
+  'shape,no_restart,one_restart',
+  [((768, 3072), 0.6, 0.75), ((512, 4096), 0.45, 0.6)],
+)
 def test_flop_ratio_from_cost_analysis(shape, no_restart, one_restart):
   rows = SCHEDULES['polar_express5'][0]
   standard = _xla_flops(lambda x: newton_schulz_iterate(x, rows), shape)
-  plain = _xla_flops(lambda x: _gram.gram_newton_schulz_iterate(
-      x, rows, restart_after=()), shape)
-  once = _xla_flops(lambda x: _gram.gram_newton_schulz_iterate(
-      x, rows, restart_after=(2,)), shape)
+  plain = _xla_flops(
+    lambda x: _gram.gram_newton_schulz_iterate(x, rows, restart_after=()), shape
+  )
+  once = _xla_flops(
+    lambda x: _gram.gram_newton_schulz_iterate(x, rows, restart_after=(2,)),
+    shape,
+  )
   # Measured 0.556 / 0.667 (768x3072) and 0.388 / 0.541 (512x4096).
   assert plain / standard <= no_restart
   assert once / standard <= one_restart
 
 
-@pytest.mark.parametrize('restart_after,dtype,split', [
-    ((), jnp.float32, False), ((2,), jnp.bfloat16, True),
-    ((1, 3), jnp.float32, False)])
+@pytest.mark.parametrize(
+  'restart_after,dtype,split',
+  [
+    ((), jnp.float32, False),
+    ((2,), jnp.bfloat16, True),
+    ((1, 3), jnp.float32, False),
+  ],
+)
 def test_gram_flop_formula_matches_cost_analysis(restart_after, dtype, split):
   rows = SCHEDULES['polar_express5'][0]
   m, n = 64, 256
-  flops = _xla_flops(lambda x: _gram.gram_newton_schulz_iterate(
-      x, rows, restart_after=restart_after), (m, n), dtype)
-  expected = _gram.gram_newton_schulz_flops(m, n, 5, len(restart_after),
-                                            split=split)
+  flops = _xla_flops(
+    lambda x: _gram.gram_newton_schulz_iterate(
+      x, rows, restart_after=restart_after
+    ),
+    (m, n),
+    dtype,
+  )
+  expected = _gram.gram_newton_schulz_flops(
+    m, n, 5, len(restart_after), split=split
+  )
   # XLA adds the element-wise work (< 5% here) to the matmuls.
   assert expected <= flops <= 1.05 * expected
 
@@ -374,8 +412,10 @@ def test_gram_flop_formula_matches_cost_analysis(restart_after, dtype, split):
 def test_standard_flop_formula_matches_cost_analysis(dtype):
   rows = SCHEDULES['polar_express5'][0]
   flops = _xla_flops(
-      lambda x: _gram.newton_schulz_iterate_accumulating(x, rows), (64, 256),
-      dtype)
+    lambda x: _gram.newton_schulz_iterate_accumulating(x, rows),
+    (64, 256),
+    dtype,
+  )
   expected = _gram.newton_schulz_flops(64, 256, 5)
   assert expected <= flops <= 1.05 * expected
 
@@ -392,18 +432,24 @@ def test_gram_saves_flops_crossover():
   assert not _gram.gram_saves_flops(64, 10**6, 2, 1)  # a restart per step
 
 
-@pytest.mark.parametrize('shape,uses_gram', [
-    ((32, 48), False), ((32, 50), True),
-    ((2, 32, 256), True)])
+@pytest.mark.parametrize(
+  'shape,uses_gram', [((32, 48), False), ((32, 50), True), ((2, 32, 256), True)]
+)
 def test_polar_iterate_auto_uses_gram_where_it_saves_flops(shape, uses_gram):
   rows, safety = SCHEDULES['polar_express5']
   x = _normalized(gaussian(shape, seed=13), safety)
   auto = np.asarray(_gram.polar_iterate(x, rows, gram='auto'))
-  chosen = (_gram.gram_newton_schulz_iterate if uses_gram
-            else _gram.newton_schulz_iterate_accumulating)
+  chosen = (
+    _gram.gram_newton_schulz_iterate
+    if uses_gram
+    else _gram.newton_schulz_iterate_accumulating
+  )
   np.testing.assert_array_equal(auto, np.asarray(chosen(x, rows)))
-  for flag, fn in ((True, _gram.gram_newton_schulz_iterate),
-                   (False, newton_schulz_iterate)):
+  for flag, fn in (
+    (True, _gram.gram_newton_schulz_iterate),
+    (False, newton_schulz_iterate),
+  ):
     np.testing.assert_array_equal(
-        np.asarray(_gram.polar_iterate(x, rows, gram=flag)),
-        np.asarray(fn(x, rows)))
+      np.asarray(_gram.polar_iterate(x, rows, gram=flag)),
+      np.asarray(fn(x, rows)),
+    )

@@ -20,8 +20,10 @@ from fanion_optax import diagnostics
 INF = float('inf')
 
 # The catalogue's optimizers (solver variants aside) and LMOs.
-PRESETS = {name: functools.partial(catalogue.OPTIMIZERS[name], weight_decay=0.1)
-           for name in catalogue.PRESETS}
+PRESETS = {
+  name: functools.partial(catalogue.OPTIMIZERS[name], weight_decay=0.1)
+  for name in catalogue.PRESETS
+}
 LMOS = {name: make() for name, make in catalogue.LMOS.items()}
 # Huber-nuclear's direction depends on the scale of G by design.
 SCALE_INVARIANT_LMOS = sorted(set(LMOS) - {'huber_nuclear'})
@@ -35,8 +37,9 @@ def _params():
 def _grads(params, seed=1):
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-  return treedef.unflatten([jax.random.normal(k, x.shape, x.dtype)
-                            for k, x in zip(keys, leaves)])
+  return treedef.unflatten(
+    [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+  )
 
 
 # 1. Donation of a skip_nonfinite state.
@@ -47,8 +50,9 @@ def test_state_buffers_are_distinct_and_donatable(name):
   tx = fo.skip_nonfinite(PRESETS[name]())
   params = _params()
   state = tx.init(params)
-  pointers = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(state)
-              if x.size]
+  pointers = [
+    x.unsafe_buffer_pointer() for x in jax.tree.leaves(state) if x.size
+  ]
   assert len(pointers) == len(set(pointers)), 'state leaves share a buffer'
 
   @jax.jit
@@ -62,8 +66,9 @@ def test_state_buffers_are_distinct_and_donatable(name):
   for seed in range(2):
     grads = _grads(params, seed)
     params, state = donating(params, state, grads)
-    reference_params, reference_state = step(reference_params,
-                                             reference_state, grads)
+    reference_params, reference_state = step(
+      reference_params, reference_state, grads
+    )
   np.testing.assert_allclose(params['w'], reference_params['w'], rtol=1e-6)
   assert int(state.skipped) == 0
 
@@ -75,16 +80,23 @@ def test_state_buffers_are_distinct_and_donatable(name):
 def test_zero_size_leaves_get_empty_updates(name):
   tx = PRESETS[name]()
   base = _params()
-  params = dict(base, rows=jnp.zeros((0, 5)), cols=jnp.zeros((5, 0)),
-                stack=jnp.zeros((3, 0, 4)))
-  grads = dict(_grads(base), rows=jnp.zeros((0, 5)), cols=jnp.zeros((5, 0)),
-               stack=jnp.zeros((3, 0, 4)))
+  params = dict(
+    base,
+    rows=jnp.zeros((0, 5)),
+    cols=jnp.zeros((5, 0)),
+    stack=jnp.zeros((3, 0, 4)),
+  )
+  grads = dict(
+    _grads(base),
+    rows=jnp.zeros((0, 5)),
+    cols=jnp.zeros((5, 0)),
+    stack=jnp.zeros((3, 0, 4)),
+  )
   updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   for key in ('rows', 'cols', 'stack'):
     assert updates[key].shape == params[key].shape
   expected, _ = jax.jit(tx.update)(_grads(base), tx.init(base), base)
-  np.testing.assert_allclose(updates['w'], expected['w'], rtol=1e-5,
-                             atol=1e-7)
+  np.testing.assert_allclose(updates['w'], expected['w'], rtol=1e-5, atol=1e-7)
   assert np.all(np.isfinite(updates['w']))
 
 
@@ -100,16 +112,17 @@ def test_zero_size_kernels(shape):
     state = lmo.init(shape)
     direction, _ = lmo.update(g, state)
     assert direction.shape == shape, name
-    np.testing.assert_array_equal(np.asarray(lmo.dual_norm(g)),
-                                  np.zeros(shape[:-2]), err_msg=name)
-  np.testing.assert_array_equal(fo.lmo.spectral().norm(g), np.zeros(
-      shape[:-2]))
+    np.testing.assert_array_equal(
+      np.asarray(lmo.dual_norm(g)), np.zeros(shape[:-2]), err_msg=name
+    )
+  np.testing.assert_array_equal(fo.lmo.spectral().norm(g), np.zeros(shape[:-2]))
 
 
 def test_zero_size_constraint_report():
   params = {'w': 0.1 * jnp.eye(4), 'e': jnp.zeros((0, 5))}
-  report = diagnostics.constraint_report(params, fo.lmo.spectral(),
-                                         weight_decay=0.5)
+  report = diagnostics.constraint_report(
+    params, fo.lmo.spectral(), weight_decay=0.5
+  )
   assert report['w'].holds and report['e'].holds
   np.testing.assert_array_equal(report['e'].norm, [0.0])
 
@@ -203,7 +216,9 @@ def test_zero_momentum_step_keeps_fanion_subspace():
 # 6./7. Hyperparameters must be finite real scalars.
 
 
-@pytest.mark.parametrize('build, name', [
+@pytest.mark.parametrize(
+  'build, name',
+  [
     (lambda: fo.muon(INF), 'learning_rate'),
     (lambda: fo.muon(float('nan')), 'learning_rate'),
     (lambda: fo.muon(0.02, weight_decay=INF), 'weight_decay'),
@@ -219,21 +234,25 @@ def test_zero_momentum_step_keeps_fanion_subspace():
     (lambda: fo.lion_k(0.1, fo.lmo.sign(), b1=INF), 'b1'),
     (lambda: fo.adamw_fallback(eps=INF), 'eps'),
     (lambda: fo.polar_factor(jnp.ones((2, 2)), eps=INF), 'eps'),
-])
+  ],
+)
 def test_non_finite_hyperparameters_are_refused(build, name):
   with pytest.raises(ValueError, match=r'must be a finite real number') as e:
     build()
   assert str(e.value).startswith(name), str(e.value)
 
 
-@pytest.mark.parametrize('build, name', [
+@pytest.mark.parametrize(
+  'build, name',
+  [
     (lambda: fo.muon(jnp.array([0.1, 0.2])), 'learning_rate'),
     (lambda: fo.muon(0.02, momentum=np.array([0.9, 0.9])), 'momentum'),
     (lambda: fo.muon(0.02, weight_decay=jnp.ones((2, 2))), 'weight_decay'),
     (lambda: fo.lmo.sign(jnp.array([1.0, 2.0])), 'scale'),
     (lambda: fo.muon(True), 'learning_rate'),
     (lambda: fo.muon('0.02'), 'learning_rate'),
-])
+  ],
+)
 def test_non_scalar_hyperparameters_are_refused(build, name):
   with pytest.raises(TypeError) as e:
     build()
@@ -242,9 +261,12 @@ def test_non_scalar_hyperparameters_are_refused(build, name):
 
 def test_zero_d_arrays_and_schedules_are_accepted():
   params = _params()
-  for tx in (fo.muon(jnp.array(0.02), weight_decay=np.float32(0.1)),
-             fo.muon(optax.linear_schedule(0.0, 0.02, 10),
-                     weight_decay=lambda count: 0.1)):
+  for tx in (
+    fo.muon(jnp.array(0.02), weight_decay=np.float32(0.1)),
+    fo.muon(
+      optax.linear_schedule(0.0, 0.02, 10), weight_decay=lambda count: 0.1
+    ),
+  ):
     updates, _ = tx.update(_grads(params), tx.init(params), params)
     assert np.all(np.isfinite(updates['w']))
 
@@ -252,8 +274,9 @@ def test_zero_d_arrays_and_schedules_are_accepted():
 # 8. Non-finite coefficient rows.
 
 
-@pytest.mark.parametrize('rows', [[(float('nan'), 0.0, 0.0)],
-                                  [(1.5, -0.5, 0.0), (INF, 0.0, 0.0)]])
+@pytest.mark.parametrize(
+  'rows', [[(float('nan'), 0.0, 0.0)], [(1.5, -0.5, 0.0), (INF, 0.0, 0.0)]]
+)
 def test_non_finite_rows_are_refused(rows):
   with pytest.raises(ValueError, match='polar_method.*finite'):
     fo.polar_factor(jnp.ones((3, 2)), polar_method=rows)
@@ -278,16 +301,16 @@ def test_constraint_report_evaluates_schedules_at_step():
   decay = optax.linear_schedule(0.5, 1.5, 10)
   lr = optax.constant_schedule(0.1)
   report = diagnostics.constraint_report(
-      params, fo.lmo.spectral(), weight_decay=decay, learning_rate=lr,
-      step=10)
+    params, fo.lmo.spectral(), weight_decay=decay, learning_rate=lr, step=10
+  )
   assert report['w'].radius == pytest.approx(1 / 1.5)
   assert report['w'].contraction == pytest.approx(1 - 0.1 * 1.5)
   with pytest.raises(ValueError, match='weight_decay is a schedule: pass'):
-    diagnostics.constraint_report(params, fo.lmo.spectral(),
-                                  weight_decay=decay)
+    diagnostics.constraint_report(params, fo.lmo.spectral(), weight_decay=decay)
   with pytest.raises(ValueError, match='learning_rate is a schedule: pass'):
-    diagnostics.constraint_report(params, fo.lmo.spectral(),
-                                  weight_decay=0.5, learning_rate=lr)
+    diagnostics.constraint_report(
+      params, fo.lmo.spectral(), weight_decay=0.5, learning_rate=lr
+    )
 
 
 # 11. Half-precision parameters and the default fallback.
@@ -310,10 +333,12 @@ def test_default_fallback_is_finite_for_half_precision(dtype):
   ref_state = ref.init(p32)
   for _ in range(3):
     expected, ref_state = ref.update(
-        {'b': grads['b'].astype(jnp.float32)}, ref_state, p32)
-  np.testing.assert_allclose(np.asarray(updates['b'], np.float32),
-                             np.asarray(expected['b'].astype(dtype),
-                                        np.float32))
+      {'b': grads['b'].astype(jnp.float32)}, ref_state, p32
+    )
+  np.testing.assert_allclose(
+    np.asarray(updates['b'], np.float32),
+    np.asarray(expected['b'].astype(dtype), np.float32),
+  )
 
 
 # 12. An exact top-k method stays exact at full rank.

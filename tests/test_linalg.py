@@ -12,8 +12,11 @@ def test_per_matrix_svd_matches_numpy_over_leading_axes():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5, 4))
   s = _linalg.svd(x, compute_uv=False)
   np.testing.assert_allclose(
-      s, np.linalg.svd(np.asarray(x, np.float64), compute_uv=False),
-      rtol=1e-5, atol=1e-5)
+    s,
+    np.linalg.svd(np.asarray(x, np.float64), compute_uv=False),
+    rtol=1e-5,
+    atol=1e-5,
+  )
   u, s, vh = _linalg.svd(x, full_matrices=False)
   assert u.shape == (2, 3, 5, 4) and vh.shape == (2, 3, 4, 4)
   np.testing.assert_allclose((u * s[..., None, :]) @ vh, x, atol=1e-5)
@@ -28,9 +31,15 @@ def test_per_matrix_qr_matches_single_matrix_calls():
     np.testing.assert_allclose(r[i], r_i, atol=1e-6)
 
 
-@pytest.mark.parametrize('batch, calls, shape', [
-    ((3,), 3, (4, 2)), ((2, 2), 4, (4, 2)), ((1,), 1, (1, 4, 2)),
-    ((), 1, (4, 2))])
+@pytest.mark.parametrize(
+  'batch, calls, shape',
+  [
+    ((3,), 3, (4, 2)),
+    ((2, 2), 4, (4, 2)),
+    ((1,), 1, (1, 4, 2)),
+    ((), 1, (4, 2)),
+  ],
+)
 def test_per_matrix_calls_lapack_once_per_matrix_on_cpu(batch, calls, shape):
   assert jax.default_backend() == 'cpu'
   jaxpr = jax.make_jaxpr(_linalg.qr)(jnp.ones((*batch, 4, 2)))
@@ -62,9 +71,13 @@ def test_max_abs_scaled_near_float32_max_under_jit():
 
 
 def test_max_abs_scaled_per_matrix_of_a_batch():
-  x = np.stack([np.full((2, 3), 3e38, np.float32),
-                np.array([[1.0, -4.0, 2.0], [0.0, 0.5, 3.0]], np.float32),
-                np.zeros((2, 3), np.float32)])
+  x = np.stack(
+    [
+      np.full((2, 3), 3e38, np.float32),
+      np.array([[1.0, -4.0, 2.0], [0.0, 0.5, 3.0]], np.float32),
+      np.zeros((2, 3), np.float32),
+    ]
+  )
   y = np.asarray(jax.jit(_linalg.max_abs_scaled)(x))
   np.testing.assert_allclose(y, _power_of_two_scaled(x), rtol=1e-6)
   np.testing.assert_array_equal(y[1], x[1] / 8.0)  # max 4 = 0.5·2^3
@@ -76,8 +89,9 @@ def test_max_abs_scaled_is_bitwise_scale_invariant_by_powers_of_two():
   scaled = jax.jit(_linalg.max_abs_scaled)
   base = np.asarray(scaled(x))
   for j in range(-100, 101, 7):
-    np.testing.assert_array_equal(np.asarray(scaled(x * 2.0**j)), base,
-                                  err_msg=f'2^{j}')
+    np.testing.assert_array_equal(
+      np.asarray(scaled(x * 2.0**j)), base, err_msg=f'2^{j}'
+    )
 
 
 def test_max_abs_scaled_of_an_empty_matrix_is_empty():

@@ -32,11 +32,11 @@ SCALES = [1e-20, 1e-3, 7.0, 1e20]
 
 
 def _np_frobenius(x):
-  return np.sqrt(np.sum(np.asarray(x, np.float64)**2, axis=(-2, -1)))
+  return np.sqrt(np.sum(np.asarray(x, np.float64) ** 2, axis=(-2, -1)))
 
 
 def _np_schatten(x, p):
-  return np.sum(singular_values(x)**p, axis=-1)**(1.0 / p)
+  return np.sum(singular_values(x) ** p, axis=-1) ** (1.0 / p)
 
 
 def _np_weighted(g, weights_fn):
@@ -47,62 +47,77 @@ def _np_weighted(g, weights_fn):
 # name -> (constructor, dual norm closed form, ball norm closed form or None,
 #          direction closed form)
 EXACT = {
-    'spectral_svd': (
-        lambda: lmo.spectral(polar_method='svd'),
-        lambda g: singular_values(g).sum(-1),
-        lambda x: singular_values(x)[..., 0],
-        np_polar),
-    'ky_fan_svd': (
-        lambda: lmo.ky_fan(K, top_k_method='svd'),
-        lambda g: singular_values(g)[..., :K].sum(-1),
-        lambda x: np.maximum(singular_values(x)[..., 0],
-                             singular_values(x).sum(-1) / K),
-        lambda g: np_top_k(g, K)),
-    'frobenius': (
-        lmo.frobenius,
-        _np_frobenius,
-        _np_frobenius,
-        lambda g: g / _np_frobenius(g)[..., None, None]),
-    'sign': (
-        lambda: lmo.sign(ETA),
-        lambda g: ETA * np.abs(g).sum((-2, -1)),
-        lambda x: np.abs(x).max((-2, -1)) / ETA,
-        lambda g: ETA * np.sign(g)),
-    'schatten_1.5': (
-        lambda: lmo.schatten(1.5),
-        lambda g: _np_schatten(g, 1.5),
-        lambda x: _np_schatten(x, 3.0),
-        lambda g: _np_weighted(
-            g, lambda s: (s / _np_schatten(g, 1.5)[..., None])**0.5)),
-    'schatten_3': (
-        lambda: lmo.schatten(3),
-        lambda g: _np_schatten(g, 3.0),
-        lambda x: _np_schatten(x, 1.5),
-        lambda g: _np_weighted(
-            g, lambda s: (s / _np_schatten(g, 3.0)[..., None])**2)),
-    'f_muon': (
-        lambda: lmo.mix((0.5, lmo.spectral(polar_method='svd')),
-                        (0.5, lmo.frobenius())),
-        lambda g: 0.5 * singular_values(g).sum(-1) + 0.5 * _np_frobenius(g),
-        None,
-        lambda g: 0.5 * np_polar(g)
-        + 0.5 * g / _np_frobenius(g)[..., None, None]),
-    's_fanion': (
-        lambda: lmo.mix((0.7, lmo.ky_fan(K, top_k_method='svd')),
-                        (0.3, lmo.sign(0.01))),
-        lambda g: 0.7 * singular_values(g)[..., :K].sum(-1)
-        + 0.3 * 0.01 * np.abs(g).sum((-2, -1)),
-        None,
-        lambda g: 0.7 * np_top_k(g, K) + 0.3 * 0.01 * np.sign(g)),
+  'spectral_svd': (
+    lambda: lmo.spectral(polar_method='svd'),
+    lambda g: singular_values(g).sum(-1),
+    lambda x: singular_values(x)[..., 0],
+    np_polar,
+  ),
+  'ky_fan_svd': (
+    lambda: lmo.ky_fan(K, top_k_method='svd'),
+    lambda g: singular_values(g)[..., :K].sum(-1),
+    lambda x: np.maximum(
+      singular_values(x)[..., 0], singular_values(x).sum(-1) / K
+    ),
+    lambda g: np_top_k(g, K),
+  ),
+  'frobenius': (
+    lmo.frobenius,
+    _np_frobenius,
+    _np_frobenius,
+    lambda g: g / _np_frobenius(g)[..., None, None],
+  ),
+  'sign': (
+    lambda: lmo.sign(ETA),
+    lambda g: ETA * np.abs(g).sum((-2, -1)),
+    lambda x: np.abs(x).max((-2, -1)) / ETA,
+    lambda g: ETA * np.sign(g),
+  ),
+  'schatten_1.5': (
+    lambda: lmo.schatten(1.5),
+    lambda g: _np_schatten(g, 1.5),
+    lambda x: _np_schatten(x, 3.0),
+    lambda g: _np_weighted(
+      g, lambda s: (s / _np_schatten(g, 1.5)[..., None]) ** 0.5
+    ),
+  ),
+  'schatten_3': (
+    lambda: lmo.schatten(3),
+    lambda g: _np_schatten(g, 3.0),
+    lambda x: _np_schatten(x, 1.5),
+    lambda g: _np_weighted(
+      g, lambda s: (s / _np_schatten(g, 3.0)[..., None]) ** 2
+    ),
+  ),
+  'f_muon': (
+    lambda: lmo.mix(
+      (0.5, lmo.spectral(polar_method='svd')), (0.5, lmo.frobenius())
+    ),
+    lambda g: 0.5 * singular_values(g).sum(-1) + 0.5 * _np_frobenius(g),
+    None,
+    lambda g: 0.5 * np_polar(g) + 0.5 * g / _np_frobenius(g)[..., None, None],
+  ),
+  's_fanion': (
+    lambda: lmo.mix(
+      (0.7, lmo.ky_fan(K, top_k_method='svd')), (0.3, lmo.sign(0.01))
+    ),
+    lambda g: (
+      0.7 * singular_values(g)[..., :K].sum(-1)
+      + 0.3 * 0.01 * np.abs(g).sum((-2, -1))
+    ),
+    None,
+    lambda g: 0.7 * np_top_k(g, K) + 0.3 * 0.01 * np.sign(g),
+  ),
 }
 EXACT_NAMES = sorted(EXACT)
 BALL_NAMES = [name for name in EXACT_NAMES if EXACT[name][2] is not None]
 
 # Every LMO: the exact ones above and the package's catalogue (where both
 # have a name, the exact entry with its NumPy reference stands).
-CATALOGUE = {**{name: EXACT[name][0] for name in EXACT},
-             **{name: make for name, make in catalogue.LMOS.items()
-                if name not in EXACT}}
+CATALOGUE = {
+  **{name: EXACT[name][0] for name in EXACT},
+  **{name: make for name, make in catalogue.LMOS.items() if name not in EXACT},
+}
 ALL_NAMES = sorted(CATALOGUE)
 # Huber-nuclear's direction depends on the scale of G by design.
 SCALE_INVARIANT = [name for name in ALL_NAMES if name != 'huber_nuclear']
@@ -178,8 +193,11 @@ def test_spectral_fn_without_closed_forms_raises_not_implemented():
 def test_spectral_fn_with_h_gives_its_value():
   oracle = lmo.spectral_fn(lambda s: 2.0 * s, h=jnp.square)
   g = gaussian(PAIR, seed=6)
-  np.testing.assert_allclose(np.asarray(oracle.dual_norm(g)),
-                             np.sum(singular_values(g)**2, axis=-1), rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(oracle.dual_norm(g)),
+    np.sum(singular_values(g) ** 2, axis=-1),
+    rtol=1e-5,
+  )
   np.testing.assert_allclose(to_f64(oracle(g)), 2.0 * g, atol=1e-5)
 
 
@@ -190,21 +208,26 @@ def test_spectral_fn_with_h_gives_its_value():
 @pytest.mark.parametrize('k', [12, 13, 50])
 def test_ky_fan_full_rank_is_the_polar_factor(k):
   g = gaussian(WIDE, seed=7)
-  np.testing.assert_array_equal(np.asarray(lmo.ky_fan(k)(g)),
-                                np.asarray(polar_factor(g)))
   np.testing.assert_array_equal(
-      np.asarray(lmo.ky_fan(k, polar_method='newton_schulz',
-                            polar_steps=3)(g)),
-      np.asarray(polar_factor(g, polar_method='newton_schulz',
-                              polar_steps=3)))
+    np.asarray(lmo.ky_fan(k)(g)), np.asarray(polar_factor(g))
+  )
+  np.testing.assert_array_equal(
+    np.asarray(lmo.ky_fan(k, polar_method='newton_schulz', polar_steps=3)(g)),
+    np.asarray(polar_factor(g, polar_method='newton_schulz', polar_steps=3)),
+  )
   np.testing.assert_allclose(
-      np.asarray(lmo.ky_fan(k, polar_method='svd')(g)), np_polar(g),
-      atol=2e-5)
+    np.asarray(lmo.ky_fan(k, polar_method='svd')(g)), np_polar(g), atol=2e-5
+  )
   # top_k_method='svd' is exact whatever the polar method.
   np.testing.assert_allclose(
-      np.asarray(lmo.ky_fan(k, top_k_method='svd',
-                            polar_method='newton_schulz', polar_steps=3)(g)),
-      np_polar(g), atol=2e-5)
+    np.asarray(
+      lmo.ky_fan(
+        k, top_k_method='svd', polar_method='newton_schulz', polar_steps=3
+      )(g)
+    ),
+    np_polar(g),
+    atol=2e-5,
+  )
   # Its update path agrees and carries no state.
   oracle = lmo.ky_fan(k)
   assert oracle.init(WIDE) is None
@@ -217,9 +240,10 @@ def test_ky_fan_full_rank_is_the_polar_factor(k):
 @pytest.mark.parametrize('k', [1, K, 12])
 def test_f_mixture_closed_form(alpha, k):
   g = gaussian(WIDE, seed=8)
-  oracle = lmo.mix((alpha, lmo.ky_fan(k, top_k_method='svd',
-                                      polar_method='svd')),
-                   (1.0 - alpha, lmo.frobenius()))
+  oracle = lmo.mix(
+    (alpha, lmo.ky_fan(k, top_k_method='svd', polar_method='svd')),
+    (1.0 - alpha, lmo.frobenius()),
+  )
   expected = alpha * np_top_k(g, k) + (1 - alpha) * g / _np_frobenius(g)
   np.testing.assert_allclose(to_f64(oracle(g)), expected, atol=2e-5)
 
@@ -228,17 +252,19 @@ def test_f_mixture_closed_form(alpha, k):
 @pytest.mark.parametrize('k', [1, K, 12])
 def test_s_mixture_closed_form(alpha, eta, k):
   g = gaussian(WIDE, seed=9)
-  oracle = lmo.mix((alpha, lmo.ky_fan(k, top_k_method='svd',
-                                      polar_method='svd')),
-                   (1.0 - alpha, lmo.sign(eta)))
+  oracle = lmo.mix(
+    (alpha, lmo.ky_fan(k, top_k_method='svd', polar_method='svd')),
+    (1.0 - alpha, lmo.sign(eta)),
+  )
   expected = alpha * np_top_k(g, k) + (1 - alpha) * eta * np.sign(g)
   np.testing.assert_allclose(to_f64(oracle(g)), expected, atol=2e-5)
 
 
 def test_mixture_accepts_array_weights():
   g = gaussian(WIDE, seed=10)
-  oracle = lmo.mix((jnp.asarray(0.25), lmo.frobenius()),
-                   (jnp.asarray(0.75), lmo.sign(1.0)))
+  oracle = lmo.mix(
+    (jnp.asarray(0.25), lmo.frobenius()), (jnp.asarray(0.75), lmo.sign(1.0))
+  )
   expected = 0.25 * g / _np_frobenius(g) + 0.75 * np.sign(g)
   np.testing.assert_allclose(to_f64(oracle(g)), expected, atol=1e-6)
 
@@ -246,29 +272,39 @@ def test_mixture_accepts_array_weights():
 @pytest.mark.parametrize('shape', [WIDE, TALL])
 def test_spectral_fn_ones_is_the_polar_factor(shape):
   g = gaussian(shape, seed=11)
-  np.testing.assert_allclose(to_f64(lmo.spectral_fn(jnp.ones_like)(g)),
-                             np_polar(g), atol=2e-5)
+  np.testing.assert_allclose(
+    to_f64(lmo.spectral_fn(jnp.ones_like)(g)), np_polar(g), atol=2e-5
+  )
 
 
 def test_schatten_1_and_2_are_spectral_and_frobenius():
   g = gaussian(PAIR, seed=12)
-  np.testing.assert_allclose(np.asarray(lmo.schatten(1)(g)),
-                             np.asarray(lmo.spectral(polar_method='svd')(g)),
-                             atol=2e-5)
-  np.testing.assert_allclose(np.asarray(lmo.schatten(2)(g)),
-                             np.asarray(lmo.frobenius()(g)), atol=2e-6)
-  np.testing.assert_allclose(np.asarray(lmo.schatten(1).dual_norm(g)),
-                             singular_values(g).sum(-1), rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(lmo.schatten(2).norm(g)),
-                             _np_frobenius(g), rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(lmo.schatten(1).norm(g)),
-                             singular_values(g)[..., 0], rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(lmo.schatten(1)(g)),
+    np.asarray(lmo.spectral(polar_method='svd')(g)),
+    atol=2e-5,
+  )
+  np.testing.assert_allclose(
+    np.asarray(lmo.schatten(2)(g)), np.asarray(lmo.frobenius()(g)), atol=2e-6
+  )
+  np.testing.assert_allclose(
+    np.asarray(lmo.schatten(1).dual_norm(g)),
+    singular_values(g).sum(-1),
+    rtol=1e-5,
+  )
+  np.testing.assert_allclose(
+    np.asarray(lmo.schatten(2).norm(g)), _np_frobenius(g), rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    np.asarray(lmo.schatten(1).norm(g)), singular_values(g)[..., 0], rtol=1e-5
+  )
 
 
 def test_large_schatten_p_tends_to_neon():
   g = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=13)
-  np.testing.assert_allclose(to_f64(lmo.schatten(200.0)(g)), np_top_k(g, 1),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    to_f64(lmo.schatten(200.0)(g)), np_top_k(g, 1), atol=1e-6
+  )
 
 
 @pytest.mark.parametrize('delta', [2.0, 4.0])
@@ -280,10 +316,10 @@ def test_huber_nuclear(delta):
   expected = _np_weighted(g, lambda s: np.minimum(s / delta, 1.0))
   np.testing.assert_allclose(to_f64(oracle(g)), expected, atol=2e-5)
   h = np.where(s <= delta, s * s / (2 * delta), s - delta / 2)
-  np.testing.assert_allclose(np.asarray(oracle.dual_norm(g)), h.sum(-1),
-                             rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(oracle.norm(g)), s[..., 0],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(oracle.dual_norm(g)), h.sum(-1), rtol=1e-5
+  )
+  np.testing.assert_allclose(np.asarray(oracle.norm(g)), s[..., 0], rtol=1e-5)
   # Not scale-invariant: below delta it is linear, huber(c g) = c g / delta.
   c = np.float32(0.5 * delta / s.max())
   np.testing.assert_allclose(to_f64(oracle(c * g)), c * g / delta, atol=1e-6)
@@ -317,10 +353,12 @@ def test_schatten_infinity_is_neon_or_rejected():
     return
   g = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=31)
   np.testing.assert_allclose(to_f64(oracle(g)), np_top_k(g, 1), atol=1e-5)
-  np.testing.assert_allclose(float(oracle.dual_norm(g)), singular_values(g)[0],
-                             rtol=1e-5)
-  np.testing.assert_allclose(float(oracle.norm(g)), singular_values(g).sum(),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    float(oracle.dual_norm(g)), singular_values(g)[0], rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    float(oracle.norm(g)), singular_values(g).sum(), rtol=1e-5
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -343,8 +381,9 @@ def test_degree_zero_homogeneity(name, scale):
 def test_oddness(name, shape):
   oracle = CATALOGUE[name]()
   g = with_spectrum(shape, gapped_spectrum(shape), seed=16)
-  np.testing.assert_allclose(np.asarray(oracle(-g)), -np.asarray(oracle(g)),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(oracle(-g)), -np.asarray(oracle(g)), atol=1e-6
+  )
 
 
 @pytest.mark.parametrize('name', ALL_NAMES)
@@ -354,8 +393,9 @@ def test_zero_input_gives_zero(name):
   assert d.shape == PAIR
   assert np.all(d == 0.0)
   if name not in ('spectral_fn_ones',):
-    np.testing.assert_array_equal(np.asarray(oracle.dual_norm(
-        jnp.zeros(PAIR))), 0.0)
+    np.testing.assert_array_equal(
+      np.asarray(oracle.dual_norm(jnp.zeros(PAIR))), 0.0
+    )
 
 
 @pytest.mark.parametrize('name', ALL_NAMES)
@@ -371,15 +411,18 @@ def test_batched_matches_per_matrix(name):
     np.testing.assert_allclose(d[i], np.asarray(oracle(g[i])), atol=1e-5)
   if name != 'spectral_fn_ones':
     np.testing.assert_allclose(
-        np.asarray(oracle.dual_norm(g)),
-        [float(oracle.dual_norm(g[i])) for i in range(2)], rtol=1e-5)
+      np.asarray(oracle.dual_norm(g)),
+      [float(oracle.dual_norm(g[i])) for i in range(2)],
+      rtol=1e-5,
+    )
 
 
 @pytest.mark.parametrize('name', ALL_NAMES)
 def test_bfloat16_in_bfloat16_out(name):
   oracle = CATALOGUE[name]()
-  g = jnp.asarray(with_spectrum(WIDE, gapped_spectrum(WIDE), seed=19),
-                  jnp.bfloat16)
+  g = jnp.asarray(
+    with_spectrum(WIDE, gapped_spectrum(WIDE), seed=19), jnp.bfloat16
+  )
   d = oracle(g)
   assert d.dtype == jnp.bfloat16 and d.shape == WIDE
   reference = np.asarray(oracle(g.astype(jnp.float32)))
@@ -390,8 +433,11 @@ def test_bfloat16_in_bfloat16_out(name):
 def test_jit_with_the_lmo_closed_over(name):
   oracle = CATALOGUE[name]()
   g = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=20)
-  np.testing.assert_allclose(np.asarray(jax.jit(lambda x: oracle(x))(g)),
-                             np.asarray(oracle(g)), atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(jax.jit(lambda x: oracle(x))(g)),
+    np.asarray(oracle(g)),
+    atol=1e-5,
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -428,8 +474,12 @@ def test_ky_fan_subspace_state_converges_on_a_fixed_matrix():
   oracle = lmo.ky_fan(K)
   state = oracle.init(PAIR)
   assert state.shape == (2, 20, K) and state.dtype == jnp.float32
-  g = np.stack([with_spectrum(WIDE, gapped_spectrum(WIDE), seed=22),
-                gaussian(WIDE, seed=23)])
+  g = np.stack(
+    [
+      with_spectrum(WIDE, gapped_spectrum(WIDE), seed=22),
+      gaussian(WIDE, seed=23),
+    ]
+  )
   for _ in range(30):
     d, state = oracle.update(g, state)
     assert state.shape == (2, 20, K)
@@ -438,17 +488,23 @@ def test_ky_fan_subspace_state_converges_on_a_fixed_matrix():
   # in the Ky Fan-k value it captures.
   np.testing.assert_allclose(np.asarray(d[0]), np_top_k(g[0], K), atol=1e-4)
   capture = np.sum(g[1] * np.asarray(d[1], np.float64)) / np.sum(
-      singular_values(g[1])[:K])
+    singular_values(g[1])[:K]
+  )
   assert capture >= 0.9999
   s = np.asarray(state, np.float64)
-  np.testing.assert_allclose(np.swapaxes(s, -1, -2) @ s,
-                             np.broadcast_to(np.eye(K), (2, K, K)), atol=1e-5)
+  np.testing.assert_allclose(
+    np.swapaxes(s, -1, -2) @ s, np.broadcast_to(np.eye(K), (2, K, K)), atol=1e-5
+  )
 
 
 def test_ky_fan_update_keeps_state_on_non_finite_input():
   oracle = lmo.ky_fan(K)
-  g = np.stack([with_spectrum(WIDE, gapped_spectrum(WIDE), seed=24),
-                with_spectrum(WIDE, gapped_spectrum(WIDE), seed=25)])
+  g = np.stack(
+    [
+      with_spectrum(WIDE, gapped_spectrum(WIDE), seed=24),
+      with_spectrum(WIDE, gapped_spectrum(WIDE), seed=25),
+    ]
+  )
   _, state = oracle.update(g, oracle.init(PAIR))
   bad = g.copy()
   bad[1, 3, 4] = np.nan
@@ -459,8 +515,7 @@ def test_ky_fan_update_keeps_state_on_non_finite_input():
   # The poisoned matrix keeps its previous state ...
   np.testing.assert_array_equal(new_state[1], np.asarray(state)[1])
   # ... and the healthy one is still updated (and tracks its top-k).
-  np.testing.assert_allclose(np.asarray(d[0]), -np_top_k(g[0], K),
-                             atol=1e-4)
+  np.testing.assert_allclose(np.asarray(d[0]), -np_top_k(g[0], K), atol=1e-4)
   v = new_state[0].astype(np.float64)
   _, _, vh = svd(g[0])
   np.testing.assert_allclose(v @ v.T, vh[:K].T @ vh[:K], atol=1e-4)
@@ -475,10 +530,15 @@ def test_mixture_state_is_the_tuple_of_its_terms_states():
   assert isinstance(state, tuple) and len(state) == 2
   assert state[0].shape == (2, 20, K)
   assert state[1] is None
-  np.testing.assert_array_equal(np.asarray(state[0]),
-                                np.asarray(lmo.ky_fan(K).init(PAIR)))
-  g = np.stack([with_spectrum(WIDE, gapped_spectrum(WIDE), seed=26),
-                with_spectrum(WIDE, gapped_spectrum(WIDE), seed=27)])
+  np.testing.assert_array_equal(
+    np.asarray(state[0]), np.asarray(lmo.ky_fan(K).init(PAIR))
+  )
+  g = np.stack(
+    [
+      with_spectrum(WIDE, gapped_spectrum(WIDE), seed=26),
+      with_spectrum(WIDE, gapped_spectrum(WIDE), seed=27),
+    ]
+  )
   for _ in range(3):
     d, state = oracle.update(g, state)
   assert isinstance(state, tuple) and len(state) == 2
@@ -489,8 +549,12 @@ def test_mixture_state_is_the_tuple_of_its_terms_states():
 
 def test_ky_fan_update_under_jit():
   oracle = lmo.ky_fan(K)
-  g = np.stack([with_spectrum(WIDE, gapped_spectrum(WIDE), seed=28),
-                with_spectrum(WIDE, gapped_spectrum(WIDE), seed=29)])
+  g = np.stack(
+    [
+      with_spectrum(WIDE, gapped_spectrum(WIDE), seed=28),
+      with_spectrum(WIDE, gapped_spectrum(WIDE), seed=29),
+    ]
+  )
   update = jax.jit(oracle.update)
   state = oracle.init(PAIR)
   for _ in range(3):
@@ -507,7 +571,9 @@ def test_init_rejects_vector_shape():
 # Construction-time errors.
 
 
-@pytest.mark.parametrize('build,error,match', [
+@pytest.mark.parametrize(
+  'build,error,match',
+  [
     (lambda: lmo.ky_fan(0), ValueError, 'k'),
     (lambda: lmo.ky_fan(1.5), TypeError, 'k'),
     (lambda: lmo.ky_fan(1, top_k_method='foo'), ValueError, 'top_k_method'),
@@ -517,8 +583,7 @@ def test_init_rejects_vector_shape():
     (lambda: lmo.spectral(polar_method='foo'), ValueError, 'polar_method'),
     (lambda: lmo.spectral(polar_steps=0), ValueError, 'polar_steps'),
     (lambda: lmo.spectral(polar_steps=9), ValueError, 'polar_steps'),
-    (lambda: lmo.spectral(compute_dtype=jnp.int32), TypeError,
-     'compute_dtype'),
+    (lambda: lmo.spectral(compute_dtype=jnp.int32), TypeError, 'compute_dtype'),
     (lambda: lmo.sign(-1.0), ValueError, 'scale'),
     (lambda: lmo.sign(0.0), ValueError, 'scale'),
     (lambda: lmo.sign(float('nan')), ValueError, 'scale'),
@@ -531,14 +596,16 @@ def test_init_rejects_vector_shape():
     (lambda: lmo.huber_nuclear(-1.0), ValueError, 'delta'),
     (lambda: lmo.spectral_fn('ones'), TypeError, 'h_prime'),
     (lambda: lmo.spectral_fn(jnp.ones_like, h=3), TypeError, 'h'),
-])
+  ],
+)
 def test_construction_errors_name_the_argument(build, error, match):
   with pytest.raises(error, match=match):
     build()
 
 
-@pytest.mark.parametrize('name', ['spectral_svd', 'frobenius', 'sign',
-                                  'ky_fan', 'schatten_3'])
+@pytest.mark.parametrize(
+  'name', ['spectral_svd', 'frobenius', 'sign', 'ky_fan', 'schatten_3']
+)
 def test_bad_inputs_at_call_time(name):
   oracle = CATALOGUE[name]()
   with pytest.raises(ValueError, match='g must be a matrix'):
@@ -555,6 +622,7 @@ def test_ky_fan_first_update_after_init_uses_cold_iterations():
   first, state = oracle.update(g, oracle.init(g.shape))
   np.testing.assert_allclose(first, oracle(g), atol=1e-6)
   second, _ = oracle.update(g, state)
-  warm = lowrank.top_k_polar(g, 4, state=state,
-                             subspace_iters=lowrank.WARM_ITERS)
+  warm = lowrank.top_k_polar(
+    g, 4, state=state, subspace_iters=lowrank.WARM_ITERS
+  )
   np.testing.assert_allclose(second, warm, atol=1e-6)

@@ -78,16 +78,19 @@ def test_subspace_cold_start_with_spectral_gap(shape):
   # The state spans the top-3 right singular subspace, orthonormally.
   v = np.asarray(state, np.float64)
   vt = np.swapaxes(v, -1, -2)
-  np.testing.assert_allclose(vt @ v, np.broadcast_to(np.eye(3), vt.shape[:-2]
-                                                     + (3, 3)), atol=1e-5)
+  np.testing.assert_allclose(
+    vt @ v, np.broadcast_to(np.eye(3), vt.shape[:-2] + (3, 3)), atol=1e-5
+  )
   np.testing.assert_allclose(v @ vt, _np_right_projector(g, 3), atol=1e-4)
 
 
 def test_subspace_agrees_with_svd_method():
   g = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=4)
-  np.testing.assert_allclose(np.asarray(top_k_polar(g, 3)),
-                             np.asarray(top_k_polar(g, 3, top_k_method='svd')),
-                             atol=1e-4)
+  np.testing.assert_allclose(
+    np.asarray(top_k_polar(g, 3)),
+    np.asarray(top_k_polar(g, 3, top_k_method='svd')),
+    atol=1e-4,
+  )
 
 
 @pytest.mark.parametrize('shape', [WIDE, TALL])
@@ -144,8 +147,9 @@ def test_warm_start_converges_where_cold_start_does_not():
 @pytest.mark.parametrize('method', METHODS)
 @pytest.mark.parametrize('shape', [WIDE, TALL, BATCH])
 def test_zero_matrix(method, shape):
-  d, state = top_k_polar(jnp.zeros(shape), 3, top_k_method=method,
-                         return_state=True)
+  d, state = top_k_polar(
+    jnp.zeros(shape), 3, top_k_method=method, return_state=True
+  )
   assert np.all(np.asarray(d) == 0.0)
   assert state.shape == (*shape[:-2], shape[-1], 3)
   assert np.all(np.isfinite(np.asarray(state)))
@@ -172,13 +176,17 @@ def test_rank_deficient_input_gives_rank_r_output(method, k, shape):
 
 
 @pytest.mark.parametrize('method', METHODS)
-@pytest.mark.parametrize('spectrum,k,ky_fan', [
+@pytest.mark.parametrize(
+  'spectrum,k,ky_fan',
+  [
     ('ones', 3, 3.0),
     ('plateau', 3, 7.0),  # k cuts through the plateau [2, 2, 2]
-])
+  ],
+)
 def test_duplicated_singular_values(method, spectrum, k, ky_fan):
-  sigma = {'ones': np.ones(12),
-           'plateau': [3.0, 2.0, 2.0, 2.0] + [1.0] * 8}[spectrum]
+  sigma = {'ones': np.ones(12), 'plateau': [3.0, 2.0, 2.0, 2.0] + [1.0] * 8}[
+    spectrum
+  ]
   g = with_spectrum(WIDE, sigma, seed=11)
   d = np.asarray(top_k_polar(g, k, top_k_method=method), np.float64)
   assert np.all(np.isfinite(d))
@@ -191,8 +199,9 @@ def test_duplicated_singular_values(method, spectrum, k, ky_fan):
 
 @pytest.mark.parametrize('method', METHODS)
 def test_identity_matrix(method):
-  d = np.asarray(top_k_polar(jnp.eye(*WIDE), 3, top_k_method=method),
-                 np.float64)
+  d = np.asarray(
+    top_k_polar(jnp.eye(*WIDE), 3, top_k_method=method), np.float64
+  )
   s = singular_values(d)
   np.testing.assert_allclose(s, [1.0] * 3 + [0.0] * 9, atol=1e-5)
   # Its square block is a rank-3 orthogonal projector; the rest is zero.
@@ -206,12 +215,15 @@ def test_identity_matrix(method):
 # The cold start.
 
 
-@pytest.mark.parametrize('shape,k,cols', [
+@pytest.mark.parametrize(
+  'shape,k,cols',
+  [
     (WIDE, 3, 3),
     (TALL, 3, 3),
     (BATCH, 3, 3),
     (BATCH, 8, 6),  # k clipped to min(m, n)
-])
+  ],
+)
 def test_initial_subspace_is_orthonormal_and_deterministic(shape, k, cols):
   q = initial_subspace(shape, k)
   n = shape[-1]
@@ -219,10 +231,12 @@ def test_initial_subspace_is_orthonormal_and_deterministic(shape, k, cols):
   assert q.dtype == jnp.float32
   q = np.asarray(q, np.float64)
   qtq = np.swapaxes(q, -1, -2) @ q
-  np.testing.assert_allclose(qtq, np.broadcast_to(np.eye(cols), qtq.shape),
-                             atol=1e-5)
-  np.testing.assert_array_equal(np.asarray(initial_subspace(shape, k)),
-                                q.astype(np.float32))
+  np.testing.assert_allclose(
+    qtq, np.broadcast_to(np.eye(cols), qtq.shape), atol=1e-5
+  )
+  np.testing.assert_array_equal(
+    np.asarray(initial_subspace(shape, k)), q.astype(np.float32)
+  )
   # The same subspace for every matrix of the batch.
   flat = q.reshape(-1, n, cols)
   for i in range(flat.shape[0]):
@@ -243,8 +257,9 @@ def test_initial_subspace_is_at_least_float32():
 def test_degree_zero_homogeneity(method, scale):
   g = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=12)
   base = np.asarray(top_k_polar(g, 3, top_k_method=method))
-  scaled = np.asarray(top_k_polar(np.float32(scale) * g, 3,
-                                  top_k_method=method))
+  scaled = np.asarray(
+    top_k_polar(np.float32(scale) * g, 3, top_k_method=method)
+  )
   np.testing.assert_allclose(scaled, base, atol=1e-5)
 
 
@@ -252,8 +267,10 @@ def test_degree_zero_homogeneity(method, scale):
 def test_oddness(method):
   g = with_spectrum(TALL, gapped_spectrum(TALL), seed=13)
   np.testing.assert_allclose(
-      np.asarray(top_k_polar(-g, 3, top_k_method=method)),
-      -np.asarray(top_k_polar(g, 3, top_k_method=method)), atol=1e-5)
+    np.asarray(top_k_polar(-g, 3, top_k_method=method)),
+    -np.asarray(top_k_polar(g, 3, top_k_method=method)),
+    atol=1e-5,
+  )
 
 
 @pytest.mark.parametrize('method', METHODS)
@@ -264,11 +281,14 @@ def test_batched_matches_per_matrix(method):
   for i in range(2):
     for j in range(3):
       dij, sij = top_k_polar(g[i, j], 3, top_k_method=method, return_state=True)
-      np.testing.assert_allclose(np.asarray(d[i, j]), np.asarray(dij),
-                                 atol=1e-5)
       np.testing.assert_allclose(
-          np.asarray(state[i, j]) @ np.asarray(state[i, j]).T,
-          np.asarray(sij) @ np.asarray(sij).T, atol=1e-5)
+        np.asarray(d[i, j]), np.asarray(dij), atol=1e-5
+      )
+      np.testing.assert_allclose(
+        np.asarray(state[i, j]) @ np.asarray(state[i, j]).T,
+        np.asarray(sij) @ np.asarray(sij).T,
+        atol=1e-5,
+      )
   np.testing.assert_allclose(np.asarray(d), np_top_k(g, 3), atol=1e-4)
 
 
@@ -281,15 +301,15 @@ def test_half_precision_inputs(method, dtype):
   assert state.dtype == jnp.float32
   ref = np_top_k(np.asarray(g.astype(jnp.float32)), 3)
   atol = 8e-3 if dtype == jnp.bfloat16 else 1e-3
-  np.testing.assert_allclose(np.asarray(d.astype(jnp.float32)), ref,
-                             atol=atol)
+  np.testing.assert_allclose(np.asarray(d.astype(jnp.float32)), ref, atol=atol)
 
 
 def test_compute_dtype_is_at_least_float32():
   g = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=16)
   np.testing.assert_array_equal(
-      np.asarray(top_k_polar(g, 3, compute_dtype=jnp.bfloat16)),
-      np.asarray(top_k_polar(g, 3)))
+    np.asarray(top_k_polar(g, 3, compute_dtype=jnp.bfloat16)),
+    np.asarray(top_k_polar(g, 3)),
+  )
 
 
 @pytest.mark.parametrize('method', METHODS)
@@ -297,8 +317,13 @@ def test_float64_under_x64(method):
   g = with_spectrum(WIDE, gapped_spectrum(WIDE), seed=17).astype(np.float64)
   g = g + 1e-3 * np.random.default_rng(18).standard_normal(WIDE)
   with x64():
-    d, state = top_k_polar(jnp.asarray(g), 3, top_k_method=method,
-                           subspace_iters=20, return_state=True)
+    d, state = top_k_polar(
+      jnp.asarray(g),
+      3,
+      top_k_method=method,
+      subspace_iters=20,
+      return_state=True,
+    )
     assert d.dtype == jnp.float64
     assert state.dtype == jnp.float32
     d = np.asarray(d)
@@ -308,8 +333,9 @@ def test_float64_under_x64(method):
 @pytest.mark.parametrize('method', METHODS)
 def test_jit(method):
   g = with_spectrum(BATCH, gapped_spectrum(BATCH), seed=19)
-  f = jax.jit(functools.partial(top_k_polar, k=3, top_k_method=method,
-                                return_state=True))
+  f = jax.jit(
+    functools.partial(top_k_polar, k=3, top_k_method=method, return_state=True)
+  )
   d, state = f(g)
   np.testing.assert_allclose(np.asarray(d), np_top_k(g, 3), atol=1e-4)
   g2 = g + np.float32(0.01) * gaussian(BATCH, seed=20)
@@ -332,8 +358,10 @@ def test_wrong_state_shape_raises():
     top_k_polar(gaussian(BATCH), 3, state=jnp.zeros((10, 3)))
 
 
-@pytest.mark.parametrize('k,error', [(0, ValueError), (-2, ValueError),
-                                     (1.5, TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+  'k,error',
+  [(0, ValueError), (-2, ValueError), (1.5, TypeError), (True, TypeError)],
+)
 def test_bad_k_raises(k, error):
   with pytest.raises(error, match='k'):
     top_k_polar(gaussian(WIDE), k)

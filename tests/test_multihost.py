@@ -29,14 +29,21 @@ def _env():
 
 def test_two_processes_match_single_process(tmp_path):
   single = tmp_path / 'single.npz'
-  subprocess.run([sys.executable, WORKER, str(single)], check=True,
-                 env=_env(), timeout=300)
+  subprocess.run(
+    [sys.executable, WORKER, str(single)], check=True, env=_env(), timeout=300
+  )
   multi = tmp_path / 'multi.npz'
   port = str(_free_port())
-  procs = [subprocess.Popen(
-      [sys.executable, WORKER, str(multi), str(i), '2', port], env=_env(),
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, WORKER, str(multi), str(i), '2', port],
+      env=_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outputs = []
   try:
     for p in procs:
@@ -51,8 +58,9 @@ def test_two_processes_match_single_process(tmp_path):
   assert any(k.startswith('muon/') for k in a.files)
   assert any(k.startswith('f_muon/') for k in a.files)
   for key in a.files:
-    np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-5,
-                               err_msg=key)
+    np.testing.assert_allclose(
+      b[key], a[key], rtol=1e-4, atol=1e-5, err_msg=key
+    )
   # The run trained: parameters moved away from their initial values.
   init = np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32)
   assert not np.allclose(a['muon/hidden0'], 0.3 * init, atol=1e-3)

@@ -39,14 +39,17 @@ def _optimizer(name, **overrides):
   """The catalogue's entry with weight decay 0.1 unless overridden."""
   return OPTIMIZERS[name](**{'weight_decay': 0.1, **overrides})
 
+
 # 'w' and 'v' share a shape: the LMO runs on them as one (2, 6, 4) stack.
 SHAPES = {'w': (6, 4), 'v': (6, 4), 'u': (3, 5), 'b': (4,)}
 
 
 def _tree(seed, scale=1.0):
   rng = np.random.default_rng(seed)
-  return {k: jnp.asarray(scale * rng.standard_normal(s), jnp.float32)
-          for k, s in SHAPES.items()}
+  return {
+    k: jnp.asarray(scale * rng.standard_normal(s), jnp.float32)
+    for k, s in SHAPES.items()
+  }
 
 
 def _with(tree, leaf, value, index=(1, 2)):
@@ -56,8 +59,9 @@ def _with(tree, leaf, value, index=(1, 2)):
 
 
 def _assert_trees_equal(a, b):
-  assert (jax.tree.structure(a, is_leaf=lambda x: x is None)
-          == jax.tree.structure(b, is_leaf=lambda x: x is None))
+  assert jax.tree.structure(
+    a, is_leaf=lambda x: x is None
+  ) == jax.tree.structure(b, is_leaf=lambda x: x is None)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     assert x.dtype == y.dtype
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -78,11 +82,13 @@ def test_skip_leaves_params_and_state_untouched_under_jit(name):
   apply = jax.jit(optax.apply_updates)
   good = [_tree(10 + i) for i in range(3)]
   bad = [
-      ('matrix NaN', _with(good[1], 'w', jnp.nan)),
-      ('stacked matrix +Inf', _with(good[1], 'v', jnp.inf)),
-      ('fallback -Inf', _with(good[1], 'b', -jnp.inf, index=0)),
-      ('matrix NaN and fallback NaN', _with(_with(good[1], 'u', jnp.nan),
-                                            'b', jnp.nan, index=1)),
+    ('matrix NaN', _with(good[1], 'w', jnp.nan)),
+    ('stacked matrix +Inf', _with(good[1], 'v', jnp.inf)),
+    ('fallback -Inf', _with(good[1], 'b', -jnp.inf, index=0)),
+    (
+      'matrix NaN and fallback NaN',
+      _with(_with(good[1], 'u', jnp.nan), 'b', jnp.nan, index=1),
+    ),
   ]
 
   def run(steps):
@@ -98,12 +104,20 @@ def test_skip_leaves_params_and_state_untouched_under_jit(name):
   # Reference: only the finite steps.
   ref_params, ref_state, _ = run(good)
   # The same finite steps with bad ones in between (two in a row once).
-  steps = [good[0], bad[0][1], good[1], bad[1][1], bad[2][1], bad[3][1],
-           good[2]]
+  steps = [
+    good[0],
+    bad[0][1],
+    good[1],
+    bad[1][1],
+    bad[2][1],
+    bad[3][1],
+    good[2],
+  ]
   params, state, history = run(steps)
   expected = [(0, 0), (1, 1), (1, 0), (2, 1), (3, 2), (4, 3), (4, 0)]
   for (before, old, updates, new), grads, (skipped, consecutive) in zip(
-      history, steps, expected):
+    history, steps, expected
+  ):
     assert int(new.skipped) == skipped and int(new.consecutive) == consecutive
     if _all_finite(grads):
       assert _all_finite(updates)
@@ -134,11 +148,13 @@ def test_skip_keeps_fanion_warm_start_and_counts():
 
 def test_skip_nonfinite_wraps_any_optax_transformation():
   txs = {
-      'adam': optax.adam(0.1),
-      'sgd-momentum-clip': optax.chain(optax.clip_by_global_norm(1.0),
-                                       optax.sgd(0.1, momentum=0.9)),
-      'adamw-schedule': optax.adamw(optax.linear_schedule(0.1, 0.0, 10),
-                                    weight_decay=0.1),
+    'adam': optax.adam(0.1),
+    'sgd-momentum-clip': optax.chain(
+      optax.clip_by_global_norm(1.0), optax.sgd(0.1, momentum=0.9)
+    ),
+    'adamw-schedule': optax.adamw(
+      optax.linear_schedule(0.1, 0.0, 10), weight_decay=0.1
+    ),
   }
   for name, inner in txs.items():
     tx = fo.skip_nonfinite(inner)
@@ -149,11 +165,11 @@ def test_skip_nonfinite_wraps_any_optax_transformation():
     ref_params = params
     ref_update = jax.jit(inner.update)  # eager rounding may differ from jit
     for i in range(3):
-      ref_updates, ref_state = ref_update(_tree(i + 1), ref_state,
-                                          ref_params)
+      ref_updates, ref_state = ref_update(_tree(i + 1), ref_state, ref_params)
       ref_params = optax.apply_updates(ref_params, ref_updates)
-    for i, grads in enumerate([_tree(1), _with(_tree(9), 'b', jnp.nan, 0),
-                               _tree(2), _tree(3)]):
+    for i, grads in enumerate(
+      [_tree(1), _with(_tree(9), 'b', jnp.nan, 0), _tree(2), _tree(3)]
+    ):
       updates, new_state = update(grads, state, params)
       if i == 1:
         assert not any(np.any(np.asarray(u)) for u in jax.tree.leaves(updates))
@@ -173,25 +189,27 @@ def test_skip_nonfinite_catches_nonfinite_updates_from_finite_grads():
   np.testing.assert_array_equal(updates['w'], np.zeros((2, 2)))
   updates, state = tx.update({'w': jnp.full((2, 2), 1.0)}, state, params)
   assert int(state.skipped) == 1 and int(state.consecutive) == 0
-  np.testing.assert_array_equal(updates['w'], np.full((2, 2), 1e30,
-                                                      np.float32))
+  np.testing.assert_array_equal(updates['w'], np.full((2, 2), 1e30, np.float32))
 
 
 def test_skip_nonfinite_state_and_extra_args():
-  tx = fo.skip_nonfinite(optax.chain(optax.adam(0.1),
-                                     optax.contrib.reduce_on_plateau()))
+  tx = fo.skip_nonfinite(
+    optax.chain(optax.adam(0.1), optax.contrib.reduce_on_plateau())
+  )
   params = {'w': jnp.ones((2, 2))}
   state = tx.init(params)
   assert isinstance(state, fo.transforms.SkipNonfiniteState)
   assert state.skipped.dtype == jnp.int32 and state.consecutive.shape == ()
   # `value` reaches reduce_on_plateau through the wrapper.
-  updates, state = tx.update({'w': jnp.ones((2, 2))}, state, params,
-                             value=jnp.asarray(1.0))
+  updates, state = tx.update(
+    {'w': jnp.ones((2, 2))}, state, params, value=jnp.asarray(1.0)
+  )
   assert _all_finite(updates) and int(state.skipped) == 0
   # A finite update with a NaN `value` is not a skip: only the gradients
   # and the updates are inspected.
-  _, state = tx.update({'w': jnp.ones((2, 2))}, state, params,
-                       value=jnp.asarray(jnp.nan))
+  _, state = tx.update(
+    {'w': jnp.ones((2, 2))}, state, params, value=jnp.asarray(jnp.nan)
+  )
   assert int(state.skipped) == 0
 
 
@@ -235,8 +253,9 @@ def test_without_skip_ky_fan_subspace_keeps_last_finite_value(name):
 
   def subspaces(s):
     # Mixtures keep (ky_fan state, sign/frobenius state=None) per leaf.
-    return [x[0] if isinstance(x, tuple) else x
-            for x in s.matrices[0].lmo_state]
+    return [
+      x[0] if isinstance(x, tuple) else x for x in s.matrices[0].lmo_state
+    ]
 
   # Leaf order: 'u', 'v', 'w'.
   old, new = subspaces(state), subspaces(new_state)
@@ -255,8 +274,9 @@ def test_without_skip_sign_lmo_is_elementwise():
   assert np.isnan(w[1, 2]) and np.isfinite(np.delete(w.ravel(), 6)).all()
   # +Inf gives the finite sign step +η (η = 1, learning rate 0.01), plus
   # the decay 0.01 * 0.1 * w.
-  np.testing.assert_allclose(w[0, 0], -0.01 * (1 + 0.1 * params['w'][0, 0]),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    w[0, 0], -0.01 * (1 + 0.1 * params['w'][0, 0]), rtol=1e-6
+  )
   mu = np.asarray(new_state.matrices[0].mu['w'])
   assert np.isnan(mu[1, 2]) and np.isinf(mu[0, 0])
 
@@ -264,8 +284,9 @@ def test_without_skip_sign_lmo_is_elementwise():
 def test_without_skip_fallback_nan_is_elementwise():
   tx = _optimizer('muon')
   params = _tree(0)
-  updates, _ = tx.update(_with(_tree(1), 'b', jnp.nan, index=2),
-                         tx.init(params), params)
+  updates, _ = tx.update(
+    _with(_tree(1), 'b', jnp.nan, index=2), tx.init(params), params
+  )
   b = np.asarray(updates['b'])
   assert np.isnan(b[2]) and np.isfinite(np.delete(b, 2)).all()
   assert _all_finite({k: updates[k] for k in ('w', 'v', 'u')})
@@ -291,8 +312,9 @@ def test_zero_matrix_gives_zero_direction(name):
   for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
     zero = oracle(jnp.zeros((5, 7), dtype))
     assert zero.dtype == dtype
-    np.testing.assert_array_equal(np.asarray(zero, np.float32),
-                                  np.zeros((5, 7)))
+    np.testing.assert_array_equal(
+      np.asarray(zero, np.float32), np.zeros((5, 7))
+    )
 
 
 @pytest.mark.parametrize('name', tiered(sorted(OPTIMIZERS)))
@@ -305,8 +327,9 @@ def test_zero_gradients_give_zero_updates(name):
   for _ in range(2):
     updates, state = tx.update(zeros, state, params)
     for key, u in updates.items():
-      np.testing.assert_array_equal(np.asarray(u), np.zeros(SHAPES[key]),
-                                    err_msg=key)
+      np.testing.assert_array_equal(
+        np.asarray(u), np.zeros(SHAPES[key]), err_msg=key
+      )
   assert _all_finite(state)
 
 
@@ -316,15 +339,18 @@ def test_skip_also_inspects_the_new_state():
   tx = fo.skip_nonfinite(fo.muon(0.05))
   params = {'w': jnp.ones((4, 3)), 'b': jnp.ones(3)}
   state0 = tx.init(params)
-  updates, state = tx.update({'w': jnp.ones((4, 3)),
-                              'b': jnp.full(3, 1e20)}, state0, params)
+  updates, state = tx.update(
+    {'w': jnp.ones((4, 3)), 'b': jnp.full(3, 1e20)}, state0, params
+  )
   assert int(state.skipped) == 1
   np.testing.assert_array_equal(np.asarray(updates['b']), np.zeros(3))
-  for a, b in zip(jax.tree.leaves(state.inner_state),
-                  jax.tree.leaves(state0.inner_state)):
+  for a, b in zip(
+    jax.tree.leaves(state.inner_state), jax.tree.leaves(state0.inner_state)
+  ):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  updates, state = tx.update({'w': jnp.ones((4, 3)), 'b': jnp.ones(3)},
-                             state, params)
+  updates, state = tx.update(
+    {'w': jnp.ones((4, 3)), 'b': jnp.ones(3)}, state, params
+  )
   assert int(state.consecutive) == 0
   assert np.all(np.isfinite(np.asarray(state.inner_state.fallback[0].nu['b'])))
   assert np.all(np.asarray(updates['b']) != 0)

@@ -24,9 +24,11 @@ pytest.importorskip('matplotlib')
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / 'notebooks'
 MARKER = 'RESULTS_JSON='
-DUMP = ('import json\n'
-        'print("' + MARKER + '" + json.dumps(RESULTS, default=lambda o: '
-        'o.item() if hasattr(o, "item") else str(o)))')
+DUMP = (
+  'import json\n'
+  'print("' + MARKER + '" + json.dumps(RESULTS, default=lambda o: '
+  'o.item() if hasattr(o, "item") else str(o)))'
+)
 
 
 def run_notebook(name, tmp_path, monkeypatch):
@@ -35,22 +37,26 @@ def run_notebook(name, tmp_path, monkeypatch):
   nb = nbformat.read(NOTEBOOKS / f'{name}.ipynb', as_version=4)
   nb.cells.append(nbformat.v4.new_code_cell(DUMP))
   client = nbclient.NotebookClient(
-      nb, kernel_name='python3', timeout=300, record_timing=False,
-      resources={'metadata': {'path': str(tmp_path)}})
+    nb,
+    kernel_name='python3',
+    timeout=300,
+    record_timing=False,
+    resources={'metadata': {'path': str(tmp_path)}},
+  )
   client.execute()  # raises CellExecutionError on the first failing cell
   for cell in nb.cells:
     for out in cell.get('outputs', []):
       assert out.get('output_type') != 'error', out
   text = ''.join(out.get('text', '') for out in nb.cells[-1].outputs)
   line = next(x for x in text.splitlines() if x.startswith(MARKER))
-  return json.loads(line[len(MARKER):])
+  return json.loads(line[len(MARKER) :])
 
 
 def test_every_notebook_is_tested():
   names = sorted(p.stem for p in NOTEBOOKS.glob('*.ipynb'))
   assert names == sorted(
-      ['quickstart', 'implicit_constraint', 'least_squares',
-       'custom_geometry'])
+    ['quickstart', 'implicit_constraint', 'least_squares', 'custom_geometry']
+  )
 
 
 def test_notebooks_have_badge_and_colab_only_install():
@@ -72,6 +78,7 @@ def test_notebooks_are_paired_with_their_sources():
   """
   jupytext = pytest.importorskip('jupytext')
   from jupytext.config import load_jupytext_config
+
   sources = sorted(p.stem for p in NOTEBOOKS.glob('*.py'))
   assert sources == sorted(p.stem for p in NOTEBOOKS.glob('*.ipynb'))
   for name in sources:

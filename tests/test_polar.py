@@ -23,14 +23,14 @@ from fanion_optax import polar_factor
 # SPEC.md §3.1, copied verbatim so the library's own table is checked.
 JORDAN = (3.4445, -4.7750, 2.0315)
 POLAR_EXPRESS_TABLE = (
-    (8.28721201814563, -23.595886519098837, 17.300387312530933),
-    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
-    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
-    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
-    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
-    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
-    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
-    (1.875, -1.25, 0.375),
+  (8.28721201814563, -23.595886519098837, 17.300387312530933),
+  (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+  (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+  (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+  (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+  (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+  (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+  (1.875, -1.25, 0.375),
 )
 SAFETY = 1.01
 EPS = 1e-7
@@ -81,8 +81,10 @@ def _np_newton_schulz(g, rows, safety, eps=EPS):
 
 
 def _damped_polar_express_rows():
-  rows = [(a / SAFETY, b / SAFETY**3, c / SAFETY**5)
-          for a, b, c in POLAR_EXPRESS_TABLE[:-1]]
+  rows = [
+    (a / SAFETY, b / SAFETY**3, c / SAFETY**5)
+    for a, b, c in POLAR_EXPRESS_TABLE[:-1]
+  ]
   return tuple(rows) + POLAR_EXPRESS_TABLE[-1:]
 
 
@@ -104,8 +106,9 @@ def test_svd_matches_numpy_polar_factor(shape):
 
 @pytest.mark.parametrize('shape', [WIDE, TALL])
 def test_svd_output_is_orthonormal(shape):
-  o = np.asarray(polar_factor(gaussian(shape, seed=2), polar_method='svd'),
-                 np.float64)
+  o = np.asarray(
+    polar_factor(gaussian(shape, seed=2), polar_method='svd'), np.float64
+  )
   small = o @ o.T if shape[0] <= shape[1] else o.T @ o
   np.testing.assert_allclose(small, np.eye(min(shape)), atol=1e-5)
 
@@ -144,8 +147,9 @@ def test_coefficient_schedule_polar_express_damping():
 def test_coefficient_schedule_polar_express_prefix(steps):
   rows, safety = coefficient_schedule('polar_express', steps)
   assert safety == pytest.approx(1.01)
-  np.testing.assert_allclose(rows, _damped_polar_express_rows()[:steps],
-                             rtol=1e-14)
+  np.testing.assert_allclose(
+    rows, _damped_polar_express_rows()[:steps], rtol=1e-14
+  )
 
 
 def test_coefficient_schedule_defaults():
@@ -168,17 +172,21 @@ def test_coefficient_schedule_explicit_rows():
 # Newton–Schulz iterations against a NumPy re-implementation.
 
 
-@pytest.mark.parametrize('method,rows,safety', [
+@pytest.mark.parametrize(
+  'method,rows,safety',
+  [
     ('newton_schulz', (JORDAN,) * 5, 1.0),
     ('polar_express', _damped_polar_express_rows()[:5], SAFETY),
-])
+  ],
+)
 @pytest.mark.parametrize('shape', SHAPES)
 def test_named_iterations_match_numpy_reference(method, rows, safety, shape):
   g = gaussian(shape, seed=3)
   o = polar_factor(g, polar_method=method)
   assert o.shape == shape and o.dtype == jnp.float32
-  np.testing.assert_allclose(np.asarray(o),
-                             _np_newton_schulz(g, rows, safety), atol=3e-5)
+  np.testing.assert_allclose(
+    np.asarray(o), _np_newton_schulz(g, rows, safety), atol=3e-5
+  )
 
 
 @pytest.mark.parametrize('steps', [1, 2, 8])
@@ -196,8 +204,9 @@ def test_explicit_jordan_rows_equal_newton_schulz():
   np.testing.assert_array_equal(np.asarray(explicit), np.asarray(named))
   # `steps` truncates explicit rows.
   np.testing.assert_array_equal(
-      np.asarray(polar_factor(g, polar_method=[JORDAN] * 7, polar_steps=3)),
-      np.asarray(polar_factor(g, polar_method='newton_schulz', polar_steps=3)))
+    np.asarray(polar_factor(g, polar_method=[JORDAN] * 7, polar_steps=3)),
+    np.asarray(polar_factor(g, polar_method='newton_schulz', polar_steps=3)),
+  )
 
 
 @pytest.mark.parametrize('shape', [WIDE, TALL])
@@ -217,13 +226,16 @@ def test_lmo_gap_matches_numpy_reference():
   o = gaussian(BATCH, seed=8)
   gap = lmo_gap(g, o)
   assert gap.shape == BATCH[:-2]
-  np.testing.assert_allclose(np.asarray(gap), _np_gap(g, o), rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(gap), _np_gap(g, o), rtol=1e-5, atol=1e-6
+  )
   # The exact polar factor has gap 0; a scaled copy of g has a known gap.
-  np.testing.assert_allclose(np.asarray(lmo_gap(g, np_polar(g))), 0.0,
-                             atol=1e-5)
-  np.testing.assert_allclose(np.asarray(lmo_gap(g, 2.0 * g)), _np_gap(g, g),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(lmo_gap(g, np_polar(g))), 0.0, atol=1e-5
+  )
+  np.testing.assert_allclose(
+    np.asarray(lmo_gap(g, 2.0 * g)), _np_gap(g, g), rtol=1e-5
+  )
 
 
 def test_lmo_gap_float64_under_x64():
@@ -240,11 +252,17 @@ GAP_SHAPES = [WIDE, TALL, SQUARE, (8, 40)]
 
 def _gaps(g):
   """Reference gaps of Jordan-5, Polar-Express-5 and Polar-Express-8."""
+
   def gap(polar_method, polar_steps):
-    return _np_gap(g, polar_factor(g, polar_method=polar_method,
-                                   polar_steps=polar_steps))
-  return (gap('newton_schulz', 5), gap('polar_express', 5),
-          gap('polar_express', 8))
+    return _np_gap(
+      g, polar_factor(g, polar_method=polar_method, polar_steps=polar_steps)
+    )
+
+  return (
+    gap('newton_schulz', 5),
+    gap('polar_express', 5),
+    gap('polar_express', 8),
+  )
 
 
 @pytest.mark.parametrize('seed', [0, 1])
@@ -276,23 +294,25 @@ def test_polar_express_beats_jordan_on_gaussians(shape, seed):
 def test_gap_bounds_decaying_spectrum(shape, spectrum):
   m, n = shape
   r = min(m, n)
-  sigma = (0.9**np.arange(r) if spectrum == '0.9^i'
-           else np.geomspace(1.0, 1e-3, r))
+  sigma = (
+    0.9 ** np.arange(r) if spectrum == '0.9^i' else np.geomspace(1.0, 1e-3, r)
+  )
   jordan, express5, express8 = _gaps(with_spectrum((m, n), sigma, seed=m + n))
   assert jordan < JORDAN_5_GAP
   assert express5 < POLAR_EXPRESS_5_GAP
   assert express8 < POLAR_EXPRESS_8_GAP
 
 
-@pytest.mark.parametrize('case', ['gauss_wide', 'gauss_tall', '0.9^i',
-                                  'cond1e2', 'cond1e3'])
+@pytest.mark.parametrize(
+  'case', ['gauss_wide', 'gauss_tall', '0.9^i', 'cond1e2', 'cond1e3']
+)
 def test_polar_express_8_steps_singular_values_near_one(case):
   g = {
-      'gauss_wide': gaussian(WIDE, seed=10),
-      'gauss_tall': gaussian(TALL, seed=11),
-      '0.9^i': with_spectrum(WIDE, 0.9**np.arange(12), seed=12),
-      'cond1e2': with_spectrum(WIDE, np.geomspace(1, 1e-2, 12), seed=13),
-      'cond1e3': with_spectrum(TALL, np.geomspace(1, 1e-3, 12), seed=14),
+    'gauss_wide': gaussian(WIDE, seed=10),
+    'gauss_tall': gaussian(TALL, seed=11),
+    '0.9^i': with_spectrum(WIDE, 0.9 ** np.arange(12), seed=12),
+    'cond1e2': with_spectrum(WIDE, np.geomspace(1, 1e-2, 12), seed=13),
+    'cond1e3': with_spectrum(TALL, np.geomspace(1, 1e-3, 12), seed=14),
   }[case]
   o = polar_factor(g, polar_method='polar_express', polar_steps=8)
   s = np.linalg.svd(np.asarray(o, np.float64), compute_uv=False)
@@ -304,8 +324,9 @@ def test_polar_express_8_steps_singular_values_near_one(case):
 def test_jordan_singular_values_land_in_documented_band(shape):
   # SPEC: "roughly [0.7, 1.2]"; measured [0.68, 1.14] on these matrices.
   g = gaussian(shape, seed=15)
-  s = np.linalg.svd(_f32(polar_factor(g, polar_method='newton_schulz')),
-                    compute_uv=False)
+  s = np.linalg.svd(
+    _f32(polar_factor(g, polar_method='newton_schulz')), compute_uv=False
+  )
   assert s.min() > 0.6 and s.max() < 1.25
 
 
@@ -330,8 +351,8 @@ def test_zero_matrix_in_batch_does_not_affect_others(method):
   assert np.all(o[1, 2] == 0.0)
   assert np.all(np.isfinite(o))
   np.testing.assert_allclose(
-      o[0, 1], np.asarray(polar_factor(g[0, 1], polar_method=method)),
-      atol=1e-5)
+    o[0, 1], np.asarray(polar_factor(g[0, 1], polar_method=method)), atol=1e-5
+  )
 
 
 @pytest.mark.parametrize('transpose', [False, True])
@@ -353,8 +374,9 @@ def test_vector_shaped_matrices(method, transpose):
   np.testing.assert_allclose(_np_gap(g, o), 0.0, atol=1e-6)
 
 
-@pytest.mark.parametrize('dtype,atol', [(jnp.bfloat16, 8e-3),
-                                        (jnp.float16, 1e-3)])
+@pytest.mark.parametrize(
+  'dtype,atol', [(jnp.bfloat16, 8e-3), (jnp.float16, 1e-3)]
+)
 @pytest.mark.parametrize('method', METHODS)
 def test_half_precision_inputs(method, dtype, atol):
   g = jnp.asarray(gaussian(WIDE, seed=18), dtype)
@@ -396,9 +418,10 @@ def test_float64_under_x64(method):
   if method == 'svd':
     ref = np_polar(g)
   else:
-    rows, safety = {'newton_schulz': ((JORDAN,) * 5, 1.0),
-                    'polar_express': (_damped_polar_express_rows()[:5],
-                                      SAFETY)}[method]
+    rows, safety = {
+      'newton_schulz': ((JORDAN,) * 5, 1.0),
+      'polar_express': (_damped_polar_express_rows()[:5], SAFETY),
+    }[method]
     ref = _np_newton_schulz(g, rows, safety)
   np.testing.assert_allclose(o, ref, atol=1e-11)
 
@@ -406,8 +429,9 @@ def test_float64_under_x64(method):
 def test_float64_polar_express_8_steps_is_exact():
   g = np.random.default_rng(22).standard_normal(WIDE)
   with x64():
-    o = np.asarray(polar_factor(jnp.asarray(g), polar_method='polar_express',
-                                polar_steps=8))
+    o = np.asarray(
+      polar_factor(jnp.asarray(g), polar_method='polar_express', polar_steps=8)
+    )
   np.testing.assert_allclose(o, np_polar(g), atol=1e-8)
 
 
@@ -425,9 +449,11 @@ def test_degree_zero_homogeneity(method, scale):
 @pytest.mark.parametrize('method', METHODS)
 def test_oddness(method, shape):
   g = gaussian(shape, seed=24)
-  np.testing.assert_allclose(np.asarray(polar_factor(-g, polar_method=method)),
-                             -np.asarray(polar_factor(g, polar_method=method)),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(polar_factor(-g, polar_method=method)),
+    -np.asarray(polar_factor(g, polar_method=method)),
+    atol=1e-6,
+  )
 
 
 @pytest.mark.parametrize('method', METHODS)
@@ -437,8 +463,10 @@ def test_batched_matches_per_matrix(method):
   for i in range(2):
     for j in range(3):
       np.testing.assert_allclose(
-          o[i, j], np.asarray(polar_factor(g[i, j], polar_method=method)),
-          atol=1e-6)
+        o[i, j],
+        np.asarray(polar_factor(g[i, j], polar_method=method)),
+        atol=1e-6,
+      )
 
 
 @pytest.mark.parametrize('method', METHODS)
@@ -448,8 +476,9 @@ def test_jit_and_vmap(method):
   eager = np.asarray(f(g))
   # XLA may fuse differently under jit: float32 rounding only.
   np.testing.assert_allclose(np.asarray(jax.jit(f)(g)), eager, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(jax.jit(jax.vmap(f))(g)), eager,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(jax.jit(jax.vmap(f))(g)), eager, atol=1e-5
+  )
   if method == 'svd':
     np.testing.assert_allclose(eager, np_polar(g), atol=2e-5)
 
@@ -458,7 +487,9 @@ def test_jit_and_vmap(method):
 # Bad input.
 
 
-@pytest.mark.parametrize('kwargs,match', [
+@pytest.mark.parametrize(
+  'kwargs,match',
+  [
     ({'polar_method': 'foo'}, 'polar_method'),
     ({'polar_method': 'newton_schulz', 'polar_steps': 0}, 'polar_steps'),
     ({'polar_method': 'polar_express', 'polar_steps': 0}, 'polar_steps'),
@@ -469,9 +500,20 @@ def test_jit_and_vmap(method):
     ({'polar_method': []}, 'polar_method'),
     ({'polar_method': 3}, 'polar_method'),
     ({'polar_method': [('a', 'b', 'c')]}, 'polar_method'),
-], ids=['unknown_name', 'ns_steps_0', 'pe_steps_0', 'pe_steps_9',
-        'rows_too_few', 'rows_of_2', 'rows_of_4', 'rows_empty', 'not_a_sequence',
-        'rows_of_strings'])
+  ],
+  ids=[
+    'unknown_name',
+    'ns_steps_0',
+    'pe_steps_0',
+    'pe_steps_9',
+    'rows_too_few',
+    'rows_of_2',
+    'rows_of_4',
+    'rows_empty',
+    'not_a_sequence',
+    'rows_of_strings',
+  ],
+)
 def test_bad_method_or_steps_raise_value_error(kwargs, match):
   g = gaussian(WIDE)
   with pytest.raises(ValueError, match=match):
@@ -483,8 +525,9 @@ def test_bad_method_or_steps_raise_value_error(kwargs, match):
 @pytest.mark.parametrize('steps', [1.5, '3', True])
 def test_non_int_steps_raise_type_error(steps):
   with pytest.raises(TypeError, match='polar_steps'):
-    polar_factor(gaussian(WIDE), polar_method='newton_schulz',
-                 polar_steps=steps)
+    polar_factor(
+      gaussian(WIDE), polar_method='newton_schulz', polar_steps=steps
+    )
 
 
 @pytest.mark.parametrize('shape', [(6,), ()])
@@ -513,18 +556,22 @@ def test_lmo_gap_bad_input_names_argument():
     lmo_gap(np.ones((2, 2), np.float32), np.ones(4, np.float32))
 
 
-@pytest.mark.parametrize('steps', [np.int64(3), np.asarray(3, np.int32),
-                                   jnp.asarray(3)])
+@pytest.mark.parametrize(
+  'steps', [np.int64(3), np.asarray(3, np.int32), jnp.asarray(3)]
+)
 def test_integer_scalar_arrays_are_accepted_as_steps(steps):
   g = gaussian(WIDE, seed=27)
   np.testing.assert_array_equal(
-      np.asarray(polar_factor(g, polar_method='newton_schulz',
-                              polar_steps=steps)),
-      np.asarray(polar_factor(g, polar_method='newton_schulz', polar_steps=3)))
+    np.asarray(
+      polar_factor(g, polar_method='newton_schulz', polar_steps=steps)
+    ),
+    np.asarray(polar_factor(g, polar_method='newton_schulz', polar_steps=3)),
+  )
 
 
 def test_traced_steps_raise_type_error():
   g = gaussian(WIDE, seed=28)
   with pytest.raises(TypeError, match='polar_steps must be a static int'):
-    jax.jit(lambda s: polar_factor(g, polar_method='newton_schulz',
-                                   polar_steps=s))(3)
+    jax.jit(
+      lambda s: polar_factor(g, polar_method='newton_schulz', polar_steps=s)
+    )(3)

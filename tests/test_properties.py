@@ -46,24 +46,34 @@ from fanion_optax import catalogue
 from fanion_optax import lmo
 
 SHAPES = [(1, 1), (1, 512), (512, 1), (16, 5), (5, 16), (2, 6, 3), (2, 3, 6)]
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
-          'float16': jnp.float16}
+DTYPES = {
+  'float32': jnp.float32,
+  'bfloat16': jnp.bfloat16,
+  'float16': jnp.float16,
+}
 # Decimal exponents of the input magnitude: 1e-30 … 1e30, except float16
 # (finite range ~6e-8 … 65504; entries reach 6× the scale).
-EXPONENTS = {'float32': (-30.0, 30.0), 'bfloat16': (-30.0, 30.0),
-             'float16': (-4.0, 4.0)}
+EXPONENTS = {
+  'float32': (-30.0, 30.0),
+  'bfloat16': (-30.0, 30.0),
+  'float16': (-4.0, 4.0),
+}
 # Binary exponents j of the exact scale 2^j for homogeneity: entries in
 # [1/16, 6]·2^j stay normal and finite (2^±100 ≈ 1e±30).
-POW2 = {'float32': (-100, 100), 'bfloat16': (-100, 100),
-        'float16': (-10, 13)}
+POW2 = {'float32': (-100, 100), 'bfloat16': (-100, 100), 'float16': (-10, 13)}
 ZEROS = ['none', 'all', 'row', 'col', 'scattered']
 
 
 def _settings(n):
   # No explain phase: it re-runs a failing case hundreds of times.
-  return settings(max_examples=n, deadline=None, derandomize=True,
-                  database=None, suppress_health_check=[HealthCheck.too_slow],
-                  phases=[Phase.explicit, Phase.generate, Phase.shrink])
+  return settings(
+    max_examples=n,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    phases=[Phase.explicit, Phase.generate, Phase.shrink],
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -123,10 +133,12 @@ CUBIC = ((1.5, -0.5, 0.0),) * 12
 
 def _catalogue():
   """`{name: (lmo, ball)}`; `ball(out, g, dtype)` asserts membership."""
+
   def spectral_ball(bound, compute_eps=0.0):
     def check(out, g, dtype):
       tol = _tol(dtype, out.shape) + 4 * compute_eps
       assert singular_values(to_f64(out)).max(initial=0.0) <= bound + tol
+
     return check
 
   def ky_fan_ball(k, polar_bound):
@@ -138,10 +150,11 @@ def _catalogue():
       assert np.all(ball <= bound + _tol(dtype, out.shape)), ball
       if not full:
         assert np.all(np.sum(s > 0.5, axis=-1) <= k)
+
     return check
 
   def frobenius_ball(out, g, dtype):
-    norm = np.sqrt(np.sum(to_f64(out)**2, axis=(-2, -1)))
+    norm = np.sqrt(np.sum(to_f64(out) ** 2, axis=(-2, -1)))
     assert np.all(norm <= 1.0 + _tol(dtype, out.shape)), norm
 
   def sign_ball(eta):
@@ -149,12 +162,14 @@ def _catalogue():
       # The radius as the output dtype rounds it.
       radius = float(jnp.asarray(eta, dtype).astype(jnp.float32))
       assert np.all(np.abs(to_f64(out)) <= radius)
+
     return check
 
   def norm_ball(oracle):
     def check(out, g, dtype):
       norm = np.asarray(oracle.norm(out))
       assert np.all(norm <= 1.0 + _tol(dtype, out.shape)), norm
+
     return check
 
   def mixture_ball(terms):
@@ -167,20 +182,25 @@ def _catalogue():
           d = oracle(g)
         ball(d, g, dtype)
         total = total + weight * to_f64(d)
-      np.testing.assert_allclose(to_f64(out), total, rtol=2 * _eps(dtype),
-                                 atol=2 * _eps(dtype))
+      np.testing.assert_allclose(
+        to_f64(out), total, rtol=2 * _eps(dtype), atol=2 * _eps(dtype)
+      )
+
     return check
 
   def ball(oracle):
     """The ball of the oracle's outputs, from its type and settings."""
     if isinstance(oracle, lmo.Spectral):
-      compute_eps = (0.0 if oracle.compute_dtype is None
-                     else _eps(oracle.compute_dtype))
+      compute_eps = (
+        0.0 if oracle.compute_dtype is None else _eps(oracle.compute_dtype)
+      )
       return spectral_ball(
-          _polar_bound(oracle.polar_method, oracle.polar_steps), compute_eps)
+        _polar_bound(oracle.polar_method, oracle.polar_steps), compute_eps
+      )
     if isinstance(oracle, lmo.KyFan):
-      return ky_fan_ball(oracle.k, _polar_bound(oracle.polar_method,
-                                                oracle.polar_steps))
+      return ky_fan_ball(
+        oracle.k, _polar_bound(oracle.polar_method, oracle.polar_steps)
+      )
     if isinstance(oracle, lmo.Frobenius):
       return frobenius_ball
     if isinstance(oracle, lmo.Sign):
@@ -199,19 +219,23 @@ def _catalogue():
 
   # The package's catalogue, and settings it does not hold.
   oracles = {name: make() for name, make in catalogue.LMOS.items()} | {
-      'spectral-polar_express-8': lmo.spectral(polar_steps=8),
-      'spectral-polar_express-bf16-compute': lmo.spectral(
-          compute_dtype=jnp.bfloat16),
-      'spectral-cubic-rows': lmo.spectral(polar_method=CUBIC),
-      'ky_fan-1-subspace': lmo.ky_fan(1),
-      'ky_fan-4-subspace-newton_schulz': lmo.ky_fan(
-          4, polar_method='newton_schulz'),
-      'sign-0.01': lmo.sign(0.01),
-      'schatten-1.5': lmo.schatten(1.5),
-      'schatten-4': lmo.schatten(4.0),
-      'three-term-mix': lmo.mix((0.3, lmo.ky_fan(1, top_k_method='svd')),
-                                (0.3, lmo.frobenius()),
-                                (0.4, lmo.sign(0.01))),
+    'spectral-polar_express-8': lmo.spectral(polar_steps=8),
+    'spectral-polar_express-bf16-compute': lmo.spectral(
+      compute_dtype=jnp.bfloat16
+    ),
+    'spectral-cubic-rows': lmo.spectral(polar_method=CUBIC),
+    'ky_fan-1-subspace': lmo.ky_fan(1),
+    'ky_fan-4-subspace-newton_schulz': lmo.ky_fan(
+      4, polar_method='newton_schulz'
+    ),
+    'sign-0.01': lmo.sign(0.01),
+    'schatten-1.5': lmo.schatten(1.5),
+    'schatten-4': lmo.schatten(4.0),
+    'three-term-mix': lmo.mix(
+      (0.3, lmo.ky_fan(1, top_k_method='svd')),
+      (0.3, lmo.frobenius()),
+      (0.4, lmo.sign(0.01)),
+    ),
   }
   return {name: (oracle, ball(oracle)) for name, oracle in oracles.items()}
 
@@ -219,9 +243,17 @@ def _catalogue():
 CATALOGUE = _catalogue()
 NAMES = sorted(CATALOGUE)
 # Their outputs are polynomials or elementwise maps of G: exactly odd.
-POLYNOMIAL = {'spectral', 'spectral_newton_schulz', 'spectral-polar_express-8',
-              'spectral-polar_express-bf16-compute', 'spectral-cubic-rows',
-              'frobenius', 'sign', 'sign-0.01', 'f_muon_mix'}
+POLYNOMIAL = {
+  'spectral',
+  'spectral_newton_schulz',
+  'spectral-polar_express-8',
+  'spectral-polar_express-bf16-compute',
+  'spectral-cubic-rows',
+  'frobenius',
+  'sign',
+  'sign-0.01',
+  'f_muon_mix',
+}
 NOT_HOMOGENEOUS = {'huber_nuclear'}
 # SpectralFunction runs its SVD on G itself (no max-abs pre-scaling).
 HOMOGENEOUS_TO_ROUNDING = {'schatten', 'schatten-1.5', 'schatten-4'}
@@ -229,21 +261,29 @@ HOMOGENEOUS_TO_ROUNDING = {'schatten', 'schatten-1.5', 'schatten-4'}
 
 def test_catalogue_covers_every_lmo_kind():
   kinds = {type(oracle).__name__ for oracle, _ in CATALOGUE.values()}
-  assert kinds == {'Spectral', 'KyFan', 'Frobenius', 'Sign', 'Mixture',
-                   'SpectralFunction'}
+  assert kinds == {
+    'Spectral',
+    'KyFan',
+    'Frobenius',
+    'Sign',
+    'Mixture',
+    'SpectralFunction',
+  }
   assert POLYNOMIAL <= set(NAMES) and NOT_HOMOGENEOUS <= set(NAMES)
 
 
 # ---------------------------------------------------------------------------
 # LMO properties.
 
-matrices = st.fixed_dictionaries({
+matrices = st.fixed_dictionaries(
+  {
     'shape': st.sampled_from(SHAPES),
     'dtype': st.sampled_from(sorted(DTYPES)),
     'seed': st.integers(0, 2**32 - 1),
     'zeros': st.sampled_from(ZEROS),
     'unit': st.floats(0.0, 1.0),
-})
+  }
+)
 
 
 @_settings(400)
@@ -268,8 +308,9 @@ def test_lmo_output_finite_in_dtype_and_in_ball(name, m):
   assert np.all(np.isfinite(to_f64(out2)))
   if m['zeros'] == 'all':
     assert not np.any(to_f64(out2))
-  assert (jax.tree.structure(new_state, is_leaf=lambda x: x is None)
-          == jax.tree.structure(state, is_leaf=lambda x: x is None))
+  assert jax.tree.structure(
+    new_state, is_leaf=lambda x: x is None
+  ) == jax.tree.structure(state, is_leaf=lambda x: x is None)
   for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(state)):
     assert a.shape == b.shape and a.dtype == b.dtype
     assert np.all(np.isfinite(a))
@@ -282,20 +323,21 @@ def test_lmo_output_finite_in_dtype_and_in_ball(name, m):
 @_settings(250)
 @given(name=st.sampled_from(NAMES), m=matrices)
 def test_lmo_homogeneous_of_degree_zero_and_odd(name, m):
-  g = _matrix(m['shape'], m['dtype'], m['seed'], 0.0, m['zeros'],
-              floor=1 / 16)
+  g = _matrix(m['shape'], m['dtype'], m['seed'], 0.0, m['zeros'], floor=1 / 16)
   oracle, _ = CATALOGUE[name]
   out = to_f64(oracle(g))
   lo, hi = POW2[m['dtype']]
   j = round(lo + (hi - lo) * m['unit'])
-  scaled = jnp.asarray(np.asarray(g.astype(jnp.float32)) * np.float32(2.0**j),
-                       g.dtype)
+  scaled = jnp.asarray(
+    np.asarray(g.astype(jnp.float32)) * np.float32(2.0**j), g.dtype
+  )
   # The scaling is exact: the LMO sees the same matrix up to 2^j.
   np.testing.assert_array_equal(to_f64(scaled) / 2.0**j, to_f64(g))
   if name not in NOT_HOMOGENEOUS:
     if name in HOMOGENEOUS_TO_ROUNDING:
-      np.testing.assert_allclose(to_f64(oracle(scaled)), out,
-                                 atol=4 * _eps(g.dtype))
+      np.testing.assert_allclose(
+        to_f64(oracle(scaled)), out, atol=4 * _eps(g.dtype)
+      )
     else:
       np.testing.assert_array_equal(to_f64(oracle(scaled)), out)
   negated = to_f64(oracle(-g))
@@ -310,19 +352,29 @@ def test_lmo_homogeneous_of_degree_zero_and_odd(name, m):
 
 DN = fo.DimensionNumbers
 PARAM_SHAPES = {
-    'one': (1, 1), 'row': (1, 512), 'col': (512, 1), 'tall': (16, 5),
-    'wide': (5, 16), 'stack_tall': (2, 6, 3), 'stack_wide': (2, 3, 6),
-    'bias': (5,),
+  'one': (1, 1),
+  'row': (1, 512),
+  'col': (512, 1),
+  'tall': (16, 5),
+  'wide': (5, 16),
+  'stack_tall': (2, 6, 3),
+  'stack_wide': (2, 3, 6),
+  'bias': (5,),
 }
-DIMENSION_NUMBERS = {name: (None if len(shape) == 1 else
-                            DN(1, 2) if len(shape) == 3 else DN())
-                     for name, shape in PARAM_SHAPES.items()}
+DIMENSION_NUMBERS = {
+  name: (None if len(shape) == 1 else DN(1, 2) if len(shape) == 3 else DN())
+  for name, shape in PARAM_SHAPES.items()
+}
 
 # The catalogue, and one setting it does not hold.
 OPTIMIZERS = dict(catalogue.OPTIMIZERS) | {
-    'muon_newton_schulz_plain_rms': functools.partial(
-        fo.muon, 0.02, nesterov=False, polar_method='newton_schulz',
-        shape_scale='rms'),
+  'muon_newton_schulz_plain_rms': functools.partial(
+    fo.muon,
+    0.02,
+    nesterov=False,
+    polar_method='newton_schulz',
+    shape_scale='rms',
+  ),
 }
 
 
@@ -331,23 +383,31 @@ def _params(dtype_name, seed, exponent, zeros):
   for i, (name, shape) in enumerate(sorted(PARAM_SHAPES.items())):
     # Vectors go to the default AdamW fallback in the same dtype (float16
     # included: see test_float16_default_fallback_is_finite).
-    out[name] = _matrix(shape, dtype_name, seed + i, exponent, zeros
-                        if len(shape) > 1 else 'none')
+    out[name] = _matrix(
+      shape, dtype_name, seed + i, exponent, zeros if len(shape) > 1 else 'none'
+    )
   return out
 
 
 def _signature(tree):
-  return (jax.tree.structure(tree, is_leaf=lambda x: x is None),
-          [(x.shape, x.dtype) for x in jax.tree.leaves(tree)])
+  return (
+    jax.tree.structure(tree, is_leaf=lambda x: x is None),
+    [(x.shape, x.dtype) for x in jax.tree.leaves(tree)],
+  )
 
 
 @_settings(60)
-@given(name=st.sampled_from(sorted(OPTIMIZERS)),
-       dtype=st.sampled_from(sorted(DTYPES)),
-       seed=st.integers(0, 2**31), unit=st.floats(0.0, 1.0),
-       zeros=st.sampled_from(ZEROS), skip=st.booleans())
+@given(
+  name=st.sampled_from(sorted(OPTIMIZERS)),
+  dtype=st.sampled_from(sorted(DTYPES)),
+  seed=st.integers(0, 2**31),
+  unit=st.floats(0.0, 1.0),
+  zeros=st.sampled_from(ZEROS),
+  skip=st.booleans(),
+)
 def test_optimizer_updates_finite_and_state_structure_kept(
-    name, dtype, seed, unit, zeros, skip):
+  name, dtype, seed, unit, zeros, skip
+):
   lo, hi = EXPONENTS[dtype]
   exponent = lo + (hi - lo) * unit
   tx = OPTIMIZERS[name](dimension_numbers=DIMENSION_NUMBERS)
@@ -393,8 +453,9 @@ def test_float16_default_fallback_is_finite():
     b32, g32 = (x['b'].astype(jnp.float32) for x in (params, grads))
     ref = optax.adamw(3e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0)
     want, _ = ref.update(g32, ref.init(b32), b32)
-    np.testing.assert_array_equal(to_f64(updates['b']),
-                                  to_f64(want.astype(jnp.float16)))
+    np.testing.assert_array_equal(
+      to_f64(updates['b']), to_f64(want.astype(jnp.float16))
+    )
     # The inputs are the hard case: plain float16 AdamW (optax's defaults,
     # the old fallback) is not finite here.
     plain = optax.adamw(3e-4)

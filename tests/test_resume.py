@@ -39,8 +39,19 @@ def _env():
 
 
 def _command(ckpt, out, *extra):
-  return [sys.executable, WORKER, '--ckpt', str(ckpt), '--out', str(out),
-          '--steps', str(STEPS), '--save-every', str(SAVE_EVERY), *extra]
+  return [
+    sys.executable,
+    WORKER,
+    '--ckpt',
+    str(ckpt),
+    '--out',
+    str(out),
+    '--steps',
+    str(STEPS),
+    '--save-every',
+    str(SAVE_EVERY),
+    *extra,
+  ]
 
 
 def _popen(ckpt, out, *extra):
@@ -48,8 +59,12 @@ def _popen(ckpt, out, *extra):
   # test reads its stdout line by line.
   err = open(f'{out}.stderr', 'w+')  # noqa: SIM115 (closed in _finish)
   proc = subprocess.Popen(
-      _command(ckpt, out, *extra), env=_env(), stdout=subprocess.PIPE,
-      stderr=err, text=True)
+    _command(ckpt, out, *extra),
+    env=_env(),
+    stdout=subprocess.PIPE,
+    stderr=err,
+    text=True,
+  )
   proc.stderr_file = err
   return proc
 
@@ -74,7 +89,8 @@ def _snapshot(directory):
       path = os.path.join(root, name)
       with open(path, 'rb') as f:
         files[os.path.relpath(path, directory)] = hashlib.sha256(
-            f.read()).hexdigest()
+          f.read()
+        ).hexdigest()
   return files
 
 
@@ -121,8 +137,13 @@ def runs(tmp_path_factory):
   resumed = _popen(root / 'ckpt', root / 'resumed.npz')
   res_rc, res_out, res_err = _finish(resumed)
   assert res_rc == 0, res_err[-3000:]
-  return dict(root=root, seen=seen, steps_at_kill=steps_at_kill,
-              ref_out=ref_out, res_out=res_out)
+  return dict(
+    root=root,
+    seen=seen,
+    steps_at_kill=steps_at_kill,
+    ref_out=ref_out,
+    res_out=res_out,
+  )
 
 
 def test_killed_run_resumes_exactly(runs):
@@ -138,8 +159,7 @@ def test_killed_run_resumes_exactly(runs):
   assert resumed_from == max(runs['steps_at_kill'])
   assert 8 <= resumed_from < STEPS
   assert lines[-1] == 'done'
-  assert _steps(root / 'ckpt') == list(range(SAVE_EVERY, STEPS + 1,
-                                             SAVE_EVERY))
+  assert _steps(root / 'ckpt') == list(range(SAVE_EVERY, STEPS + 1, SAVE_EVERY))
 
   ref, res = np.load(root / 'ref.npz'), np.load(root / 'resumed.npz')
   assert sorted(ref.files) == sorted(res.files)
@@ -184,14 +204,17 @@ def ckpt_copy(runs, tmp_path):
 
 
 def test_corrupted_checkpoint_cli_fails_clearly_and_writes_nothing(
-    ckpt_copy, tmp_path):
+  ckpt_copy, tmp_path
+):
   _corrupt_data(_latest(ckpt_copy))
   before = _snapshot(ckpt_copy)
   out = tmp_path / 'out.npz'
   rc, stdout, stderr = _finish(_popen(ckpt_copy, out))
   assert rc == 3, (stdout, stderr[-3000:])
-  assert (f'resume_worker: cannot read the metadata of checkpoint step'
-          f' {STEPS} in {ckpt_copy}') in stderr
+  assert (
+    f'resume_worker: cannot read the metadata of checkpoint step'
+    f' {STEPS} in {ckpt_copy}'
+  ) in stderr
   assert 'DATA_LOSS' in stderr
   assert 'saved step' not in stdout and 'done' not in stdout
   assert not out.exists()
@@ -200,24 +223,27 @@ def test_corrupted_checkpoint_cli_fails_clearly_and_writes_nothing(
 
 # tensorstore reports its closed event loop after the failed read.
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
-@pytest.mark.parametrize('corrupt, reason', [
+@pytest.mark.parametrize(
+  'corrupt, reason',
+  [
     (_corrupt_data, 'DATA_LOSS'),
     (_truncate_data, 'OUT_OF_RANGE'),
     (_truncate_metadata, 'JSONDecodeError'),
-])
+  ],
+)
 def test_corrupted_checkpoint_raises(ckpt_copy, corrupt, reason):
   worker = _load_worker()
   corrupt(_latest(ckpt_copy))
   before = _snapshot(ckpt_copy)
-  with pytest.raises(worker.CheckpointError,
-                     match=f'checkpoint step {STEPS} in') as info:
+  with pytest.raises(
+    worker.CheckpointError, match=f'checkpoint step {STEPS} in'
+  ) as info:
     worker.restore_latest(str(ckpt_copy), worker.abstract_state(16))
   assert reason in str(info.value)
   assert _snapshot(ckpt_copy) == before
   # The earlier checkpoints still restore.
   shutil.rmtree(_latest(ckpt_copy))
-  step, state = worker.restore_latest(str(ckpt_copy),
-                                      worker.abstract_state(16))
+  step, state = worker.restore_latest(str(ckpt_copy), worker.abstract_state(16))
   assert step == STEPS - SAVE_EVERY and int(state['step']) == step
 
 
@@ -226,8 +252,10 @@ def test_mismatched_checkpoint_fails_clearly(ckpt_copy, tmp_path):
   out = tmp_path / 'out.npz'
   rc, stdout, stderr = _finish(_popen(ckpt_copy, out, '--width', '24'))
   assert rc == 3, (stdout, stderr[-3000:])
-  assert (f'resume_worker: checkpoint step {STEPS} in {ckpt_copy} does not'
-          ' match this model:') in stderr
+  assert (
+    f'resume_worker: checkpoint step {STEPS} in {ckpt_copy} does not'
+    ' match this model:'
+  ) in stderr
   assert 'has shape (16,) in the checkpoint but (24,) in the model.' in stderr
   assert not out.exists() and 'saved step' not in stdout
   assert _snapshot(ckpt_copy) == before

@@ -44,31 +44,31 @@ CUBIC = ((1.5, -0.5, 0.0),) * 30
 # Condition number 1e8.
 
 SPECTRA = {
-    'log-spaced': lambda r: np.logspace(0, -8, r),
-    'two-cluster': lambda r: np.r_[np.ones(r // 2), np.full(r - r // 2,
-                                                            1e-8)],
+  'log-spaced': lambda r: np.logspace(0, -8, r),
+  'two-cluster': lambda r: np.r_[np.ones(r // 2), np.full(r - r // 2, 1e-8)],
 }
 # (method, steps): (largest LMO gap, largest output σ).
 POLAR_METHODS = {
-    ('svd', None): (1e-4, 1.0 + 1e-5),
-    ('cubic-30', None): (1e-4, 1.0 + 1e-5),
-    ('polar_express', 8): (1e-3, 1.0 + 1e-5),
-    ('polar_express', None): (0.15, 1.125),
-    ('newton_schulz', None): (0.25, 1.203),
+  ('svd', None): (1e-4, 1.0 + 1e-5),
+  ('cubic-30', None): (1e-4, 1.0 + 1e-5),
+  ('polar_express', 8): (1e-3, 1.0 + 1e-5),
+  ('polar_express', None): (0.15, 1.125),
+  ('newton_schulz', None): (0.25, 1.203),
 }
 
 
 @pytest.mark.parametrize('spectrum', sorted(SPECTRA))
-@pytest.mark.parametrize('shape', [(64, 32), (32, 64), (48, 48)],
-                         ids=str)
+@pytest.mark.parametrize('shape', [(64, 32), (32, 64), (48, 48)], ids=str)
 def test_condition_1e8_every_polar_method(shape, spectrum):
   sigma = SPECTRA[spectrum](min(shape))
   assert sigma.max() / sigma.min() == pytest.approx(1e8)
   g = jnp.asarray(with_spectrum(shape, sigma))
   for (method, steps), (max_gap, max_sigma) in POLAR_METHODS.items():
     o = fo.polar_factor(
-        g, polar_method=CUBIC if method == 'cubic-30' else method,
-        polar_steps=steps)
+      g,
+      polar_method=CUBIC if method == 'cubic-30' else method,
+      polar_steps=steps,
+    )
     assert np.isfinite(np.asarray(o)).all(), method
     gap = float(fo.lmo_gap(g, o))
     assert -1e-5 <= gap <= max_gap, (method, steps, gap)
@@ -87,8 +87,9 @@ def test_condition_1e8_ky_fan_and_batched():
     s = np.linalg.svd(np.asarray(o, np.float64), compute_uv=False)
     np.testing.assert_allclose(s[:, :4], 1.0, atol=1e-5)
     assert s[:, 4:].max() < 1e-5
-    np.testing.assert_allclose(np.asarray(oracle.dual_norm(g)),
-                               sigma[:4].sum(), rtol=1e-5)
+    np.testing.assert_allclose(
+      np.asarray(oracle.dual_norm(g)), sigma[:4].sum(), rtol=1e-5
+    )
     captured = np.sum(np.asarray(g, np.float64) * np.asarray(o), (-2, -1))
     np.testing.assert_allclose(captured, sigma[:4].sum(), rtol=1e-4)
 
@@ -112,8 +113,9 @@ def test_rank_deficient_ky_fan_has_rank_r(shape, rank):
       o = np.asarray(o)
       assert np.isfinite(o).all()
       s = singular_values(o)
-      np.testing.assert_allclose(s[:rank], 1.0, atol=1e-5,
-                                 err_msg=f'{method} {label}')
+      np.testing.assert_allclose(
+        s[:rank], 1.0, atol=1e-5, err_msg=f'{method} {label}'
+      )
       assert s[rank:].max() < 1e-5, (method, label)
       assert np.linalg.matrix_rank(o, tol=1e-3) == rank
       captured = float(np.sum(np.asarray(g, np.float64) * o))
@@ -127,8 +129,10 @@ def test_rank_deficient_polar_keeps_null_space_small(rank):
   g = jnp.asarray(with_spectrum((40, 24), [3.0, 2.0, 1.0][:rank]))
   for method, steps in POLAR_METHODS:
     o = fo.polar_factor(
-        g, polar_method=CUBIC if method == 'cubic-30' else method,
-        polar_steps=steps)
+      g,
+      polar_method=CUBIC if method == 'cubic-30' else method,
+      polar_steps=steps,
+    )
     s = singular_values(o)
     assert np.isfinite(s).all()
     # Rounding noise (~1e-8) in the null space grows by the polynomial's
@@ -138,21 +142,22 @@ def test_rank_deficient_polar_keeps_null_space_small(rank):
     assert s[rank:].max() < null, method
     assert s[:rank].min() > 0.6, method
   np.testing.assert_array_equal(
-      np.asarray(fo.polar_factor(jnp.zeros((40, 24)))), np.zeros((40, 24)))
+    np.asarray(fo.polar_factor(jnp.zeros((40, 24)))), np.zeros((40, 24))
+  )
 
 
 # ---------------------------------------------------------------------------
 # Tied singular values.
 
 TIES = {
-    # Every singular value equal: every k-subspace is optimal.
-    'all-equal': [1.0] * 24,
-    # A tied cluster at the top, cut inside by k = 2, 3.
-    'top-cluster': [2.0] * 4 + [1.0] * 8 + [0.5] * 12,
-    # σ₂ = σ₃ = σ₄ below a distinct σ₁: k = 2, 3 cut inside the tie.
-    'inner-cluster': [4.0, 2.0, 2.0, 2.0] + [0.5] * 20,
-    # Fewer nonzero singular values than rows/columns, all tied.
-    'tied-low-rank': [1.0] * 6,
+  # Every singular value equal: every k-subspace is optimal.
+  'all-equal': [1.0] * 24,
+  # A tied cluster at the top, cut inside by k = 2, 3.
+  'top-cluster': [2.0] * 4 + [1.0] * 8 + [0.5] * 12,
+  # σ₂ = σ₃ = σ₄ below a distinct σ₁: k = 2, 3 cut inside the tie.
+  'inner-cluster': [4.0, 2.0, 2.0, 2.0] + [0.5] * 20,
+  # Fewer nonzero singular values than rows/columns, all tied.
+  'tied-low-rank': [1.0] * 6,
 }
 
 
@@ -178,8 +183,7 @@ def test_ky_fan_with_tied_singular_values(spectrum, shape, method):
       assert s[k:].max() < 1e-5, where
       captured = float(np.sum(np.asarray(g, np.float64) * o))
       assert captured == pytest.approx(ky_fan_norm, rel=1e-4), where
-    assert float(oracle.dual_norm(g)) == pytest.approx(ky_fan_norm,
-                                                       rel=1e-5)
+    assert float(oracle.dual_norm(g)) == pytest.approx(ky_fan_norm, rel=1e-5)
 
 
 # ---------------------------------------------------------------------------
@@ -212,21 +216,22 @@ def _largest_intermediate(jaxpr):
 def test_inspector_sees_a_gram_matrix():
   # Newton–Schulz on the tall orientation would form x xᵀ: 4096×4096.
   rows = fo.coefficient_schedule('polar_express')[0]
-  jaxpr = jax.make_jaxpr(
-      lambda x: polar_module.newton_schulz_iterate(x, rows))(
-          jnp.ones(TALL))
+  jaxpr = jax.make_jaxpr(lambda x: polar_module.newton_schulz_iterate(x, rows))(
+    jnp.ones(TALL)
+  )
   assert _largest_intermediate(jaxpr.jaxpr) == TALL[0] ** 2
 
 
 FUNCTIONS = {
-    'polar-polar_express': lambda g: fo.polar_factor(g),
-    'polar-newton_schulz':
-        lambda g: fo.polar_factor(g, polar_method='newton_schulz'),
-    'polar-svd': lambda g: fo.polar_factor(g, polar_method='svd'),
-    'polar-bf16': lambda g: fo.polar_factor(g, compute_dtype=jnp.bfloat16),
-    'ky_fan-2-subspace': lambda g: lmo.ky_fan(2)(g),
-    'ky_fan-2-svd': lambda g: lmo.ky_fan(2, top_k_method='svd')(g),
-    'ky_fan-8-full-rank': lambda g: lmo.ky_fan(8)(g),
+  'polar-polar_express': lambda g: fo.polar_factor(g),
+  'polar-newton_schulz': lambda g: fo.polar_factor(
+    g, polar_method='newton_schulz'
+  ),
+  'polar-svd': lambda g: fo.polar_factor(g, polar_method='svd'),
+  'polar-bf16': lambda g: fo.polar_factor(g, compute_dtype=jnp.bfloat16),
+  'ky_fan-2-subspace': lambda g: lmo.ky_fan(2)(g),
+  'ky_fan-2-svd': lambda g: lmo.ky_fan(2, top_k_method='svd')(g),
+  'ky_fan-8-full-rank': lambda g: lmo.ky_fan(8)(g),
 }
 
 

@@ -40,19 +40,26 @@ def _np_lion_k(grads, lmo_fn, b1, b2):
   return out
 
 
-@pytest.mark.parametrize('b1,b2', [
+@pytest.mark.parametrize(
+  'b1,b2',
+  [
     (0.9, 0.99),
     (0.0, 0.5),
     (lambda t: 0.5 + 0.1 * t, lambda t: 0.9 - 0.1 * t),
-])
+  ],
+)
 def test_lion_k_sign_matches_numpy(b1, b2):
   shapes = {'a': (4, 6), 'b': (3, 5, 2)}
-  grads = [{k: _rand(s, 10 * t + i) for i, (k, s) in enumerate(shapes.items())}
-           for t in range(4)]
-  tx = fo.scale_by_lion_k(fo.lmo.sign(), b1, b2,
-                          dimension_numbers={'a': DN(), 'b': DN(1, 2)})
-  state = tx.init(jax.tree.map(jnp.zeros, shapes,
-                               is_leaf=lambda x: isinstance(x, tuple)))
+  grads = [
+    {k: _rand(s, 10 * t + i) for i, (k, s) in enumerate(shapes.items())}
+    for t in range(4)
+  ]
+  tx = fo.scale_by_lion_k(
+    fo.lmo.sign(), b1, b2, dimension_numbers={'a': DN(), 'b': DN(1, 2)}
+  )
+  state = tx.init(
+    jax.tree.map(jnp.zeros, shapes, is_leaf=lambda x: isinstance(x, tuple))
+  )
   outs = []
   for g in grads:
     updates, state = tx.update(jax.tree.map(jnp.asarray, g), state)
@@ -72,31 +79,34 @@ def test_lion_k_momentum_state_matches_numpy():
   for g in grads:
     _, state = tx.update({'w': jnp.asarray(g)}, state)
     m = 0.8 * m + 0.2 * g
-  np.testing.assert_allclose(np.asarray(state.mu['w']), m, rtol=1e-6,
-                             atol=1e-7)
+  np.testing.assert_allclose(np.asarray(state.mu['w']), m, rtol=1e-6, atol=1e-7)
 
 
 def test_lion_k_spectral_per_stacked_matrix():
   shape = (3, 5, 7)
   grads = [_rand(shape, t) for t in range(3)]
-  tx = fo.scale_by_lion_k(fo.lmo.spectral(polar_method='svd'), 0.81, 0.9,
-                          dimension_numbers=DN(1, 2))
+  tx = fo.scale_by_lion_k(
+    fo.lmo.spectral(polar_method='svd'), 0.81, 0.9, dimension_numbers=DN(1, 2)
+  )
   state = tx.init({'x': jnp.zeros(shape)})
   expected = _np_lion_k(grads, np_polar, 0.81, 0.9)
   for g, want in zip(grads, expected):
     updates, state = tx.update({'x': jnp.asarray(g)}, state)
     np.testing.assert_allclose(np.asarray(updates['x']), want, atol=2e-5)
     # Each stacked matrix is orthogonalised on its own: all σ = 1.
-    sv = np.linalg.svd(np.asarray(updates['x'], np.float64),
-                       compute_uv=False)
+    sv = np.linalg.svd(np.asarray(updates['x'], np.float64), compute_uv=False)
     np.testing.assert_allclose(sv, 1.0, atol=1e-5)
 
 
 def test_lion_k_conv_kernel_uses_matrix_view():
   shape = (3, 3, 4, 8)
   g = _rand(shape, 3)
-  tx = fo.scale_by_lion_k(fo.lmo.spectral(polar_method='svd'), 0.0, 0.0,
-                          dimension_numbers=DN((0, 1, 2), 3))
+  tx = fo.scale_by_lion_k(
+    fo.lmo.spectral(polar_method='svd'),
+    0.0,
+    0.0,
+    dimension_numbers=DN((0, 1, 2), 3),
+  )
   updates, _ = tx.update({'k': jnp.asarray(g)}, tx.init({'k': g}))
   want = np_polar(g.reshape(36, 8)).reshape(shape)
   np.testing.assert_allclose(np.asarray(updates['k']), want, atol=2e-5)
@@ -132,8 +142,13 @@ def test_lion_k_dtypes_and_mu_dtype():
 
 
 def test_lion_k_zero_gradient_gives_zero_update():
-  for lmo in (fo.lmo.spectral(), fo.lmo.spectral(polar_method='svd'),
-              fo.lmo.frobenius(), fo.lmo.ky_fan(2), fo.lmo.sign()):
+  for lmo in (
+    fo.lmo.spectral(),
+    fo.lmo.spectral(polar_method='svd'),
+    fo.lmo.frobenius(),
+    fo.lmo.ky_fan(2),
+    fo.lmo.sign(),
+  ):
     tx = fo.scale_by_lion_k(lmo)
     params = {'w': jnp.zeros((5, 7))}
     updates, _ = tx.update(params, tx.init(params))
@@ -144,35 +159,41 @@ def test_ky_fan_subspace_state_shapes_change_and_nan_guard():
   k = 2
   shapes = {'w': (6, 10), 'stack': (3, 5, 7)}
   specs = {'w': DN(), 'stack': DN(1, 2)}
-  tx = fo.scale_by_lion_k(fo.lmo.ky_fan(k), 0.5, 0.9,
-                          dimension_numbers=specs)
+  tx = fo.scale_by_lion_k(fo.lmo.ky_fan(k), 0.5, 0.9, dimension_numbers=specs)
   params = {k_: jnp.zeros(s) for k_, s in shapes.items()}
   state = tx.init(params)
   # One state per matrix leaf in tree order ('stack', 'w'): (batch, n, k).
   assert [s.shape for s in state.lmo_state] == [(3, 7, k), (1, 10, k)]
   previous = state.lmo_state
   for t in range(3):
-    grads = {k_: jnp.asarray(_rand(s, 100 + t + 7 * i))
-             for i, (k_, s) in enumerate(shapes.items())}
+    grads = {
+      k_: jnp.asarray(_rand(s, 100 + t + 7 * i))
+      for i, (k_, s) in enumerate(shapes.items())
+    }
     _, state = tx.update(grads, state)
     for old, new in zip(previous, state.lmo_state):
       assert new.shape == old.shape and new.dtype == jnp.float32
       assert not np.allclose(np.asarray(old), np.asarray(new), atol=1e-3)
       # Orthonormal columns.
       gram = np.einsum('bnk,bnj->bkj', np.asarray(new), np.asarray(new))
-      np.testing.assert_allclose(gram, np.broadcast_to(np.eye(k), gram.shape),
-                                 atol=1e-5)
+      np.testing.assert_allclose(
+        gram, np.broadcast_to(np.eye(k), gram.shape), atol=1e-5
+      )
     previous = state.lmo_state
-  bad = {'w': jnp.full((6, 10), jnp.nan), 'stack': jnp.asarray(
-      _rand((3, 5, 7), 9))}
+  bad = {
+    'w': jnp.full((6, 10), jnp.nan),
+    'stack': jnp.asarray(_rand((3, 5, 7), 9)),
+  }
   _, state = tx.update(bad, state)
   for s in state.lmo_state:
     assert np.all(np.isfinite(np.asarray(s)))
   # The NaN leaf keeps its previous subspace; the finite one moves on.
-  np.testing.assert_array_equal(np.asarray(state.lmo_state[1]),
-                                np.asarray(previous[1]))
-  assert not np.allclose(np.asarray(state.lmo_state[0]),
-                         np.asarray(previous[0]), atol=1e-3)
+  np.testing.assert_array_equal(
+    np.asarray(state.lmo_state[1]), np.asarray(previous[1])
+  )
+  assert not np.allclose(
+    np.asarray(state.lmo_state[0]), np.asarray(previous[0]), atol=1e-3
+  )
 
 
 def test_scale_by_lmo_follows_momentum():
@@ -183,44 +204,55 @@ def test_scale_by_lmo_follows_momentum():
   for g in grads:
     updates, state = tx.update({'w': jnp.asarray(g)}, state)
     acc = 0.9 * acc + g
-    np.testing.assert_allclose(np.asarray(updates['w']),
-                               acc / np.linalg.norm(acc), atol=1e-6)
+    np.testing.assert_allclose(
+      np.asarray(updates['w']), acc / np.linalg.norm(acc), atol=1e-6
+    )
 
 
 def test_scale_by_lmo_ky_fan_svd_and_state():
   g = _rand((2, 6, 9), 4)
-  tx = fo.scale_by_lmo(fo.lmo.ky_fan(3, top_k_method='svd'),
-                       dimension_numbers=DN(1, 2))
+  tx = fo.scale_by_lmo(
+    fo.lmo.ky_fan(3, top_k_method='svd'), dimension_numbers=DN(1, 2)
+  )
   state = tx.init({'x': jnp.zeros(g.shape)})
   assert state.lmo_state == (None,)
   updates, _ = tx.update({'x': jnp.asarray(g)}, state)
-  np.testing.assert_allclose(np.asarray(updates['x']), np_top_k(g, 3),
-                             atol=2e-5)
+  np.testing.assert_allclose(
+    np.asarray(updates['x']), np_top_k(g, 3), atol=2e-5
+  )
   warm = fo.scale_by_lmo(fo.lmo.ky_fan(3), dimension_numbers=DN(1, 2))
   assert warm.init({'x': jnp.zeros(g.shape)}).lmo_state[0].shape == (2, 9, 3)
 
 
 @pytest.mark.parametrize('mode', ['muon', 'rms', None])
 def test_scale_by_shape(mode):
-  shapes = {'wide': (6, 10), 'tall': (10, 6), 'conv': (3, 3, 4, 8),
-            'stack': (2, 5, 20)}
-  specs = {'wide': DN(), 'tall': DN(), 'conv': DN((0, 1, 2), 3),
-           'stack': DN(1, 2)}
-  fans = {'wide': (6, 10), 'tall': (10, 6), 'conv': (36, 8),
-          'stack': (5, 20)}
+  shapes = {
+    'wide': (6, 10),
+    'tall': (10, 6),
+    'conv': (3, 3, 4, 8),
+    'stack': (2, 5, 20),
+  }
+  specs = {
+    'wide': DN(),
+    'tall': DN(),
+    'conv': DN((0, 1, 2), 3),
+    'stack': DN(1, 2),
+  }
+  fans = {'wide': (6, 10), 'tall': (10, 6), 'conv': (36, 8), 'stack': (5, 20)}
   expected = {
-      'muon': lambda i, o: math.sqrt(max(1.0, o / i)),
-      'rms': lambda i, o: 0.2 * math.sqrt(max(i, o)),
-      None: lambda i, o: 1.0,
+    'muon': lambda i, o: math.sqrt(max(1.0, o / i)),
+    'rms': lambda i, o: 0.2 * math.sqrt(max(i, o)),
+    None: lambda i, o: 1.0,
   }[mode]
   tx = fo.scale_by_shape(mode, dimension_numbers=specs)
-  ups = {k: jnp.asarray(_rand(s, i)) for i, (k, s) in enumerate(
-      shapes.items())}
+  ups = {k: jnp.asarray(_rand(s, i)) for i, (k, s) in enumerate(shapes.items())}
   out, _ = tx.update(ups, tx.init(ups))
   for key in shapes:
     np.testing.assert_allclose(
-        np.asarray(out[key]), np.asarray(ups[key]) * expected(*fans[key]),
-        rtol=1e-6)
+      np.asarray(out[key]),
+      np.asarray(ups[key]) * expected(*fans[key]),
+      rtol=1e-6,
+    )
 
 
 def test_scale_by_shape_rejects_unknown_mode():
@@ -236,32 +268,42 @@ def test_scale_by_shape_keeps_bf16():
 
 
 def test_add_decayed_weights_constant_schedule_and_mask():
-  params = {'a': jnp.asarray(_rand((3, 4), 0)), 'b': jnp.asarray(
-      _rand((4,), 1)), 'c': {'d': jnp.asarray(_rand((2, 2), 2))}}
+  params = {
+    'a': jnp.asarray(_rand((3, 4), 0)),
+    'b': jnp.asarray(_rand((4,), 1)),
+    'c': {'d': jnp.asarray(_rand((2, 2), 2))},
+  }
   ups = jax.tree.map(jnp.ones_like, params)
   tx = fo.add_decayed_weights(0.1)
   out, state = tx.update(ups, tx.init(params), params)
-  jax.tree.map(lambda o, p: np.testing.assert_allclose(
-      o, 1.0 + 0.1 * np.asarray(p), rtol=1e-6), out, params)
+  jax.tree.map(
+    lambda o, p: np.testing.assert_allclose(
+      o, 1.0 + 0.1 * np.asarray(p), rtol=1e-6
+    ),
+    out,
+    params,
+  )
   assert int(state.count) == 1
   # Schedule: λ_t = 0.5 t.
   tx = fo.add_decayed_weights(lambda t: 0.5 * t)
   state = tx.init(params)
   for t in range(3):
     out, state = tx.update(ups, state, params)
-    np.testing.assert_allclose(out['a'], 1 + 0.5 * t * np.asarray(params['a']),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+      out['a'], 1 + 0.5 * t * np.asarray(params['a']), rtol=1e-6
+    )
   # Masks: a tree, a prefix tree and a callable.
   masks = [
-      {'a': True, 'b': False, 'c': {'d': False}},
-      {'a': True, 'b': False, 'c': False},
-      lambda p: jax.tree.map(lambda x: x.shape == (3, 4), p),
+    {'a': True, 'b': False, 'c': {'d': False}},
+    {'a': True, 'b': False, 'c': False},
+    lambda p: jax.tree.map(lambda x: x.shape == (3, 4), p),
   ]
   for mask in masks:
     tx = fo.add_decayed_weights(0.1, mask)
     out, _ = tx.update(ups, tx.init(params), params)
-    np.testing.assert_allclose(out['a'], 1 + 0.1 * np.asarray(params['a']),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+      out['a'], 1 + 0.1 * np.asarray(params['a']), rtol=1e-6
+    )
     np.testing.assert_array_equal(out['b'], 1.0)
     np.testing.assert_array_equal(out['c']['d'], 1.0)
 
@@ -293,9 +335,11 @@ def test_transforms_chain_is_lion_k_update():
   x = _rand((6, 10), 0).astype(np.float64)
   grads = [_rand((6, 10), 1 + t) for t in range(3)]
   tx = optax.chain(
-      fo.scale_by_lion_k(fo.lmo.spectral(polar_method='svd'), 0.9, 0.95),
-      fo.scale_by_shape('muon'), fo.add_decayed_weights(wd),
-      optax.scale_by_learning_rate(lr))
+    fo.scale_by_lion_k(fo.lmo.spectral(polar_method='svd'), 0.9, 0.95),
+    fo.scale_by_shape('muon'),
+    fo.add_decayed_weights(wd),
+    optax.scale_by_learning_rate(lr),
+  )
   params = {'w': jnp.asarray(x, jnp.float32)}
   state = tx.init(params)
   dirs = _np_lion_k(grads, np_polar, 0.9, 0.95)
@@ -309,25 +353,30 @@ def test_transforms_chain_is_lion_k_update():
 
 def test_state_types_are_named_tuples():
   params = {'w': jnp.zeros((3, 4))}
-  assert isinstance(fo.scale_by_lion_k(fo.lmo.sign()).init(params),
-                    transforms.ScaleByLionKState)
-  assert isinstance(fo.scale_by_lmo(fo.lmo.sign()).init(params),
-                    transforms.ScaleByLmoState)
-  assert isinstance(fo.add_decayed_weights(0.1).init(params),
-                    transforms.AddDecayedWeightsState)
+  assert isinstance(
+    fo.scale_by_lion_k(fo.lmo.sign()).init(params), transforms.ScaleByLionKState
+  )
+  assert isinstance(
+    fo.scale_by_lmo(fo.lmo.sign()).init(params), transforms.ScaleByLmoState
+  )
+  assert isinstance(
+    fo.add_decayed_weights(0.1).init(params), transforms.AddDecayedWeightsState
+  )
 
 
 def test_skip_nonfinite_wrapper():
   b1, b2, lr = 0.5, 0.9, 0.1
   g1, g2 = _rand((6, 10), 1), _rand((6, 10), 2)
-  tx = fo.skip_nonfinite(optax.chain(fo.scale_by_lion_k(fo.lmo.sign(), b1, b2),
-                                     optax.scale(-lr)))
+  tx = fo.skip_nonfinite(
+    optax.chain(fo.scale_by_lion_k(fo.lmo.sign(), b1, b2), optax.scale(-lr))
+  )
   state = tx.init({'w': jnp.zeros((6, 10))})
   assert int(state.skipped) == 0 and int(state.consecutive) == 0
   expected = _np_lion_k([g1, g2], _np_sign, b1, b2)
   updates, state = tx.update({'w': jnp.asarray(g1)}, state)
-  np.testing.assert_allclose(np.asarray(updates['w']), -lr * expected[0],
-                             rtol=1e-7)
+  np.testing.assert_allclose(
+    np.asarray(updates['w']), -lr * expected[0], rtol=1e-7
+  )
   kept = state.inner_state
   for count, value in enumerate((np.nan, np.inf), start=1):
     bad = g2.copy()
@@ -335,12 +384,14 @@ def test_skip_nonfinite_wrapper():
     updates, state = tx.update({'w': jnp.asarray(bad)}, state)
     np.testing.assert_array_equal(np.asarray(updates['w']), 0.0)
     assert int(state.skipped) == count and int(state.consecutive) == count
-    np.testing.assert_array_equal(np.asarray(state.inner_state[0].mu['w']),
-                                  np.asarray(kept[0].mu['w']))
+    np.testing.assert_array_equal(
+      np.asarray(state.inner_state[0].mu['w']), np.asarray(kept[0].mu['w'])
+    )
     assert int(state.inner_state[0].count) == 1
   updates, state = tx.update({'w': jnp.asarray(g2)}, state)
-  np.testing.assert_allclose(np.asarray(updates['w']), -lr * expected[1],
-                             rtol=1e-7)
+  np.testing.assert_allclose(
+    np.asarray(updates['w']), -lr * expected[1], rtol=1e-7
+  )
   assert int(state.skipped) == 2 and int(state.consecutive) == 0
 
 

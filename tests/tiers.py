@@ -11,16 +11,29 @@ runs it, and CI runs both tiers, so no case is dropped.
 
 import pytest
 
-FAST = frozenset({
+FAST = frozenset(
+  {
     # catalogue.OPTIMIZERS
-    'muon', 'fanion', 's_fanion', 'lion',
+    'muon',
+    'fanion',
+    's_fanion',
+    'lion',
     # catalogue.LMOS and the LMO tables of the tests
-    'spectral', 'spectral_svd', 'ky_fan', 'ky_fan_svd', 'sign',
-    's_fanion_mix', 'frobenius', 'schatten',
-})
+    'spectral',
+    'spectral_svd',
+    'ky_fan',
+    'ky_fan_svd',
+    'sign',
+    's_fanion_mix',
+    'frobenius',
+    'schatten',
+  }
+)
 
 
 def tiered(names, fast=FAST):
   """`names` as parameters, those outside `fast` marked slow."""
-  return [name if name in fast else pytest.param(name, marks=pytest.mark.slow)
-          for name in names]
+  return [
+    name if name in fast else pytest.param(name, marks=pytest.mark.slow)
+    for name in names
+  ]

@@ -34,12 +34,33 @@ from sphinx.application import Sphinx
 from sphinx.util import logging
 
 LOGGER = logging.getLogger(__name__)
-ORDER = ('lmo', 'step', 'scaling', 'distributed', 'quadratic', 'charlm',
-         'cnn', 'gpu')
+ORDER = (
+  'lmo',
+  'step',
+  'scaling',
+  'distributed',
+  'quadratic',
+  'charlm',
+  'cnn',
+  'gpu',
+)
 """Page order (that of benchmarks/README.md); others come after, by name."""
-META_KEYS = ('date', 'device_kind', 'platform', 'cpu_model', 'cpu_count',
-             'device_count', 'python', 'jax', 'jaxlib', 'optax', 'numpy',
-             'git_commit', 'load_average', 'command')
+META_KEYS = (
+  'date',
+  'device_kind',
+  'platform',
+  'cpu_model',
+  'cpu_count',
+  'device_count',
+  'python',
+  'jax',
+  'jaxlib',
+  'optax',
+  'numpy',
+  'git_commit',
+  'load_average',
+  'command',
+)
 
 RENDER = """
 import importlib, json, sys
@@ -74,9 +95,11 @@ def copy_if_changed(src: str, dst: str) -> None:
 
 
 def benchmark_names(bench_dir: str) -> list[str]:
-  names = [f[:-3] for f in os.listdir(bench_dir)
-           if f.endswith('.py') and not f.startswith('_')
-           and f != 'report.py']
+  names = [
+    f[:-3]
+    for f in os.listdir(bench_dir)
+    if f.endswith('.py') and not f.startswith('_') and f != 'report.py'
+  ]
   rank = {name: i for i, name in enumerate(ORDER)}
   return sorted(names, key=lambda n: (rank.get(n, len(ORDER)), n))
 
@@ -123,10 +146,15 @@ def details(extra: Any) -> str:
   if not isinstance(extra, dict):
     return '' if extra is None else cell(extra)
   parts = [str(extra[k]) for k in PROSE if k in extra]
-  pairs = [f'{k}: {short(v)}' for k, v in extra.items()
-           if k != 'passed' and k not in PROSE]
-  pairs = [p if len(p) <= LONGEST else p.split(':')[0] + ': … (in the JSON)'
-           for p in pairs]
+  pairs = [
+    f'{k}: {short(v)}'
+    for k, v in extra.items()
+    if k != 'passed' and k not in PROSE
+  ]
+  pairs = [
+    p if len(p) <= LONGEST else p.split(':')[0] + ': … (in the JSON)'
+    for p in pairs
+  ]
   if pairs:
     parts.append('; '.join(pairs))
   return cell(' — '.join(parts))
@@ -148,8 +176,9 @@ def targets_table(d: dict[str, Any]) -> str:
     verdict = 'pass' if ok else '**FAIL**'
     lines.append(f'| {code(name)} | {verdict} | {details(about.get(name))} |')
   passed = sum(bool(v) for v in targets.values())
-  return (f'{passed} of {len(targets)} targets pass.\n\n'
-          + '\n'.join(lines) + '\n')
+  return (
+    f'{passed} of {len(targets)} targets pass.\n\n' + '\n'.join(lines) + '\n'
+  )
 
 
 def meta_table(d: dict[str, Any]) -> str:
@@ -168,8 +197,9 @@ def meta_table(d: dict[str, Any]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def render_tables(root: str, jobs: list[tuple[str, str]],
-                  cache_path: str) -> dict[str, dict[str, str]]:
+def render_tables(
+  root: str, jobs: list[tuple[str, str]], cache_path: str
+) -> dict[str, dict[str, str]]:
   """`markdown(document)` of each benchmark, cached on the bytes of the
   JSON files and of every `benchmarks/*.py`."""
   digest = hashlib.sha256()
@@ -183,16 +213,29 @@ def render_tables(root: str, jobs: list[tuple[str, str]],
       cached = json.load(f)
     if cached.get('key') == key:
       return cached['tables']
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      [root] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
+  env = dict(
+    os.environ,
+    PYTHONPATH=os.pathsep.join(
+      [root] + [p for p in [os.environ.get('PYTHONPATH')] if p]
+    ),
+  )
   env.setdefault('JAX_PLATFORMS', 'cpu')
   proc = subprocess.run(
-      [sys.executable, '-c', RENDER, json.dumps(jobs)], cwd=root, env=env,
-      capture_output=True, text=True, check=False)
+    [sys.executable, '-c', RENDER, json.dumps(jobs)],
+    cwd=root,
+    env=env,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   if proc.returncode != 0:
-    LOGGER.warning('benchmark tables: the renderer failed (exit %d):\n%s',
-                   proc.returncode, proc.stderr[-3000:],
-                   type='fanion', subtype='benchmarks')
+    LOGGER.warning(
+      'benchmark tables: the renderer failed (exit %d):\n%s',
+      proc.returncode,
+      proc.stderr[-3000:],
+      type='fanion',
+      subtype='benchmarks',
+    )
     return {name: {'error': 'renderer failed'} for name, _ in jobs}
   tables = json.loads(proc.stdout)
   if all('ok' in t for t in tables.values()):
@@ -200,26 +243,52 @@ def render_tables(root: str, jobs: list[tuple[str, str]],
   return tables
 
 
-def page(name: str, summary: str, d: dict[str, Any] | None,
-         tables: dict[str, str] | None, has_png: bool) -> str:
-  out = [f'(benchmark-{name})=', f'# {name}', '', summary, '',
-         f'Run it with `python -m benchmarks.{name}` (add `--quick` for a'
-         ' smoke test); it writes `benchmarks/results/'
-         f'{name}.json` and `{name}.png`, from which this page is built.', '']
+def page(
+  name: str,
+  summary: str,
+  d: dict[str, Any] | None,
+  tables: dict[str, str] | None,
+  has_png: bool,
+) -> str:
+  out = [
+    f'(benchmark-{name})=',
+    f'# {name}',
+    '',
+    summary,
+    '',
+    f'Run it with `python -m benchmarks.{name}` (add `--quick` for a'
+    ' smoke test); it writes `benchmarks/results/'
+    f'{name}.json` and `{name}.png`, from which this page is built.',
+    '',
+  ]
   if d is None:
-    out += ['No committed results yet: run'
-            f' `python -m benchmarks.{name}` and commit'
-            f' `benchmarks/results/{name}.json`.', '']
+    out += [
+      'No committed results yet: run'
+      f' `python -m benchmarks.{name}` and commit'
+      f' `benchmarks/results/{name}.json`.',
+      '',
+    ]
     return '\n'.join(out)
   if (d.get('config') or {}).get('quick') or d.get('quick'):
-    out += [':::{warning}', 'Quick mode (smoke-test sizes): these numbers'
-            ' are not representative.', ':::', '']
+    out += [
+      ':::{warning}',
+      'Quick mode (smoke-test sizes): these numbers are not representative.',
+      ':::',
+      '',
+    ]
   out += ['## Targets', '', targets_table(d), '## Results', '']
   if tables and 'ok' in tables:
     out += [tables['ok'].strip(), '']
   if has_png:
-    out += ['## Plot', '', f'```{{image}} {name}.png', f':alt: {name}'
-            ' benchmark plot', ':width: 100%', '```', '']
+    out += [
+      '## Plot',
+      '',
+      f'```{{image}} {name}.png',
+      f':alt: {name} benchmark plot',
+      ':width: 100%',
+      '```',
+      '',
+    ]
   meta = meta_table(d)
   if meta:
     out += ['## Measured with', '', meta]
@@ -227,8 +296,10 @@ def page(name: str, summary: str, d: dict[str, Any] | None,
 
 
 def summary_table(rows: list[tuple[str, str, dict[str, Any] | None]]) -> str:
-  lines = ['| benchmark | what it measures | targets | measured |',
-           '|---|---|---|---|']
+  lines = [
+    '| benchmark | what it measures | targets | measured |',
+    '|---|---|---|---|',
+  ]
   for name, first_line, d in rows:
     link = f'{{ref}}`{name} <benchmark-{name}>`'
     if d is None:
@@ -236,17 +307,23 @@ def summary_table(rows: list[tuple[str, str, dict[str, Any] | None]]) -> str:
       continue
     targets = d.get('targets') or {}
     passed = sum(bool(v) for v in targets.values())
-    verdict = (f'{passed}/{len(targets)} pass' if targets else '—')
+    verdict = f'{passed}/{len(targets)} pass' if targets else '—'
     if targets and passed < len(targets):
       verdict = f'**{verdict}**'
     meta = d.get('metadata') or {}
     when = str(meta.get('date', ''))[:10]
     where = meta.get('device_kind') or meta.get('platform') or ''
-    lines.append(f'| {link} | {cell(first_line)} | {verdict} |'
-                 f' {cell(when)} {cell(where)} |')
+    lines.append(
+      f'| {link} | {cell(first_line)} | {verdict} |'
+      f' {cell(when)} {cell(where)} |'
+    )
   pages = '\n'.join(f'_generated/benchmarks/{name}' for name, _, _ in rows)
-  return ('\n'.join(lines) + '\n\n```{toctree}\n:hidden:\n:maxdepth: 1\n\n'
-          + pages + '\n```\n')
+  return (
+    '\n'.join(lines)
+    + '\n\n```{toctree}\n:hidden:\n:maxdepth: 1\n\n'
+    + pages
+    + '\n```\n'
+  )
 
 
 def generate(app: Sphinx) -> None:
@@ -263,33 +340,48 @@ def generate(app: Sphinx) -> None:
     if os.path.exists(path):
       with open(path, encoding='utf-8') as f:
         documents[name] = json.load(f)
-  jobs = [(name, os.path.join(results, f'{name}.json'))
-          for name in names if name in documents]
-  tables = render_tables(root, jobs,
-                         os.path.join(docs, '_generated', '.tables.json'))
+  jobs = [
+    (name, os.path.join(results, f'{name}.json'))
+    for name in names
+    if name in documents
+  ]
+  tables = render_tables(
+    root, jobs, os.path.join(docs, '_generated', '.tables.json')
+  )
   rows = []
   for name in names:
     first_line, summary = docstring(os.path.join(bench_dir, f'{name}.py'))
     d = documents.get(name)
     t = tables.get(name)
     if t is not None and 'error' in t:
-      LOGGER.warning('benchmark %s: markdown() failed: %s', name,
-                     t['error'], type='fanion', subtype='benchmarks')
+      LOGGER.warning(
+        'benchmark %s: markdown() failed: %s',
+        name,
+        t['error'],
+        type='fanion',
+        subtype='benchmarks',
+      )
     png = os.path.join(results, f'{name}.png')
     has_png = d is not None and os.path.exists(png)
     if has_png:
       copy_if_changed(png, os.path.join(out_dir, f'{name}.png'))
-    write_if_changed(os.path.join(out_dir, f'{name}.md'),
-                     page(name, summary, d, t, has_png))
+    write_if_changed(
+      os.path.join(out_dir, f'{name}.md'), page(name, summary, d, t, has_png)
+    )
     rows.append((name, first_line, d))
   keep = {f'{n}.md' for n in names} | {f'{n}.png' for n in documents}
   for stale in set(os.listdir(out_dir)) - keep:
     os.remove(os.path.join(out_dir, stale))
-  write_if_changed(os.path.join(docs, '_generated', 'benchmarks_summary.md'),
-                   summary_table(rows))
+  write_if_changed(
+    os.path.join(docs, '_generated', 'benchmarks_summary.md'),
+    summary_table(rows),
+  )
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
   app.connect('builder-inited', generate)
-  return {'parallel_read_safe': True, 'parallel_write_safe': True,
-          'version': '1'}
+  return {
+    'parallel_read_safe': True,
+    'parallel_write_safe': True,
+    'version': '1',
+  }

@@ -40,8 +40,11 @@ IDENTIFIER = re.compile(r'[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(\(\))?')
 TOP_LEVEL = ('function', 'class', 'module', 'data', 'exception')
 """Object types an undotted name may link to (not methods or attributes,
 so that `norm` or `k` in prose does not link to some class's member)."""
-ALIASES = (('fo.', 'fanion_optax.'), ('lmo_lib.', 'fanion_optax.lmo.'),
-           ('polar_lib.', 'fanion_optax.polar.'))
+ALIASES = (
+  ('fo.', 'fanion_optax.'),
+  ('lmo_lib.', 'fanion_optax.lmo.'),
+  ('polar_lib.', 'fanion_optax.polar.'),
+)
 """Module aliases of the docstrings and of the package's own annotations
 (shown as written where autodoc cannot evaluate them)."""
 COLON = '\ue000'
@@ -53,8 +56,8 @@ TABLE_RULE = re.compile(r'^\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?\s*$')
 
 # -- The `fo-auto` role ------------------------------------------------------
 
-def auto_role(name, rawtext, text, lineno, inliner, options=None,
-              content=None):
+
+def auto_role(name, rawtext, text, lineno, inliner, options=None, content=None):
   del name, lineno, options, content
   text = unescape(text)
   literal = nodes.literal(rawtext, text, classes=['fo-auto'])
@@ -63,8 +66,14 @@ def auto_role(name, rawtext, text, lineno, inliner, options=None,
   env = inliner.document.settings.env
   target = text[:-2] if text.endswith('()') else text
   node = addnodes.pending_xref(
-      rawtext, refdomain='py', reftype='obj', reftarget=target,
-      refexplicit=True, refwarn=False, refdoc=env.docname)
+    rawtext,
+    refdomain='py',
+    reftype='obj',
+    reftarget=target,
+    refexplicit=True,
+    refwarn=False,
+    refdoc=env.docname,
+  )
   node['fo_auto'] = True
   node['py:module'] = env.ref_context.get('py:module')
   node['py:class'] = env.ref_context.get('py:class')
@@ -72,8 +81,9 @@ def auto_role(name, rawtext, text, lineno, inliner, options=None,
   return [node], []
 
 
-def same_object(target: str, documented: str,
-                objects: dict[str, Any]) -> str | None:
+def same_object(
+  target: str, documented: str, objects: dict[str, Any]
+) -> str | None:
   """`documented` if it names the same Python object as `target`."""
   if documented not in objects:
     return None
@@ -86,8 +96,9 @@ def same_object(target: str, documented: str,
   return None
 
 
-def resolve_auto(app: Sphinx, env: BuildEnvironment, node: Any,
-                 contnode: nodes.Element) -> nodes.Element | None:
+def resolve_auto(
+  app: Sphinx, env: BuildEnvironment, node: Any, contnode: nodes.Element
+) -> nodes.Element | None:
   """Links a Python name that the Python domain did not find.
 
   Tries the current module and class, `fanion_optax.`, the module aliases
@@ -101,36 +112,44 @@ def resolve_auto(app: Sphinx, env: BuildEnvironment, node: Any,
   target = node['reftarget']
   for short, full in ALIASES:
     if target.startswith(short):
-      target = full + target[len(short):]
+      target = full + target[len(short) :]
   objects = env.get_domain('py').objects
   module, cls = node.get('py:module'), node.get('py:class')
   tries = [target, f'fanion_optax.{target}']
   if module:
     tries[:0] = ([f'{module}.{cls}.{target}'] if cls else []) + [
-        f'{module}.{target}']
+      f'{module}.{target}'
+    ]
   found = next((t for t in tries if t in objects), None)
   if found is None and (auto or '.' in target):
     suffix = '.' + target
-    matches = [n for n, o in objects.items() if n.endswith(suffix)
-               and ('.' in target or o.objtype in TOP_LEVEL)]
+    matches = [
+      n
+      for n, o in objects.items()
+      if n.endswith(suffix) and ('.' in target or o.objtype in TOP_LEVEL)
+    ]
     found = matches[0] if len(matches) == 1 else None
   if found is None and '.' in target:
     # `polar.singular_value_bound` is documented as the re-export
     # `fanion_optax.singular_value_bound`: the same object, another name.
-    found = same_object(target, f'fanion_optax.{target.rsplit(".", 1)[1]}',
-                        objects)
+    found = same_object(
+      target, f'fanion_optax.{target.rsplit(".", 1)[1]}', objects
+    )
   if found is None:
     private = target.startswith('fanion_optax.') and any(
-        part.startswith('_') for part in target.split('.'))
+      part.startswith('_') for part in target.split('.')
+    )
     # Private names (a TypeVar such as pipeline._Factory in a signature)
     # are not documented: shown as text, without a nitpicky warning.
     return contnode if auto or private else None
   entry = objects[found]
-  return make_refnode(app.builder, node['refdoc'], entry.docname,
-                      entry.node_id, contnode, found)
+  return make_refnode(
+    app.builder, node['refdoc'], entry.docname, entry.node_id, contnode, found
+  )
 
 
 # -- Docstring rewriting -----------------------------------------------------
+
 
 def split_row(line: str) -> list[str]:
   """Cells of a Markdown table row; `|` inside backticks is kept."""
@@ -143,7 +162,7 @@ def split_row(line: str) -> list[str]:
   i = 0
   while i < len(line):
     char = line[i]
-    if char == '\\' and line[i + 1:i + 2] == '|':
+    if char == '\\' and line[i + 1 : i + 2] == '|':
       current.append('|')
       i += 2
       continue
@@ -163,13 +182,16 @@ def tables_to_rst(lines: list[str]) -> list[str]:
   out, i = [], 0
   while i < len(lines):
     line = lines[i]
-    is_table = (line.lstrip().startswith('|') and i + 1 < len(lines)
-                and TABLE_RULE.match(lines[i + 1].strip()))
+    is_table = (
+      line.lstrip().startswith('|')
+      and i + 1 < len(lines)
+      and TABLE_RULE.match(lines[i + 1].strip())
+    )
     if not is_table:
       out.append(line)
       i += 1
       continue
-    indent = line[:len(line) - len(line.lstrip())]
+    indent = line[: len(line) - len(line.lstrip())]
     rows = [split_row(line)]
     i += 2
     while i < len(lines) and lines[i].lstrip().startswith('|'):
@@ -195,8 +217,10 @@ def indent_of(line: str) -> int:
 def is_paragraph(line: str) -> bool:
   text = line.strip()
   return bool(text) and not (
-      text.startswith(('.. ', ':', '* ', '- ', '+ ', '>>>', '...', '|'))
-      or text.endswith('::') or re.match(r'\d+[.)] ', text))
+    text.startswith(('.. ', ':', '* ', '- ', '+ ', '>>>', '...', '|'))
+    or text.endswith('::')
+    or re.match(r'\d+[.)] ', text)
+  )
 
 
 def code_blocks_to_rst(lines: list[str]) -> list[str]:
@@ -215,7 +239,8 @@ def code_blocks_to_rst(lines: list[str]) -> list[str]:
       start -= 1
     paragraph = out[start:i]
     if not is_paragraph(paragraph[0]) or any(
-        indent_of(line) != indent_of(before) for line in paragraph):
+      indent_of(line) != indent_of(before) for line in paragraph
+    ):
       continue
     if before.rstrip().endswith(':'):
       out[i - 1] = before.rstrip() + ':'
@@ -230,7 +255,7 @@ def link_arxiv(line: str) -> str:
     return line
 
   def link(match):
-    if line[:match.start()].count('`') % 2:
+    if line[: match.start()].count('`') % 2:
       return match.group(0)  # inside inline code
     number = match.group(1)
     return f'`arXiv:{number} <https://arxiv.org/abs/{number}>`__'
@@ -276,8 +301,10 @@ def before_napoleon(app, what, name, obj, options, lines):
 
 def after_napoleon(app, what, name, obj, options, lines):
   del app, what, name, obj, options
-  lines[:] = [link_arxiv(line.replace(COLON, ':'))
-              for line in split_references(code_blocks_to_rst(lines))]
+  lines[:] = [
+    link_arxiv(line.replace(COLON, ':'))
+    for line in split_references(code_blocks_to_rst(lines))
+  ]
 
 
 def rename_types(app, what, name, obj, options, signature, return_annotation):
@@ -309,5 +336,8 @@ def setup(app: Sphinx) -> dict[str, Any]:
   app.connect('missing-reference', resolve_auto, priority=900)
   app.connect('autodoc-process-docstring', before_napoleon, priority=400)
   app.connect('autodoc-process-docstring', after_napoleon, priority=600)
-  return {'parallel_read_safe': True, 'parallel_write_safe': True,
-          'version': '1'}
+  return {
+    'parallel_read_safe': True,
+    'parallel_write_safe': True,
+    'version': '1',
+  }

@@ -56,11 +56,11 @@ def copy_notebooks(app: Sphinx) -> None:
     text = '# Notebooks\n'
   # The README's order (that of its links), then any other notebook.
   names = [n[:-6] for n in wanted]
-  linked = [n for n in re.findall(r'\]\(([\w-]+)\.ipynb\)', text)
-            if n in names]
+  linked = [n for n in re.findall(r'\]\(([\w-]+)\.ipynb\)', text) if n in names]
   order = list(dict.fromkeys(linked + names))
-  wanted['index.md'] = (text.rstrip('\n') + TOCTREE.format(
-      entries='\n'.join(order))).encode('utf-8')
+  wanted['index.md'] = (
+    text.rstrip('\n') + TOCTREE.format(entries='\n'.join(order))
+  ).encode('utf-8')
   for name, data in wanted.items():
     write_if_changed(os.path.join(target, name), data)
   for name in os.listdir(target):
@@ -70,5 +70,8 @@ def copy_notebooks(app: Sphinx) -> None:
 
 def setup(app: Sphinx) -> dict[str, Any]:
   app.connect('builder-inited', copy_notebooks)
-  return {'parallel_read_safe': True, 'parallel_write_safe': True,
-          'version': '1'}
+  return {
+    'parallel_read_safe': True,
+    'parallel_write_safe': True,
+    'version': '1',
+  }
