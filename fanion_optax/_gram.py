@@ -40,8 +40,8 @@ negative eigenvalues and drift of a rounded `R` are amplified along with
 `Q`; in float32 it ends within 0.3% of it. The float32 `Q` is applied to
 the bf16 `X₀` as `Q_hi + Q_lo`, two bf16 matrices (one extra m×m by m×n
 product per run): rounded once to bf16, `Q`'s growth turns its rounding
-into up to 12% more LMO gap. `newton_schulz_iterate_accumulating` is the
-standard iteration with the same float32 accumulation.
+into up to 12% more LMO gap. `fanion_optax.polar.newton_schulz_iterate`
+is the standard iteration with the same float32 accumulation.
 
 References:
   J. Zhang, N. Amsel, B. Chen, T. Dao, *Gram Newton-Schulz: A Fast,
@@ -67,6 +67,7 @@ from fanion_optax import _linalg
 
 CoefficientRows = Sequence[Sequence[float]]
 Gram = bool | Literal['auto']
+"""`polar_factor`'s `gram=`: `True`, `False` or `"auto"`."""
 
 RESTART_GROWTH = 50.0
 """Largest growth of `Q` (on any singular value) allowed between restarts.
@@ -82,17 +83,6 @@ eight after the second and fifth.
 _GRID = np.unique(
   np.concatenate([np.linspace(0.0, 1.0, 4001), np.geomspace(1e-9, 1.0, 2001)])
 )[1:]
-
-
-def accumulation_dtype(dtype: Any) -> jnp.dtype:
-  """The dtype products accumulate in: at least float32."""
-  return jnp.promote_types(dtype, jnp.float32)
-
-
-def _matmul(
-  a: jax.Array, b: jax.Array, out: Any, precision: jax.lax.PrecisionLike
-) -> jax.Array:
-  return jnp.matmul(a, b, precision=precision, preferred_element_type=out)
 
 
 def restart_steps(
@@ -151,20 +141,22 @@ def _run_transform(
   precision: jax.lax.PrecisionLike,
 ) -> jax.Array:
   """The m×m `Q` with `Q x` the iterate after `rows` (one run, no restart)."""
-  acc = accumulation_dtype(recursion)
+  acc = _linalg.accumulation_dtype(recursion)
   eye = jnp.eye(x.shape[-2], dtype=acc)
-  r = _matmul(x, _linalg.swap_last(x), acc, precision).astype(recursion)
+  r = _linalg.matmul(x, _linalg.swap_last(x), acc, precision).astype(recursion)
   q = None
   for i, (a, b, c) in enumerate(rows):
-    r_squared = _matmul(r, r, acc, precision)
+    r_squared = _linalg.matmul(r, r, acc, precision)
     h = (b * r.astype(acc) + c * r_squared + a * eye).astype(recursion)
     # The first H is Q itself. H and R are polynomials in the same matrix,
     # so H R H needs no transposes; H Q (not Q H) keeps the standard
     # iteration's order X ← H X and measured 3-5x less float32 error.
-    q = h if q is None else _matmul(h, q, acc, precision).astype(recursion)
+    q = (
+      h if q is None else _linalg.matmul(h, q, acc, precision).astype(recursion)
+    )
     if i + 1 < len(rows):
-      rh = _matmul(r, h, acc, precision).astype(recursion)
-      r = _matmul(h, rh, acc, precision).astype(recursion)
+      rh = _linalg.matmul(r, h, acc, precision).astype(recursion)
+      r = _linalg.matmul(h, rh, acc, precision).astype(recursion)
   assert q is not None  # rows is never empty here
   return q
 
@@ -178,14 +170,14 @@ def _apply(
   q: jax.Array, x: jax.Array, precision: jax.lax.PrecisionLike
 ) -> jax.Array:
   """`Q x` rounded once to `x.dtype`, products in `x.dtype` operands."""
-  acc = accumulation_dtype(x.dtype)
+  acc = _linalg.accumulation_dtype(x.dtype)
   hi = q.astype(x.dtype)
-  out = _matmul(hi, x, acc, precision)
+  out = _linalg.matmul(hi, x, acc, precision)
   if _splits(q.dtype, x.dtype):
     # Q grows up to RESTART_GROWTH on small singular values; one rounding
     # to a half dtype would put that much error on the large ones too.
     lo = (q - hi.astype(q.dtype)).astype(x.dtype)
-    out = out + _matmul(lo, x, acc, precision)
+    out = out + _linalg.matmul(lo, x, acc, precision)
   return out.astype(x.dtype)
 
 
@@ -211,7 +203,7 @@ def gram_newton_schulz_iterate(
       which to restart; `None` takes `restart_steps(rows)`, `()` never
       restarts.
     recursion_dtype: dtype of the m×m recursion (`R`, `H`, `Q`); default
-      `accumulation_dtype(x.dtype)`, i.e. float32 for half-precision `x`.
+      `_linalg.accumulation_dtype(x.dtype)`, i.e. float32 for half-precision `x`.
     precision: `jnp.matmul` precision of every product (`None`: JAX's
       default; on TPU, and on GPU where TF32 is allowed, float32 products
       then round their operands).
@@ -231,7 +223,7 @@ def gram_newton_schulz_iterate(
     else _check_restarts(restart_after, len(rows))
   )
   recursion = (
-    accumulation_dtype(x.dtype)
+    _linalg.accumulation_dtype(x.dtype)
     if recursion_dtype is None
     else jnp.dtype(recursion_dtype)
   )
@@ -239,44 +231,6 @@ def gram_newton_schulz_iterate(
   for start, stop in zip(bounds, bounds[1:]):
     q = _run_transform(x, rows[start:stop], recursion, precision)
     x = _apply(q, x, precision)
-  return x
-
-
-def newton_schulz_iterate_accumulating(
-  x: jax.Array,
-  rows: CoefficientRows,
-  *,
-  precision: jax.lax.PrecisionLike = None,
-) -> jax.Array:
-  """The standard iteration, products accumulated in at least float32.
-
-  Each step computes `A = X Xᵀ` from `x.dtype` operands into float32,
-  keeps `A`, `A²` and `B = b·A + c·A²` in float32, rounds `B` once to
-  `x.dtype` as the operand of `B X`, and rounds the new `X` once. For
-  float32 and float64 inputs this is exactly `newton_schulz_iterate`.
-
-  Measured on bf16 Gaussian inputs (LMO gap ÷ float32 gap, Polar Express
-  or Jordan, five steps): rounding every operation to bf16
-  (`newton_schulz_iterate` on bf16) gives 1.10-1.15 on 64×96 and 1.01-1.04
-  on 1024×4096; this variant 0.997-1.009 and 1.004-1.019. Also rounding `A`
-  to bf16 for `A²` (every product on bf16 operands) gives up to 1.04 at
-  256×1024; keeping `B X` in float32 (an m×n product in float32) gains
-  about 1% more.
-
-  Args:
-    x: `(..., m, n)` with `m <= n`, already scaled so that `σ₁(x) <= 1`.
-    rows: `(a, b, c)` per step.
-    precision: `jnp.matmul` precision of every product.
-
-  Returns:
-    The iterate, same shape and dtype as `x`.
-  """
-  acc = accumulation_dtype(x.dtype)
-  for a, b, c in rows:
-    gram = _matmul(x, _linalg.swap_last(x), acc, precision)
-    poly = b * gram + c * _matmul(gram, gram, acc, precision)
-    step = _matmul(poly.astype(x.dtype), x, acc, precision)
-    x = (a * x.astype(acc) + step).astype(x.dtype)
   return x
 
 
@@ -326,41 +280,29 @@ def gram_saves_flops(
   ) < newton_schulz_flops(m, n, steps)
 
 
-def polar_iterate(
-  x: jax.Array,
-  rows: CoefficientRows,
-  *,
-  gram: Gram = 'auto',
-  restart_after: Sequence[int] | None = None,
-  precision: jax.lax.PrecisionLike = None,
-) -> jax.Array:
-  """The iterate `polar_factor` runs on the normalised wide matrix.
+def check_gram(gram: Any) -> Gram:
+  """Raises `ValueError` unless `gram` is `True`, `False` or `"auto"`."""
+  if isinstance(gram, (bool, np.bool_)) or (
+    isinstance(gram, str) and gram == 'auto'
+  ):
+    return gram if isinstance(gram, str) else bool(gram)
+  raise ValueError(f"gram must be True, False or 'auto', got {gram!r}.")
 
-  Args:
-    x: `(..., m, n)` with `m <= n`, already scaled so that `σ₁(x) <= 1`.
-    rows: `(a, b, c)` per step, non-empty.
-    gram: `True` for `gram_newton_schulz_iterate`, `False` for
-      `newton_schulz_iterate_accumulating`, `"auto"` for the Gram
-      iteration exactly where `gram_saves_flops` (decided from the static
-      shape and dtype, so it works under `jit`).
-    restart_after: as in `gram_newton_schulz_iterate`.
-    precision: `jnp.matmul` precision of every product.
 
-  Returns:
-    The iterate, same shape and dtype as `x`.
+def use_gram(
+  gram: Gram, shape: tuple[int, ...], dtype: Any, rows: CoefficientRows
+) -> bool:
+  """Whether `polar_factor` runs the Gram iteration on a wide `shape`.
+
+  `"auto"` takes it exactly where `gram_saves_flops` (decided from the
+  static shape and dtype, so it works under `jit`): aspect above 1.5 in
+  float32, above `(6·steps - 6·runs) / (4·steps - 6·runs)` for half
+  precision (2.25 for five steps), near-square matrices never.
   """
-  rows = tuple(tuple(float(v) for v in row) for row in rows)
-  if gram == 'auto':
-    restarts = (
-      restart_steps(rows)
-      if restart_after is None
-      else _check_restarts(restart_after, len(rows))
-    )
-    m, n = x.shape[-2:]
-    split = _splits(accumulation_dtype(x.dtype), x.dtype)
-    gram = gram_saves_flops(m, n, len(rows), len(restarts), split=split)
-  if gram:
-    return gram_newton_schulz_iterate(
-      x, rows, restart_after=restart_after, precision=precision
-    )
-  return newton_schulz_iterate_accumulating(x, rows, precision=precision)
+  if gram != 'auto':
+    return bool(gram)
+  m, n = shape[-2:]
+  split = _splits(_linalg.accumulation_dtype(dtype), dtype)
+  return gram_saves_flops(
+    m, n, len(rows), len(restart_steps(rows)), split=split
+  )

@@ -132,3 +132,19 @@ def is_empty(x: Any) -> bool:
   """True for a `(..., m, n)` shape or array with no entries."""
   shape = getattr(x, 'shape', x)
   return math.prod(shape) == 0
+
+
+def accumulation_dtype(dtype: Any) -> jnp.dtype:
+  """The dtype products accumulate in: at least float32."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def matmul(
+  a: jax.Array, b: jax.Array, out: Any, precision: jax.lax.PrecisionLike = None
+) -> jax.Array:
+  """`a @ b` on the operands' dtype, accumulated and returned in `out`.
+
+  bf16/f16 operands keep the accelerators' half-precision matmul speed
+  while the sum is not rounded term by term (`preferred_element_type`).
+  """
+  return jnp.matmul(a, b, precision=precision, preferred_element_type=out)

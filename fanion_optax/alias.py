@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     polar_method: polar_lib.PolarMethod
     polar_steps: int | None
     compute_dtype: jax.typing.DTypeLike | None
+    gram: polar_lib.Gram
 
   class _FanionMixtureOptions(_MixtureOptions, total=False):
     """The keywords of `f_fanion` and `s_fanion` after `alpha`."""
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
     polar_method: polar_lib.PolarMethod
     polar_steps: int | None
     compute_dtype: jax.typing.DTypeLike | None
+    gram: polar_lib.Gram
 
 
 ScalarOrSchedule = optax.ScalarOrSchedule
@@ -129,6 +131,7 @@ _MIXTURE_ARGS = (
   ),
   ('polar_steps', 'polar iteration count.'),
   ('compute_dtype', 'arithmetic dtype.'),
+  ('gram', 'Gram Newton–Schulz (see `muon`).'),
 )
 _FULL_RANK_ONLY = ('k', 'top_k_method', 'subspace_iters')
 
@@ -147,6 +150,7 @@ def _ky_fan_or_spectral(
   polar_method: polar_lib.PolarMethod,
   polar_steps: int | None,
   compute_dtype: jax.typing.DTypeLike | None,
+  gram: polar_lib.Gram,
 ) -> lmo_lib.LMO:
   """The mixtures' first term: Ky Fan-k, or the spectral LMO for `k=None`."""
   if k is None:
@@ -154,6 +158,7 @@ def _ky_fan_or_spectral(
       polar_method=polar_method,
       polar_steps=polar_steps,
       compute_dtype=compute_dtype,
+      gram=gram,
     )
   return lmo_lib.ky_fan(
     k,
@@ -162,6 +167,7 @@ def _ky_fan_or_spectral(
     polar_method=polar_method,
     polar_steps=polar_steps,
     compute_dtype=compute_dtype,
+    gram=gram,
   )
 
 
@@ -174,6 +180,7 @@ def muon(
   polar_method: polar_lib.PolarMethod = 'polar_express',
   polar_steps: int | None = None,
   compute_dtype: jax.typing.DTypeLike | None = None,
+  gram: polar_lib.Gram = False,
   **options: Unpack[PipelineOptions],
 ) -> Optimizer:
   """Muon: momentum, then the polar factor `U Vᵀ` (the spectral-norm LMO).
@@ -190,6 +197,10 @@ def muon(
     polar_steps: polar iteration count (default 5).
     compute_dtype: arithmetic dtype of the polar iteration (`jnp.bfloat16`
       is fast on GPU/TPU; default float32).
+    gram: Gram Newton–Schulz: iterate on the m×m Gram matrix and apply the
+      polynomial once (the same direction to ~1e-4, 0.56x the FLOPs at
+      aspect 1:4); `True`, `False` (default) or `"auto"` (where it saves
+      FLOPs). See `fanion_optax.polar.polar_factor`.
     {options}
 
   Returns:
@@ -214,6 +225,7 @@ def muon(
     polar_method=polar_method,
     polar_steps=polar_steps,
     compute_dtype=compute_dtype,
+    gram=gram,
   )
   return lion_k(learning_rate, lmo, b1, b2, **options)
 
@@ -230,6 +242,7 @@ def fanion(
   polar_method: polar_lib.PolarMethod = 'polar_express',
   polar_steps: int | None = None,
   compute_dtype: jax.typing.DTypeLike | None = None,
+  gram: polar_lib.Gram = False,
   **options: Unpack[PipelineOptions],
 ) -> Optimizer:
   """Fanion-k: momentum, then `U_k V_kᵀ` (the LMO dual to Ky Fan-k).
@@ -250,6 +263,7 @@ def fanion(
       and for matrices with `min(m, n) <= k`.
     polar_steps: polar iteration count.
     compute_dtype: arithmetic dtype.
+    gram: Gram Newton–Schulz for full-rank polar factors (see `muon`).
     {options}
 
   Returns:
@@ -266,6 +280,7 @@ def fanion(
     polar_method=polar_method,
     polar_steps=polar_steps,
     compute_dtype=compute_dtype,
+    gram=gram,
   )
   return lion_k(learning_rate, lmo, b1, b2, **options)
 
@@ -335,6 +350,7 @@ def _fanion_mixture(
   polar_method: polar_lib.PolarMethod = 'polar_express',
   polar_steps: int | None = None,
   compute_dtype: jax.typing.DTypeLike | None = None,
+  gram: polar_lib.Gram = False,
   **options: Unpack[PipelineOptions],
 ) -> Optimizer:
   """`α·(Ky Fan-k or spectral) + (1 − α)·secondary`: the F-/S- presets.
@@ -343,7 +359,13 @@ def _fanion_mixture(
     {options}
   """
   primary = _ky_fan_or_spectral(
-    k, top_k_method, subspace_iters, polar_method, polar_steps, compute_dtype
+    k,
+    top_k_method,
+    subspace_iters,
+    polar_method,
+    polar_steps,
+    compute_dtype,
+    gram,
   )
   lmo = _mixture(alpha, allow_extrapolation, primary, secondary)
   return lion_k(

@@ -95,6 +95,7 @@ OPTIMIZERS: Mapping[str, OptimizerEntry] = MappingProxyType(
     'muon_newton_schulz': _entry(
       alias.muon, 0.02, variant=True, polar_method='newton_schulz'
     ),
+    'muon_gram': _entry(alias.muon, 0.02, gram=True, variant=True),
     'muon_svd': _entry(
       alias.muon, 0.02, polar_method='svd', exact=True, variant=True
     ),
@@ -138,6 +139,7 @@ LMOS: Mapping[str, Callable[[], lmo.LMO]] = MappingProxyType(
       polar_method='newton_schulz'
     ),
     'spectral_svd': lambda: lmo.spectral(polar_method='svd'),
+    'spectral_gram': lambda: lmo.spectral(gram=True),
     'ky_fan': lambda: lmo.ky_fan(2),
     'ky_fan_svd': lambda: lmo.ky_fan(2, top_k_method='svd'),
     'ky_fan_1_svd': lambda: lmo.ky_fan(1, top_k_method='svd'),

@@ -59,6 +59,7 @@ from typing import cast
 import jax
 import jax.numpy as jnp
 
+from fanion_optax import _gram
 from fanion_optax import _linalg
 from fanion_optax import _validate
 from fanion_optax import lowrank
@@ -80,8 +81,9 @@ def _largest(s: jax.Array) -> jax.Array:
   return jnp.max(s, axis=-1, initial=0)
 
 
-def _check_polar_options(polar_method, polar_steps, compute_dtype, eps):
+def _check_polar_options(polar_method, polar_steps, compute_dtype, eps, gram):
   polar_lib.coefficient_schedule(polar_method, polar_steps)
+  _gram.check_gram(gram)
   if compute_dtype is not None:
     _validate.check_float_dtype('compute_dtype', compute_dtype)
   _validate.check_scalar('eps', eps, low=0.0, schedule=False)
@@ -137,16 +139,23 @@ class Spectral(LMO):
     polar_steps: iteration count (default 5).
     compute_dtype: arithmetic dtype (default float32).
     eps: added to the normaliser.
+    gram: Gram Newton–Schulz (`True`, `False` or `"auto"`, see
+      `fanion_optax.polar.polar_factor`).
   """
 
   polar_method: polar_lib.PolarMethod = 'polar_express'
   polar_steps: int | None = None
   compute_dtype: Any = None
   eps: float = polar_lib.DEFAULT_EPS
+  gram: polar_lib.Gram = False
 
   def __post_init__(self):
     _check_polar_options(
-      self.polar_method, self.polar_steps, self.compute_dtype, self.eps
+      self.polar_method,
+      self.polar_steps,
+      self.compute_dtype,
+      self.eps,
+      self.gram,
     )
 
   def __call__(self, g):
@@ -156,6 +165,7 @@ class Spectral(LMO):
       polar_steps=self.polar_steps,
       compute_dtype=self.compute_dtype,
       eps=self.eps,
+      gram=self.gram,
     )
 
   def dual_norm(self, g):
@@ -188,6 +198,8 @@ class KyFan(LMO):
     polar_steps: polar iteration count.
     compute_dtype: arithmetic dtype (at least float32 for QR/SVD).
     eps: added to the polar normaliser.
+    gram: Gram Newton–Schulz for that polar factor (see
+      `fanion_optax.polar.polar_factor`).
   """
 
   k: int = 1
@@ -197,6 +209,7 @@ class KyFan(LMO):
   polar_steps: int | None = None
   compute_dtype: Any = None
   eps: float = polar_lib.DEFAULT_EPS
+  gram: polar_lib.Gram = False
 
   def __post_init__(self):
     object.__setattr__(self, 'k', _validate.check_int('k', self.k, minimum=1))
@@ -204,7 +217,11 @@ class KyFan(LMO):
     if self.subspace_iters is not None:
       _validate.check_int('subspace_iters', self.subspace_iters, minimum=0)
     _check_polar_options(
-      self.polar_method, self.polar_steps, self.compute_dtype, self.eps
+      self.polar_method,
+      self.polar_steps,
+      self.compute_dtype,
+      self.eps,
+      self.gram,
     )
 
   @property
@@ -223,6 +240,7 @@ class KyFan(LMO):
         polar_steps=self.polar_steps,
         compute_dtype=self.compute_dtype,
         eps=self.eps,
+        gram=self.gram,
       )
     return lowrank.top_k_polar(
       g,

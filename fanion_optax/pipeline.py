@@ -265,6 +265,7 @@ STRUCTURAL_ARGS = (
   'top_k_method',
   'subspace_iters',
   'compute_dtype',
+  'gram',
   'nesterov',
   'allow_extrapolation',
   'dimension_numbers',

@@ -112,6 +112,8 @@ def test_zero_size_kernels(shape):
     state = lmo.init(shape)
     direction, _ = lmo.update(g, state)
     assert direction.shape == shape, name
+    if getattr(lmo, 'value', True) is None:
+      continue  # a spectral function given no h= has no dual norm
     np.testing.assert_array_equal(
       np.asarray(lmo.dual_norm(g)), np.zeros(shape[:-2]), err_msg=name
     )

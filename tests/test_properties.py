@@ -244,6 +244,7 @@ CATALOGUE = _catalogue()
 NAMES = sorted(CATALOGUE)
 # Their outputs are polynomials or elementwise maps of G: exactly odd.
 POLYNOMIAL = {
+  'spectral_gram',
   'spectral',
   'spectral_newton_schulz',
   'spectral-polar_express-8',
