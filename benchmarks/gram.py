@@ -26,9 +26,9 @@ to the input dtype; the iterations are compared on that same input.
      condition 1e3.
    * LMO gap `1 − ⟨G, O⟩ / (‖G‖_* σ₁(O))` of Polar Express 5 and Jordan 5
      in float32 (standard and Gram) and from a bf16 input: the standard
-     iteration in bf16 throughout (`newton_schulz_iterate`, today's
+     iteration in bf16 throughout (`_plain_iterate`, 0.2.0's
      `compute_dtype=bfloat16`), with float32 accumulation
-     (`newton_schulz_iterate_accumulating`), Gram (float32 recursion) and
+     (`newton_schulz_iterate`, since 0.3), Gram (float32 recursion) and
      Gram with a bf16 recursion.
 2. The FLOP targets at 768x3072 and 512x4096 (compile only).
 3. CPU time of Gram ÷ standard (float32, Polar Express 5), AOT-compiled and
@@ -174,6 +174,14 @@ def rel_diff(a: jax.Array, b: jax.Array) -> dict[str, float]:
   }
 
 
+def _plain_iterate(x: jax.Array, rows) -> jax.Array:
+  """The iteration with every operation in `x.dtype` (0.2.0's bf16)."""
+  for a, b, c in rows:
+    gram = x @ _linalg.swap_last(x)
+    x = a * x + (b * gram + c * (gram @ gram)) @ x
+  return x
+
+
 def _iterate(
   kind: str, rows, restart_after=None, jit: bool = True
 ) -> Callable[..., Any]:
@@ -184,9 +192,9 @@ def _iterate(
   for all coefficient rows instead of once per schedule.
   """
   if kind == 'standard':
-    fn = lambda x: newton_schulz_iterate(x, rows)
+    fn = lambda x: _plain_iterate(x, rows)
   elif kind == 'accumulating':
-    fn = lambda x: _gram.newton_schulz_iterate_accumulating(x, rows)
+    fn = lambda x: newton_schulz_iterate(x, rows)
   elif kind == 'gram':
     fn = lambda x: _gram.gram_newton_schulz_iterate(
       x, rows, restart_after=restart_after

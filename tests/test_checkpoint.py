@@ -173,7 +173,7 @@ def _restore(directory, target):
 
 
 @pytest.mark.parametrize(
-  'name', tiered(OPTIMIZERS, fast={'fanion', 'fanion_inject_hyperparams'})
+  'name', tiered(OPTIMIZERS, fast={'fanion_inject_hyperparams'})
 )
 def test_pytree_resume_from_disk_is_bitwise_identical(name, tmp_path):
   make = OPTIMIZERS[name]

@@ -83,7 +83,7 @@ def _assert_close(a, b, atol=1e-5):
     )
 
 
-@pytest.mark.parametrize('name', tiered(OPTIMIZERS))
+@pytest.mark.parametrize('name', tiered(OPTIMIZERS, fast={'fanion'}))
 def test_pmap_split_equals_single_device(name):
   make = OPTIMIZERS[name]
   params = _params()
@@ -129,7 +129,7 @@ def test_pmap_warm_state_is_split_and_gathered():
   assert not np.allclose(new_lmo[0][0], lmo_states[0])
 
 
-@pytest.mark.parametrize('name', ['fanion', 'muon'])
+@pytest.mark.parametrize('name', tiered(['fanion', 'muon'], fast={'muon'}))
 def test_shard_map_checked_vma_split_equals_single_device(name):
   """`over_axis` inside `jax.shard_map` with its default `check_vma=True`.
 
@@ -178,9 +178,20 @@ def _shard_params(params, mesh, model_axis, data_axis=None):
   return jax.tree.map(place, params)
 
 
-@pytest.mark.parametrize('axis_type', [AxisType.Auto, AxisType.Explicit])
-@pytest.mark.parametrize('split', [False, True])
-@pytest.mark.parametrize('name', ['muon', 'fanion', 'f_muon'])
+@pytest.mark.parametrize(
+  'name, split, axis_type',
+  [
+    # The fast tier: the replicated Muon on Auto axes and the split,
+    # warm-started Fanion on Explicit ones; the slow tier has every pair.
+    (name, split, axis_type)
+    if (name, split, axis_type)
+    in (('muon', False, AxisType.Auto), ('fanion', True, AxisType.Explicit))
+    else pytest.param(name, split, axis_type, marks=pytest.mark.slow)
+    for name in ('muon', 'fanion', 'f_muon')
+    for split in (False, True)
+    for axis_type in (AxisType.Auto, AxisType.Explicit)
+  ],
+)
 def test_sharded_jit_matches_unsharded_and_keeps_shardings(
   axis_type, split, name
 ):
@@ -220,7 +231,10 @@ def test_sharded_jit_matches_unsharded_and_keeps_shardings(
   assert mu['w0'].sharding.is_equivalent_to(sharded['w0'].sharding, 2)
 
 
-@pytest.mark.parametrize('axis_type', [AxisType.Auto, AxisType.Explicit])
+@pytest.mark.parametrize(
+  'axis_type',
+  [AxisType.Explicit, pytest.param(AxisType.Auto, marks=pytest.mark.slow)],
+)
 def test_two_dimensional_mesh(axis_type):
   params = {
     f'w{i}': jax.random.normal(jax.random.PRNGKey(i), (16, 24))
@@ -383,7 +397,13 @@ print('finished')
 """
 
 
-@pytest.mark.parametrize('split', [None, "fo.distributed.over_axis('i')"])
+@pytest.mark.parametrize(
+  'split',
+  [
+    None,
+    pytest.param("fo.distributed.over_axis('i')", marks=pytest.mark.slow),
+  ],
+)
 def test_pmap_lowrank_lmo_with_many_matrices_per_device_finishes(split):
   """jaxlib 0.10's batched CPU QR/SVD deadlocked 8 concurrent devices (each
   blocked a pool thread waiting for its batch); one matrix per call cannot."""

@@ -21,7 +21,10 @@ matrices, rows, columns, scattered entries). Properties:
 
 Everything runs eagerly (no `jit`): JAX then compiles each primitive once
 per shape and dtype and every example after the first few reuses those
-kernels, where jitting would compile every (LMO, shape, dtype) anew.
+kernels, where jitting compiles every (LMO, shape, dtype) anew. Measured
+(120 examples of the ball test, 2 cores): eager 34 s, jitted 126 s over the
+seven shapes and 121 s over three (1×512, 16×5, 2×3×6): with ~20 LMOs and
+three dtypes the jit cache rarely hits.
 Hypothesis runs derandomized (a fixed seed per test) with no database, so
 every run checks the same cases.
 """
@@ -33,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from hypothesis import HealthCheck
 from hypothesis import Phase
 from hypothesis import given
@@ -44,6 +48,9 @@ from reference import to_f64
 import fanion_optax as fo
 from fanion_optax import catalogue
 from fanion_optax import lmo
+
+# ~3 min of eager LMO calls: the slow tier (`python -m pytest -m slow`).
+pytestmark = pytest.mark.slow
 
 SHAPES = [(1, 1), (1, 512), (512, 1), (16, 5), (5, 16), (2, 6, 3), (2, 3, 6)]
 DTYPES = {
@@ -345,7 +352,10 @@ def test_lmo_homogeneous_of_degree_zero_and_odd(name, m):
   if name in POLYNOMIAL:
     np.testing.assert_array_equal(negated, -out)
   else:
-    np.testing.assert_allclose(negated, -out, atol=4 * _eps(g.dtype))
+    # An SVD of −G flips signs of singular vectors in LAPACK's own order:
+    # the reconstruction differs by rounding, ~eps·√(rank) per entry.
+    rounding = 4 * _eps(g.dtype) * math.sqrt(min(g.shape[-2:]))
+    np.testing.assert_allclose(negated, -out, atol=rounding)
 
 
 # ---------------------------------------------------------------------------
