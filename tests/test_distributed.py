@@ -231,10 +231,8 @@ def test_sharded_jit_matches_unsharded_and_keeps_shardings(
   assert mu['w0'].sharding.is_equivalent_to(sharded['w0'].sharding, 2)
 
 
-@pytest.mark.parametrize(
-  'axis_type',
-  [AxisType.Explicit, pytest.param(AxisType.Auto, marks=pytest.mark.slow)],
-)
+@pytest.mark.slow
+@pytest.mark.parametrize('axis_type', [AxisType.Auto, AxisType.Explicit])
 def test_two_dimensional_mesh(axis_type):
   params = {
     f'w{i}': jax.random.normal(jax.random.PRNGKey(i), (16, 24))
@@ -317,6 +315,7 @@ def test_shard_map_split_divides_flops_per_device():
   assert split <= 1.3 * single_flops / N_DEV
 
 
+@pytest.mark.slow
 def test_mesh_split_divides_flops_per_device():
   params = _same_shape_params()
   grads = _grads(params, 0)
@@ -400,7 +399,7 @@ print('finished')
 @pytest.mark.parametrize(
   'split',
   [
-    None,
+    pytest.param(None, marks=pytest.mark.slow),
     pytest.param("fo.distributed.over_axis('i')", marks=pytest.mark.slow),
   ],
 )

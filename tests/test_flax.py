@@ -113,7 +113,7 @@ def _nnx_step(model, optimizer, tokens, targets):
   return loss
 
 
-@pytest.mark.parametrize('name', tiered(OPTIMIZERS))
+@pytest.mark.parametrize('name', tiered(OPTIMIZERS, fast={'muon', 'fanion'}))
 def test_nnx_optimizer_trains(name):
   tokens, targets = _data()
   model = NnxNet(nnx.Rngs(0))
@@ -196,7 +196,7 @@ def _linen_state(tx, seed=0):
   )
 
 
-@pytest.mark.parametrize('name', tiered(OPTIMIZERS))
+@pytest.mark.parametrize('name', tiered(OPTIMIZERS, fast={'muon', 'fanion'}))
 def test_linen_train_state_trains(name):
   tokens, targets = _data()
   state = _linen_state(OPTIMIZERS[name]())

@@ -39,6 +39,10 @@ polar_module = importlib.import_module('fanion_optax.polar')
 
 CUBIC = ((1.5, -0.5, 0.0),) * 30
 
+# Ill-conditioned, tied and rank-deficient spectra at realistic sizes: the
+# slow tier (`python -m pytest -m slow`).
+pytestmark = pytest.mark.slow
+
 
 # ---------------------------------------------------------------------------
 # Condition number 1e8.
