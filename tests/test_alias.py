@@ -1444,7 +1444,7 @@ def test_preset_signature_lists_pipeline_options(name):
 
 
 @pytest.mark.parametrize('wrapper', ['optax', 'package'])
-@pytest.mark.parametrize('name', tiered(PRESETS))
+@pytest.mark.parametrize('name', tiered(PRESETS, fast={'muon', 'fanion'}))
 def test_preset_weight_decay_is_injectable(name, wrapper):
   preset, own, static = PRESETS[name]
   lr, wd = 0.05, 0.1

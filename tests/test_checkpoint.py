@@ -326,7 +326,7 @@ def _nnx_arrays(model, optimizer):
   )
 
 
-@pytest.mark.parametrize('name', tiered(NNX_OPTIMIZERS, fast={'fanion'}))
+@pytest.mark.parametrize('name', tiered(NNX_OPTIMIZERS, fast=()))
 def test_nnx_resume_from_disk_is_bitwise_identical(name, tmp_path):
   model, optimizer = _nnx_objects(name)
   _nnx_train(name, model, optimizer, 0, RESUME_AT)

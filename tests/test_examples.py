@@ -70,6 +70,7 @@ def test_nnx_train(capsys):
     assert r['held_out_loss'] > out['entropy'] - 0.05, name
 
 
+@pytest.mark.slow
 def test_nnx_train_optimizer_state_follows_the_routing():
   """Muon's state holds momentum for hidden kernels only; AdamW the rest."""
   from flax import nnx
