@@ -83,7 +83,7 @@ def _assert_close(a, b, atol=1e-5):
     )
 
 
-@pytest.mark.parametrize('name', tiered(OPTIMIZERS, fast={'fanion'}))
+@pytest.mark.parametrize('name', tiered(OPTIMIZERS, fast={'muon'}))
 def test_pmap_split_equals_single_device(name):
   make = OPTIMIZERS[name]
   params = _params()
