@@ -134,9 +134,10 @@ for name in ('spectral_svd', 'spectral', 'spectral_newton_schulz'):
 # %% [markdown]
 # Exact oracles agree to float32 rounding (the cold-started subspace iteration
 # `ky_fan` too, on this well-separated spectrum; inside an optimizer it is
-# warm-started from the previous step). The two polar approximations
-# (`spectral`, Muon's default 5-step Polar Express, and
-# `spectral_newton_schulz`) are not in the unit
+# warm-started from the previous step). The polar approximations
+# (`spectral`, Muon's default 5-step Polar Express, `spectral_gram`, the same
+# iterate computed on the Gram matrix, and `spectral_newton_schulz`) are not
+# in the unit
 # ball: their largest singular value is about 1.12–1.13, so Polar Express even
 # *exceeds* the nuclear norm in $\langle g,D\rangle$ while Newton–Schulz falls
 # short of it; `f_muon_mix`, whose spectral term is Polar Express, inherits

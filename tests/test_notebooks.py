@@ -136,10 +136,16 @@ def test_least_squares(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_custom_geometry(tmp_path, monkeypatch):
   results = run_notebook('custom_geometry', tmp_path, monkeypatch)
-  # The polar approximations (Polar Express, Newton–Schulz, and the F-Muon
-  # mixture built on Polar Express) leave the unit ball; the Huber-smoothed
-  # nuclear norm is not a norm, so <g, ∇𝒦(g)> != 𝒦(g).
-  approximate = {'spectral', 'spectral_newton_schulz', 'f_muon_mix'}
+  # The polar approximations (Polar Express, Newton–Schulz, Gram
+  # Newton–Schulz, and the F-Muon mixture built on Polar Express) leave the
+  # unit ball; the Huber-smoothed nuclear norm is not a norm, so
+  # <g, ∇𝒦(g)> != 𝒦(g).
+  approximate = {
+    'spectral',
+    'spectral_newton_schulz',
+    'spectral_gram',
+    'f_muon_mix',
+  }
   not_a_norm = {'huber_nuclear'}
   checks = results['checks']
   # Every LMO of the catalogue is checked (but a spectral_fn without h=,
