@@ -12,6 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import JORDAN
+from reference import POLAR_EXPRESS_TABLE
+from reference import SAFETY
 from reference import gaussian
 from reference import np_polar
 from reference import singular_values
@@ -22,20 +25,6 @@ from reference import x64
 from fanion_optax import _gram
 from fanion_optax.polar import lmo_gap
 from fanion_optax.polar import newton_schulz_iterate
-
-# SPEC.md §3.1.
-JORDAN = (3.4445, -4.7750, 2.0315)
-POLAR_EXPRESS_TABLE = (
-  (8.28721201814563, -23.595886519098837, 17.300387312530933),
-  (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
-  (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
-  (3.3184196573706015, -2.488488024314874, 0.51004894012372),
-  (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
-  (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
-  (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
-  (1.875, -1.25, 0.375),
-)
-SAFETY = 1.01
 
 
 def _polar_express(steps):
