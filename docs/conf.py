@@ -106,6 +106,7 @@ _ALIASES = {
   'fanion_optax.partition.ShapeScale': ('ShapeScale', 'partition.ShapeScale'),
   'fanion_optax.polar.CoefficientRows': ('CoefficientRows',),
   'fanion_optax.polar.PolarMethod': ('PolarMethod', 'polar_lib.PolarMethod'),
+  'fanion_optax.polar.Gram': ('Gram', 'polar_lib.Gram'),
   'jax.typing.ArrayLike': ('jax.typing.ArrayLike',),
   'jax.typing.DTypeLike': ('jax.typing.DTypeLike',),
   'optax.GradientTransformationExtraArgs': ('Optimizer',),

@@ -33,6 +33,8 @@ from fanion_optax import _validate
 
 CoefficientRows = tuple[tuple[float, float, float], ...]
 Gram = _gram.Gram
+"""`polar_factor`'s `gram=`: `True`, `False` or `"auto"` (Gram Newton–Schulz)."""
+
 PolarMethod = (
   Literal['newton_schulz', 'polar_express', 'svd'] | Sequence[Sequence[float]]
 )
