@@ -360,8 +360,33 @@ RESULTS_DIR = os.path.join(
 )
 
 
+class _Parser(argparse.ArgumentParser):
+  """Fills `--reps` from `--quick` when it is not given."""
+
+  reps_defaults: tuple[int, int] | None = None
+
+  def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+    parsed = super().parse_args(args, namespace)
+    if self.reps_defaults is not None and parsed.reps is None:
+      full, quick = self.reps_defaults
+      parsed.reps = quick if parsed.quick else full
+    return parsed
+
+
+def _positive_int(text: str) -> int:
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f'must be >= 1, got {value}')
+  return value
+
+
 def benchmark_parser(
-  name: str, doc: str, quick_help: str
+  name: str,
+  doc: str,
+  quick_help: str,
+  *,
+  reps: tuple[int, int] | None = None,
+  replot: bool = False,
 ) -> argparse.ArgumentParser:
   """The argument parser every benchmark starts from: `--quick` and `--out`.
 
@@ -369,8 +394,12 @@ def benchmark_parser(
     name: the benchmark (module) name.
     doc: the module docstring; its first line is the description.
     quick_help: what `--quick` shrinks.
+    reps: `(full, quick)` defaults of a `--reps` option (timed rounds),
+      resolved by `parse_args`; `None`: no such option.
+    replot: add `--replot` (redraw `<out>/<name>.png` from its JSON, see
+      `replot`).
   """
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
     prog=f'python -m benchmarks.{name}', description=doc.splitlines()[0]
   )
   parser.add_argument('--quick', action='store_true', help=quick_help)
@@ -379,7 +408,46 @@ def benchmark_parser(
     default=RESULTS_DIR,
     help='results directory (default benchmarks/results)',
   )
+  if reps is not None:
+    parser.reps_defaults = reps
+    parser.add_argument(
+      '--reps',
+      type=_positive_int,
+      default=None,
+      help=f'timed rounds (default {reps[0]}, quick {reps[1]})',
+    )
+  if replot:
+    parser.add_argument(
+      '--replot',
+      action='store_true',
+      help=f'only redraw <out>/{name}.png from <out>/{name}.json',
+    )
   return parser
+
+
+def replot(
+  name: str, out: str, plot: Callable[[dict[str, Any], str], None]
+) -> dict[str, Any]:
+  """Redraws `<out>/<name>.png` from `<out>/<name>.json`; the document."""
+  with open(os.path.join(out, f'{name}.json'), encoding='utf-8') as f:
+    document = json.load(f)
+  path = os.path.join(out, f'{name}.png')
+  plot(document, path)
+  log(f'redrew {path}')
+  return document
+
+
+def machine_title(document: dict[str, Any]) -> str:
+  """`"<device> (<n> CPUs, 1-min load avg <a> at start, <b> at end)"`."""
+  meta, config = document['metadata'], document['config']
+  start = config.get('load_average_start')
+  end = meta.get('load_average')
+  return (
+    f'{meta["device_kind"]} ({meta["cpu_affinity"]} CPUs'
+    + (f', 1-min load avg {start[0]:.1f} at start' if start else '')
+    + (f', {end[0]:.1f} at end' if end else '')
+    + ')'
+  )
 
 
 def positive_ints(text: str) -> list[int]:

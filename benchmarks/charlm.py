@@ -57,6 +57,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -79,21 +80,30 @@ OPTIMIZERS = (
   'fanion1',
   'fanion8',
   'fanion64',
+  'normuon',
+  'muon_adaptive',
+  'muon_heads',
 )
-FULL_OPTIMIZERS = OPTIMIZERS[:-1]
-"""Fanion-64 is Muon at d_model 64 (see the module docstring)."""
+"""Named rows; `fanion<k>` and `fanion<k>_ef` (error feedback) take any k."""
+FULL_OPTIMIZERS = OPTIMIZERS[:6]
+"""Fanion-64 is Muon at d_model 64 (see the module docstring); the variants
+(NorMuon, adaptive and per-head Muon) are run with `--optimizers ... --merge`."""
 QUICK_OPTIMIZERS = ('adamw', 'muon')
 LABELS = {
   'adamw': 'AdamW',
   'muon': 'Muon',
   'f_muon': 'F-Muon',
   's_muon': 'S-Muon',
-  'fanion1': 'Fanion-1',
-  'fanion8': 'Fanion-8',
-  'fanion64': 'Fanion-64',
+  'normuon': 'NorMuon',
+  'muon_adaptive': 'Muon, adaptive',
+  'muon_heads': 'Muon, per head',
 }
-DEFAULT_LR = {'adamw': 3e-3}
-"""Peak learning rates of `demo.make_optimizer` (0.02 for the LMO ones)."""
+DEFAULT_LR = {'adamw': 3e-3, 'normuon': 1e-2, 'muon_adaptive': 2e-2}
+"""Peak learning rates of `demo.make_optimizer` (0.02 for the LMO ones).
+
+NorMuon's direction has RMS 0.2 (SPEC §2.5); Muon's at 64x64 has RMS 1/8,
+so 0.01 moves the weights as far as Muon's 0.02 does (`--optimizers` rows
+sweep 0.5x-4x around it)."""
 FULL = dict(
   steps=400,
   batch=32,
@@ -122,23 +132,70 @@ MATCH_TOL = 0.01  # nats/byte, the floor of the "within noise" band
 NOISE_SIGMAS = 2.0
 
 
+_FANION = re.compile(r'fanion([1-9][0-9]*)(_ef)?')
+
+
+def known(name: str) -> bool:
+  return name in OPTIMIZERS or _FANION.fullmatch(name) is not None
+
+
+def label(name: str) -> str:
+  match = _FANION.fullmatch(name)
+  if match is None:
+    return LABELS[name]
+  return f'Fanion-{match[1]}' + (' EF' if match[2] else '')
+
+
+def per_head_dimension_numbers(params: Any) -> Any:
+  """`demo.dimension_numbers` with the head axis a batch axis: per-head Muon.
+
+  The attention kernels are `(in, heads, dh)` (query, key, value) and
+  `(heads, dh, out)`: each head's `(in, dh)` / `(dh, out)` block is its own
+  matrix (SPEC §2.5), as in Kimi's and GLM's per-head Muon.
+  """
+
+  def spec(path, x):
+    name = fo.partition.path_name(path)
+    if x.ndim == 2:
+      return fo.DimensionNumbers(0, 1)
+    if x.ndim == 3 and '/out/' in name:
+      return fo.DimensionNumbers(1, 2)
+    if x.ndim == 3:
+      return fo.DimensionNumbers(0, 2)
+    return None
+
+  return jax.tree_util.tree_map_with_path(spec, params)
+
+
 def make_optimizer(
   name: str, steps: int, lr: float
 ) -> optax.GradientTransformation:
-  """`demo.make_optimizer`, plus Fanion-k for any k (the demo fixes k = 8)."""
-  if not name.startswith('fanion'):
+  """`demo.make_optimizer`, plus the variants and Fanion-k for any k."""
+  if name in demo.OPTIMIZERS:
     return demo.make_optimizer(name, steps, lr)
   # The demo's fallback: AdamW at 3e-3 (cosine) with b2 = 0.999, as before
   # API 1.0 (the new default is 3e-4, b2 = 0.95), so results stay comparable.
-  return fo.fanion(
-    optax.cosine_decay_schedule(lr, steps),
-    int(name[len('fanion') :]),
+  common: dict[str, Any] = dict(
     weight_decay=0.01,
     exclude=demo.EXCLUDE,
     dimension_numbers=demo.dimension_numbers,
     fallback=fo.adamw_fallback(
       optax.cosine_decay_schedule(3e-3, steps), b2=0.999
     ),
+  )
+  schedule = optax.cosine_decay_schedule(lr, steps)
+  if name == 'normuon':
+    return fo.normuon(schedule, **common)
+  if name == 'muon_adaptive':
+    return fo.muon(schedule, adaptive=True, **common)
+  if name == 'muon_heads':
+    common['dimension_numbers'] = per_head_dimension_numbers
+    return fo.muon(schedule, **common)
+  match = _FANION.fullmatch(name)
+  if match is None:
+    raise ValueError(f'unknown optimizer {name!r}')
+  return fo.fanion(
+    schedule, int(match[1]), error_feedback=bool(match[2]), **common
   )
 
 
@@ -223,7 +280,7 @@ def bench_optimizer(
     )
   test = np.asarray([r['test_loss'] for r in runs])
   return {
-    'label': LABELS[name],
+    'label': label(name),
     'default_lr': default,
     'sweep': sweep,
     'best_lr': best['lr'],
@@ -273,6 +330,18 @@ def evaluate_targets(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
       'pooled_std': pooled,
       'threshold': NOISE_SIGMAS * pooled,
       'rule': f'diff > {NOISE_SIGMAS:g}*pooled std',
+    }
+  if 'fanion8_ef' in results:
+    # Issue 14's bar: error feedback brings Fanion-8 within noise of Muon
+    # (Orth-Dion, arXiv:2605.16341); one-sided, being better also passes.
+    pooled = _pooled_std(results['fanion8_ef'], muon)
+    diff = results['fanion8_ef']['test_mean'] - muon['test_mean']
+    targets['fanion8_ef_within_2sigma_of_muon'] = {
+      'passed': diff <= NOISE_SIGMAS * pooled,
+      'diff': diff,
+      'pooled_std': pooled,
+      'threshold': NOISE_SIGMAS * pooled,
+      'rule': f'diff <= {NOISE_SIGMAS:g}*pooled std',
     }
   return targets
 
@@ -376,16 +445,12 @@ def plot(document: dict[str, Any], path: str) -> None:
   plt.close(fig)
 
 
-def replot(out: str) -> None:
-  """Redraws `<out>/charlm.png` from an existing `<out>/charlm.json`."""
-  with open(os.path.join(out, 'charlm.json'), encoding='utf-8') as f:
-    document = json.load(f)
-  plot(document, os.path.join(out, 'charlm.png'))
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = _timing.benchmark_parser(
-    'charlm', __doc__, 'tiny model, AdamW and Muon, 1 seed (smoke test)'
+    'charlm',
+    __doc__,
+    'tiny model, AdamW and Muon, 1 seed (smoke test)',
+    replot=True,
   )
   parser.add_argument(
     '--steps',
@@ -400,9 +465,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ' (must include muon)',
   )
   parser.add_argument(
-    '--replot',
+    '--merge',
     action='store_true',
-    help='only redraw <out>/charlm.png from <out>/charlm.json',
+    help='keep the rows of an existing <out>/charlm.json (same config) for'
+    ' the optimizers not run now, so variants can be added one at a time',
   )
   args = parser.parse_args(argv)
   default = QUICK_OPTIMIZERS if args.quick else FULL_OPTIMIZERS
@@ -411,20 +477,45 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.optimizers is None
     else [n.strip() for n in args.optimizers.split(',')]
   )
-  unknown = set(args.optimizer_names) - set(OPTIMIZERS)
-  if unknown or 'muon' not in args.optimizer_names:
-    parser.error(f'--optimizers: choose from {OPTIMIZERS}, including muon')
+  unknown = [n for n in args.optimizer_names if not known(n)]
+  if unknown or ('muon' not in args.optimizer_names and not args.merge):
+    parser.error(
+      f'--optimizers: choose from {OPTIMIZERS} or fanion<k>[_ef], including'
+      ' muon (or --merge with a file that has it)'
+    )
   if args.steps is not None and args.steps < 1:
     parser.error('--steps must be >= 1')
   return args
+
+
+_CONFIG_KEYS = tuple(FULL)
+
+
+def _merged_rows(args: argparse.Namespace, cfg: dict[str, Any]) -> dict:
+  """The rows of `<out>/charlm.json` that this run does not redo."""
+  path = os.path.join(args.out, 'charlm.json')
+  with open(path, encoding='utf-8') as f:
+    old = json.load(f)
+  for key in _CONFIG_KEYS:
+    mine, theirs = cfg[key], old['config'][key]
+    if (list(mine) if isinstance(mine, tuple) else mine) != theirs:
+      raise SystemExit(
+        f'--merge: {path} has {key}={theirs!r}, this run {mine!r}.'
+      )
+  if 'muon' not in old['results'] and 'muon' not in args.optimizer_names:
+    raise SystemExit(f'--merge: {path} has no muon row; add muon.')
+  return {
+    name: row
+    for name, row in old['results'].items()
+    if name not in args.optimizer_names
+  }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parse_args(argv)
   if args.replot:
-    replot(args.out)
-    return {}
+    return _timing.replot('charlm', args.out, plot)
   cfg = dict(QUICK if args.quick else FULL)
   if args.steps is not None:
     cfg['steps'] = args.steps
@@ -447,10 +538,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     f' optimizers, {runs} runs of {cfg["steps"]} steps, corpus'
     f' {len(corpus):,} bytes, device {jax.devices()[0].device_kind}'
   )
-  results = {}
+  results = _merged_rows(args, cfg) if args.merge else {}
   with _timing.progress_bar(runs * cfg['steps'], 'charlm', unit='step') as bar:
     for name in names:
       results[name] = bench_optimizer(name, cfg, data, bar)
+  names = list(results)
   targets = evaluate_targets(results)
   elapsed = time.perf_counter() - start
   for r in results.values():
@@ -498,9 +590,11 @@ def markdown(document: dict[str, Any]) -> str:
   mults = ' / '.join(f'{m:g}x' for m in cfg['lr_multipliers'])
   lines = [
     f'| optimizer | validation loss at lr {mults} (seed 0) | best lr |'
-    f' held-out loss (mean ± std, {cfg["seeds"]} seeds) | vs AdamW |',
-    '|---|---|---|---|---|',
+    f' held-out loss (mean ± std, {cfg["seeds"]} seeds) | vs AdamW |'
+    ' vs Muon |',
+    '|---|---|---|---|---|---|',
   ]
+  muon = results['muon']
   for r in results.values():
     sweep = ' / '.join(f'{s["val_loss"]:.4f}' for s in r['sweep'])
     vs = (
@@ -508,9 +602,10 @@ def markdown(document: dict[str, Any]) -> str:
       if adamw is None or r is adamw
       else f'{r["test_mean"] - adamw["test_mean"]:+.4f}'
     )
+    vs_muon = '—' if r is muon else f'{r["test_mean"] - muon["test_mean"]:+.4f}'
     lines.append(
       f'| {r["label"]} | {sweep} | {r["best_lr"]:.3g} |'
-      f' {r["test_mean"]:.4f} ± {r["test_std"]:.4f} | {vs} |'
+      f' {r["test_mean"]:.4f} ± {r["test_std"]:.4f} | {vs} | {vs_muon} |'
     )
   text = '\n'.join(lines) + '\n'
   text += (

@@ -451,19 +451,12 @@ def plot(cases: list[dict[str, Any]], path: str, title: str) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = _timing.benchmark_parser(
-    'distributed', __doc__, '64x64 matrices, N = 8 and 11, no mixed tree, 1 rep'
+    'distributed',
+    __doc__,
+    '64x64 matrices, N = 8 and 11, no mixed tree, 1 rep',
+    reps=(FULL_REPS, QUICK_REPS),
   )
-  parser.add_argument(
-    '--reps',
-    type=int,
-    default=None,
-    help=f'timed rounds per case (default {FULL_REPS}, quick {QUICK_REPS})',
-  )
-  args = parser.parse_args(argv)
-  args.reps = args.reps or (QUICK_REPS if args.quick else FULL_REPS)
-  if args.reps < 1:
-    parser.error('--reps must be >= 1')
-  return args
+  return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

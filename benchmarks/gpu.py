@@ -613,7 +613,10 @@ def plot(document: dict[str, Any], path: str) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = _timing.benchmark_parser(
-    'gpu', __doc__, 'tiny shapes and tree, any device (a smoke test)'
+    'gpu',
+    __doc__,
+    'tiny shapes and tree, any device (a smoke test)',
+    reps=(FULL_REPS, QUICK_REPS),
   )
   parser.add_argument(
     '--allow-cpu',
@@ -627,12 +630,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     default=None,
     help='leave out the shapes (and the peak matmul) with'
     ' a side larger than this',
-  )
-  parser.add_argument(
-    '--reps',
-    type=int,
-    default=None,
-    help=f'timed rounds (default {FULL_REPS}, quick {QUICK_REPS})',
   )
   parser.add_argument(
     '--layers',
@@ -655,10 +652,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.peak_size = min(args.peak_size, args.max_size)
     if not args.shapes:
       parser.error('--max-size leaves no shape')
-  args.reps = args.reps or (QUICK_REPS if quick else FULL_REPS)
   args.k = args.k or (QUICK_K if quick else FULL_K)
-  if args.reps < 1 or args.k < 1:
-    parser.error('--reps and --k must be >= 1')
+  if args.k < 1:
+    parser.error('--k must be >= 1')
   if args.layers is not None and args.layers < 0:
     parser.error('--layers must be >= 0')
   tree = step_bench.QUICK_TREES['gpt2'] if quick else step_bench.GPT2()

@@ -54,7 +54,6 @@ import os
 # threads oversubscribe 2 busy cores (see benchmarks/step.py).
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
-import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -469,19 +468,9 @@ def evaluate_targets(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def _title(document: dict[str, Any]) -> str:
-  meta, config = document['metadata'], document['config']
-  load = config.get('load_average_start')
   return (
-    'Gram Newton-Schulz vs standard on'
-    f' {meta["device_kind"]} ({meta["cpu_affinity"]} CPUs'
-    + (f', 1-min load avg {load[0]:.1f} at start' if load else '')
-    + (
-      f', {meta["load_average"][0]:.1f} at end'
-      if meta.get('load_average')
-      else ''
-    )
-    + ')'
-    + (' [quick]' if config['quick'] else '')
+    f'Gram Newton-Schulz vs standard on {_timing.machine_title(document)}'
+    + (' [quick]' if document['config']['quick'] else '')
   )
 
 
@@ -701,35 +690,20 @@ def markdown(d: dict[str, Any]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None):
   parser = _timing.benchmark_parser(
-    'gram', __doc__, 'small sizes and 2 timed rounds (a smoke test)'
+    'gram',
+    __doc__,
+    'small sizes and 2 timed rounds (a smoke test)',
+    reps=(FULL_REPS, QUICK_REPS),
+    replot=True,
   )
-  parser.add_argument(
-    '--reps',
-    type=int,
-    default=None,
-    help=f'timed rounds (default {FULL_REPS}, quick {QUICK_REPS})',
-  )
-  parser.add_argument(
-    '--replot',
-    action='store_true',
-    help='only redraw <out>/gram.png from <out>/gram.json',
-  )
-  args = parser.parse_args(argv)
-  args.reps = args.reps or (QUICK_REPS if args.quick else FULL_REPS)
-  if args.reps < 1:
-    parser.error('--reps must be >= 1')
-  return args
+  return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parse_args(argv)
   if args.replot:
-    with open(os.path.join(args.out, 'gram.json'), encoding='utf-8') as f:
-      document = json.load(f)
-    plot(document, os.path.join(args.out, 'gram.png'))
-    _timing.log(f'redrew {os.path.join(args.out, "gram.png")}')
-    return document
+    return _timing.replot('gram', args.out, plot)
   start = time.perf_counter()
   load_start = _timing.load_average()
   quick = args.quick

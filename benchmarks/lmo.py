@@ -69,7 +69,6 @@ import os
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -776,7 +775,11 @@ def _parse_sizes(text: str) -> list[tuple[int, int]]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = _timing.benchmark_parser(
-    'lmo', __doc__, 'tiny sizes and reps (a smoke test, a few seconds)'
+    'lmo',
+    __doc__,
+    'tiny sizes and reps (a smoke test, a few seconds)',
+    reps=(FULL_REPS, QUICK_REPS),
+    replot=True,
   )
   parser.add_argument(
     '--sizes',
@@ -789,12 +792,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     default=','.join(DTYPES),
     help='comma-separated input dtypes; float32 is required'
     f' (default {",".join(DTYPES)})',
-  )
-  parser.add_argument(
-    '--reps',
-    type=int,
-    default=None,
-    help=f'timed rounds per size (default {FULL_REPS}, quick {QUICK_REPS})',
   )
   parser.add_argument(
     '--ks',
@@ -825,18 +822,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     help=f'steps of the drift experiment (default'
     f' {FULL_DRIFT_STEPS}, quick {QUICK_DRIFT_STEPS})',
   )
-  parser.add_argument(
-    '--replot',
-    action='store_true',
-    help='only redraw <out>/lmo.png from <out>/lmo.json',
-  )
   args = parser.parse_args(argv)
   quick = args.quick
   args.sizes = args.sizes or list(QUICK_SIZES if quick else FULL_SIZES)
   args.dtypes = [d.strip() for d in args.dtypes.split(',') if d.strip()]
   if args.dtypes[:1] != ['float32'] or not set(args.dtypes) <= set(DTYPES):
     parser.error(f'--dtypes must start with float32 and be among {DTYPES}')
-  args.reps = args.reps or (QUICK_REPS if quick else FULL_REPS)
   args.ks = args.ks or list(QUICK_KS if quick else FULL_KS)
   args.k = args.k or (QUICK_K if quick else FULL_K)
   args.drift_size = (
@@ -860,36 +851,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _title(document: dict[str, Any]) -> str:
-  meta, config = document['metadata'], document['config']
-  load = config.get('load_average_start')
+  config = document['config']
   return (
     f'fanion_optax LMO kernels, {" and ".join(config["dtypes"])} inputs'
-    f' on {meta["device_kind"]} ({meta["cpu_affinity"]} CPUs'
-    + (f', 1-min load avg {load[0]:.1f} at start' if load else '')
-    + (
-      f', {meta["load_average"][0]:.1f} at end'
-      if meta.get('load_average')
-      else ''
-    )
-    + ')'
+    f' on {_timing.machine_title(document)}'
     + (' [quick]' if config['quick'] else '')
   )
-
-
-def replot(out: str) -> None:
-  """Redraws `<out>/lmo.png` from an existing `<out>/lmo.json`."""
-  with open(os.path.join(out, 'lmo.json'), encoding='utf-8') as f:
-    document = json.load(f)
-  plot(document['sweeps'], os.path.join(out, 'lmo.png'), _title(document))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parse_args(argv)
   if args.replot:
-    replot(args.out)
-    _timing.log(f'redrew {os.path.join(args.out, "lmo.png")}')
-    return {}
+    return _timing.replot(
+      'lmo', args.out, lambda doc, path: plot(doc['sweeps'], path, _title(doc))
+    )
   start = time.perf_counter()
   load_start = _timing.load_average()
   units = (

@@ -71,7 +71,6 @@ import os
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -648,7 +647,10 @@ def markdown(d: dict[str, Any]) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = _timing.benchmark_parser(
-    'scaling', __doc__, 'tiny sizes and reps (a smoke test, a few seconds)'
+    'scaling',
+    __doc__,
+    'tiny sizes and reps (a smoke test, a few seconds)',
+    replot=True,
   )
   parser.add_argument(
     '--sizes',
@@ -690,11 +692,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     f' beyond, at least {MIN_REPS} (default {FULL_MAX_REPS},'
     f' quick {QUICK_MAX_REPS})',
   )
-  parser.add_argument(
-    '--replot',
-    action='store_true',
-    help='only redraw <out>/scaling.png from <out>/scaling.json',
-  )
   args = parser.parse_args(argv)
   q = args.quick
   args.sizes = args.sizes or list(QUICK_SIZES if q else FULL_SIZES)
@@ -728,10 +725,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parse_args(argv)
   if args.replot:
-    with open(os.path.join(args.out, 'scaling.json'), encoding='utf-8') as f:
-      document = json.load(f)
-    plot(document, os.path.join(args.out, 'scaling.png'))
-    return document
+    return _timing.replot('scaling', args.out, plot)
   start = time.perf_counter()
   load_start = _timing.load_average()
   polar = polar_candidates()
