@@ -17,8 +17,11 @@ from fanion_optax.alias import f_muon
 from fanion_optax.alias import fanion
 from fanion_optax.alias import muon
 from fanion_optax.alias import neon
+from fanion_optax.alias import normuon
 from fanion_optax.alias import s_fanion
 from fanion_optax.alias import s_muon
+from fanion_optax.attention import QKLayout
+from fanion_optax.attention import qk_clip
 from fanion_optax.lowrank import top_k_polar
 from fanion_optax.partition import DimensionNumbers
 from fanion_optax.pipeline import adamw_fallback
@@ -31,6 +34,7 @@ from fanion_optax.polar import singular_value_bound
 from fanion_optax.transforms import add_decayed_weights
 from fanion_optax.transforms import scale_by_lion_k
 from fanion_optax.transforms import scale_by_lmo
+from fanion_optax.transforms import scale_by_neuron_norm
 from fanion_optax.transforms import scale_by_shape
 from fanion_optax.transforms import skip_nonfinite
 
@@ -38,6 +42,7 @@ __version__ = '0.2.0'
 
 __all__ = [
   'DimensionNumbers',
+  'QKLayout',
   'adamw_fallback',
   'add_decayed_weights',
   'catalogue',
@@ -53,12 +58,15 @@ __all__ = [
   'lmo_gap',
   'muon',
   'neon',
+  'normuon',
   'partition',
   'polar_factor',
+  'qk_clip',
   's_fanion',
   's_muon',
   'scale_by_lion_k',
   'scale_by_lmo',
+  'scale_by_neuron_norm',
   'scale_by_shape',
   'singular_value_bound',
   'skip_nonfinite',

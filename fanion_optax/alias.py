@@ -3,8 +3,8 @@
 Each preset builds its LMO and its `(b1, b2)` and returns
 `fanion_optax.lion_k(learning_rate, lmo, b1, b2, **options)`; the pipeline
 options (`weight_decay`, `weight_decay_mask`, `shape_scale`,
-`dimension_numbers`, `exclude`, `fallback`, `mu_dtype`, `split`) are
-documented there once. Muon's momentum μ with Nesterov is `b1 = μ²`,
+`dimension_numbers`, `exclude`, `fallback`, `mu_dtype`, `split`,
+`neuron_b2`, `neuron_eps`) are documented there once. Muon's momentum μ with Nesterov is `b1 = μ²`,
 `b2 = μ`; without it `b1 = b2 = μ`.
 
 Numbers (learning rates, decays, momentum, `alpha`, `sign_scale`) work under
@@ -24,6 +24,7 @@ from __future__ import annotations
 import inspect
 import textwrap
 from collections.abc import Callable
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import TypeVar
@@ -228,6 +229,92 @@ def muon(
     gram=gram,
   )
   return lion_k(learning_rate, lmo, b1, b2, **options)
+
+
+_NORMUON_OPTIONS: PipelineOptions = {'neuron_b2': 0.95, 'shape_scale': None}
+"""The pipeline options whose `normuon` defaults differ from `lion_k`'s."""
+
+
+@preset
+def normuon(
+  learning_rate: ScalarOrSchedule,
+  *,
+  momentum: ScalarOrSchedule = 0.95,
+  nesterov: bool = True,
+  polar_method: polar_lib.PolarMethod = 'polar_express',
+  polar_steps: int | None = None,
+  compute_dtype: jax.typing.DTypeLike | None = None,
+  gram: polar_lib.Gram = False,
+  **options: Unpack[PipelineOptions],
+) -> Optimizer:
+  """NorMuon: Muon's `U Vᵀ`, each neuron normalised by its second moment.
+
+  Li et al.'s Algorithm 1 on Muon's direction `O`: per output neuron (a
+  column of the `(fan_in, fan_out)` kernel) `ν ← β₂·ν + (1 − β₂)·mean(O⊙O)`,
+  `Ô = O/(√ν + ε)`, then `X ← X − η·λ·X − η̂·Ô` with
+  `η̂ = 0.2·η·√(mn)/‖Ô‖_F`. Every matrix moves by RMS `0.2·η`, AdamW's
+  update size (Liu et al.), so **η is an AdamW-like learning rate** (the
+  one an AdamW run of the model would use, typically 1e-4 to 1e-3), not
+  Muon's 0.02, and λ an AdamW-like decay. It is `muon(...,
+  neuron_b2=0.95, shape_scale=None)`: those two pipeline options default
+  differently here (`neuron_b2` is the paper's β₂; no shape factor, the
+  normalisation already sets the RMS). `nesterov=False` orthogonalises the
+  momentum itself, as Algorithm 1 does; the default Nesterov direction is
+  Muon's and the authors' code's.
+
+  Args:
+    learning_rate: η ≥ 0 (AdamW-like), or a schedule.
+    momentum: μ (the paper's β₁) in [0, 1), or a schedule.
+    nesterov: Nesterov form.
+    polar_method: polar method (see `muon`).
+    polar_steps: polar iteration count.
+    compute_dtype: arithmetic dtype of the polar iteration.
+    gram: Gram Newton–Schulz (see `muon`).
+    {options}
+
+  Returns:
+    An `optax.GradientTransformationExtraArgs`.
+
+  References:
+    Li, Liu, Liang, Chen, Zhao, *NorMuon: Making Muon more efficient and
+    scalable*, arXiv:2510.05491; Liu et al., arXiv:2502.16982.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import fanion_optax as fo
+    >>> params = {"w": jnp.ones((8, 4)), "b": jnp.zeros(4)}
+    >>> tx = fo.normuon(1e-3, weight_decay=0.1)
+    >>> state = tx.init(params)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+  """
+  return muon(
+    learning_rate,
+    momentum=momentum,
+    nesterov=nesterov,
+    polar_method=polar_method,
+    polar_steps=polar_steps,
+    compute_dtype=compute_dtype,
+    gram=gram,
+    **{**_NORMUON_OPTIONS, **options},
+  )
+
+
+def _with_option_defaults(
+  factory: Callable[..., Any], defaults: Mapping[str, Any]
+) -> inspect.Signature:
+  """`factory`'s signature, showing its own defaults of pipeline options."""
+  signature = inspect.signature(factory)
+  return signature.replace(
+    parameters=[
+      p.replace(default=defaults[p.name]) if p.name in defaults else p
+      for p in signature.parameters.values()
+    ]
+  )
+
+
+normuon.__signature__ = _with_option_defaults(normuon, _NORMUON_OPTIONS)
 
 
 @preset

@@ -110,6 +110,8 @@ OPTIMIZERS: Mapping[str, OptimizerEntry] = MappingProxyType(
       variant=True,
     ),
     'neon': _entry(alias.neon, 0.02, low_rank=True),
+    # An AdamW-like learning rate: the update RMS is 0.2·η.
+    'normuon': _entry(alias.normuon, 0.05),
     'f_muon': _entry(alias.f_muon, 0.02),
     's_muon': _entry(alias.s_muon, 0.02, sign_scale=0.01),
     'f_fanion': _entry(alias.f_fanion, 0.02, k=2),

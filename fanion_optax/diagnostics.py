@@ -26,7 +26,7 @@ from fanion_optax import polar as polar_lib
 
 
 class ConstraintEntry(NamedTuple):
-  """One matrix leaf of a `constraint_report`."""
+  """One matrix leaf (or one block shape of it) of a `constraint_report`."""
 
   norm: np.ndarray
   """The ball norm of each matrix of the leaf, shape `(batch,)`."""
@@ -102,7 +102,12 @@ def constraint_report(
       `learning_rate` are evaluated (needed when either is a schedule).
 
   Returns:
-    `{path: ConstraintEntry}` for every matrix leaf.
+    `{path: ConstraintEntry}` for every matrix leaf. Blocks
+    (`DimensionNumbers.reduction_blocks` / `output_blocks`) are matrices of
+    their own: `norm` has one entry per block (batch entry first), and a
+    leaf cut into blocks of several shapes has one entry per shape, keyed
+    `'path[fan_inxfan_out]'` (e.g. `'attn/qkv[64x16]'`), each with the
+    radius of its own shape factor.
 
   Example:
     >>> import jax.numpy as jnp
@@ -141,15 +146,20 @@ def constraint_report(
     if spec is None:
       continue
     leaf = jnp.asarray(leaf)
-    s = partition.shape_factor(*spec.fans(leaf.shape), mode=shape_scale)
-    radius = s / weight_decay if weight_decay > 0 else float('inf')
-    norm = np.asarray(lmo.norm(spec.to_matrices(leaf)), dtype=np.float64)
-    report[partition.path_name(path)] = ConstraintEntry(
-      norm=norm,
-      radius=radius,
-      holds=bool(np.all(norm <= radius * (1 + rtol))),
-      contraction=None
-      if learning_rate is None
-      else (1.0 - learning_rate * weight_decay),
-    )
+    stacks = spec.to_stacks(leaf)
+    name = partition.path_name(path)
+    for stack in stacks:
+      _, fan_in, fan_out = stack.shape
+      s = partition.shape_factor(fan_in, fan_out, mode=shape_scale)
+      radius = s / weight_decay if weight_decay > 0 else float('inf')
+      norm = np.asarray(lmo.norm(stack), dtype=np.float64)
+      key = name if len(stacks) == 1 else f'{name}[{fan_in}x{fan_out}]'
+      report[key] = ConstraintEntry(
+        norm=norm,
+        radius=radius,
+        holds=bool(np.all(norm <= radius * (1 + rtol))),
+        contraction=None
+        if learning_rate is None
+        else (1.0 - learning_rate * weight_decay),
+      )
   return report

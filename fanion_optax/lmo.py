@@ -27,6 +27,11 @@ outside: `state = lmo.init(shape, dtype)`, then
 `direction, state = lmo.update(g, state)`. Stateless ones have the empty
 state `None`.
 
+Low-rank LMOs (`low_rank` is true: `ky_fan`, and a `mix` with exactly one
+low-rank term) also give the left factor `P` of their direction,
+`direction, P, state = lmo.update_with_basis(g, state)`, so that error
+feedback (Dion) can remove from the momentum what the step used.
+
 References:
   A. Kravatskiy, I. Kozyrev, N. Kozlov, A. Vinogradov, D. Merkulov,
   I. Oseledets, *The Ky Fan Norms and Beyond: Dual Norms and Combinations for
@@ -89,10 +94,30 @@ def _check_polar_options(polar_method, polar_steps, compute_dtype, eps, gram):
   _validate.check_scalar('eps', eps, low=0.0, schedule=False)
 
 
+def check_low_rank(lmo: LMO, name: str = 'error_feedback=True') -> None:
+  """Raises `ValueError` unless `lmo.low_rank` (`update_with_basis` works).
+
+  Args:
+    lmo: the oracle.
+    name: what needs a low-rank LMO, named in the message.
+  """
+  if not lmo.low_rank:
+    raise ValueError(
+      f'{name} needs a low-rank LMO: ky_fan(k) (Fanion-k, Neon), a mix'
+      ' with exactly one low-rank term (F-/S-Fanion-k), or an LMO whose'
+      ' low_rank is True and which implements update_with_basis; got'
+      f' {lmo!r}. A full-rank direction uses the whole momentum: there is'
+      ' nothing to feed back.'
+    )
+
+
 class LMO(abc.ABC):
   """A linear minimisation oracle over a batch of matrices `(..., m, n)`."""
 
   stateful: bool = False
+  low_rank: bool = False
+  """Whether the direction has low rank and `update_with_basis` gives the
+  subspace it used (what `error_feedback=True` needs)."""
 
   @abc.abstractmethod
   def __call__(self, g: jax.typing.ArrayLike) -> jax.Array:
@@ -110,6 +135,28 @@ class LMO(abc.ABC):
   ) -> tuple[jax.Array, State]:
     """The direction and the next state (warm-started LMOs use `state`)."""
     return self(g), state
+
+  def update_with_basis(
+    self, g: jax.typing.ArrayLike, state: State
+  ) -> tuple[jax.Array, jax.Array | None, State]:
+    """`update`, with the left factor `P` of the direction.
+
+    `P` is `(..., m, r)` with orthonormal (or zero) columns such that
+    `P Pᵀ` projects onto the column space the direction used: error
+    feedback keeps the rest of the momentum undamped (Ahn et al.,
+    arXiv:2504.05295). `None` means the whole space (`Π = I`), e.g. a Ky
+    Fan LMO on a matrix with `min(m, n) <= k`, whose direction is the full
+    polar factor.
+
+    Raises:
+      ValueError: the LMO is not `low_rank`.
+    """
+    del g, state
+    check_low_rank(self, 'update_with_basis')
+    raise NotImplementedError(
+      f'{type(self).__name__} sets low_rank = True but does not implement'
+      ' update_with_basis.'
+    )
 
   @abc.abstractmethod
   def dual_norm(self, g: jax.typing.ArrayLike) -> jax.Array:
@@ -183,6 +230,10 @@ class KyFan(LMO):
   its dual norm `Σ_{i≤k} σᵢ`. For a matrix with `min(m, n) <= k` it is the
   full polar factor, so that Fanion-k with a large k is Muon.
 
+  It is `low_rank`: `update_with_basis` also returns `P = U_k`, the left
+  factor of the direction (for error feedback), and `None` (`Π = I`) where
+  the direction is the full polar factor.
+
   References:
     Kravatskiy et al., arXiv:2512.09678; Ahn et al., arXiv:2504.05295.
 
@@ -210,6 +261,8 @@ class KyFan(LMO):
   compute_dtype: Any = None
   eps: float = polar_lib.DEFAULT_EPS
   gram: polar_lib.Gram = False
+
+  low_rank = True
 
   def __post_init__(self):
     object.__setattr__(self, 'k', _validate.check_int('k', self.k, minimum=1))
@@ -262,18 +315,24 @@ class KyFan(LMO):
     return jnp.zeros((*shape[:-2], shape[-1], k), jnp.float32)
 
   def update(self, g, state):
+    direction, _, state = self.update_with_basis(g, state)
+    return direction, state
+
+  def update_with_basis(self, g, state):
     g = _validate.check_matrix('g', g)
-    if not self.stateful or self._is_full_rank(g.shape):
-      return self(g), state
-    direction, subspace = lowrank.top_k_polar(
+    if self._is_full_rank(g.shape):
+      # The full polar factor uses the whole matrix: `Π = I`.
+      return self(g), None, state
+    direction, basis, subspace = lowrank.top_k_polar_with_basis(
       g,
       self.k,
-      top_k_method='subspace',
+      top_k_method=self.top_k_method,
       subspace_iters=self.subspace_iters,
-      state=state,
-      return_state=True,
+      state=state if self.stateful else None,
       compute_dtype=self.compute_dtype,
     )
+    if not self.stateful:
+      return direction, basis, state
     subspace = cast(jax.Array, subspace)  # None only for an empty g
     # A zero or non-finite input carries no information about the subspace:
     # keep the previous one rather than a QR of zeros (or NaN) for the next
@@ -283,7 +342,7 @@ class KyFan(LMO):
       & jnp.any(g != 0, axis=(-2, -1), keepdims=True)
       & jnp.all(jnp.isfinite(g), axis=(-2, -1), keepdims=True)
     )
-    return direction, jnp.where(informative, subspace, state)
+    return direction, basis, jnp.where(informative, subspace, state)
 
   def dual_norm(self, g):
     return jnp.sum(_linalg.singular_values(g)[..., : self.k], axis=-1)
@@ -386,6 +445,11 @@ class Mixture(LMO):
   def stateful(self) -> bool:  # type: ignore[override]
     return any(term.stateful for _, term in self.terms)
 
+  @property
+  def low_rank(self) -> bool:  # type: ignore[override]
+    # With two low-rank terms the step uses two subspaces: no single `P`.
+    return sum(bool(term.low_rank) for _, term in self.terms) == 1
+
   def _combine(self, g, directions):
     wide = jnp.promote_types(g.dtype, jnp.float32)
     acc = cast(
@@ -411,6 +475,25 @@ class Mixture(LMO):
       self._combine(g, [d for d, _ in outputs]),
       tuple(s for _, s in outputs),
     )
+
+  def update_with_basis(self, g, state):
+    """`update`, with the left factor of its one low-rank term.
+
+    What the step "used" is that term's subspace (the Ky Fan term of
+    F-/S-Fanion-k); the full-rank terms are a small correction spread over
+    every direction and are not fed back.
+    """
+    check_low_rank(self, 'update_with_basis')
+    g = _validate.check_matrix('g', g)
+    directions, states, basis = [], [], None
+    for (_, term), s in zip(self.terms, state):
+      if term.low_rank:
+        d, basis, s = term.update_with_basis(g, s)
+      else:
+        d, s = term.update(g, s)
+      directions.append(d)
+      states.append(s)
+    return self._combine(g, directions), basis, tuple(states)
 
   def dual_norm(self, g):
     return cast(

@@ -189,17 +189,73 @@ def top_k_polar(
     >>> top_k_polar(g, 2, top_k_method="svd").tolist()
     [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
   """
+  direction, _, new_state = top_k_polar_with_basis(
+    g,
+    k,
+    top_k_method=top_k_method,
+    subspace_iters=subspace_iters,
+    state=state,
+    compute_dtype=compute_dtype,
+  )
+  return (direction, new_state) if return_state else direction
+
+
+def top_k_polar_with_basis(
+  g: jax.typing.ArrayLike,
+  k: int,
+  *,
+  top_k_method: TopKMethod = 'subspace',
+  subspace_iters: int | None = None,
+  state: jax.Array | None = None,
+  compute_dtype: jax.typing.DTypeLike | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+  """`top_k_polar`, with the left factor of the direction and the new state.
+
+  The direction is `P Vᵀ` with `P = U_k` (`m×k`, orthonormal columns): `P Pᵀ`
+  projects onto the column space the step used, which is what error feedback
+  (Dion) removes from the momentum. It comes from the same SVD or Ritz step
+  as the direction, so it costs nothing more than `top_k_polar`.
+
+  Args:
+    g: `(..., m, n)`.
+    k: number of singular pairs, `>= 1`.
+    top_k_method: `"subspace"` or `"svd"` (see `top_k_polar`).
+    subspace_iters: subspace iterations (see `top_k_polar`).
+    state: the right subspace from a previous call, or `None`.
+    compute_dtype: dtype of the arithmetic (at least float32).
+
+  Returns:
+    `(direction, basis, new_state)`: the direction of `top_k_polar`; the
+    left factor `(..., m, min(k, m, n))` in the compute dtype, with the
+    column of every singular value the direction gives weight 0 set to
+    zero (so `basis @ basisᵀ` is the projector onto the direction's column
+    space); and the new right subspace `(..., n, min(k, m, n))` in float32
+    (for an empty `g`, `state` as given).
+
+  References:
+    Ahn et al., arXiv:2504.05295.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from fanion_optax import lowrank
+    >>> g = jnp.diag(jnp.array([3.0, 2.0, 1.0]))
+    >>> _, basis, _ = lowrank.top_k_polar_with_basis(g, 1, top_k_method="svd")
+    >>> abs(basis).tolist()
+    [[1.0], [0.0], [0.0]]
+  """
   k = _validate.check_int('k', k, minimum=1)
   _validate.check_choice('top_k_method', top_k_method, METHODS)
   iters = subspace_iters
   if iters is not None:
     iters = _validate.check_int('subspace_iters', iters, minimum=0)
   g = _validate.check_matrix('g', g)
-  if _linalg.is_empty(g):
-    return (g, state) if return_state else g
   dtype = jnp.promote_types(
     _linalg.compute_dtype_of(g.dtype, compute_dtype), jnp.float32
   )
+  if _linalg.is_empty(g):
+    m = g.shape[-2]
+    basis = jnp.zeros((*g.shape[:-2], m, effective_rank(g.shape, k)), dtype)
+    return g, basis, state
   x = _linalg.max_abs_scaled(g.astype(dtype))
   k = effective_rank(x.shape, k)
   full_rank = k == min(x.shape[-2:])
@@ -226,7 +282,6 @@ def top_k_polar(
         iters = jnp.where(jnp.any(cold), COLD_ITERS, WARM_ITERS)
     u, s, v = subspace_iteration(x, q, iters)
   keep = _linalg.singular_value_mask(s, x.shape).astype(dtype)
-  direction = ((u * keep[..., None, :]) @ _linalg.swap_last(v)).astype(g.dtype)
-  if not return_state:
-    return direction
-  return direction, v.astype(jnp.float32)
+  basis = u * keep[..., None, :]
+  direction = (basis @ _linalg.swap_last(v)).astype(g.dtype)
+  return direction, basis, v.astype(jnp.float32)

@@ -4,17 +4,24 @@ A parameter is read as a batch of `(fan_in, fan_out)` matrices through
 `DimensionNumbers`: the reduction (fan-in) axes, the output axes, and every
 other axis a batch axis (stacked layers from `nn.scan`, experts, heads).
 Flax lays kernels out as `(fan_in, fan_out)`: Dense `(in, out)`, Conv
-`(kh, kw, in, out)` — PyTorch's `(out, in)` is the transpose.
+`(kh, kw, in, out)` — PyTorch's `(out, in)` is the transpose. Fused and
+head-packed kernels are cut into blocks (`reduction_blocks`,
+`output_blocks`), each its own matrix: a fused QKV kernel `(d, 3d)` is
+three `(d, d)` matrices.
 
 Leaves without dimension numbers (vectors, scalars, and whatever `exclude`
-names, typically embeddings and output heads) go to a fallback optimizer.
+names, typically embeddings and output heads: `EMBEDDINGS`) go to a
+fallback optimizer; `route` warns when embedding-like leaves do not.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import re
+import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 from typing import Literal
@@ -32,6 +39,68 @@ RMS_MATCH = 0.2
 """Moonlight's AdamW-matching update RMS (Liu et al., arXiv:2502.16982)."""
 
 
+def _check_blocks(name: str, blocks: Any) -> int | tuple[int, ...] | None:
+  """`blocks` as `None`, an int or a tuple, or raises naming `name`."""
+  if blocks is None:
+    return None
+  if isinstance(blocks, list):
+    blocks = tuple(blocks)
+  sizes = blocks if isinstance(blocks, tuple) else (blocks,)
+  accepted = (
+    f'dimension_numbers.{name} must be None, an int h >= 1 (h equal'
+    ' blocks) or a non-empty tuple of block sizes >= 1'
+  )
+  if any(
+    isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in sizes
+  ):
+    raise TypeError(f'{accepted}, got {blocks!r}.')
+  if not sizes or any(s < 1 for s in sizes):
+    raise ValueError(f'{accepted}, got {blocks!r}.')
+  return (
+    tuple(int(s) for s in blocks) if isinstance(blocks, tuple) else int(blocks)
+  )
+
+
+def _block_sizes(
+  name: str, blocks: Any, size: int, side: str
+) -> tuple[int, ...]:
+  """The sizes of the blocks `blocks` cuts a fan of `size` into."""
+  if blocks is None:
+    return (size,)
+  if isinstance(blocks, int):
+    if size % blocks:
+      raise ValueError(
+        f'dimension_numbers.{name}={blocks} does not divide {side}={size}'
+        ' into equal blocks.'
+      )
+    return (size // blocks,) * blocks
+  if sum(blocks) != size:
+    raise ValueError(
+      f'dimension_numbers.{name}={blocks!r} sums to {sum(blocks)}, but'
+      f' {side}={size}: the block sizes must add up to it.'
+    )
+  return blocks
+
+
+def _offsets(sizes: Sequence[int]) -> list[int]:
+  return [sum(sizes[:i]) for i in range(len(sizes))]
+
+
+def _block_groups(
+  rows: Sequence[int], cols: Sequence[int]
+) -> list[tuple[tuple[int, int], list[tuple[int, int]]]]:
+  """The blocks grouped by shape, in row-major order of first appearance.
+
+  Returns:
+    `[((r, c), [(row_start, col_start), ...]), ...]`.
+  """
+  groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+  for r, i in zip(rows, _offsets(rows)):
+    for c, j in zip(cols, _offsets(cols)):
+      groups.setdefault((r, c), []).append((i, j))
+  return list(groups.items())
+
+
 @dataclasses.dataclass(frozen=True)
 class DimensionNumbers:
   """How to read an array as a batch of `(fan_in, fan_out)` matrices.
@@ -39,8 +108,21 @@ class DimensionNumbers:
   Attributes:
     reduction_axes: the fan-in axis or axes (contracted with the input).
     output_axes: the fan-out axis or axes.
+    reduction_blocks: splits the (flattened) fan-in into blocks, each its own
+      matrix: `None` (no split), an int `h` (`h` equal blocks) or a tuple of
+      block sizes summing to the fan-in. A head-packed output projection
+      `(h·d_h, d)` is `DimensionNumbers(0, 1, reduction_blocks=h)`.
+    output_blocks: the same for the fan-out. A fused QKV kernel `(d, 3d)`
+      is `output_blocks=3`; a grouped-query one `(d, d + 2·d_kv)` is
+      `output_blocks=(d, d_kv, d_kv)`.
 
-  Every other axis is a batch axis. Negative axes count from the end.
+  Every other axis is a batch axis. Negative axes count from the end. With
+  blocks, every block is an independent matrix for the LMO, the shape scale
+  and the distributed split: the update is the one the blocks would get if
+  stored as separate parameters. Blocks of unequal
+  shapes give several stacks (`stack_shapes`, `to_stacks`, `from_stacks`);
+  `fans`, `matrix_shape`, `to_matrices` and `from_matrices` describe the
+  one stack and raise `ValueError` when there are several.
 
   Example:
     >>> from fanion_optax import DimensionNumbers
@@ -49,10 +131,21 @@ class DimensionNumbers:
     (1, 144, 32)
     >>> DimensionNumbers(1, 2).matrix_shape((12, 768, 3072))  # stacked layers
     (12, 768, 3072)
+    >>> DimensionNumbers(0, 1, output_blocks=3).matrix_shape((64, 192))  # QKV
+    (3, 64, 64)
+    >>> gqa = DimensionNumbers(0, 1, output_blocks=(64, 16, 16))
+    >>> gqa.stack_shapes((64, 96))
+    ((1, 64, 64), (2, 64, 16))
   """
 
   reduction_axes: int | Sequence[int] = 0
   output_axes: int | Sequence[int] = 1
+  reduction_blocks: int | Sequence[int] | None = None
+  output_blocks: int | Sequence[int] | None = None
+
+  def __post_init__(self):
+    for name in ('reduction_blocks', 'output_blocks'):
+      object.__setattr__(self, name, _check_blocks(name, getattr(self, name)))
 
   def axes(
     self, ndim: int
@@ -101,32 +194,136 @@ class DimensionNumbers:
     batch = tuple(a for a in range(ndim) if a not in reduction + output)
     return batch, reduction, output
 
-  def fans(self, shape: Sequence[int]) -> tuple[int, int]:
-    """`(fan_in, fan_out)` for an array of `shape`."""
-    _, reduction, output = self.axes(len(shape))
-    return (
+  def _grid(
+    self, shape: Sequence[int]
+  ) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """The batch size and the row and column block sizes for `shape`."""
+    batch, reduction, output = self.axes(len(shape))
+    rows = _block_sizes(
+      'reduction_blocks',
+      self.reduction_blocks,
       math.prod(shape[a] for a in reduction),
+      'fan_in',
+    )
+    cols = _block_sizes(
+      'output_blocks',
+      self.output_blocks,
       math.prod(shape[a] for a in output),
+      'fan_out',
+    )
+    return math.prod(shape[a] for a in batch), rows, cols
+
+  def stack_shapes(
+    self, shape: Sequence[int]
+  ) -> tuple[tuple[int, int, int], ...]:
+    """`(batch, fan_in, fan_out)` of each stack of same-shape blocks.
+
+    One stack without blocks or with equal blocks; with unequal blocks one
+    per distinct block shape, in row-major order of first appearance. A
+    stack's batch counts every block of its shape in every batch entry.
+
+    Raises:
+      ValueError: axes that do not fit `shape`, or blocks that do not split
+        its fans.
+    """
+    n, rows, cols = self._grid(shape)
+    return tuple(
+      (n * len(starts), r, c) for (r, c), starts in _block_groups(rows, cols)
     )
 
   def matrix_shape(self, shape: Sequence[int]) -> tuple[int, int, int]:
-    """`(batch, fan_in, fan_out)` for an array of `shape`."""
-    batch, _, _ = self.axes(len(shape))
-    return (math.prod(shape[a] for a in batch), *self.fans(shape))
+    """`(batch, fan_in, fan_out)` for an array of `shape` (one stack)."""
+    stacks = self.stack_shapes(shape)
+    if len(stacks) != 1:
+      raise ValueError(
+        f'{self!r} cuts an array of shape {tuple(shape)} into blocks of'
+        f' {len(stacks)} shapes {stacks}: use stack_shapes, to_stacks and'
+        ' from_stacks.'
+      )
+    return stacks[0]
+
+  def fans(self, shape: Sequence[int]) -> tuple[int, int]:
+    """`(fan_in, fan_out)` of each matrix (block) of an array of `shape`."""
+    _, fan_in, fan_out = self.matrix_shape(shape)
+    return fan_in, fan_out
+
+  def to_stacks(self, x: jax.Array) -> tuple[jax.Array, ...]:
+    """`x` as `(batch, fan_in, fan_out)` stacks, one per `stack_shapes`.
+
+    Within a stack, blocks are ordered batch entry first, then row-major
+    over the blocks of that entry.
+    """
+    batch, reduction, output = self.axes(x.ndim)
+    n, rows, cols = self._grid(x.shape)
+    m = jnp.transpose(x, batch + reduction + output).reshape(
+      n, sum(rows), sum(cols)
+    )
+    groups = _block_groups(rows, cols)
+    if len(groups) == 1:
+      if len(rows) == len(cols) == 1:
+        return (m,)
+      (r, c), _ = groups[0]
+      grid = m.reshape(n, len(rows), r, len(cols), c)
+      return (
+        grid.transpose(0, 1, 3, 2, 4).reshape(n * len(rows) * len(cols), r, c),
+      )
+    return tuple(
+      jnp.stack(
+        [m[:, i : i + r, j : j + c] for i, j in starts], axis=1
+      ).reshape(n * len(starts), r, c)
+      for (r, c), starts in groups
+    )
+
+  def from_stacks(
+    self, stacks: Sequence[jax.Array], shape: Sequence[int]
+  ) -> jax.Array:
+    """The exact inverse of `to_stacks` for an array of the original `shape`.
+
+    Raises:
+      ValueError: a number of stacks other than `len(stack_shapes(shape))`.
+    """
+    batch, reduction, output = self.axes(len(shape))
+    n, rows, cols = self._grid(shape)
+    groups = _block_groups(rows, cols)
+    if len(stacks) != len(groups):
+      raise ValueError(
+        f'{self!r} reads an array of shape {tuple(shape)} as {len(groups)}'
+        f' stacks, got {len(stacks)}.'
+      )
+    if len(groups) == 1:
+      (r, c), _ = groups[0]
+      m = (
+        stacks[0]
+        .reshape(n, len(rows), len(cols), r, c)
+        .transpose(0, 1, 3, 2, 4)
+        .reshape(n, sum(rows), sum(cols))
+      )
+    else:
+      blocks = {}
+      for ((r, c), starts), stack in zip(groups, stacks):
+        stack = stack.reshape(n, len(starts), r, c)
+        for t, start in enumerate(starts):
+          blocks[start] = stack[:, t]
+      m = jnp.concatenate(
+        [
+          jnp.concatenate([blocks[i, j] for j in _offsets(cols)], axis=2)
+          for i in _offsets(rows)
+        ],
+        axis=1,
+      )
+    order = batch + reduction + output
+    y = m.reshape(tuple(shape[a] for a in order))
+    return jnp.transpose(y, tuple(order.index(a) for a in range(len(shape))))
 
   def to_matrices(self, x: jax.Array) -> jax.Array:
-    """Transposes and reshapes `x` to `(batch, fan_in, fan_out)`."""
-    batch, reduction, output = self.axes(x.ndim)
-    return jnp.transpose(x, batch + reduction + output).reshape(
-      self.matrix_shape(x.shape)
-    )
+    """Transposes and reshapes `x` to `(batch, fan_in, fan_out)` (one stack)."""
+    self.matrix_shape(x.shape)
+    return self.to_stacks(x)[0]
 
   def from_matrices(self, y: jax.Array, shape: Sequence[int]) -> jax.Array:
     """Inverse of `to_matrices` for an array of the original `shape`."""
-    batch, reduction, output = self.axes(len(shape))
-    order = batch + reduction + output
-    y = y.reshape(tuple(shape[a] for a in order))
-    return jnp.transpose(y, tuple(order.index(a) for a in range(len(shape))))
+    self.matrix_shape(shape)
+    return self.from_stacks((y,), shape)
 
 
 def is_dimension_numbers(x: Any) -> bool:
@@ -274,7 +471,7 @@ def resolve_dimension_numbers(
           f' None, got {spec!r}.'
         )
       try:
-        spec.axes(jnp.ndim(leaf))
+        spec.stack_shapes(jnp.shape(leaf))
       except ValueError as err:
         raise ValueError(
           f'{err} (parameter {name!r} of shape {jnp.shape(leaf)})'
@@ -293,6 +490,101 @@ def _as_patterns(exclude: Sequence[str] | str) -> tuple[str, ...]:
     except re.error as err:
       raise ValueError(f'exclude holds an invalid regex {p!r}: {err}') from None
   return patterns
+
+
+EMBEDDINGS = (
+  r'(?i)(^|/)[^/]*embed[^/]*(/|$)',
+  r'(?i)(^|/)(wte|wpe|tok_emb|pos_emb)(/|$)',
+  r'(?i)(^|/)(lm_head|head|unembed|logits)(/|$)',
+)
+"""An `exclude` preset: embeddings and output heads under the usual names.
+
+A path component containing `embed` (Flax NNX `nnx.Embed` and Linen
+`nn.Embed` both name their table `embedding`, and Linen's default module
+name is `Embed_0`; also `embed_tokens`, `tok_embeddings`, `unembed`), GPT-2's
+`wte`/`wpe` and nanoGPT's `tok_emb`/`pos_emb`, and the head names `lm_head`,
+`head`, `unembed` and `logits` as whole components (`attn/out` is not
+matched). Pass `exclude=fanion_optax.partition.EMBEDDINGS`, or extend it:
+`exclude=(*fanion_optax.partition.EMBEDDINGS, 'my_head')`.
+"""
+
+VOCAB_MIN = 1000
+"""Smallest dimension that counts as a vocabulary for `embedding_like`."""
+
+_POSITIONAL = re.compile(r'(?i)(wpe|pos)')
+_EMBEDDING_NAMES = tuple(re.compile(p) for p in EMBEDDINGS)
+# Frames of these packages sit between the user's `init` call and the
+# warning (optax chains, Flax NNX's Optimizer, jax transformations).
+_LIBRARIES = ('fanion_optax', 'optax', 'flax', 'jax', 'jaxlib')
+
+
+def embedding_like(params: Any, specs: Any) -> list[str]:
+  """Paths of matrix leaves that look like embeddings or output heads.
+
+  A leaf with dimension numbers is flagged when its path matches
+  `EMBEDDINGS`, or when one of its dimensions is a vocabulary size: the
+  largest dimension, if at least `VOCAB_MIN`, of another leaf whose path
+  matches `EMBEDDINGS` (a token embedding, excluded or not) and is not
+  positional (`wpe`, `pos…`: a context length is no vocabulary). This
+  catches an output head with a generic name, such as Linen's `Dense_3`.
+
+  Args:
+    params: the parameter tree; only shapes are read.
+    specs: `resolve_dimension_numbers(params, ...)`.
+
+  Returns:
+    The flagged paths (`path_name`), in tree order.
+  """
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  named = []
+  for path, leaf in leaves:
+    name = path_name(path)
+    matched = any(p.search(name) for p in _EMBEDDING_NAMES)
+    named.append((name, jnp.shape(leaf), matched))
+  vocab = {
+    max(shape)
+    for name, shape, matched in named
+    if matched
+    and len(shape) >= 2
+    and max(shape) >= VOCAB_MIN
+    and not _POSITIONAL.search(name)
+  }
+  return [
+    name
+    for (name, shape, matched), spec in zip(named, treedef.flatten_up_to(specs))
+    if spec is not None and (matched or vocab & set(shape))
+  ]
+
+
+def _user_stacklevel() -> int:
+  """`warnings.warn`'s `stacklevel` for the first frame outside libraries."""
+  frame, level = sys._getframe(2), 2
+  while frame is not None and (
+    frame.f_globals.get('__name__', '').partition('.')[0] in _LIBRARIES
+  ):
+    frame, level = frame.f_back, level + 1
+  return level
+
+
+def _warn_embedding_like(
+  params: Any, specs: Any, exclude: Sequence[str]
+) -> None:
+  """One `UserWarning` listing `embedding_like` leaves, with the fix."""
+  flagged = embedding_like(params, specs)
+  if not flagged:
+    return
+  fix = tuple(exclude) + tuple(f'^{re.escape(name)}$' for name in flagged)
+  warnings.warn(
+    f'{len(flagged)} parameter(s) that look like embeddings or output heads'
+    f' go to the LMO: {", ".join(map(repr, flagged))}. Embeddings and'
+    ' output heads are usually trained by the fallback (AdamW); to send'
+    f' them there, pass\n    exclude={fix!r}\n'
+    '(fanion_optax.partition.EMBEDDINGS covers the usual Flax names). To'
+    ' keep them on the LMO, pass dimension_numbers= explicitly (e.g.'
+    ' fanion_optax.partition.default_dimension_numbers).',
+    UserWarning,
+    stacklevel=_user_stacklevel(),
+  )
 
 
 def check_exclude(exclude: Sequence[str] | str) -> tuple[str, ...]:
@@ -330,11 +622,18 @@ def route(
   other's leaves, so states hold no `optax.MaskedNode` (Flax NNX's
   `nnx.Optimizer` stores them as they are).
 
+  With the default `dimension_numbers=None`, `init` warns once (a
+  `UserWarning` naming the paths and the `exclude=` line that fixes it) when
+  leaves that look like embeddings or output heads (`embedding_like`) would
+  go to `matrix_tx`. Excluding them, or passing `dimension_numbers`
+  explicitly, silences it.
+
   Args:
     matrix_tx: applied to leaves with dimension numbers.
     fallback_tx: applied to the rest.
     dimension_numbers: see `resolve_dimension_numbers`.
-    exclude: regexes over leaf paths that go to the fallback.
+    exclude: regexes over leaf paths that go to the fallback (`EMBEDDINGS`
+      is a preset for embeddings and output heads).
 
   Returns:
     A `GradientTransformationExtraArgs` with `RoutedState`.
@@ -349,6 +648,8 @@ def route(
   def init_fn(params):
     check_float_params(params, 'init')
     specs = specs_of(params)
+    if dimension_numbers is None:
+      _warn_embedding_like(params, specs, exclude)
     return RoutedState(
       matrices=matrix_tx.init(select(params, specs, matrices=True)),
       fallback=fallback_tx.init(select(params, specs, matrices=False)),

@@ -3,6 +3,7 @@
 `lion_k(learning_rate, lmo, b1, b2, **options)` chains
 
     scale_by_lion_k(lmo, b1, b2)   # ∇𝒦(b1·M + (1 − b1)·g), M ← b2·M + (1 − b2)·g
+    scale_by_neuron_norm(neuron_b2)  # NorMuon, only when neuron_b2 is set
     scale_by_shape(shape_scale)    # × s
     add_decayed_weights(λ)         # + λ·X
     scale_by_learning_rate(ε)      # × −ε
@@ -132,6 +133,10 @@ def lion_k(
   fallback: optax.GradientTransformation | None = None,
   mu_dtype: jax.typing.DTypeLike | None = None,
   split: distributed.Split = None,
+  neuron_b2: ScalarOrSchedule | None = None,
+  neuron_eps: ScalarOrSchedule = 1e-8,
+  adaptive: bool = False,
+  error_feedback: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Lion-𝒦 with any LMO of `fanion_optax.lmo` as `∇𝒦`: the pipeline.
 
@@ -153,9 +158,15 @@ def lion_k(
       transfer) or `None`.
     dimension_numbers: a `DimensionNumbers`, a tree or prefix tree of them
       (`None` leaves go to the fallback) or a callable `params -> tree`;
-      default: 2-D leaves are `(fan_in, fan_out)` matrices.
+      default: 2-D leaves are `(fan_in, fan_out)` matrices. Fused and
+      head-packed kernels: `DimensionNumbers(0, 1, output_blocks=3)` makes
+      each block of a `(d, 3d)` QKV kernel its own matrix.
     exclude: regexes searched in the parameter paths (`'embed/embedding'`);
-      matches go to the fallback (embeddings and output heads).
+      matches go to the fallback (embeddings and output heads;
+      `fanion_optax.partition.EMBEDDINGS` is a preset for the usual Flax
+      names). With the default `dimension_numbers`, `init` warns about
+      embedding-like leaves left on the LMO, with the `exclude=` that fixes
+      it.
     fallback: any optax transformation for the non-matrix leaves; default
       `adamw_fallback()` (AdamW at 3e-4, `b2 = 0.95`, float32 moments — its
       docstring says why it does not take `learning_rate`).
@@ -163,6 +174,22 @@ def lion_k(
     split: how to share the LMO work between devices:
       `fanion_optax.distributed.over_axis(name)` inside `pmap`/`shard_map`,
       `over_mesh(mesh, axes)` under sharded `jit`, or `None`.
+    neuron_b2: NorMuon's second-moment decay β₂ in [0, 1), or a schedule;
+      `None` (default) is off. When set, each matrix's direction has every
+      neuron (column of the `(fan_in, fan_out)` view) divided by the root
+      of its second moment and is rescaled to RMS 0.2, before the shape
+      factor, the decay and the learning rate (`scale_by_neuron_norm`;
+      Li et al., arXiv:2510.05491). Pair it with `shape_scale=None` and an
+      AdamW-like learning rate, as `fanion_optax.normuon` does.
+    neuron_eps: ε ≥ 0 added to the root second moment (with `neuron_b2`).
+    adaptive: scale each matrix's direction `D = lmo(N)` by `⟨N, D⟩`, the
+      dual norm `‖N‖_†` for an exact LMO (optax's `adaptive=True` for Muon;
+      see `fanion_optax.scale_by_lion_k`).
+    error_feedback: Dion's error feedback for low-rank LMOs (Fanion-k, Neon,
+      F-/S-Fanion-k): the part of the momentum outside the subspace the
+      step used keeps its full weight, `M ← Π(E) + (I − Π)(E)/b2` (see
+      `fanion_optax.scale_by_lion_k` for the mapping onto Dion; Ahn et al.,
+      arXiv:2504.05295). Full-rank LMOs and `b2 = 0` raise `ValueError`.
 
   Returns:
     An `optax.GradientTransformationExtraArgs`. Non-finite gradients give
@@ -182,6 +209,11 @@ def lion_k(
     >>> new_params = optax.apply_updates(params, updates)
   """
   _validate.check_scalar('learning_rate', learning_rate, low=0.0)
+  if neuron_b2 is not None:
+    _validate.check_scalar(
+      'neuron_b2', neuron_b2, low=0.0, high=1.0, high_inclusive=False
+    )
+  _validate.check_scalar('neuron_eps', neuron_eps, low=0.0)
   if fallback is None:
     fallback = adamw_fallback()
   elif not isinstance(fallback, optax.GradientTransformation):
@@ -197,6 +229,17 @@ def lion_k(
       mu_dtype=mu_dtype,
       dimension_numbers=dimension_numbers,
       split=split,
+      adaptive=adaptive,
+      error_feedback=error_feedback,
+    ),
+    *(
+      ()
+      if neuron_b2 is None
+      else (
+        transforms.scale_by_neuron_norm(
+          neuron_b2, neuron_eps, dimension_numbers=dimension_numbers
+        ),
+      )
     ),
     transforms.scale_by_shape(shape_scale, dimension_numbers=dimension_numbers),
     transforms.add_decayed_weights(weight_decay, weight_decay_mask),
@@ -218,6 +261,10 @@ class PipelineOptions(TypedDict, total=False):
   fallback: optax.GradientTransformation | None
   mu_dtype: jax.typing.DTypeLike | None
   split: distributed.Split
+  neuron_b2: ScalarOrSchedule | None
+  neuron_eps: ScalarOrSchedule
+  adaptive: bool
+  error_feedback: bool
 
 
 _OPTIONS = tuple(
@@ -232,7 +279,8 @@ assert tuple(p.name for p in _OPTIONS) == tuple(
 OPTIONS_DOC = """
     **options: the pipeline options of `fanion_optax.lion_k`, forwarded
       as they are: `weight_decay`, `weight_decay_mask`, `shape_scale`,
-      `dimension_numbers`, `exclude`, `fallback`, `mu_dtype`, `split`.
+      `dimension_numbers`, `exclude`, `fallback`, `mu_dtype`, `split`,
+      `neuron_b2`, `neuron_eps`, `adaptive`, `error_feedback`.
 """
 
 
@@ -275,6 +323,8 @@ STRUCTURAL_ARGS = (
   'mu_dtype',
   'split',
   'shape_scale',
+  'adaptive',
+  'error_feedback',
 )
 """Arguments that shape the computation rather than scale it: kept static
 by `inject_hyperparams` (traced, an int cannot size an array, and optax would

@@ -21,6 +21,8 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 from typing import NamedTuple
 from typing import cast
@@ -29,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fanion_optax import _linalg
 from fanion_optax import _validate
 from fanion_optax import distributed
 from fanion_optax import lmo as lmo_lib
@@ -80,53 +83,151 @@ class ScaleByLionKState(NamedTuple):
   mu: optax.Updates
   """The momentum `M`, shaped like the parameters."""
   lmo_state: tuple[Any, ...]
-  """Per matrix leaf, in tree order: the LMO's state on the
+  """Per matrix stack (one per leaf, more for a leaf split into blocks of
+  several shapes), in tree order: the LMO's state on the
   `(batch, fan_in, fan_out)` view (`None` for stateless LMOs)."""
 
 
 class ScaleByLmoState(NamedTuple):
-  """State of `scale_by_lmo`: per matrix leaf, the LMO's warm-start state."""
+  """State of `scale_by_lmo`: per matrix stack, the LMO's warm-start state."""
 
   lmo_state: tuple[Any, ...]
 
 
 def _init_lmo_states(lmo, params, specs):
-  """One LMO state per matrix leaf, as a flat tuple in tree order.
+  """One LMO state per matrix stack, as a flat tuple.
 
-  A flat tuple rather than a parameter-shaped tree: Flax NNX wraps whatever
-  sits at a parameter's path in a variable and rebuilds tuples inside it as
-  its own `State`, which would break LMOs whose state is a tuple (mixtures).
+  In tree order, then in each leaf's `DimensionNumbers.stack_shapes` order:
+  one entry per leaf unless its dimension numbers split it into blocks of
+  several shapes. A flat tuple rather than a parameter-shaped tree: Flax NNX
+  wraps whatever sits at a parameter's path in a variable and rebuilds
+  tuples inside it as its own `State`, which would break LMOs whose state is
+  a tuple (mixtures).
   """
   spec_leaves, treedef = jax.tree.flatten(specs, is_leaf=lambda x: x is None)
   return tuple(
-    lmo.init(spec.matrix_shape(jnp.shape(p)), jnp.float32)
+    lmo.init(stack_shape, jnp.float32)
     for spec, p in zip(spec_leaves, treedef.flatten_up_to(params))
     if spec is not None
+    for stack_shape in spec.stack_shapes(jnp.shape(p))
   )
 
 
 def _apply_lmo(lmo, specs, directions, states, split):
   """The LMO on every matrix leaf; returns (directions, states).
 
-  Leaves are viewed as `(batch, fan_in, fan_out)` stacks and handed to
+  Leaves are viewed as `(batch, fan_in, fan_out)` stacks (one per block
+  shape, `DimensionNumbers.to_stacks`) and handed to
   `distributed.apply_lmo`, which batches same-shape matrices and splits the
-  work across devices as `split` asks.
+  work across devices as `split` asks; `states` is laid out as
+  `_init_lmo_states` lays it out.
   """
   spec_leaves, treedef = jax.tree.flatten(specs, is_leaf=lambda x: x is None)
   leaves = treedef.flatten_up_to(directions)
   matrix_ids = [i for i, spec in enumerate(spec_leaves) if spec is not None]
-  matrices, restorers = [], []
+  stacks, counts, restorers = [], [], []
   for i in matrix_ids:
     whole, restore = distributed.replicate_explicit(leaves[i])
-    matrices.append(spec_leaves[i].to_matrices(whole))
+    leaf_stacks = spec_leaves[i].to_stacks(whole)
+    stacks.extend(leaf_stacks)
+    counts.append(len(leaf_stacks))
     restorers.append(restore)
   outs, new_states = distributed.apply_lmo(
-    lmo, matrices, list(states), split=split
+    lmo, stacks, list(states), split=split
   )
   merged = [None] * len(leaves)
-  for i, out, restore in zip(matrix_ids, outs, restorers):
-    merged[i] = restore(spec_leaves[i].from_matrices(out, leaves[i].shape))
+  offset = 0
+  for i, count, restore in zip(matrix_ids, counts, restorers):
+    merged[i] = restore(
+      spec_leaves[i].from_stacks(outs[offset : offset + count], leaves[i].shape)
+    )
+    offset += count
   return treedef.unflatten(merged), tuple(new_states)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Step(lmo_lib.LMO):
+  """`lmo` as the pipeline applies it to a stack of matrices.
+
+  `distributed.apply_lmo` runs this in place of the LMO, so the adaptive
+  scale and the error-feedback basis are computed per matrix wherever the
+  matrix is (its device's share under `split`). With `with_basis` the state
+  is `(lmo_state, basis)`: `apply_lmo` keeps a state's structure, so the
+  basis slot comes in as a placeholder (`_basis_placeholders`) and goes
+  out holding `update_with_basis`'s left factor.
+  """
+
+  lmo: lmo_lib.LMO
+  adaptive: bool = False
+  with_basis: bool = False
+
+  def _scale(self, g, direction):
+    if not self.adaptive:
+      return direction
+    wide = jnp.promote_types(g.dtype, jnp.float32)
+    d = direction.astype(wide)
+    dual = jnp.sum(g.astype(wide) * d, axis=(-2, -1), keepdims=True)
+    return (dual * d).astype(direction.dtype)
+
+  def __call__(self, g):
+    return self._scale(g, self.lmo(g))
+
+  def update(self, g, state):
+    if not self.with_basis:
+      direction, state = self.lmo.update(g, state)
+      return self._scale(g, direction), state
+    direction, basis, lmo_state = self.lmo.update_with_basis(g, state[0])
+    return self._scale(g, direction), (lmo_state, basis)
+
+  def dual_norm(self, g):
+    return self.lmo.dual_norm(g)
+
+
+def _basis_placeholders(lmo, specs, tree, states):
+  """Zeros shaped like each stack's basis (`None` where `Π = I`).
+
+  `tree` holds the LMO's inputs; `states` is laid out as
+  `_init_lmo_states` lays it out.
+  """
+  spec_leaves, treedef = jax.tree.flatten(specs, is_leaf=lambda x: x is None)
+  stacks = [
+    jax.ShapeDtypeStruct(shape, x.dtype)
+    for spec, x in zip(spec_leaves, treedef.flatten_up_to(tree))
+    if spec is not None
+    for shape in spec.stack_shapes(x.shape)
+  ]
+
+  def placeholder(stack, state):
+    basis = jax.eval_shape(
+      lambda g, s: lmo.update_with_basis(g, s)[1], stack, state
+    )
+    return None if basis is None else jnp.zeros(basis.shape, basis.dtype)
+
+  return tuple(map(placeholder, stacks, states))
+
+
+def _feed_back(specs, momentum, bases, b2):
+  """`Π(E) + (I − Π)(E)/b2` per matrix, with `Π = P Pᵀ` from `bases`."""
+
+  def feed_back(e, basis):
+    if basis is None:
+      return e
+    used = basis @ (_linalg.swap_last(basis) @ e)
+    return (used + (e - used) / b2).astype(e.dtype)
+
+  spec_leaves, treedef = jax.tree.flatten(specs, is_leaf=lambda x: x is None)
+  bases = iter(bases)
+  merged = []
+  for spec, e in zip(spec_leaves, treedef.flatten_up_to(momentum)):
+    if spec is None:
+      merged.append(e)
+      continue
+    # Cutting blocks reshapes sharded axes, a type error under explicit
+    # sharding: work on whole matrices as `_apply_lmo` does.
+    whole, restore = distributed.replicate_explicit(e)
+    stacks = [feed_back(x, next(bases)) for x in spec.to_stacks(whole)]
+    merged.append(restore(spec.from_stacks(stacks, e.shape)))
+  return treedef.unflatten(merged)
 
 
 def scale_by_lion_k(
@@ -137,8 +238,43 @@ def scale_by_lion_k(
   mu_dtype: jax.typing.DTypeLike | None = None,
   dimension_numbers: partition.DimensionNumbersSpec = None,
   split: distributed.Split = None,
+  adaptive: bool = False,
+  error_feedback: bool = False,
 ) -> optax.GradientTransformation:
   """The Lion-𝒦 direction `∇𝒦(b1·M + (1 − b1)·g)`, then `M ← b2·M + (1−b2)·g`.
+
+  **Adaptive scaling** (`adaptive=True`) multiplies each matrix's direction
+  `D = lmo(N)` by `⟨N, D⟩`. For an exact LMO that is the dual norm
+  `‖N‖_†` (nuclear norm for `spectral`, `Σ_{i≤k} σᵢ` for `ky_fan`, `‖N‖_F`
+  for `frobenius`, `η‖N‖₁` for `sign`, `Σ αᵢ‖N‖_†ᵢ` for a mixture), so the
+  step is `‖N‖_†·lmo(N)`, the steepest-descent step of the norm (Bernstein
+  and Newhouse, arXiv:2409.20325); for an approximate polar factor it is the
+  inner product itself, as `optax.contrib.muon(adaptive=True)` computes it.
+  Per matrix means per matrix of the `(batch, fan_in, fan_out)` view, and
+  per block of a leaf split into blocks.
+
+  **Error feedback** (`error_feedback=True`, low-rank LMOs only) is Dion's
+  (Ahn et al., arXiv:2504.05295, Algorithm 1) in this Lion-𝒦 form. With
+  `D_t = lmo(N_t) = P_t Q_tᵀ`, where `P_t` (`fan_in × k`, orthonormal
+  columns) is the left factor the direction used, `Π_t(X) = P_t P_tᵀ X`, and
+  `E_t = b2·M_t + (1 − b2)·g_t` the momentum without feedback:
+
+      M_{t+1} = Π_t(E_t) + (I − Π_t)(E_t) / b2
+
+  The part of the momentum the step used decays as usual; the part it did
+  not use keeps its full weight (its decay is undone), so it is applied
+  once it grows into the top-k. With `Π = I` this is Lion-𝒦. With
+  `b1 = b2 = μ` it is Dion's Algorithm 1 with Orth-Dion's `Q = orth(R)`
+  exactly: Dion keeps `B = M_D + G`, steps along `P·orth(Bᵀ P)ᵀ` and sets
+  `M_D ← B − (1 − μ)·P Pᵀ B`; here `M = (1 − μ)/μ·M_D` at every step, so
+  `N = E = (1 − μ)·B` gives the same direction (an LMO ignores a positive
+  factor) and, with an exact top-k, `P = U_k(B)`. A mixture (F-/S-Fanion-k)
+  uses the `P` of its low-rank term: the step "used" the Ky Fan term's
+  subspace, the full-rank term is a small correction. A Ky Fan LMO on a
+  matrix with `min(m, n) <= k` gives the full polar factor: `Π = I` there.
+  With `b1 ≠ b2` (Nesterov) `P` comes from `N` and is applied to `E`. The
+  extra cost is `O(mnk)` per matrix (two products with `P`); it works with
+  every `split`, each device computing `P` for its share.
 
   Args:
     lmo: the oracle `∇𝒦` (see `fanion_optax.lmo`); warm-started LMO state
@@ -154,13 +290,22 @@ def scale_by_lion_k(
       `fanion_optax.distributed.over_axis(name)` inside `pmap`/`shard_map`
       with replicated updates, `over_mesh(mesh, axes)` under sharded `jit`,
       or `None` (see `fanion_optax.distributed`).
+    adaptive: scale each matrix's direction by `⟨N, lmo(N)⟩` (above).
+    error_feedback: Dion's error feedback (above). Needs a low-rank LMO
+      (`lmo.low_rank`: `ky_fan`, or a `mix` with exactly one low-rank
+      term) and `b2 > 0`; a `b2` schedule must stay positive.
 
   Returns:
     A `GradientTransformation` with `ScaleByLionKState`; its updates have the
     incoming updates' dtypes.
 
+  Raises:
+    ValueError: `error_feedback=True` with a full-rank LMO or `b2 = 0`.
+
   References:
-    Chen, Liu, Liang, Liu, arXiv:2310.05898.
+    Chen, Liu, Liang, Liu, arXiv:2310.05898; Ahn et al., arXiv:2504.05295
+    (Dion) and arXiv:2605.16341 (Orth-Dion); Bernstein and Newhouse,
+    arXiv:2409.20325 (adaptive scaling).
 
   Example:
     >>> import jax.numpy as jnp, optax
@@ -181,6 +326,16 @@ def scale_by_lion_k(
     if mu_dtype is None
     else _validate.check_float_dtype('mu_dtype', mu_dtype)
   )
+  _validate.check_bool('adaptive', adaptive)
+  _validate.check_bool('error_feedback', error_feedback)
+  if error_feedback:
+    lmo_lib.check_low_rank(lmo)
+    if not callable(b2) and _validate.is_concrete(b2) and float(b2) == 0:
+      raise ValueError(
+        'b2 must be in (0, 1) with error_feedback=True (the momentum the'
+        f' step did not use is divided by b2), got {b2!r}.'
+      )
+  step = _Step(lmo, adaptive=adaptive, with_basis=error_feedback)
 
   def init_fn(params):
     specs = _matrix_specs(params, dimension_numbers, 'scale_by_lion_k')
@@ -205,15 +360,21 @@ def scale_by_lion_k(
     direction_in = jax.tree.map(
       lambda m, g: interpolate(beta1, m, g), state.mu, updates
     )
+    lmo_state = state.lmo_state
+    if error_feedback:
+      bases = _basis_placeholders(lmo, specs, direction_in, lmo_state)
+      lmo_state = tuple(zip(lmo_state, bases))
     directions, lmo_state = _apply_lmo(
-      lmo, specs, direction_in, state.lmo_state, split
+      step, specs, direction_in, lmo_state, split
     )
     directions = jax.tree.map(
       lambda d, g: d.astype(g.dtype), directions, updates
     )
-    mu = jax.tree.map(
-      lambda m, g: interpolate(beta2, m, g).astype(m.dtype), state.mu, updates
-    )
+    mu = jax.tree.map(lambda m, g: interpolate(beta2, m, g), state.mu, updates)
+    if error_feedback:
+      mu = _feed_back(specs, mu, [b for _, b in lmo_state], beta2)
+      lmo_state = tuple(s for s, _ in lmo_state)
+    mu = jax.tree.map(lambda new, m: new.astype(m.dtype), mu, state.mu)
     return directions, ScaleByLionKState(
       count=cast(jax.Array, optax.safe_increment(state.count)),
       mu=mu,
@@ -228,6 +389,7 @@ def scale_by_lmo(
   *,
   dimension_numbers: partition.DimensionNumbersSpec = None,
   split: distributed.Split = None,
+  adaptive: bool = False,
 ) -> optax.GradientTransformation:
   """Replaces each matrix update `u` by `lmo(u)` (to follow any momentum).
 
@@ -235,6 +397,8 @@ def scale_by_lmo(
     lmo: the oracle; warm-started state lives in this transformation's state.
     dimension_numbers: how each leaf is read as matrices.
     split: how to share the work between devices (see `scale_by_lion_k`).
+    adaptive: return `⟨u, lmo(u)⟩·lmo(u)` per matrix, `‖u‖_†·lmo(u)` for an
+      exact LMO (see `scale_by_lion_k`).
 
   Returns:
     A `GradientTransformation` with `ScaleByLmoState`.
@@ -250,6 +414,8 @@ def scale_by_lmo(
   """
   _check_lmo(lmo)
   distributed.check_split(split)
+  _validate.check_bool('adaptive', adaptive)
+  step = _Step(lmo, adaptive=adaptive)
 
   def init_fn(params):
     specs = _matrix_specs(params, dimension_numbers, 'scale_by_lmo')
@@ -259,11 +425,30 @@ def scale_by_lmo(
     del params
     specs = _matrix_specs(updates, dimension_numbers, 'scale_by_lmo')
     directions, lmo_state = _apply_lmo(
-      lmo, specs, updates, state.lmo_state, split
+      step, specs, updates, state.lmo_state, split
     )
     return directions, ScaleByLmoState(lmo_state=lmo_state)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _scale_blocks(spec, u, shape_scale):
+  """`u` times the shape factor of each of its blocks' fans."""
+  factors = [
+    partition.shape_factor(fan_in, fan_out, mode=shape_scale)
+    for _, fan_in, fan_out in spec.stack_shapes(u.shape)
+  ]
+  if len(set(factors)) == 1:
+    return (u * factors[0]).astype(u.dtype)
+  # Cutting blocks reshapes sharded axes, a type error under explicit
+  # sharding: scale whole blocks as `_apply_lmo` does.
+  whole, restore = distributed.replicate_explicit(u)
+  stacks = spec.to_stacks(whole)
+  return restore(
+    spec.from_stacks(
+      [(x * f).astype(u.dtype) for x, f in zip(stacks, factors)], u.shape
+    )
+  )
 
 
 def scale_by_shape(
@@ -291,15 +476,153 @@ def scale_by_shape(
     del params
     specs = _matrix_specs(updates, dimension_numbers, 'scale_by_shape')
     scaled = _map_matrices(
-      lambda spec, u: (
-        u * partition.shape_factor(*spec.fans(u.shape), mode=shape_scale)
-      ).astype(u.dtype),
-      specs,
-      updates,
+      lambda spec, u: _scale_blocks(spec, u, shape_scale), specs, updates
     )
     return scaled, state
 
   return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
+class ScaleByNeuronNormState(NamedTuple):
+  """State of `scale_by_neuron_norm`."""
+
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]
+  """Number of updates so far, int32 scalar (for schedules)."""
+  nu: tuple[jax.Array, ...]
+  """Per matrix stack, laid out as `ScaleByLionKState.lmo_state`: the
+  second moment of each neuron, `(batch, 1, fan_out)` float32."""
+
+
+def _neuron_normalize(o, nu, beta2, eps):
+  """NorMuon's normalisation of one `(batch, fan_in, fan_out)` stack.
+
+  Returns `(0.2·√(mn)·Ô/‖Ô‖_F, ν)` for `ν ← β₂·ν + (1 − β₂)·mean(O⊙O)` over
+  each column and `Ô = O / (√ν + ε)`.
+  """
+  _, fan_in, fan_out = o.shape
+  o32 = o.astype(jnp.promote_types(o.dtype, jnp.float32))
+  # A Flax kernel is (fan_in, fan_out): a neuron is a column. An empty
+  # fan-in has an empty column, whose mean square is 0 rather than 0/0.
+  mean_square = jnp.sum(o32 * o32, axis=-2, keepdims=True) / max(fan_in, 1)
+  new_nu = beta2 * nu + (1 - beta2) * mean_square
+  # As the Ky Fan warm start does: a non-finite direction (whose update is
+  # NaN, a step `skip_nonfinite` skips) leaves each affected neuron's moment
+  # at its last finite value rather than poisoning every later step.
+  nu = jnp.where(jnp.isfinite(new_nu), new_nu, nu).astype(jnp.float32)
+  denominator = jnp.sqrt(nu) + eps
+  # √ν + ε = 0 only for ε = 0 and a neuron whose directions were all zero:
+  # its column is zero and stays zero.
+  o_hat = o32 / jnp.where(denominator == 0, 1, denominator)
+  norm = jnp.sqrt(jnp.sum(o_hat * o_hat, axis=(-2, -1), keepdims=True))
+  # `== 0`, not `> 0`: a zero matrix stays zero, a NaN norm reaches the
+  # update (every entry NaN, as for the normalising LMOs).
+  scale = (
+    partition.RMS_MATCH
+    * math.sqrt(fan_in * fan_out)
+    / jnp.where(norm == 0, 1, norm)
+  )
+  return (o_hat * scale).astype(o.dtype), nu
+
+
+def scale_by_neuron_norm(
+  b2: ScalarOrSchedule = 0.95,
+  eps: ScalarOrSchedule = 1e-8,
+  *,
+  dimension_numbers: partition.DimensionNumbersSpec = None,
+) -> optax.GradientTransformation:
+  """NorMuon's neuron-wise normalisation of an LMO direction `O`.
+
+  Per matrix (each block of a split leaf is its own matrix), with one second
+  moment `ν` per output neuron:
+
+      ν ← b2·ν + (1 − b2)·mean_in(O ⊙ O)
+      Ô = O / (√ν + eps)
+      out = 0.2·√(m·n)·Ô / ‖Ô‖_F
+
+  so every matrix's update has RMS 0.2, AdamW's (the RMS that
+  `shape_scale="rms"` gives Muon's polar factor).
+  Chained after `scale_by_lion_k` or `scale_by_lmo` with any LMO, then
+  `add_decayed_weights(λ)` and `optax.scale_by_learning_rate(η)`, it is the
+  paper's Algorithm 1 step `X ← X − η·λ·X − η̂·Ô` with
+  `η̂ = 0.2·η·√(mn)/‖Ô‖_F`; `lion_k(..., neuron_b2=b2)` chains it so.
+
+  Orientation: Flax lays kernels out as `(fan_in, fan_out)`, so a neuron is
+  a column and the mean runs over the fan-in axis (the paper's rows are
+  those of PyTorch's `(out, in)` weights). There is no bias correction, as
+  in the paper. A zero direction gives a zero update; a non-finite one gives
+  a NaN update and leaves the affected moments at their last finite values.
+
+  Args:
+    b2: decay of the second moment, in [0, 1) (or a schedule of the step
+      count); 0 normalises by this step's direction alone.
+    eps: added to `√ν`, ≥ 0 (or a schedule).
+    dimension_numbers: how each leaf is read as matrices (see
+      `fanion_optax.partition.resolve_dimension_numbers`); every leaf must
+      resolve to a matrix.
+
+  Returns:
+    A `GradientTransformation` with `ScaleByNeuronNormState`; its updates
+    have the incoming updates' dtypes.
+
+  References:
+    Z. Li, L. Liu, C. Liang, W. Chen, T. Zhao, *NorMuon: Making Muon more
+    efficient and scalable*, arXiv:2510.05491, Algorithm 1; Liu et al.,
+    arXiv:2502.16982 (the 0.2 RMS match).
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> import fanion_optax as fo
+    >>> tx = optax.chain(
+    ...     fo.scale_by_lmo(fo.lmo.spectral()), fo.scale_by_neuron_norm())
+    >>> grads = {"w": jnp.array([[3.0, 0.0, 1.0], [0.0, 1.0, 0.0]])}
+    >>> updates, state = tx.update(grads, tx.init(grads))
+    >>> float(jnp.sqrt(jnp.mean(updates["w"] ** 2)))  # RMS 0.2
+    0.2...
+    >>> state[1].nu[0].shape  # one second moment per neuron (column)
+    (1, 1, 3)
+  """
+  _validate.check_scalar('b2', b2, low=0.0, high=1.0, high_inclusive=False)
+  _validate.check_scalar('eps', eps, low=0.0)
+
+  def init_fn(params):
+    specs = _matrix_specs(params, dimension_numbers, 'scale_by_neuron_norm')
+    spec_leaves, treedef = jax.tree.flatten(specs, is_leaf=lambda x: x is None)
+    nu = tuple(
+      jnp.zeros((batch, 1, fan_out), jnp.float32)
+      for spec, p in zip(spec_leaves, treedef.flatten_up_to(params))
+      if spec is not None
+      for batch, _, fan_out in spec.stack_shapes(jnp.shape(p))
+    )
+    return ScaleByNeuronNormState(count=jnp.zeros([], jnp.int32), nu=nu)
+
+  def update_fn(updates, state, params=None):
+    del params
+    specs = _matrix_specs(updates, dimension_numbers, 'scale_by_neuron_norm')
+    beta2 = _value_at(b2, state.count)
+    epsilon = _value_at(eps, state.count)
+    spec_leaves, treedef = jax.tree.flatten(specs, is_leaf=lambda x: x is None)
+    moments = iter(state.nu)
+    out, nu = [], []
+    for spec, u in zip(spec_leaves, treedef.flatten_up_to(updates)):
+      if spec is None:
+        out.append(u)
+        continue
+      # Cutting blocks and merging axes reshapes sharded axes, a type error
+      # under explicit sharding: normalise whole matrices, as `_apply_lmo`.
+      whole, restore = distributed.replicate_explicit(u)
+      stacks = []
+      for stack in spec.to_stacks(whole):
+        normalized, moment = _neuron_normalize(
+          stack, next(moments), beta2, epsilon
+        )
+        stacks.append(normalized)
+        nu.append(moment)
+      out.append(restore(spec.from_stacks(stacks, u.shape)))
+    return treedef.unflatten(out), ScaleByNeuronNormState(
+      count=cast(jax.Array, optax.safe_increment(state.count)), nu=tuple(nu)
+    )
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 class AddDecayedWeightsState(NamedTuple):

@@ -1407,6 +1407,10 @@ PIPELINE_OPTIONS = (
   'fallback',
   'mu_dtype',
   'split',
+  'neuron_b2',
+  'neuron_eps',
+  'adaptive',
+  'error_feedback',
 )
 # name: (preset, its own arguments, static_args for optax.inject_hyperparams)
 PRESETS = {

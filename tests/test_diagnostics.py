@@ -278,3 +278,32 @@ def test_default_slack_follows_the_polar_overshoot():
   assert _polar.singular_value_bound('newton_schulz', 5) == pytest.approx(
     1.2024, abs=1e-3
   )
+
+
+def test_blocks_are_reported_as_matrices_of_their_own():
+  # A grouped-query kernel cut into (4, 8), (4, 4), (4, 4) blocks and a
+  # fused QKV kernel into three (4, 4): every block is a matrix with the
+  # radius of its own shape factor (sqrt(8/4) and 1), not the whole
+  # kernel's (sqrt(16/4) = 2 and sqrt(12/4)).
+  gqa, qkv = _rand((4, 16), 7), _rand((4, 12), 8)
+  report = fo.diagnostics.constraint_report(
+    {'gqa': jnp.asarray(gqa), 'qkv': jnp.asarray(qkv)},
+    fo.lmo.spectral(),
+    weight_decay=0.5,
+    rtol=0.0,
+    dimension_numbers={
+      'gqa': DN(0, 1, output_blocks=(8, 4, 4)),
+      'qkv': DN(0, 1, output_blocks=3),
+    },
+  )
+  assert list(report) == ['gqa[4x8]', 'gqa[4x4]', 'qkv']
+  sigma1 = lambda *blocks: [singular_values(b)[0] for b in blocks]
+  expected = {
+    'gqa[4x8]': (sigma1(gqa[:, :8]), math.sqrt(2) / 0.5),
+    'gqa[4x4]': (sigma1(gqa[:, 8:12], gqa[:, 12:]), 1 / 0.5),
+    'qkv': (sigma1(qkv[:, :4], qkv[:, 4:8], qkv[:, 8:]), 1 / 0.5),
+  }
+  for key, (norms, radius) in expected.items():
+    np.testing.assert_allclose(report[key].norm, norms, rtol=1e-5)
+    assert report[key].radius == pytest.approx(radius, rel=1e-12)
+    assert report[key].holds == bool(max(norms) <= radius)

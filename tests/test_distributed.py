@@ -416,3 +416,63 @@ def test_pmap_lowrank_lmo_with_many_matrices_per_device_finishes(split):
   )
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'finished' in result.stdout
+
+
+# The fast tier keeps the sharded-jit split (whose explicit sharding also
+# goes through the per-block shape scale); the pmap split is slow.
+@pytest.mark.parametrize('split', tiered(['mesh', 'pmap'], fast={'mesh'}))
+def test_fused_blocks_split_like_separate_parameters(split):
+  """A grouped-query kernel `(8, 16 + 8 + 8)` with `output_blocks`: its
+  blocks are shared out as matrices of their own (stacks `(1, 8, 16)` and
+  `(2, 8, 8)` over 8 devices, each block with its own shape factor) and
+  train as three separately stored parameters on one device."""
+  sizes = (16, 8, 8)
+  params = {'qkv': jax.random.normal(jax.random.PRNGKey(0), (8, 32))}
+  grads = [_grads(params, t) for t in range(2)]
+  dims = {'qkv': DN(0, 1, output_blocks=sizes)}
+
+  def separate(tree):
+    parts = jnp.split(tree['qkv'], np.cumsum(sizes)[:-1], axis=1)
+    return {f'b{i}': p for i, p in enumerate(parts)}
+
+  ref = fo.muon(0.1, weight_decay=0.1)
+  ref_update = jax.jit(ref.update)
+  ref_params, ref_state = separate(params), ref.init(separate(params))
+  for g in grads:
+    updates, ref_state = ref_update(separate(g), ref_state, ref_params)
+    ref_params = jax.tree.map(jnp.add, ref_params, updates)
+
+  if split == 'mesh':
+    mesh = _mesh((N_DEV,), ('model',), AxisType.Explicit)
+    shard = lambda t: _shard_params(t, mesh, 'model')
+    tx = fo.muon(
+      0.1,
+      weight_decay=0.1,
+      dimension_numbers=dims,
+      split=fo.distributed.over_mesh(mesh, 'model'),
+    )
+    update = jax.jit(tx.update)
+    p, state = shard(params), tx.init(shard(params))
+    for g in grads:
+      updates, state = update(shard(g), state, p)
+      p = jax.tree.map(jnp.add, p, updates)
+    assert p['qkv'].sharding.is_equivalent_to(shard(params)['qkv'].sharding, 2)
+    per_device = [p]
+  else:
+    tx = fo.muon(
+      0.1,
+      weight_decay=0.1,
+      dimension_numbers=dims,
+      split=fo.distributed.over_axis('devices'),
+    )
+    replicate = lambda t: jax.tree.map(
+      lambda x: jnp.broadcast_to(x, (N_DEV,) + x.shape), t
+    )
+    update = jax.pmap(tx.update, axis_name='devices')
+    p, state = replicate(params), replicate(tx.init(params))
+    for g in grads:
+      updates, state = update(replicate(g), state, p)
+      p = jax.tree.map(jnp.add, p, updates)
+    per_device = [{'qkv': p['qkv'][d]} for d in range(N_DEV)]
+  for got in per_device:
+    _assert_close(separate(got), ref_params)

@@ -40,7 +40,7 @@ def _load(name):
 
 def test_examples_have_a_readme_and_quick_mode():
   readme = (EXAMPLES / 'README.md').read_text()
-  for name in ('nnx_train', 'cnn_conv', 'distributed_train'):
+  for name in ('nnx_train', 'cnn_conv', 'distributed_train', 'gpt'):
     assert f'{name}.py' in readme
     assert '--quick' in (EXAMPLES / f'{name}.py').read_text()
 
@@ -118,6 +118,35 @@ def test_cnn_conv():
     # Outside the ball the excess shrinks at least by (1 − ελ) per step.
     assert entry.norm.max() <= out['bounds'][path] * (1 + 1e-3), path
   assert after['conv2/kernel'].holds
+
+
+@pytest.mark.slow
+def test_gpt_resumes_from_its_checkpoint_and_clips_logits(tmp_path):
+  example = _load('gpt')
+  tau = 3.0  # below the quick model's logits (about 4-6), so QK-clip acts
+  common = ['--quick', '--out', str(tmp_path), '--qk-clip', str(tau)]
+  first = example.main([*common, '--stop-at', '15'])
+  assert (first['start'], first['stop']) == (0, 15)
+  with pytest.raises(SystemExit, match='--resume'):
+    example.main(common)  # checkpoints exist: no silent restart
+  second = example.main([*common, '--resume'])
+  assert (second['start'], second['stop']) == (15, 30)
+  history = second['history']
+  losses = np.asarray(history['losses'])
+  assert losses.shape == (30,) and np.all(np.isfinite(losses))
+  np.testing.assert_array_equal(losses[:15], first['history']['losses'])
+  # Bytes: uniform guessing is ln 256 = 5.5 nats; 30 steps reach about 3.5.
+  assert losses[-5:].mean() < losses[:5].mean() - 1.0
+  assert history['val'][-1][1] < np.log(256) - 1.0
+  assert history['clipped'] > 0
+  # The clip scaled the last step's weights: on that step's batch every
+  # head's largest logit is now τ or less, up to the step's own change.
+  args = second['args']
+  tokens, _ = example.batch_at(example.corpus()[0], args.steps, args)
+  _, max_logits = second['model'](tokens)
+  for layer, logits in max_logits.items():
+    assert float(logits.max()) <= 1.02 * tau, layer
+  assert pathlib.Path(second['plot']).stat().st_size > 10_000
 
 
 def test_distributed_cpu_device_flag(monkeypatch):

@@ -379,6 +379,7 @@ def test_constraint_report_tolerates_bf16_rounding():
     assert report['w'].holds is holds, compute_dtype
 
 
+@pytest.mark.slow
 def test_bf16_muon_steady_state_passes_the_report():
   lmo = fo.lmo.spectral(compute_dtype=jnp.bfloat16)
   decay = 1.0

@@ -134,6 +134,7 @@ def test_skip_leaves_params_and_state_untouched_under_jit(name):
   assert int(state.consecutive) == 0
 
 
+@pytest.mark.slow
 def test_skip_keeps_fanion_warm_start_and_counts():
   tx = fo.skip_nonfinite(fo.fanion(0.05, 2))
   params = _tree(0)
