@@ -20,7 +20,8 @@ and Nesterov momentum μ (the library's Muon default, Lion-𝒦 `b1 = μ²`,
 (the paper's η on this problem), `fanion(k)` for k = n/32 and n/8 with the
 library's default warm-started subspace iteration (two block power steps per
 iteration, not an exact SVD), `neon` (k = 1), NSGD = `lion_k(lmo.frobenius())`
-and signSGD = `lion_k(lmo.sign())`.
+and signSGD = `lion_k(lmo.sign())`; and the same Fanion-k and Neon with
+Dion's error feedback (`error_feedback=True`, SPEC §2.4), the "EF" rows.
 
 Grid design. A constant-step LMO method stalls where its fixed-length steps
 make F oscillate; the best learning rate is the largest whose floor clears
@@ -128,6 +129,18 @@ def method_specs(n: int) -> dict[str, dict[str, Any]]:
     label='fo.neon',
     k=1,
   )
+  # Dion's error feedback (SPEC §2.4) on the same low ranks.
+  for k in (*fanion_ks(n), 1):
+    name = 'Neon' if k == 1 else f'Fanion-{k}'
+    specs[f'{name} EF'] = dict(
+      factory=lambda lr, mu, k=k: fo.fanion(
+        lr, k, momentum=mu, error_feedback=True, **common
+      ),
+      step_norm=root_n,
+      label=f'fo.fanion(k={k}, error_feedback=True)',
+      k=k,
+      error_feedback=True,
+    )
   specs['NSGD'] = dict(
     factory=lion(fo.lmo.frobenius()),
     step_norm=1.0,
@@ -257,6 +270,7 @@ def tune(name: str, spec: dict[str, Any], problem, args, bar) -> dict[str, Any]:
   return dict(
     label=spec['label'],
     k=spec.get('k'),
+    error_feedback=spec.get('error_feedback', False),
     step_norm=spec['step_norm'],
     best=best,
     best_history=log_subsample(best_history),
@@ -304,7 +318,11 @@ def evaluate_targets(
       ' than Muon (each at its best grid point)',
       values={name: count(name), 'Muon': count('Muon')},
     )
-  fanions = [name for name, r in results.items() if r.get('k')]
+  fanions = [
+    name
+    for name, r in results.items()
+    if r.get('k') and not r.get('error_feedback')
+  ]
   targets['low_k_fanions_slower_than_muon'] = dict(
     passed=math.isfinite(muon)
     and all(_iterations(results[name]) > muon for name in fanions),
@@ -312,6 +330,21 @@ def evaluate_targets(
     ' needs more iterations than Muon',
     values={name: count(name) for name in ['Muon', *fanions]},
   )
+  pairs = [
+    (name[: -len(' EF')], name)
+    for name, r in results.items()
+    if r.get('error_feedback') and name[: -len(' EF')] in results
+  ]
+  if pairs:
+    targets['error_feedback_no_slower_per_k'] = dict(
+      passed=all(
+        _iterations(results[ef]) <= _iterations(results[plain])
+        for plain, ef in pairs
+      ),
+      description='Fanion-k (and Neon) with error feedback reach F <'
+      f' {TARGET:g} in no more iterations than without, for every k',
+      values={name: count(name) for plain, ef in pairs for name in (plain, ef)},
+    )
   targets['spectral_methods_reach_target'] = dict(
     passed=all(results[name]['best']['reached'] for name in SPECTRAL),
     description=f'Muon, F-Muon and S-Muon reach F < {TARGET:g} within'
@@ -581,7 +614,9 @@ def markdown(document: dict[str, Any]) -> str:
     ' between methods closer than one grid step (√2) are within the'
     " grid's resolution. Fanion-k uses the library's"
     ' warm-started subspace iteration (2 power steps per iteration), not'
-    ' an exact top-k SVD.\n'
+    ' an exact top-k SVD; "EF" rows add Dion\'s error feedback'
+    ' (`error_feedback=True`: the momentum the rank-k step did not use'
+    ' keeps its full weight).\n'
   )
   return text
 
