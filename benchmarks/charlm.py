@@ -42,6 +42,17 @@ optimizer transformation per (optimizer, learning rate) is built and reused
 across seeds, so the jitted step compiles once per configuration. This is a
 quality benchmark: no wall-clock timing is compared (see `step`).
 
+Variants, run with the same protocol and merged into the same table
+(`--optimizers normuon,muon_adaptive,muon_heads,fanion8_ef --merge`):
+NorMuon (`fo.normuon`, Li et al., arXiv:2510.05491; its update has RMS
+0.2·lr per matrix, so its 1x is 0.01), adaptive Muon (`fo.muon(adaptive=
+True)`, the direction times the nuclear norm of the momentum), per-head Muon
+(the attention kernels' head axis a batch axis: each head's `(64, 16)` block
+its own matrix) and Fanion-8 with Dion's error feedback
+(`fo.fanion(8, error_feedback=True)`, arXiv:2504.05295). They have no target
+but issue 14's: error-feedback Fanion-8 within 2·pooled std of Muon
+(one-sided).
+
 Targets: Muon beats AdamW (mean held-out loss, the established
 language-model result); F-Muon and S-Muon match Muon within
 max(2·pooled std, 0.01 nats/byte) (the Fanions paper, arXiv:2512.09678);
@@ -631,7 +642,13 @@ def markdown(document: dict[str, Any]) -> str:
     f' {cfg["d_model"]}, so Fanion-k with k ≥ {cfg["d_model"]} is the full'
     ' polar factor, i.e. Muon. Targets: Muon below AdamW; F-/S-Muon within'
     f' max({NOISE_SIGMAS:g}·pooled std, {MATCH_TOL}) of Muon; Fanion-1 above'
-    f' Muon by more than {NOISE_SIGMAS:g}·pooled std.'
+    f' Muon by more than {NOISE_SIGMAS:g}·pooled std; Fanion-8 with error'
+    f' feedback ("EF") no more than {NOISE_SIGMAS:g}·pooled std above Muon.'
+    ' NorMuon (update RMS 0.2·lr per matrix, hence its smaller default lr),'
+    ' adaptive Muon (direction times the nuclear norm of the momentum) and'
+    " per-head Muon (each attention head's block its own matrix) are"
+    ' reported without a target: whether they help on this small model is'
+    ' the question.'
   )
   grid = cfg['lr_multipliers']
   edge = [
