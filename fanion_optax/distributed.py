@@ -17,6 +17,32 @@ the work instead:
   products), and resharded back. Without it GSPMD partitions every
   Newton–Schulz matmul of a sharded matrix and all-reduces partial Gram
   products every step.
+* `compressed("batch")` — compressed data parallel, for Ky Fan LMOs
+  (Fanion-k, Neon): inside `jax.pmap(..., axis_name="batch")` or
+  `jax.shard_map`, every device passes its **local** gradient `g_i` (do
+  not `pmean` the matrix gradients) and keeps its own momentum `M_i`. The
+  direction is the Ky Fan LMO of the mean `N̄ = mean_i(b1·M_i + (1−b1)·g_i)`,
+  computed from all-reduces of thin blocks only: per subspace iteration
+  `mean(N_i Q)` (`m×k`) and `mean(N_iᵀ A)` (`n×k`), then `mean(N_i Q)` for
+  the Rayleigh–Ritz step, plus one scalar per matrix (the shared scale;
+  with `adaptive=True` also `⟨N̄, D⟩`) — never `m×n`. The QR and small SVD
+  run identically on every device, so the directions, the left bases and
+  the warm-start subspaces are the same everywhere. The momentum update is
+  linear (with error feedback too: every device applies the same
+  `Π = P Pᵀ`), so `mean_i M_i` evolves exactly as the one-device momentum
+  on the mean gradient, and the parameters equal the one-device run's.
+  A matrix with `min(m, n) <= k` (the full polar factor) and
+  `top_k_method="svd"` all-reduce that whole matrix. Non-matrix leaves:
+  `fanion_optax.lion_k` averages their gradients over the axis before the
+  fallback. Full-rank LMOs and mixtures raise `ValueError`. Communication
+  per matrix and warm step (2 subspace iterations): `(2·(m+n) + m)·k`
+  floats, against `m·n` for averaging the gradient; the cold first step
+  runs 10 iterations.
+
+  The matrices' optimizer state is then per device (`M_i`; the subspaces
+  and step count are replicated). Only `mean_i M_i` affects the future
+  parameters: to checkpoint, save the per-device state, or its mean over
+  the devices, and restore that mean on every device.
 * `None` — one device, or let XLA decide.
 
 The split is one frozen value that validates itself, so exclusive
@@ -60,16 +86,40 @@ class OverAxis:
   axis_name: Hashable
 
   def __post_init__(self):
-    names = (
-      self.axis_name if isinstance(self.axis_name, tuple) else (self.axis_name,)
+    _check_axis_name(self.axis_name)
+
+
+def _check_axis_name(axis_name: Any) -> None:
+  names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+  if not names or any(n is None or not isinstance(n, Hashable) for n in names):
+    raise TypeError(
+      'axis_name must be a hashable axis name (or a tuple of'
+      f' them), got {axis_name!r}.'
     )
-    if not names or any(
-      n is None or not isinstance(n, Hashable) for n in names
-    ):
-      raise TypeError(
-        'axis_name must be a hashable axis name (or a tuple of'
-        f' them), got {self.axis_name!r}.'
-      )
+
+
+@dataclasses.dataclass(frozen=True)
+class Compressed:
+  """Compressed data parallel over a mapped axis (`pmap` / `shard_map`).
+
+  Each device passes its local gradient; only thin `m×k` and `n×k` products
+  of the momentum are all-reduced (see the module docstring). Ky Fan LMOs
+  only.
+
+  Attributes:
+    axis_name: the `axis_name` of the enclosing `jax.pmap` or the mesh axis
+      (or tuple of axes) of the enclosing `jax.shard_map` over which the
+      gradients differ.
+  """
+
+  axis_name: Hashable
+
+  def __post_init__(self):
+    _check_axis_name(self.axis_name)
+
+  def mean(self, x: jax.Array) -> jax.Array:
+    """`x` averaged over the devices of `axis_name`."""
+    return jax.lax.pmean(x, self.axis_name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +161,9 @@ class OverMesh:
     object.__setattr__(self, 'axes', axes)
 
 
-Split = OverAxis | OverMesh | None
-"""How the LMO work is shared between devices: see `over_axis`, `over_mesh`."""
+Split = OverAxis | OverMesh | Compressed | None
+"""How the LMO work is shared between devices: see `over_axis`, `over_mesh`,
+`compressed`."""
 
 
 def over_axis(axis_name: Hashable) -> OverAxis:
@@ -137,12 +188,39 @@ def over_mesh(mesh: Mesh, axes: str | Sequence[str] | None = None) -> OverMesh:
   )
 
 
+def compressed(axis_name: Hashable) -> Compressed:
+  """Compressed data parallel over `axis_name` of a `pmap`/`shard_map`.
+
+  Every device passes its local gradient and keeps its own momentum; the
+  Ky Fan direction of the mean momentum is computed from all-reduced
+  `m×k` and `n×k` blocks, never `m×n` (see the module docstring).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import fanion_optax as fo
+    >>> params = {"w": jnp.zeros((8, 16))}
+    >>> g = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 16))  # 2 devices
+    >>> tx = fo.fanion(0.02, 2, split=fo.distributed.compressed("batch"))
+    >>> step = lambda g: tx.update({"w": g}, tx.init(params), params)[0]
+    >>> local = jax.vmap(step, axis_name="batch")(g)["w"]  # or pmap
+    >>> one = fo.fanion(0.02, 2)  # one device, on the mean gradient
+    >>> mean = one.update({"w": g.mean(0)}, one.init(params), params)[0]
+    >>> bool(jnp.allclose(local, mean["w"], atol=1e-6))
+    True
+  """
+  return Compressed(axis_name)
+
+
 def check_split(split: Any) -> None:
-  """Raises `TypeError` unless `split` is `None`, `over_axis` or `over_mesh`."""
-  if split is not None and not isinstance(split, (OverAxis, OverMesh)):
+  """Raises `TypeError` unless `split` is `None` or a split value."""
+  if split is not None and not isinstance(
+    split, (OverAxis, OverMesh, Compressed)
+  ):
     raise TypeError(
       'split must be None, fanion_optax.distributed.over_axis(name) or'
-      f' fanion_optax.distributed.over_mesh(mesh, axes), got {split!r}.'
+      f' fanion_optax.distributed.over_mesh(mesh, axes), got {split!r}'
+      ' (or, for data parallel with local gradients,'
+      ' fanion_optax.distributed.compressed(name)).'
     )
 
 
@@ -246,6 +324,22 @@ def _gather_replicated(
   return jax.lax.psum(placed, axis_name)
 
 
+def _check_replicated(state: Any, split: Compressed) -> None:
+  """Raises unless the warm-start state is typed replicated (`shard_map`).
+
+  A state typed as varying over the axis would make the directions vary
+  too (and the subspace loop's carry change type); it is the same on
+  every device, so it belongs in `P()`.
+  """
+  if any(_varies_over(s, split.axis_name) for s in jax.tree.leaves(state)):
+    raise ValueError(
+      f'split={split!r}: inside jax.shard_map the LMO state (the Ky Fan'
+      ' warm-start subspaces, ScaleByLionKState.lmo_state) must be'
+      f' replicated over {split.axis_name!r} (in_specs P()); only the'
+      ' matrices\' momentum (ScaleByLionKState.mu) differs between devices.'
+    )
+
+
 def _update_mesh(lmo: lmo_lib.LMO, x, state, split: OverMesh):
   mesh = split.mesh
   axes = cast(tuple[str, ...], split.axes)  # a tuple after __post_init__
@@ -295,13 +389,19 @@ def apply_lmo(
       (true of every LMO in `fanion_optax.lmo`).
     matrices: `(b_i, m_i, n_i)` arrays.
     states: the LMO state of each.
-    split: `None`, `over_axis(name)` or `over_mesh(mesh, axes)`.
+    split: `None`, `over_axis(name)`, `over_mesh(mesh, axes)` or
+      `compressed(name)` (then `lmo` must be `compressible`).
 
   Returns:
     The directions and new states, in the input order. Empty matrices
     (a zero-size axis) have empty directions and keep their state.
+
+  Raises:
+    ValueError: `compressed(name)` with an LMO that is not compressible.
   """
   check_split(split)
+  if isinstance(split, Compressed):
+    lmo_lib.check_compressible(lmo, f'split={split!r}')
   groups: dict[Any, list[int]] = {}
   out: list[Any] = [None] * len(matrices)
   new_states: list[Any] = list(states)
@@ -318,6 +418,9 @@ def apply_lmo(
       d, s = _update_pmap(lmo, x, state, split.axis_name)
     elif isinstance(split, OverMesh):
       d, s = _update_mesh(lmo, x, state, split)
+    elif isinstance(split, Compressed):
+      _check_replicated(state, split)
+      d, s = lmo.update(x, state, mean=split.mean)
     else:
       d, s = lmo.update(x, state)
     offset = 0

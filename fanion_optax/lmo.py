@@ -32,6 +32,11 @@ low-rank term) also give the left factor `P` of their direction,
 `direction, P, state = lmo.update_with_basis(g, state)`, so that error
 feedback (Dion) can remove from the momentum what the step used.
 
+Compressible LMOs (`compressible` is true: `ky_fan`) compute the direction
+of the mean of every data-parallel device's input from thin all-reduced
+products: `lmo.update(g_i, state, mean=mean)` on each device, with `mean`
+the mean over the devices (`fanion_optax.distributed.compressed`).
+
 References:
   A. Kravatskiy, I. Kozyrev, N. Kozlov, A. Vinogradov, D. Merkulov,
   I. Oseledets, *The Ky Fan Norms and Beyond: Dual Norms and Combinations for
@@ -73,6 +78,7 @@ from fanion_optax import polar as polar_lib
 State = Any
 Shape = tuple[int, ...]
 TopKMethod = lowrank.TopKMethod
+Mean = lowrank.Mean
 
 
 def _frobenius_norm(x: jax.Array) -> jax.Array:
@@ -111,6 +117,23 @@ def check_low_rank(lmo: LMO, name: str = 'error_feedback=True') -> None:
     )
 
 
+def check_compressible(lmo: LMO, name: str) -> None:
+  """Raises `ValueError` unless `lmo.compressible` (`update` takes `mean`).
+
+  Args:
+    lmo: the oracle.
+    name: what needs a compressible LMO, named in the message.
+  """
+  if not lmo.compressible:
+    raise ValueError(
+      f'{name} needs a compressible LMO, ky_fan(k) (Fanion-k, Neon), whose'
+      ' direction comes from thin m×k and n×k products of the mean'
+      f' momentum; got {lmo!r}. Full-rank LMOs and mixtures (their'
+      ' Frobenius or sign term) need the whole mean matrix: pmean the'
+      ' gradients and use fanion_optax.distributed.over_axis(name).'
+    )
+
+
 class LMO(abc.ABC):
   """A linear minimisation oracle over a batch of matrices `(..., m, n)`."""
 
@@ -118,6 +141,10 @@ class LMO(abc.ABC):
   low_rank: bool = False
   """Whether the direction has low rank and `update_with_basis` gives the
   subspace it used (what `error_feedback=True` needs)."""
+  compressible: bool = False
+  """Whether `update(g, state, mean=mean)` computes the direction of the
+  mean over data-parallel devices from all-reduced thin products (what
+  `fanion_optax.distributed.compressed` needs)."""
 
   @abc.abstractmethod
   def __call__(self, g: jax.typing.ArrayLike) -> jax.Array:
@@ -131,13 +158,23 @@ class LMO(abc.ABC):
     return None
 
   def update(
-    self, g: jax.typing.ArrayLike, state: State
+    self, g: jax.typing.ArrayLike, state: State, *, mean: Mean | None = None
   ) -> tuple[jax.Array, State]:
-    """The direction and the next state (warm-started LMOs use `state`)."""
+    """The direction and the next state (warm-started LMOs use `state`).
+
+    With `mean` (the mean over data-parallel devices, each passing its own
+    `g`; compressible LMOs only) the direction of the mean `g`, the same on
+    every device.
+
+    Raises:
+      ValueError: `mean` for an LMO that is not `compressible`.
+    """
+    if mean is not None:
+      check_compressible(self, 'update(mean=...)')
     return self(g), state
 
   def update_with_basis(
-    self, g: jax.typing.ArrayLike, state: State
+    self, g: jax.typing.ArrayLike, state: State, *, mean: Mean | None = None
   ) -> tuple[jax.Array, jax.Array | None, State]:
     """`update`, with the left factor `P` of the direction.
 
@@ -151,7 +188,7 @@ class LMO(abc.ABC):
     Raises:
       ValueError: the LMO is not `low_rank`.
     """
-    del g, state
+    del g, state, mean
     check_low_rank(self, 'update_with_basis')
     raise NotImplementedError(
       f'{type(self).__name__} sets low_rank = True but does not implement'
@@ -234,6 +271,12 @@ class KyFan(LMO):
   factor of the direction (for error feedback), and `None` (`Π = I`) where
   the direction is the full polar factor.
 
+  It is `compressible`: `update(g_i, state, mean=mean)` on each
+  data-parallel device gives the direction of the mean `Σ g_i / n` from
+  all-reduced `m×k` and `n×k` products (`lowrank.subspace_iteration`); a
+  matrix with `min(m, n) <= k`, or `top_k_method="svd"`, all-reduces the
+  whole matrix instead.
+
   References:
     Kravatskiy et al., arXiv:2512.09678; Ahn et al., arXiv:2504.05295.
 
@@ -263,6 +306,7 @@ class KyFan(LMO):
   gram: polar_lib.Gram = False
 
   low_rank = True
+  compressible = True
 
   def __post_init__(self):
     object.__setattr__(self, 'k', _validate.check_int('k', self.k, minimum=1))
@@ -314,14 +358,17 @@ class KyFan(LMO):
     k = lowrank.effective_rank(shape, self.k)
     return jnp.zeros((*shape[:-2], shape[-1], k), jnp.float32)
 
-  def update(self, g, state):
-    direction, _, state = self.update_with_basis(g, state)
+  def update(self, g, state, *, mean=None):
+    direction, _, state = self.update_with_basis(g, state, mean=mean)
     return direction, state
 
-  def update_with_basis(self, g, state):
+  def update_with_basis(self, g, state, *, mean=None):
     g = _validate.check_matrix('g', g)
     if self._is_full_rank(g.shape):
       # The full polar factor uses the whole matrix: `Π = I`.
+      if mean is not None:
+        wide = jnp.promote_types(g.dtype, jnp.float32)
+        g = mean(g.astype(wide)).astype(g.dtype)
       return self(g), None, state
     direction, basis, subspace = lowrank.top_k_polar_with_basis(
       g,
@@ -330,6 +377,7 @@ class KyFan(LMO):
       subspace_iters=self.subspace_iters,
       state=state if self.stateful else None,
       compute_dtype=self.compute_dtype,
+      mean=mean,
     )
     if not self.stateful:
       return direction, basis, state
@@ -337,11 +385,18 @@ class KyFan(LMO):
     # A zero or non-finite input carries no information about the subspace:
     # keep the previous one rather than a QR of zeros (or NaN) for the next
     # warm start.
-    informative = (
-      jnp.all(jnp.isfinite(subspace), axis=(-2, -1), keepdims=True)
-      & jnp.any(g != 0, axis=(-2, -1), keepdims=True)
-      & jnp.all(jnp.isfinite(g), axis=(-2, -1), keepdims=True)
-    )
+    finite = jnp.all(jnp.isfinite(subspace), axis=(-2, -1), keepdims=True)
+    if mean is None:
+      informative = (
+        finite
+        & jnp.any(g != 0, axis=(-2, -1), keepdims=True)
+        & jnp.all(jnp.isfinite(g), axis=(-2, -1), keepdims=True)
+      )
+    else:
+      # Only the mean input counts, and no device sees it; its Ritz values
+      # (the same everywhere) are all zero exactly when the basis is, and a
+      # non-finite mean input makes the subspace NaN.
+      informative = finite & jnp.any(basis != 0, axis=(-2, -1), keepdims=True)
     return direction, basis, jnp.where(informative, subspace, state)
 
   def dual_norm(self, g):
@@ -468,7 +523,9 @@ class Mixture(LMO):
   def init(self, shape, dtype=jnp.float32):
     return tuple(term.init(shape, dtype) for _, term in self.terms)
 
-  def update(self, g, state):
+  def update(self, g, state, *, mean=None):
+    if mean is not None:
+      check_compressible(self, 'update(mean=...)')
     g = _validate.check_matrix('g', g)
     outputs = [term.update(g, s) for (_, term), s in zip(self.terms, state)]
     return (
@@ -476,7 +533,7 @@ class Mixture(LMO):
       tuple(s for _, s in outputs),
     )
 
-  def update_with_basis(self, g, state):
+  def update_with_basis(self, g, state, *, mean=None):
     """`update`, with the left factor of its one low-rank term.
 
     What the step "used" is that term's subspace (the Ky Fan term of
@@ -484,6 +541,8 @@ class Mixture(LMO):
     every direction and are not fed back.
     """
     check_low_rank(self, 'update_with_basis')
+    if mean is not None:
+      check_compressible(self, 'update_with_basis(mean=...)')
     g = _validate.check_matrix('g', g)
     directions, states, basis = [], [], None
     for (_, term), s in zip(self.terms, state):

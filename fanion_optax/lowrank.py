@@ -14,6 +14,8 @@ References:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Literal
 from typing import overload
 
@@ -24,6 +26,8 @@ from fanion_optax import _linalg
 from fanion_optax import _validate
 
 TopKMethod = Literal['subspace', 'svd']
+Mean = Callable[[jax.Array], jax.Array]
+"""The mean over data-parallel devices (`jax.lax.pmean` over an axis)."""
 METHODS = ('subspace', 'svd')
 WARM_ITERS = 2
 COLD_ITERS = 10
@@ -71,34 +75,77 @@ def top_k_svd(g: jax.Array, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
   return u[..., :k], s[..., :k], _linalg.swap_last(vh[..., :k, :])
 
 
+def _reduced(mean: Mean | None, x: jax.Array) -> jax.Array:
+  return x if mean is None else mean(x)
+
+
 def _power_step(
-  _, carry: tuple[jax.Array, jax.Array]
+  mean: Mean | None, _, carry: tuple[jax.Array, jax.Array]
 ) -> tuple[jax.Array, jax.Array]:
-  # Module level (not a closure over `g`): eagerly, `fori_loop` then finds
-  # its traced body in JAX's cache instead of compiling it on every call.
   g, q = carry
-  q, _ = _linalg.qr(_linalg.swap_last(g) @ (g @ q))
+  a = _reduced(mean, g @ q)
+  q, _ = _linalg.qr(_reduced(mean, _linalg.swap_last(g) @ a))
   return g, q
 
 
+# Module level (not a closure over `g`): eagerly, `fori_loop` then finds its
+# traced body in JAX's cache instead of compiling it on every call.
+_local_power_step = functools.partial(_power_step, None)
+
+
 def subspace_iteration(
-  g: jax.Array, q: jax.Array, subspace_iters: int | jax.Array
+  g: jax.Array,
+  q: jax.Array,
+  subspace_iters: int | jax.Array,
+  *,
+  mean: Mean | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Block power iteration `Q ← orth(Gᵀ(G Q))` and a Rayleigh–Ritz step.
 
+  With `mean`, `G` is the mean of the devices' `g` (each device passes its
+  own) and only thin products cross devices: per iteration `mean(g Q)`
+  (`m×k`) and `mean(gᵀ A)` (`n×k`), then `mean(g Q)` for the Rayleigh–Ritz
+  step. Every device then holds the same `(u, s, v)`.
+
   Args:
     g: `(..., m, n)`.
-    q: `(..., n, k)` starting right subspace (orthonormal columns).
+    q: `(..., n, k)` starting right subspace (orthonormal columns), the same
+      on every device.
     subspace_iters: number of `Gᵀ G` multiplications (0 keeps `q`); a
       traced count compiles one loop body for every count.
+    mean: `None` (one device), or the mean over the data-parallel devices
+      (`functools.partial(jax.lax.pmean, axis_name=...)`).
 
   Returns:
     `(u, s, v)` Ritz triplets `(..., m, k)`, `(..., k)`, `(..., n, k)`:
     `G Q = U Σ Wᵀ` (a small SVD) and `V = Q W`, descending `s`.
+
+  References:
+    Ahn et al., arXiv:2504.05295 (Dion: all-reducing the thin factors).
   """
-  _, q = jax.lax.fori_loop(0, subspace_iters, _power_step, (g, q))
-  u, s, wh = _linalg.svd(g @ q, full_matrices=False)
+  body = (
+    _local_power_step if mean is None else functools.partial(_power_step, mean)
+  )
+  _, q = jax.lax.fori_loop(0, subspace_iters, body, (g, q))
+  u, s, wh = _linalg.svd(_reduced(mean, g @ q), full_matrices=False)
   return u, s, q @ _linalg.swap_last(wh)
+
+
+def _common_scaled(x: jax.Array, mean: Mean) -> jax.Array:
+  """Every device's `x` over one power of two, from the mean of their peaks.
+
+  `_linalg.max_abs_scaled` per device would scale each local matrix by its
+  own peak, and the mean of those is not a multiple of the mean matrix. A
+  shared power of two keeps the thin products linear in `x` (and exact: a
+  power of two only moves exponents); the mean peak bounds the mean
+  matrix's entries, so none overflows. A non-finite peak anywhere makes
+  every device's matrix NaN, as `max_abs_scaled` does for one matrix.
+  """
+  peak = mean(jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True, initial=0))
+  usable = (peak > 0) & jnp.isfinite(peak)
+  _, exponent = jnp.frexp(jnp.where(usable, peak, jnp.ones_like(peak)))
+  scaled = _linalg.times_power_of_two(x, -exponent)
+  return jnp.where(jnp.isfinite(peak), scaled, jnp.nan)
 
 
 @overload
@@ -208,6 +255,7 @@ def top_k_polar_with_basis(
   subspace_iters: int | None = None,
   state: jax.Array | None = None,
   compute_dtype: jax.typing.DTypeLike | None = None,
+  mean: Mean | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
   """`top_k_polar`, with the left factor of the direction and the new state.
 
@@ -223,6 +271,13 @@ def top_k_polar_with_basis(
     subspace_iters: subspace iterations (see `top_k_polar`).
     state: the right subspace from a previous call, or `None`.
     compute_dtype: dtype of the arithmetic (at least float32).
+    mean: `None` (one device), or the mean over data-parallel devices
+      (`jax.lax.pmean` over an axis) when each device passes its own `g`:
+      the result is then that of the mean `g`, the same on every device,
+      computed from all-reduced `m×k` and `n×k` products only (see
+      `subspace_iteration`), plus one scalar per matrix (the shared scale).
+      `"svd"` and `k >= min(m, n)` need the whole matrix: they all-reduce
+      `g` itself.
 
   Returns:
     `(direction, basis, new_state)`: the direction of `top_k_polar`; the
@@ -256,9 +311,15 @@ def top_k_polar_with_basis(
     m = g.shape[-2]
     basis = jnp.zeros((*g.shape[:-2], m, effective_rank(g.shape, k)), dtype)
     return g, basis, state
-  x = _linalg.max_abs_scaled(g.astype(dtype))
-  k = effective_rank(x.shape, k)
-  full_rank = k == min(x.shape[-2:])
+  k = effective_rank(g.shape, k)
+  full_rank = k == min(g.shape[-2:])
+  x = g.astype(dtype)
+  if mean is not None and (top_k_method == 'svd' or full_rank):
+    x, mean = mean(x), None
+  if mean is None:
+    x = _linalg.max_abs_scaled(x)
+  else:
+    x = _common_scaled(x, mean)
   if top_k_method == 'svd' or full_rank:
     u, s, v = top_k_svd(x, k)
   else:
@@ -280,7 +341,7 @@ def top_k_polar_with_basis(
       q = jnp.where(cold, start, state.astype(dtype))
       if iters is None:
         iters = jnp.where(jnp.any(cold), COLD_ITERS, WARM_ITERS)
-    u, s, v = subspace_iteration(x, q, iters)
+    u, s, v = subspace_iteration(x, q, iters, mean=mean)
   keep = _linalg.singular_value_mask(s, x.shape).astype(dtype)
   basis = u * keep[..., None, :]
   direction = (basis @ _linalg.swap_last(v)).astype(g.dtype)

@@ -82,6 +82,24 @@ def _in_float32(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _mean_over(
+  inner: optax.GradientTransformation, axis_name: Any
+) -> optax.GradientTransformationExtraArgs:
+  """`inner` applied to the updates averaged over `axis_name`.
+
+  Under `distributed.compressed` the devices pass local gradients; the
+  fallback's leaves are not compressed, so they are averaged as a
+  data-parallel step would.
+  """
+  inner = optax.with_extra_args_support(inner)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    mean = jax.tree.map(lambda u: jax.lax.pmean(u, axis_name), updates)
+    return inner.update(mean, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+
+
 def adamw_fallback(
   learning_rate: ScalarOrSchedule = 3e-4,
   b1: float = 0.9,
@@ -173,7 +191,10 @@ def lion_k(
     mu_dtype: momentum dtype of the matrices (default: the parameters').
     split: how to share the LMO work between devices:
       `fanion_optax.distributed.over_axis(name)` inside `pmap`/`shard_map`,
-      `over_mesh(mesh, axes)` under sharded `jit`, or `None`.
+      `over_mesh(mesh, axes)` under sharded `jit`, `compressed(name)`
+      inside `pmap`/`shard_map` with each device's local gradients (Ky Fan
+      LMOs only: thin factors are all-reduced, the fallback's gradients
+      averaged), or `None`.
     neuron_b2: NorMuon's second-moment decay β₂ in [0, 1), or a schedule;
       `None` (default) is off. When set, each matrix's direction has every
       neuron (column of the `(fan_in, fan_out)` view) divided by the root
@@ -221,6 +242,8 @@ def lion_k(
       'fallback must be an optax.GradientTransformation or'
       f' None, got {fallback!r}.'
     )
+  if isinstance(split, distributed.Compressed):
+    fallback = _mean_over(fallback, split.axis_name)
   matrices = optax.chain(
     transforms.scale_by_lion_k(
       lmo,

@@ -44,9 +44,12 @@ def _value_at(value: ScalarOrSchedule, count: jax.Array) -> Any:
   return value(count) if callable(value) else value
 
 
-def _check_lmo(lmo: Any) -> None:
+def _check_lmo(lmo: Any, split: distributed.Split) -> None:
   if not isinstance(lmo, lmo_lib.LMO):
     raise TypeError(f'lmo must be a fanion_optax.lmo.LMO, got {lmo!r}.')
+  distributed.check_split(split)
+  if isinstance(split, distributed.Compressed):
+    lmo_lib.check_compressible(lmo, f'split={split!r}')
 
 
 def _matrix_specs(tree: Any, dimension_numbers: Any, who: str) -> Any:
@@ -154,30 +157,44 @@ class _Step(lmo_lib.LMO):
   matrix is (its device's share under `split`). With `with_basis` the state
   is `(lmo_state, basis)`: `apply_lmo` keeps a state's structure, so the
   basis slot comes in as a placeholder (`_basis_placeholders`) and goes
-  out holding `update_with_basis`'s left factor.
+  out holding `update_with_basis`'s left factor. Under
+  `distributed.compressed` `update` gets `mean`: the direction is that of
+  the devices' mean input and `⟨N̄, D⟩ = mean_i ⟨N_i, D⟩` (one scalar per
+  matrix crosses devices).
   """
 
   lmo: lmo_lib.LMO
   adaptive: bool = False
   with_basis: bool = False
 
-  def _scale(self, g, direction):
+  @property
+  def compressible(self) -> bool:  # type: ignore[override]
+    return self.lmo.compressible
+
+  def _scale(self, g, direction, mean=None):
     if not self.adaptive:
       return direction
     wide = jnp.promote_types(g.dtype, jnp.float32)
     d = direction.astype(wide)
     dual = jnp.sum(g.astype(wide) * d, axis=(-2, -1), keepdims=True)
+    if mean is not None:
+      dual = mean(dual)
     return (dual * d).astype(direction.dtype)
 
   def __call__(self, g):
     return self._scale(g, self.lmo(g))
 
-  def update(self, g, state):
+  def update(self, g, state, *, mean=None):
+    # `mean` only reaches compressible LMOs (checked where the optimizer is
+    # built): LMOs written against `update(g, state)` keep working.
+    extra = {} if mean is None else {'mean': mean}
     if not self.with_basis:
-      direction, state = self.lmo.update(g, state)
-      return self._scale(g, direction), state
-    direction, basis, lmo_state = self.lmo.update_with_basis(g, state[0])
-    return self._scale(g, direction), (lmo_state, basis)
+      direction, state = self.lmo.update(g, state, **extra)
+      return self._scale(g, direction, mean), state
+    direction, basis, lmo_state = self.lmo.update_with_basis(
+      g, state[0], **extra
+    )
+    return self._scale(g, direction, mean), (lmo_state, basis)
 
   def dual_norm(self, g):
     return self.lmo.dual_norm(g)
@@ -274,7 +291,9 @@ def scale_by_lion_k(
   matrix with `min(m, n) <= k` gives the full polar factor: `Π = I` there.
   With `b1 ≠ b2` (Nesterov) `P` comes from `N` and is applied to `E`. The
   extra cost is `O(mnk)` per matrix (two products with `P`); it works with
-  every `split`, each device computing `P` for its share.
+  every `split`, each device computing `P` for its share (under
+  `compressed`, every device has the same `P` and feeds back its own
+  momentum: no communication).
 
   Args:
     lmo: the oracle `∇𝒦` (see `fanion_optax.lmo`); warm-started LMO state
@@ -289,7 +308,9 @@ def scale_by_lion_k(
     split: how to share the LMO work between devices:
       `fanion_optax.distributed.over_axis(name)` inside `pmap`/`shard_map`
       with replicated updates, `over_mesh(mesh, axes)` under sharded `jit`,
-      or `None` (see `fanion_optax.distributed`).
+      `compressed(name)` inside `pmap`/`shard_map` with local gradients
+      (Ky Fan LMOs; the momentum is then per device), or `None` (see
+      `fanion_optax.distributed`).
     adaptive: scale each matrix's direction by `⟨N, lmo(N)⟩` (above).
     error_feedback: Dion's error feedback (above). Needs a low-rank LMO
       (`lmo.low_rank`: `ky_fan`, or a `mix` with exactly one low-rank
@@ -300,7 +321,8 @@ def scale_by_lion_k(
     incoming updates' dtypes.
 
   Raises:
-    ValueError: `error_feedback=True` with a full-rank LMO or `b2 = 0`.
+    ValueError: `error_feedback=True` with a full-rank LMO or `b2 = 0`;
+      `split=compressed(name)` with an LMO that is not compressible.
 
   References:
     Chen, Liu, Liang, Liu, arXiv:2310.05898; Ahn et al., arXiv:2504.05295
@@ -317,10 +339,9 @@ def scale_by_lion_k(
     >>> updates["w"].tolist()
     [[1.0, -1.0, 0.0], [1.0, 1.0, -1.0]]
   """
-  _check_lmo(lmo)
+  _check_lmo(lmo, split)
   _validate.check_scalar('b1', b1, low=0.0, high=1.0)
   _validate.check_scalar('b2', b2, low=0.0, high=1.0, high_inclusive=False)
-  distributed.check_split(split)
   mu_dtype = (
     None
     if mu_dtype is None
@@ -412,8 +433,7 @@ def scale_by_lmo(
     >>> updates["w"].tolist()
     [[0.6000000238418579, 0.800000011920929]]
   """
-  _check_lmo(lmo)
-  distributed.check_split(split)
+  _check_lmo(lmo, split)
   _validate.check_bool('adaptive', adaptive)
   step = _Step(lmo, adaptive=adaptive)
 

@@ -26,7 +26,10 @@ kernels, where jitting compiles every (LMO, shape, dtype) anew. Measured
 seven shapes and 121 s over three (1×512, 16×5, 2×3×6): with ~20 LMOs and
 three dtypes the jit cache rarely hits.
 Hypothesis runs derandomized (a fixed seed per test) with no database, so
-every run checks the same cases.
+every run checks the same cases. The counts (200, 120 and 40 examples) keep
+this module near three minutes on two cores inside CI's 25-minute budget;
+since the cases are fixed, more examples per run would not add coverage over
+time, only more fixed cases.
 """
 
 import functools
@@ -294,7 +297,7 @@ matrices = st.fixed_dictionaries(
 )
 
 
-@_settings(400)
+@_settings(200)
 @given(name=st.sampled_from(NAMES), m=matrices)
 def test_lmo_output_finite_in_dtype_and_in_ball(name, m):
   lo, hi = EXPONENTS[m['dtype']]
@@ -328,7 +331,7 @@ def test_lmo_output_finite_in_dtype_and_in_ball(name, m):
     ball(out2, g, g.dtype)
 
 
-@_settings(250)
+@_settings(120)
 @given(name=st.sampled_from(NAMES), m=matrices)
 def test_lmo_homogeneous_of_degree_zero_and_odd(name, m):
   g = _matrix(m['shape'], m['dtype'], m['seed'], 0.0, m['zeros'], floor=1 / 16)
@@ -407,7 +410,7 @@ def _signature(tree):
   )
 
 
-@_settings(60)
+@_settings(40)
 @given(
   name=st.sampled_from(sorted(OPTIMIZERS)),
   dtype=st.sampled_from(sorted(DTYPES)),
