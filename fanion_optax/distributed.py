@@ -336,7 +336,7 @@ def _check_replicated(state: Any, split: Compressed) -> None:
       f'split={split!r}: inside jax.shard_map the LMO state (the Ky Fan'
       ' warm-start subspaces, ScaleByLionKState.lmo_state) must be'
       f' replicated over {split.axis_name!r} (in_specs P()); only the'
-      ' matrices\' momentum (ScaleByLionKState.mu) differs between devices.'
+      " matrices' momentum (ScaleByLionKState.mu) differs between devices."
     )
 
 

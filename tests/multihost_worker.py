@@ -6,8 +6,11 @@
 Trains a small MLP for a few steps with `muon` and `f_muon`; in the
 multi-process run the parameters are FSDP-sharded over a global mesh of every
 process's CPU devices and the optimizers split the orthogonalisation work
-(`split=fo.distributed.over_mesh(mesh)`). Process 0 writes the final
-parameters to OUT.npz.
+(`split=fo.distributed.over_mesh(mesh)`). `fanion` trains on the whole batch
+in the single process and, in the multi-process run, with compressed data
+parallelism (`split=fo.distributed.compressed`): every device's gradient of
+its share of the batch, per-device momenta, thin all-reduces across the
+processes. Process 0 writes the final parameters to OUT.npz.
 """
 
 import os
@@ -60,7 +63,68 @@ def make_optimizer(name, mesh):
   split = None if mesh is None else fo.distributed.over_mesh(mesh)
   if name == 'muon':
     return fo.muon(0.05, weight_decay=0.1, split=split)
+  if name == 'fanion':  # the one-device reference of `train_compressed`
+    return fo.fanion(0.05, 2, weight_decay=0.1)
   return fo.f_muon(0.05, weight_decay=0.1, split=split)
+
+
+def train_compressed(mesh):
+  """Fanion-k, each device on its rows of the batch, inside `shard_map`."""
+  params = initial_params()
+  x, y = data()
+  tx = fo.fanion(
+    0.05, 2, weight_decay=0.1, split=fo.distributed.compressed('d')
+  )
+  lion_k = fo.transforms.ScaleByLionKState
+  is_lion_k = lambda n: isinstance(n, lion_k)
+
+  def specs(node):
+    if is_lion_k(node):
+      return node._replace(
+        count=P(),
+        mu=jax.tree.map(lambda _: P('d'), node.mu),
+        lmo_state=jax.tree.map(lambda _: P(), node.lmo_state),
+      )
+    return jax.tree.map(lambda _: P(), node)
+
+  state_specs = jax.tree.map(specs, tx.init(params), is_leaf=is_lion_k)
+  shardings = lambda t: jax.tree.map(lambda p: NamedSharding(mesh, p), t)
+  devices = jax.device_count()
+
+  def init():
+    # Every device's momentum, stacked along axis 0.
+    tile = lambda m: jnp.concatenate([m] * devices, axis=0)
+    return jax.tree.map(
+      lambda n: n._replace(mu=jax.tree.map(tile, n.mu)) if is_lion_k(n) else n,
+      tx.init(params),
+      is_leaf=is_lion_k,
+    )
+
+  state = jax.jit(init, out_shardings=shardings(state_specs))()
+  replicated = NamedSharding(mesh, P())
+  params = jax.jit(lambda: params, out_shardings=replicated)()
+  rows = NamedSharding(mesh, P('d'))
+  x, y = (
+    jax.make_array_from_callback(a.shape, rows, lambda i, a=a: a[i])
+    for a in (x, y)
+  )
+
+  def local_step(params, state, x, y):
+    grads = jax.grad(loss_fn)(params, x, y)  # this device's rows only
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  step = jax.jit(
+    jax.shard_map(
+      local_step,
+      mesh=mesh,
+      in_specs=(P(), state_specs, P('d'), P('d')),
+      out_specs=(P(), state_specs),
+    )
+  )
+  for _ in range(STEPS):
+    params, state = step(params, state, x, y)
+  return params
 
 
 def train(name, mesh=None, place=lambda t: t):
@@ -83,7 +147,7 @@ def train(name, mesh=None, place=lambda t: t):
 def main(argv):
   out = argv[1]
   if len(argv) == 2:
-    results = {name: train(name) for name in ('muon', 'f_muon')}
+    results = {name: train(name) for name in ('muon', 'f_muon', 'fanion')}
   else:
     proc, nprocs, port = int(argv[2]), int(argv[3]), int(argv[4])
     jax.distributed.initialize(
@@ -109,6 +173,16 @@ def main(argv):
     for name in ('muon', 'f_muon'):
       params = train(name, mesh, place)
       results[name] = multihost_utils.process_allgather(params, tiled=True)
+    results['fanion'] = multihost_utils.process_allgather(
+      train_compressed(
+        jax.make_mesh(
+          (jax.device_count(),),
+          ('d',),
+          axis_types=(jax.sharding.AxisType.Auto,),
+        )
+      ),
+      tiled=True,
+    )
   if jax.process_index() == 0:
     flat = {
       f'{name}/{key}': np.asarray(value)

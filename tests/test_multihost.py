@@ -57,6 +57,8 @@ def test_two_processes_match_single_process(tmp_path):
   assert sorted(a.files) == sorted(b.files)
   assert any(k.startswith('muon/') for k in a.files)
   assert any(k.startswith('f_muon/') for k in a.files)
+  # Compressed data parallel: each device's own rows, thin all-reduces.
+  assert any(k.startswith('fanion/') for k in a.files)
   for key in a.files:
     np.testing.assert_allclose(
       b[key], a[key], rtol=1e-4, atol=1e-5, err_msg=key
