@@ -217,10 +217,8 @@ def check_split(split: Any) -> None:
     split, (OverAxis, OverMesh, Compressed)
   ):
     raise TypeError(
-      'split must be None, fanion_optax.distributed.over_axis(name) or'
-      f' fanion_optax.distributed.over_mesh(mesh, axes), got {split!r}'
-      ' (or, for data parallel with local gradients,'
-      ' fanion_optax.distributed.compressed(name)).'
+      'split must be None, fanion_optax.distributed.over_axis(name),'
+      f' over_mesh(mesh, axes) or compressed(name), got {split!r}.'
     )
 
 

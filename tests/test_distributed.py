@@ -354,8 +354,8 @@ def test_split_values_validate_themselves():
   ):
     fo.distributed.over_axis(None)
   split_error = re.escape(
-    'split must be None, fanion_optax.distributed.over_axis(name) or'
-    ' fanion_optax.distributed.over_mesh(mesh, axes), got'
+    'split must be None, fanion_optax.distributed.over_axis(name),'
+    ' over_mesh(mesh, axes) or compressed(name), got'
   )
   with pytest.raises(TypeError, match=split_error + " 'batch'"):
     fo.muon(0.02, split='batch')

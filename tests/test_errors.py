@@ -940,10 +940,10 @@ CASES = [
     'optimizers',
     "fo.muon(0.1, split='batch')",
     TypeError,
-    "split must be None, fanion_optax.distributed.over_axis(name) or fanion_optax.distributed.over_mesh(mesh, axes), got 'batch'.",
+    "split must be None, fanion_optax.distributed.over_axis(name), over_mesh(mesh, axes) or compressed(name), got 'batch'.",
     'split',
     "'batch'",
-    'None, fanion_optax.distributed.over_axis(name) or fanion_optax.distributed.over_mesh(mesh, axes)',
+    'None, fanion_optax.distributed.over_axis(name), over_mesh(mesh, axes) or compressed(name)',
   ),
   Case(
     'optimizers',
@@ -1291,10 +1291,10 @@ CASES = [
     'transforms',
     "fo.scale_by_lion_k(lmo.sign(), split='d')",
     TypeError,
-    "split must be None, fanion_optax.distributed.over_axis(name) or fanion_optax.distributed.over_mesh(mesh, axes), got 'd'.",
+    "split must be None, fanion_optax.distributed.over_axis(name), over_mesh(mesh, axes) or compressed(name), got 'd'.",
     'split',
     "'d'",
-    'None, fanion_optax.distributed.over_axis(name) or fanion_optax.distributed.over_mesh(mesh, axes)',
+    'None, fanion_optax.distributed.over_axis(name), over_mesh(mesh, axes) or compressed(name)',
   ),
   Case(
     'transforms',
@@ -1327,10 +1327,10 @@ CASES = [
     'transforms',
     'fo.scale_by_lmo(lmo.sign(), split=True)',
     TypeError,
-    'split must be None, fanion_optax.distributed.over_axis(name) or fanion_optax.distributed.over_mesh(mesh, axes), got True.',
+    'split must be None, fanion_optax.distributed.over_axis(name), over_mesh(mesh, axes) or compressed(name), got True.',
     'split',
     'True',
-    'None, fanion_optax.distributed.over_axis(name) or fanion_optax.distributed.over_mesh(mesh, axes)',
+    'None, fanion_optax.distributed.over_axis(name), over_mesh(mesh, axes) or compressed(name)',
   ),
   Case(
     'transforms',
@@ -1642,19 +1642,19 @@ CASES = [
     'distributed',
     "distributed.check_split('i')",
     TypeError,
-    "split must be None, fanion_optax.distributed.over_axis(name) or fanion_optax.distributed.over_mesh(mesh, axes), got 'i'.",
+    "split must be None, fanion_optax.distributed.over_axis(name), over_mesh(mesh, axes) or compressed(name), got 'i'.",
     'split',
     "'i'",
-    'None, fanion_optax.distributed.over_axis(name) or fanion_optax.distributed.over_mesh(mesh, axes)',
+    'None, fanion_optax.distributed.over_axis(name), over_mesh(mesh, axes) or compressed(name)',
   ),
   Case(
     'distributed',
     "distributed.apply_lmo(lmo.sign(), [jnp.ones((1, 2, 2))], [None], split='i')",
     TypeError,
-    "split must be None, fanion_optax.distributed.over_axis(name) or fanion_optax.distributed.over_mesh(mesh, axes), got 'i'.",
+    "split must be None, fanion_optax.distributed.over_axis(name), over_mesh(mesh, axes) or compressed(name), got 'i'.",
     'split',
     "'i'",
-    'None, fanion_optax.distributed.over_axis(name) or fanion_optax.distributed.over_mesh(mesh, axes)',
+    'None, fanion_optax.distributed.over_axis(name), over_mesh(mesh, axes) or compressed(name)',
   ),
   Case(
     'optimizers',
@@ -1881,6 +1881,33 @@ CASES = [
     '3',
     'divide num_heads=4',
   ),
+  Case(
+    'distributed',
+    'distributed.compressed(None)',
+    TypeError,
+    'axis_name must be a hashable axis name (or a tuple of them), got None.',
+    'axis_name',
+    'None',
+    'a hashable axis name',
+  ),
+  Case(
+    'distributed',
+    "fo.muon(0.1, split=distributed.compressed('d'))",
+    ValueError,
+    "split=Compressed(axis_name='d') needs a compressible LMO, ky_fan(k) (Fanion-k, Neon), whose direction comes from thin m×k and n×k products of the mean momentum; got Spectral(polar_method='polar_express', polar_steps=None, compute_dtype=None, eps=1e-07, gram=False). Full-rank LMOs and mixtures (their Frobenius or sign term) need the whole mean matrix: pmean the gradients and use fanion_optax.distributed.over_axis(name).",
+    'split',
+    'Spectral(',
+    'a compressible LMO, ky_fan(k)',
+  ),
+  Case(
+    'distributed',
+    "fo.scale_by_lmo(lmo.frobenius(), split=distributed.compressed('d'))",
+    ValueError,
+    "split=Compressed(axis_name='d') needs a compressible LMO, ky_fan(k) (Fanion-k, Neon), whose direction comes from thin m×k and n×k products of the mean momentum; got Frobenius(). Full-rank LMOs and mixtures (their Frobenius or sign term) need the whole mean matrix: pmean the gradients and use fanion_optax.distributed.over_axis(name).",
+    'split',
+    'Frobenius()',
+    'a compressible LMO, ky_fan(k)',
+  ),
 ]
 
 
@@ -1930,6 +1957,7 @@ def test_cases_cover_every_public_entry_point():
     'diagnostics.constraint_report(',
     'distributed.over_axis(',
     'distributed.over_mesh(',
+    'distributed.compressed(',
     'distributed.check_split(',
     'distributed.apply_lmo(',
   ]
@@ -1984,7 +2012,7 @@ SECTIONS = {
   'diagnostics': 'Diagnostics: `constraint_report`',
   'attention': 'QK-clip (`qk_clip`, `QKLayout`)',
   'distributed': 'Work-split values (`fanion_optax.distributed`:'
-  ' `over_axis`, `over_mesh`, `check_split`, `apply_lmo`)',
+  ' `over_axis`, `over_mesh`, `compressed`, `check_split`, `apply_lmo`)',
 }
 
 
