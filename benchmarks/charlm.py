@@ -109,15 +109,15 @@ LABELS = {
   'muon_adaptive': 'Muon, adaptive',
   'muon_heads': 'Muon, per head',
 }
-DEFAULT_LR = {'adamw': 3e-3, 'normuon': 1e-2, 'muon_adaptive': 0.1}
+DEFAULT_LR = {'adamw': 3e-3, 'normuon': 1e-2, 'muon_adaptive': 0.4}
 """Peak learning rates of `demo.make_optimizer` (0.02 for the LMO ones).
 
 NorMuon's direction has RMS 0.2 (SPEC §2.5); Muon's at 64x64 has RMS 1/8,
 so 0.01 moves the weights as far as Muon's 0.02 does (`--optimizers` rows
 sweep 0.5x-4x around it). Adaptive Muon multiplies the direction by the
 momentum's nuclear norm, about 0.5-5 on this model at initialisation and
-smaller later: a first sweep around 0.02 put its best lr at the 4x edge
-(0.08), so its 1x is 0.1."""
+smaller later: sweeps around 0.02 and 0.1 put its best lr at the 4x edge
+(0.08, then 0.4), so its 1x is 0.4."""
 FULL = dict(
   steps=400,
   batch=32,
