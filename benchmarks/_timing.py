@@ -19,8 +19,10 @@ import argparse
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -90,6 +92,97 @@ def flops_of(compiled: Any) -> float | None:
   if not cost or 'flops' not in cost:
     return None
   return float(cost['flops'])
+
+
+_HLO_DTYPE_BYTES = {
+  'pred': 1,
+  's8': 1,
+  'u8': 1,
+  's16': 2,
+  'u16': 2,
+  'f16': 2,
+  'bf16': 2,
+  's32': 4,
+  'u32': 4,
+  'f32': 4,
+  's64': 8,
+  'u64': 8,
+  'f64': 8,
+  'c64': 8,
+  'c128': 16,
+}
+_HLO_HEADER = re.compile(r'^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$')
+_HLO_INSTRUCTION = re.compile(
+  r'^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.*?)\s+([a-z][\w\-]*)\('
+)
+_HLO_SHAPE = re.compile(r'\b([a-z]+\d*)\[([\d,]*)\]')
+_HLO_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+
+
+def all_reduce_bytes(hlo: str, unknown_trip_count: int = 1) -> int:
+  """Bytes all-reduced per device by one run of a compiled HLO module.
+
+  Sums the result sizes of the `all-reduce` (and `all-reduce-start`)
+  instructions of `compiled.as_text()`, entering called computations: a
+  `while` body counts once per trip (XLA's `known_trip_count`, else
+  `unknown_trip_count`, for a loop whose count is decided at run time), a
+  `conditional` counts its costliest branch, a combined all-reduce every
+  array of its tuple.
+
+  Args:
+    hlo: the text of a compiled module (`jit(f).lower(...).compile()
+      .as_text()`).
+    unknown_trip_count: trips of a `while` loop without a known count.
+
+  Returns:
+    The bytes summed over all-reduce results (each device sends and
+    receives about this much, whatever the all-reduce algorithm).
+  """
+  bodies: dict[str, list[str]] = {}
+  entry = None
+  body: list[str] | None = None
+  for line in hlo.splitlines():
+    if line and not line[0].isspace():
+      header = _HLO_HEADER.match(line)
+      body = None if header is None else bodies.setdefault(header[2], [])
+      if header is not None and header[1]:
+        entry = header[2]
+    elif body is not None:
+      body.append(line)
+  if entry is None:
+    raise ValueError('hlo has no ENTRY computation: pass compile().as_text().')
+  totals: dict[str, int] = {}
+
+  def total(name: str) -> int:
+    if name not in totals:
+      totals[name] = sum(map(instruction, bodies.get(name, ())))
+    return totals[name]
+
+  def instruction(line: str) -> int:
+    match = _HLO_INSTRUCTION.match(line)
+    if match is None:
+      return 0
+    result, opcode = match.groups()
+    if opcode in ('all-reduce', 'all-reduce-start'):
+      return sum(
+        math.prod(int(d) for d in dims.split(',') if d)
+        * _HLO_DTYPE_BYTES[dtype]
+        for dtype, dims in _HLO_SHAPE.findall(result)
+      )
+    if opcode == 'while':
+      trips = _HLO_TRIP_COUNT.search(line)
+      count = unknown_trip_count if trips is None else int(trips[1])
+      return count * total(re.search(r'body=%?([\w.\-]+)', line)[1])
+    if opcode == 'conditional':
+      listed = re.search(r'branch_computations=\{([^}]*)\}', line)
+      names = re.findall(
+        r'%?([\w.\-]+)' if listed else r'_computation=%?([\w.\-]+)',
+        listed[1] if listed else line,
+      )
+      return max(map(total, names))
+    return sum(map(total, re.findall(r'(?:calls|to_apply)=%?([\w.\-]+)', line)))
+
+  return total(entry)
 
 
 def text_table(
