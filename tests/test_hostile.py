@@ -195,6 +195,7 @@ def _captured(g, d, k):
   return float(np.sum(np.asarray(g) * np.asarray(d)) / np.sum(s[:k]))
 
 
+@pytest.mark.slow
 def test_zero_input_keeps_the_warm_subspace():
   k = 4
   lmo = fo.lmo.ky_fan(k)

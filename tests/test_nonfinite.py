@@ -220,7 +220,14 @@ def test_skip_nonfinite_state_and_extra_args():
 NORMALISING = sorted(set(OPTIMIZERS) - {'lion'})
 
 
-@pytest.mark.parametrize('bad', [jnp.nan, jnp.inf, -jnp.inf])
+@pytest.mark.parametrize(
+  'bad',
+  [
+    jnp.nan,
+    pytest.param(jnp.inf, marks=pytest.mark.slow),
+    pytest.param(-jnp.inf, marks=pytest.mark.slow),
+  ],
+)
 @pytest.mark.parametrize('name', tiered(NORMALISING))
 def test_without_skip_nonfinite_entry_poisons_its_leaf(name, bad):
   tx = _optimizer(name)
