@@ -223,6 +223,19 @@ def _basis_placeholders(lmo, specs, tree, states):
   return tuple(map(placeholder, stacks, states))
 
 
+def _on_stacks(spec, x, fn):
+  """`x` with each of its `(batch, fan_in, fan_out)` stacks replaced by `fn`.
+
+  Cutting blocks reshapes sharded axes, a type error under explicit
+  sharding: the stacks are cut from the whole (replicated) array, as
+  `_apply_lmo` does, and the result gets `x`'s sharding back.
+  """
+  whole, restore = distributed.replicate_explicit(x)
+  return restore(
+    spec.from_stacks([fn(stack) for stack in spec.to_stacks(whole)], x.shape)
+  )
+
+
 def _feed_back(specs, momentum, bases, b2):
   """`Π(E) + (I − Π)(E)/b2` per matrix, with `Π = P Pᵀ` from `bases`."""
 
@@ -239,11 +252,7 @@ def _feed_back(specs, momentum, bases, b2):
     if spec is None:
       merged.append(e)
       continue
-    # Cutting blocks reshapes sharded axes, a type error under explicit
-    # sharding: work on whole matrices as `_apply_lmo` does.
-    whole, restore = distributed.replicate_explicit(e)
-    stacks = [feed_back(x, next(bases)) for x in spec.to_stacks(whole)]
-    merged.append(restore(spec.from_stacks(stacks, e.shape)))
+    merged.append(_on_stacks(spec, e, lambda x: feed_back(x, next(bases))))
   return treedef.unflatten(merged)
 
 
@@ -460,15 +469,8 @@ def _scale_blocks(spec, u, shape_scale):
   ]
   if len(set(factors)) == 1:
     return (u * factors[0]).astype(u.dtype)
-  # Cutting blocks reshapes sharded axes, a type error under explicit
-  # sharding: scale whole blocks as `_apply_lmo` does.
-  whole, restore = distributed.replicate_explicit(u)
-  stacks = spec.to_stacks(whole)
-  return restore(
-    spec.from_stacks(
-      [(x * f).astype(u.dtype) for x, f in zip(stacks, factors)], u.shape
-    )
-  )
+  factor = iter(factors)
+  return _on_stacks(spec, u, lambda x: (x * next(factor)).astype(u.dtype))
 
 
 def scale_by_shape(
@@ -623,21 +625,19 @@ def scale_by_neuron_norm(
     spec_leaves, treedef = jax.tree.flatten(specs, is_leaf=lambda x: x is None)
     moments = iter(state.nu)
     out, nu = [], []
+
+    def normalize(stack):
+      normalized, moment = _neuron_normalize(
+        stack, next(moments), beta2, epsilon
+      )
+      nu.append(moment)
+      return normalized
+
     for spec, u in zip(spec_leaves, treedef.flatten_up_to(updates)):
       if spec is None:
         out.append(u)
         continue
-      # Cutting blocks and merging axes reshapes sharded axes, a type error
-      # under explicit sharding: normalise whole matrices, as `_apply_lmo`.
-      whole, restore = distributed.replicate_explicit(u)
-      stacks = []
-      for stack in spec.to_stacks(whole):
-        normalized, moment = _neuron_normalize(
-          stack, next(moments), beta2, epsilon
-        )
-        stacks.append(normalized)
-        nu.append(moment)
-      out.append(restore(spec.from_stacks(stacks, u.shape)))
+      out.append(_on_stacks(spec, u, normalize))
     return treedef.unflatten(out), ScaleByNeuronNormState(
       count=cast(jax.Array, optax.safe_increment(state.count)), nu=tuple(nu)
     )
