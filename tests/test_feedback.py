@@ -406,22 +406,24 @@ def test_bfloat16_momentum_stays_finite():
 # Split across devices.
 
 
+def _params_and_grads(shapes, steps):
+  """Gaussian parameters and `steps` gradient trees with fixed seeds."""
+
+  def tree(offset):
+    return {
+      name: jnp.asarray(gaussian(s, seed=offset + i))
+      for i, (name, s) in enumerate(shapes.items())
+    }
+
+  return tree(0), [tree(10 * t) for t in range(steps)]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(jax.device_count() < N_DEV, reason='needs 8 devices')
 @pytest.mark.parametrize('method', ['svd', 'subspace'])
 def test_pmap_split_equals_single_device(method):
   shapes = {'a': (8, 16), 'b': (8, 16), 'c': (16, 8), 'd': (3, 5)}
-  params = {
-    name: jnp.asarray(gaussian(s, seed=i))
-    for i, (name, s) in enumerate(shapes.items())
-  }
-  grads = [
-    {
-      name: jnp.asarray(gaussian(s, seed=10 * t + i))
-      for i, (name, s) in enumerate(shapes.items())
-    }
-    for t in range(3)
-  ]
+  params, grads = _params_and_grads(shapes, steps=3)
 
   def trajectory(tx, update, p, state):
     for g in grads:
@@ -468,17 +470,7 @@ def test_sharded_jit_split_equals_single_device(axis_type):
   dims = {'stack': fo.DimensionNumbers(1, 2)} | {
     f'w{i}': fo.DimensionNumbers() for i in range(3)
   }
-  params = {
-    name: jnp.asarray(gaussian(s, seed=i))
-    for i, (name, s) in enumerate(shapes.items())
-  }
-  grads = [
-    {
-      name: jnp.asarray(gaussian(s, seed=10 * t + i))
-      for i, (name, s) in enumerate(shapes.items())
-    }
-    for t in range(2)
-  ]
+  params, grads = _params_and_grads(shapes, steps=2)
 
   def shard(tree):
     return jax.tree.map(
