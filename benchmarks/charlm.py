@@ -95,7 +95,9 @@ OPTIMIZERS = (
   'muon_adaptive',
   'muon_heads',
 )
-"""Named rows; `fanion<k>` and `fanion<k>_ef` (error feedback) take any k."""
+"""Named rows; `fanion<k>` and `fanion<k>_ef` (error feedback) take any k,
+and a suffix `_i<t>` fixes the subspace iterations per step (`_i1`: Dion's
+one power step)."""
 FULL_OPTIMIZERS = OPTIMIZERS[:6]
 """Fanion-64 is Muon at d_model 64 (see the module docstring); the variants
 (NorMuon, adaptive and per-head Muon) are run with `--optimizers ... --merge`."""
@@ -146,7 +148,7 @@ MATCH_TOL = 0.01  # nats/byte, the floor of the "within noise" band
 NOISE_SIGMAS = 2.0
 
 
-_FANION = re.compile(r'fanion([1-9][0-9]*)(_ef)?')
+_FANION = re.compile(r'fanion([1-9][0-9]*)(_ef)?(?:_i([1-9]))?')
 
 
 def known(name: str) -> bool:
@@ -157,7 +159,8 @@ def label(name: str) -> str:
   match = _FANION.fullmatch(name)
   if match is None:
     return LABELS[name]
-  return f'Fanion-{match[1]}' + (' EF' if match[2] else '')
+  iters = f', {match[3]} iter' if match[3] else ''
+  return f'Fanion-{match[1]}' + (' EF' if match[2] else '') + iters
 
 
 def per_head_dimension_numbers(params: Any) -> Any:
@@ -208,6 +211,8 @@ def make_optimizer(
   match = _FANION.fullmatch(name)
   if match is None:
     raise ValueError(f'unknown optimizer {name!r}')
+  if match[3]:
+    common['subspace_iters'] = int(match[3])
   return fo.fanion(
     schedule, int(match[1]), error_feedback=bool(match[2]), **common
   )

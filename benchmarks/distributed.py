@@ -455,10 +455,10 @@ def communication_modes(
 def analytic_bytes(
   shapes: Sequence[tuple[int, int]], k: int, iters: int
 ) -> int:
-  """Per step: `iters` power iterations all-reduce an `m x k` and an
-  `n x k` block, the Rayleigh-Ritz step an `m x k` block, the shared scale
-  one float, per matrix."""
-  return sum(((iters * (m + n) + m) * k + 1) * FLOAT_BYTES for m, n in shapes)
+  """Per step and matrix: each of the `iters` power iterations all-reduces
+  an `m x k` and an `n x k` block (the last one's `n x k` block is the
+  Rayleigh-Ritz step), the shared scale one float."""
+  return sum((iters * (m + n) * k + 1) * FLOAT_BYTES for m, n in shapes)
 
 
 def bench_communication(

@@ -100,35 +100,52 @@ def subspace_iteration(
   *,
   mean: Mean | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Block power iteration `Q ← orth(Gᵀ(G Q))` and a Rayleigh–Ritz step.
+  """Block power iteration `Q ← orth(Gᵀ(G Q))` ending in a Rayleigh–Ritz step.
+
+  The last iteration's `Gᵀ` product is the Rayleigh–Ritz step: with
+  `P = orth(G Q)` (`m×k`) and `R = Gᵀ P = Y Σ Zᵀ` (a thin SVD of an `n×k`
+  block), the Ritz triplets of `Pᵀ G` are `(P Z, Σ, Y)`. So `t` iterations
+  cost `2t` products with `G` and, with `mean`, all-reduce `t` blocks of
+  `m×k` and `t` of `n×k`: one power step per optimizer step (warm) is the
+  thin-factor traffic of Dion, `(m + n)·k` numbers per matrix. At
+  convergence `P Z Yᵀ = U_k V_kᵀ` exactly: `P` spans the top-k left
+  subspace, and for any orthonormal basis `P = U_k W` the factor `Z Yᵀ`
+  undoes `W`.
 
   With `mean`, `G` is the mean of the devices' `g` (each device passes its
-  own) and only thin products cross devices: per iteration `mean(g Q)`
-  (`m×k`) and `mean(gᵀ A)` (`n×k`), then `mean(g Q)` for the Rayleigh–Ritz
-  step. Every device then holds the same `(u, s, v)`.
+  own) and only thin products cross devices: `mean(g Q)` and `mean(gᵀ P)`.
+  Every device then holds the same `(u, s, v)`.
 
   Args:
     g: `(..., m, n)`.
     q: `(..., n, k)` starting right subspace (orthonormal columns), the same
       on every device.
-    subspace_iters: number of `Gᵀ G` multiplications (0 keeps `q`); a
-      traced count compiles one loop body for every count.
+    subspace_iters: number of `Gᵀ G` multiplications. A traced count must be
+      at least 1 (one loop body serves every count); a static 0 keeps `q`
+      and takes the Ritz triplets of `G Q`.
     mean: `None` (one device), or the mean over the data-parallel devices
       (`functools.partial(jax.lax.pmean, axis_name=...)`).
 
   Returns:
-    `(u, s, v)` Ritz triplets `(..., m, k)`, `(..., k)`, `(..., n, k)`:
-    `G Q = U Σ Wᵀ` (a small SVD) and `V = Q W`, descending `s`.
+    `(u, s, v)` Ritz triplets `(..., m, k)`, `(..., k)`, `(..., n, k)`,
+    descending `s`.
 
   References:
-    Ahn et al., arXiv:2504.05295 (Dion: all-reducing the thin factors).
+    Ahn et al., arXiv:2504.05295 (Dion: one power step per optimizer step,
+    all-reducing the thin factors).
   """
+  if isinstance(subspace_iters, int) and subspace_iters == 0:
+    u, s, wh = _linalg.svd(_reduced(mean, g @ q), full_matrices=False)
+    return u, s, q @ _linalg.swap_last(wh)
   body = (
     _local_power_step if mean is None else functools.partial(_power_step, mean)
   )
-  _, q = jax.lax.fori_loop(0, subspace_iters, body, (g, q))
-  u, s, wh = _linalg.svd(_reduced(mean, g @ q), full_matrices=False)
-  return u, s, q @ _linalg.swap_last(wh)
+  _, q = jax.lax.fori_loop(0, subspace_iters - 1, body, (g, q))
+  p, _ = _linalg.qr(_reduced(mean, g @ q))
+  y, s, zh = _linalg.svd(
+    _reduced(mean, _linalg.swap_last(g) @ p), full_matrices=False
+  )
+  return p @ _linalg.swap_last(zh), s, y
 
 
 def _common_scaled(x: jax.Array, mean: Mean) -> jax.Array:
