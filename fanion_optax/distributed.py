@@ -23,8 +23,8 @@ the work instead:
   not `pmean` the matrix gradients) and keeps its own momentum `M_i`. The
   direction is the Ky Fan LMO of the mean `N̄ = mean_i(b1·M_i + (1−b1)·g_i)`,
   computed from all-reduces of thin blocks only: per subspace iteration
-  `mean(N_i Q)` (`m×k`) and `mean(N_iᵀ A)` (`n×k`), then `mean(N_i Q)` for
-  the Rayleigh–Ritz step, plus one scalar per matrix (the shared scale;
+  `mean(N_i Q)` (`m×k`) and `mean(N_iᵀ P)` (`n×k`, in the last iteration
+  the Rayleigh–Ritz step), plus one scalar per matrix (the shared scale;
   with `adaptive=True` also `⟨N̄, D⟩`) — never `m×n`. The QR and small SVD
   run identically on every device, so the directions, the left bases and
   the warm-start subspaces are the same everywhere. The momentum update is
@@ -35,15 +35,24 @@ the work instead:
   `top_k_method="svd"` all-reduce that whole matrix. Non-matrix leaves:
   `fanion_optax.lion_k` averages their gradients over the axis before the
   fallback. Full-rank LMOs and mixtures raise `ValueError`. Communication
-  per matrix and warm step (2 subspace iterations): `(2·(m+n) + m)·k`
-  floats, against `m·n` for averaging the gradient; the cold first step
-  runs 10 iterations.
+  per matrix and step: `t·(m+n)·k` floats for `t` subspace iterations
+  (2 warm by default; `subspace_iters=1` is Dion's one power step, the
+  thin factors once), against `m·n` for averaging the gradient; the cold
+  first step runs 10 iterations.
 
   The matrices' optimizer state is then per device (`M_i`; the subspaces
   and step count are replicated). Only `mean_i M_i` affects the future
   parameters: to checkpoint, save the per-device state, or its mean over
   the devices, and restore that mean on every device.
-* `None` — one device, or let XLA decide.
+* `None` — one device, or let XLA decide. Under `jax.jit` with sharded
+  matrices (FSDP or tensor parallel, Auto or Explicit axes) a low-rank
+  LMO (`ky_fan` with `k < min(m, n)`) runs its power iteration on the
+  shards: thin products against the local rows or columns, the QR and
+  small SVD on `m×k`/`n×k` blocks, and only those blocks (and, with error
+  feedback, `Pᵀ E`) cross devices, never a matrix (Explicit axes need a
+  mesh context, `jax.set_mesh`, on a jax without
+  `jax.sharding.use_abstract_mesh`). Full-rank LMOs get their matrices
+  whole.
 
 The split is one frozen value that validates itself, so exclusive
 combinations cannot be written. Multi-host runs use the same code after
@@ -57,6 +66,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from collections.abc import Hashable
 from collections.abc import Sequence
 from typing import Any
@@ -238,21 +248,59 @@ def _explicit_sharding(x: jax.Array) -> NamedSharding | None:
   return sharding
 
 
-def replicate_explicit(x: jax.Array) -> tuple[jax.Array, Any]:
-  """Replicates an explicitly sharded `x`; returns it and a restorer.
+def _spec_of(x: Any) -> PartitionSpec:
+  sharding = _explicit_sharding(x)
+  return PartitionSpec() if sharding is None else sharding.spec
+
+
+def on_shards(
+  fn: Callable[..., Any],
+  args: tuple[Any, ...],
+  like: Any,
+  *,
+  gather: bool = False,
+) -> Any:
+  """`fn(*args)` on explicitly sharded arrays, with nothing gathered.
 
   With explicit sharding (`jax.sharding.AxisType.Explicit`, the default of
   `jax.make_mesh`) a reshape that merges a sharded axis, or a matmul that
-  contracts one, is a type error; the LMO therefore sees whole matrices, and
-  its output is resharded back to `x`'s sharding.
+  contracts one, is a type error. Inside `jax.sharding.auto_axes` the axes
+  are Auto: XLA partitions `fn`, and a Ky Fan power iteration, an error
+  feedback projection or a per-neuron norm then moves thin `m×k`/`n×k`
+  blocks or vectors, never a whole matrix. Each output gets the sharding
+  of the matching leaf of `like`. Without explicit axes: `fn(*args)`.
+
+  With `gather=True`, or outside a mesh context (`jax.set_mesh`) on a jax
+  without `jax.sharding.use_abstract_mesh`, the arrays are replicated for
+  `fn` and its outputs resharded: a full-rank LMO needs every entry of its
+  matrix, and one gather costs less than partitioned Newton–Schulz
+  products every iteration.
   """
-  sharding = _explicit_sharding(x)
-  if sharding is None:
-    return x, lambda y: y
-  replicated = jax.sharding.reshard(
-    x, NamedSharding(sharding.mesh, PartitionSpec())
+  shardings = [
+    s for s in map(_explicit_sharding, jax.tree.leaves(args)) if s is not None
+  ]
+  if not shardings:
+    return fn(*args)
+  specs = jax.tree.map(_spec_of, like)
+  mesh = shardings[0].mesh
+  use_abstract_mesh = getattr(jax.sharding, 'use_abstract_mesh', None)
+  if not gather:
+    auto = jax.sharding.auto_axes(fn, out_sharding=specs)
+    if jax.sharding.get_abstract_mesh().axis_names:
+      return auto(*args)
+    if use_abstract_mesh is not None:
+      with use_abstract_mesh(getattr(mesh, 'abstract_mesh', mesh)):
+        return auto(*args)
+  whole = NamedSharding(mesh, PartitionSpec())
+  replicated = jax.tree.map(
+    lambda x: jax.sharding.reshard(x, whole) if _explicit_sharding(x) else x,
+    args,
   )
-  return replicated, lambda y: jax.sharding.reshard(y, sharding)
+  return jax.tree.map(
+    lambda y, spec: jax.sharding.reshard(y, NamedSharding(mesh, spec)),
+    fn(*replicated),
+    specs,
+  )
 
 
 def _concat(trees: Sequence[Any]) -> Any:

@@ -123,29 +123,43 @@ def _apply_lmo(lmo, specs, directions, states, split):
   shape, `DimensionNumbers.to_stacks`) and handed to
   `distributed.apply_lmo`, which batches same-shape matrices and splits the
   work across devices as `split` asks; `states` is laid out as
-  `_init_lmo_states` lays it out.
+  `_init_lmo_states` lays it out. Explicitly sharded leaves stay sharded
+  for a compressible (low-rank) LMO without a split, whose power iteration
+  then moves only thin blocks (`distributed.on_shards`); any other LMO
+  gets its matrices whole.
   """
   spec_leaves, treedef = jax.tree.flatten(specs, is_leaf=lambda x: x is None)
   leaves = treedef.flatten_up_to(directions)
   matrix_ids = [i for i, spec in enumerate(spec_leaves) if spec is not None]
-  stacks, counts, restorers = [], [], []
-  for i in matrix_ids:
-    whole, restore = distributed.replicate_explicit(leaves[i])
-    leaf_stacks = spec_leaves[i].to_stacks(whole)
-    stacks.extend(leaf_stacks)
-    counts.append(len(leaf_stacks))
-    restorers.append(restore)
-  outs, new_states = distributed.apply_lmo(
-    lmo, stacks, list(states), split=split
+  matrices = [leaves[i] for i in matrix_ids]
+
+  def apply(matrices, states):
+    stacks, counts = [], []
+    for i, x in zip(matrix_ids, matrices):
+      leaf_stacks = spec_leaves[i].to_stacks(x)
+      stacks.extend(leaf_stacks)
+      counts.append(len(leaf_stacks))
+    outs, new_states = distributed.apply_lmo(
+      lmo, stacks, list(states), split=split
+    )
+    merged, offset = [], 0
+    for i, x, count in zip(matrix_ids, matrices, counts):
+      merged.append(
+        spec_leaves[i].from_stacks(outs[offset : offset + count], x.shape)
+      )
+      offset += count
+    return merged, tuple(new_states)
+
+  outs, new_states = distributed.on_shards(
+    apply,
+    (matrices, tuple(states)),
+    (matrices, tuple(states)),
+    gather=split is not None or not lmo.compressible,
   )
   merged = [None] * len(leaves)
-  offset = 0
-  for i, count, restore in zip(matrix_ids, counts, restorers):
-    merged[i] = restore(
-      spec_leaves[i].from_stacks(outs[offset : offset + count], leaves[i].shape)
-    )
-    offset += count
-  return treedef.unflatten(merged), tuple(new_states)
+  for i, out in zip(matrix_ids, outs):
+    merged[i] = out
+  return treedef.unflatten(merged), new_states
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -223,27 +237,37 @@ def _basis_placeholders(lmo, specs, tree, states):
   return tuple(map(placeholder, stacks, states))
 
 
-def _on_stacks(spec, x, fn):
-  """`x` with each of its `(batch, fan_in, fan_out)` stacks replaced by `fn`.
+def _on_stacks(spec, x, fn, per_stack, *shared):
+  """`x` with each `(batch, fan_in, fan_out)` stack replaced by `fn`.
 
-  Cutting blocks reshapes sharded axes, a type error under explicit
-  sharding: the stacks are cut from the whole (replicated) array, as
-  `_apply_lmo` does, and the result gets `x`'s sharding back.
+  `fn(stack, item, *shared)` gets the stack's entry of `per_stack` and
+  returns the new stack and the new item; returns `(x', items')`. Cutting
+  blocks reshapes sharded axes and a projection contracts them, type
+  errors under explicit sharding: `distributed.on_shards` runs `fn` with
+  the axes Auto (nothing gathered), and the results keep the shardings of
+  `x` and `per_stack`.
   """
-  whole, restore = distributed.replicate_explicit(x)
-  return restore(
-    spec.from_stacks([fn(stack) for stack in spec.to_stacks(whole)], x.shape)
-  )
+
+  def apply(x, per_stack, *shared):
+    pairs = [
+      fn(stack, item, *shared)
+      for stack, item in zip(spec.to_stacks(x), per_stack)
+    ]
+    new_x = spec.from_stacks([stack for stack, _ in pairs], x.shape)
+    return new_x, [item for _, item in pairs]
+
+  per_stack = list(per_stack)
+  return distributed.on_shards(apply, (x, per_stack, *shared), (x, per_stack))
 
 
 def _feed_back(specs, momentum, bases, b2):
   """`Π(E) + (I − Π)(E)/b2` per matrix, with `Π = P Pᵀ` from `bases`."""
 
-  def feed_back(e, basis):
+  def feed_back(e, basis, b2):
     if basis is None:
-      return e
+      return e, basis
     used = basis @ (_linalg.swap_last(basis) @ e)
-    return (used + (e - used) / b2).astype(e.dtype)
+    return (used + (e - used) / b2).astype(e.dtype), basis
 
   spec_leaves, treedef = jax.tree.flatten(specs, is_leaf=lambda x: x is None)
   bases = iter(bases)
@@ -252,7 +276,8 @@ def _feed_back(specs, momentum, bases, b2):
     if spec is None:
       merged.append(e)
       continue
-    merged.append(_on_stacks(spec, e, lambda x: feed_back(x, next(bases))))
+    stacks = [next(bases) for _ in spec.stack_shapes(e.shape)]
+    merged.append(_on_stacks(spec, e, feed_back, stacks, b2)[0])
   return treedef.unflatten(merged)
 
 
@@ -469,8 +494,9 @@ def _scale_blocks(spec, u, shape_scale):
   ]
   if len(set(factors)) == 1:
     return (u * factors[0]).astype(u.dtype)
-  factor = iter(factors)
-  return _on_stacks(spec, u, lambda x: (x * next(factor)).astype(u.dtype))
+  scale = lambda x, factor: ((x * factor).astype(u.dtype), factor)
+  factors = [jnp.asarray(f, jnp.float32) for f in factors]
+  return _on_stacks(spec, u, scale, factors)[0]
 
 
 def scale_by_shape(
@@ -625,19 +651,16 @@ def scale_by_neuron_norm(
     spec_leaves, treedef = jax.tree.flatten(specs, is_leaf=lambda x: x is None)
     moments = iter(state.nu)
     out, nu = [], []
-
-    def normalize(stack):
-      normalized, moment = _neuron_normalize(
-        stack, next(moments), beta2, epsilon
-      )
-      nu.append(moment)
-      return normalized
-
     for spec, u in zip(spec_leaves, treedef.flatten_up_to(updates)):
       if spec is None:
         out.append(u)
         continue
-      out.append(_on_stacks(spec, u, normalize))
+      stacks = [next(moments) for _ in spec.stack_shapes(u.shape)]
+      normalized, moment = _on_stacks(
+        spec, u, _neuron_normalize, stacks, beta2, epsilon
+      )
+      out.append(normalized)
+      nu.extend(moment)
     return treedef.unflatten(out), ScaleByNeuronNormState(
       count=cast(jax.Array, optax.safe_increment(state.count)), nu=tuple(nu)
     )
