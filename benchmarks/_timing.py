@@ -19,10 +19,8 @@ import argparse
 import dataclasses
 import datetime
 import json
-import math
 import os
 import platform
-import re
 import shlex
 import statistics
 import subprocess
@@ -92,145 +90,6 @@ def flops_of(compiled: Any) -> float | None:
   if not cost or 'flops' not in cost:
     return None
   return float(cost['flops'])
-
-
-_HLO_DTYPE_BYTES = {
-  'pred': 1,
-  's8': 1,
-  'u8': 1,
-  's16': 2,
-  'u16': 2,
-  'f16': 2,
-  'bf16': 2,
-  's32': 4,
-  'u32': 4,
-  'f32': 4,
-  's64': 8,
-  'u64': 8,
-  'f64': 8,
-  'c64': 8,
-  'c128': 16,
-}
-_HLO_HEADER = re.compile(r'^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$')
-_HLO_INSTRUCTION = re.compile(
-  r'^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.*?)\s+([a-z][\w\-]*)\('
-)
-_HLO_SHAPE = re.compile(r'\b([a-z]+\d*)\[([\d,]*)\]')
-_HLO_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
-
-
-COLLECTIVES = (
-  'all-reduce',
-  'all-gather',
-  'all-to-all',
-  'reduce-scatter',
-  'collective-permute',
-)
-
-
-def _result_bytes(result: str) -> int:
-  return sum(
-    math.prod(int(d) for d in dims.split(',') if d) * _HLO_DTYPE_BYTES[dtype]
-    for dtype, dims in _HLO_SHAPE.findall(result)
-  )
-
-
-def _computations(hlo: str) -> tuple[str, dict[str, list[str]]]:
-  """The entry computation's name and every computation's lines."""
-  bodies: dict[str, list[str]] = {}
-  entry = None
-  body: list[str] | None = None
-  for line in hlo.splitlines():
-    if line and not line[0].isspace():
-      header = _HLO_HEADER.match(line)
-      body = None if header is None else bodies.setdefault(header[2], [])
-      if header is not None and header[1]:
-        entry = header[2]
-    elif body is not None:
-      body.append(line)
-  if entry is None:
-    raise ValueError('hlo has no ENTRY computation: pass compile().as_text().')
-  return entry, bodies
-
-
-def collective_bytes(
-  hlo: str,
-  opcodes: Sequence[str] = ('all-reduce',),
-  unknown_trip_count: int = 1,
-) -> int:
-  """Bytes moved per device by the collectives of one run of an HLO module.
-
-  Sums the result sizes of the `opcodes` instructions (and their `-start`
-  forms) of `compiled.as_text()`, entering called computations: a `while`
-  body counts once per trip (XLA's `known_trip_count`, else
-  `unknown_trip_count`, for a loop whose count is decided at run time), a
-  `conditional` counts its costliest branch, a combined collective every
-  array of its tuple. For an all-reduce each device sends and receives
-  about its result size, whatever the algorithm; for an all-gather the
-  result is what each device ends up holding.
-
-  Args:
-    hlo: the text of a compiled module (`jit(f).lower(...).compile()
-      .as_text()`).
-    opcodes: the collectives to count (names from `COLLECTIVES`).
-    unknown_trip_count: trips of a `while` loop without a known count.
-
-  Returns:
-    The bytes summed over those instructions' results.
-  """
-  wanted = set(opcodes) | {f'{op}-start' for op in opcodes}
-  entry, bodies = _computations(hlo)
-  totals: dict[str, int] = {}
-
-  def total(name: str) -> int:
-    if name not in totals:
-      totals[name] = sum(map(instruction, bodies.get(name, ())))
-    return totals[name]
-
-  def instruction(line: str) -> int:
-    match = _HLO_INSTRUCTION.match(line)
-    if match is None:
-      return 0
-    result, opcode = match.groups()
-    if opcode in wanted:
-      return _result_bytes(result)
-    if opcode == 'while':
-      trips = _HLO_TRIP_COUNT.search(line)
-      count = unknown_trip_count if trips is None else int(trips[1])
-      return count * total(re.search(r'body=%?([\w.\-]+)', line)[1])
-    if opcode == 'conditional':
-      listed = re.search(r'branch_computations=\{([^}]*)\}', line)
-      names = re.findall(
-        r'%?([\w.\-]+)' if listed else r'_computation=%?([\w.\-]+)',
-        listed[1] if listed else line,
-      )
-      return max(map(total, names))
-    return sum(map(total, re.findall(r'(?:calls|to_apply)=%?([\w.\-]+)', line)))
-
-  return total(entry)
-
-
-def largest_collective(
-  hlo: str, opcodes: Sequence[str] = COLLECTIVES
-) -> tuple[int, str]:
-  """The largest array, in bytes, that any one `opcodes` instruction yields.
-
-  A combined collective's tuple counts array by array: what is checked is
-  whether some collective moves a whole matrix, not how many thin blocks
-  XLA combined into one instruction.
-
-  Returns:
-    `(bytes, instruction text)`; `(0, '')` when there is none.
-  """
-  wanted = set(opcodes) | {f'{op}-start' for op in opcodes}
-  largest = (0, '')
-  for line in hlo.splitlines():
-    match = _HLO_INSTRUCTION.match(line)
-    if match is None or match[2] not in wanted:
-      continue
-    for array in _HLO_SHAPE.finditer(match[1]):
-      largest = max(largest, (_result_bytes(array[0]), line.strip()))
-  return largest
 
 
 def text_table(

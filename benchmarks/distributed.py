@@ -42,7 +42,7 @@ Communication per step (compile only): for the matrices of GPT-2 small
 (12 layers of 768x2304, 768x768, 768x3072 and 3072x768 kernels), one data
 parallel step under `jax.shard_map` over 8 devices is compiled and the
 bytes it all-reduces are summed from the compiled HLO
-(`_timing.collective_bytes`; a loop counts once per trip). The baseline is
+(`fo.communication.collective_bytes`; a loop counts once per trip). The baseline is
 the gradient all-reduce every data-parallel optimizer needs
 (`jax.lax.pmean` of the gradients); against it,
 `fo.fanion(0.02, k, split=fo.distributed.compressed(...))` on local
@@ -504,10 +504,10 @@ def bench_sharded(
       start = time.perf_counter()
       hlo = sharded_hlo(fo.fanion(0.02, k, **options), params, axis_type)
       iters = options.get('subspace_iters', lowrank.WARM_ITERS)
-      moved = _timing.collective_bytes(
-        hlo, _timing.COLLECTIVES, unknown_trip_count=iters - 1
+      moved = fo.communication.collective_bytes(
+        hlo, fo.communication.COLLECTIVES, unknown_trip_count=iters - 1
       )
-      largest, line = _timing.largest_collective(hlo)
+      largest, line = fo.communication.largest_collective(hlo)
       rows[name] = {
         'label': (
           f'fo.fanion(0.02, {k}'
@@ -519,8 +519,10 @@ def bench_sharded(
         'subspace_iters_warm': iters,
         'bytes_per_step': moved,
         'by_collective': {
-          op: _timing.collective_bytes(hlo, (op,), unknown_trip_count=iters - 1)
-          for op in _timing.COLLECTIVES
+          op: fo.communication.collective_bytes(
+            hlo, (op,), unknown_trip_count=iters - 1
+          )
+          for op in fo.communication.COLLECTIVES
         },
         'largest_collective_bytes': largest,
         'largest_collective': line[:300],
@@ -574,7 +576,7 @@ def bench_communication(
   matrices = list(shapes.values())
   gradient = sum(m * n * FLOAT_BYTES for m, n in matrices)
   start = time.perf_counter()
-  measured = _timing.collective_bytes(pmean_hlo(params))
+  measured = fo.communication.collective_bytes(pmean_hlo(params))
   rows: dict[str, dict[str, Any]] = {
     'gradient_pmean': {
       'label': 'jax.lax.pmean(grads)',
@@ -601,7 +603,9 @@ def bench_communication(
     thin = sum((m + n) * k * FLOAT_BYTES for m, n in matrices)
     # The loop runs all but the last iteration (see
     # `lowrank.subspace_iteration`).
-    measured = _timing.collective_bytes(hlo, unknown_trip_count=warm - 1)
+    measured = fo.communication.collective_bytes(
+      hlo, unknown_trip_count=warm - 1
+    )
     rows[name] = {
       'label': (
         f'fo.fanion(0.02, {k}, split=compressed(...)'
@@ -612,7 +616,7 @@ def bench_communication(
       'subspace_iters_warm': warm,
       'subspace_iters_cold': cold,
       'bytes_per_step': measured,
-      'bytes_cold_first_step': _timing.collective_bytes(
+      'bytes_cold_first_step': fo.communication.collective_bytes(
         hlo, unknown_trip_count=cold - 1
       ),
       'analytic_bytes_per_step': analytic_bytes(matrices, k, warm),

@@ -8,6 +8,7 @@ catalogue (`fanion_optax.lmo`).
 """
 
 from fanion_optax import catalogue
+from fanion_optax import communication
 from fanion_optax import diagnostics
 from fanion_optax import distributed
 from fanion_optax import lmo
@@ -46,6 +47,7 @@ __all__ = [
   'adamw_fallback',
   'add_decayed_weights',
   'catalogue',
+  'communication',
   'coefficient_schedule',
   'diagnostics',
   'distributed',

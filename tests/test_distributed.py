@@ -16,7 +16,6 @@ from jax.sharding import PartitionSpec as P
 from tiers import tiered
 
 import fanion_optax as fo
-from benchmarks import _timing
 from fanion_optax import catalogue
 
 N_DEV = 8
@@ -553,11 +552,11 @@ def test_sharded_power_iteration_moves_thin_blocks_only(
     _fsdp(params, mesh)['wide'].sharding, 2
   )
 
-  largest, line = _timing.largest_collective(hlo)
+  largest, line = fo.communication.largest_collective(hlo)
   thin_block = max(max(m, n) for m, n in _THIN_SHAPES.values()) * _THIN_K * 4
   assert largest <= thin_block, line
   thin = sum((m + n) * _THIN_K * 4 for m, n in _THIN_SHAPES.values())
-  moved = _timing.collective_bytes(hlo, _timing.COLLECTIVES)
+  moved = fo.communication.collective_bytes(hlo, fo.communication.COLLECTIVES)
   assert moved <= (2.2 if error_feedback else 1.1) * thin, moved / thin
 
 
