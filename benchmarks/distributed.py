@@ -58,7 +58,8 @@ kernel's first axis sharded over 8 devices (FSDP; Auto and Explicit axes),
 `fo.fanion(0.02, 64)` with `split=None`, by default, with
 `subspace_iters=1` and with error feedback: bytes summed over every
 collective of the compiled HLO, and the largest array any one collective
-moves (against the largest thin block `max(m, n)*k*4`: no whole matrix).
+moves, per matrix of a stacked batch (its last two axes), against the
+largest thin block `max(m, n)*k*4`: no whole matrix.
 `--communication-only` runs only this part and merges it into an existing
 `<out>/distributed.json`.
 
@@ -507,7 +508,7 @@ def bench_sharded(
       moved = fo.communication.collective_bytes(
         hlo, fo.communication.COLLECTIVES, unknown_trip_count=iters - 1
       )
-      largest, line = fo.communication.largest_collective(hlo)
+      largest, line = fo.communication.largest_collective(hlo, trailing_dims=2)
       rows[name] = {
         'label': (
           f'fo.fanion(0.02, {k}'
@@ -1183,7 +1184,8 @@ def communication_markdown(comm: dict[str, Any]) -> str:
     f' {comm["devices"]} CPU devices (FSDP, `split=None`); bytes summed'
     ' over the results of every collective (all-reduce, all-gather,'
     ' all-to-all, reduce-scatter, collective-permute) of the compiled HLO.'
-    ' "Largest" is the largest array any one collective moves.\n',
+    ' "Largest" is the largest array any one collective moves, per matrix'
+    ' (the last two axes of a stack of same-shape matrices).\n',
     '| run | iters (warm) | bytes/step | ÷ Σ(m+n)·k·4 | largest array |',
     '|---|---|---|---|---|',
   ]

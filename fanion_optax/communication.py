@@ -167,7 +167,10 @@ def collective_bytes(
 
 
 def largest_collective(
-  compiled: Any, opcodes: Sequence[Collective] = COLLECTIVES
+  compiled: Any,
+  opcodes: Sequence[Collective] = COLLECTIVES,
+  *,
+  trailing_dims: int | None = None,
 ) -> tuple[int, str]:
   """The largest array, in bytes, that any one `opcodes` instruction yields.
 
@@ -178,6 +181,9 @@ def largest_collective(
   Args:
     compiled: `jax.jit(f).lower(...).compile()`, or its `as_text()`.
     opcodes: the collectives to look at (from `COLLECTIVES`).
+    trailing_dims: count only each array's last `trailing_dims` axes (2:
+      one matrix of a batch that stacks same-shape matrices on leading
+      axes, as `fanion_optax.distributed.apply_lmo` does); `None`: all.
 
   Returns:
     `(bytes, instruction text)`; `(0, '')` when there is none.
@@ -188,6 +194,10 @@ def largest_collective(
     match = _INSTRUCTION.match(line)
     if match is None or match[2] not in wanted:
       continue
-    for array in _SHAPE.finditer(match[1]):
-      largest = max(largest, (_bytes(array[0]), line.strip()))
+    for dtype, dims in _SHAPE.findall(match[1]):
+      shape = [d for d in dims.split(',') if d]
+      if trailing_dims is not None:
+        shape = shape[len(shape) - trailing_dims :] if trailing_dims else []
+      size = _bytes(f'{dtype}[{",".join(shape)}]')
+      largest = max(largest, (size, line.strip()))
   return largest

@@ -86,3 +86,12 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match='no ENTRY computation'):
     fo.communication.collective_bytes('HloModule m')
   assert fo.communication.largest_collective('HloModule m') == (0, '')
+
+
+def test_largest_collective_per_matrix_of_a_stack():
+  psum = _mapped(functools.partial(jax.lax.psum, axis_name='d'))
+  compiled = _compiled(psum, jnp.ones((N_DEV * 4, 3, 5)))
+  assert fo.communication.largest_collective(compiled)[0] == 4 * 3 * 5 * 4
+  per_matrix = fo.communication.largest_collective(compiled, trailing_dims=2)
+  assert per_matrix[0] == 3 * 5 * 4
+  assert fo.communication.largest_collective(compiled, trailing_dims=0)[0] == 4
