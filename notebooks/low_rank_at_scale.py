@@ -100,9 +100,9 @@ RESULTS = {}
 M, N = (32, 128) if SMALL else (64, 256)
 STEPS = 150 if SMALL else 400
 BATCH, NOISE = 64, 0.5
-KS = (1, 4, 16) if SMALL else (1, 2, 4, 8, 16, 32)
+KS = (1, 16) if SMALL else (1, 2, 4, 8, 16, 32)
 LRS = jnp.array(
-  [0.01, 0.03, 0.1, 0.3] if SMALL else [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4]
+  [0.01, 0.03, 0.1] if SMALL else [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4]
 )
 
 ku, kv, kx = jax.random.split(jax.random.PRNGKey(0), 3)
@@ -259,7 +259,7 @@ else:
 
 # %%
 WIDTH = 128 if SMALL else 768
-BYTE_KS = (4, 16) if SMALL else (4, 16, 64)
+BYTE_KS = (8,) if SMALL else (4, 16, 64)
 SHAPES = {
   'attn_qkv': (WIDTH, 3 * WIDTH),
   'attn_out': (WIDTH, WIDTH),
