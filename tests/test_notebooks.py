@@ -3,9 +3,7 @@
 Each notebook ends with a `RESULTS` dict; the test appends a cell that prints
 it as JSON and checks a few facts the notebook demonstrates. The kernel
 inherits this process's environment, so `FANION_NOTEBOOK_SMALL=1` (set here)
-selects the small sizes, and the XLA flags from conftest.py apply too. Every
-notebook but least_squares compiles with most optimisations off
-(tests/fast_compile.py).
+selects the small sizes, and the XLA flags from conftest.py apply too.
 
 Each notebook is a jupytext pair: notebooks/<name>.py (py:percent) is the
 source, notebooks/<name>.ipynb holds the same cells with their outputs;
@@ -16,7 +14,6 @@ import json
 import pathlib
 
 import pytest
-from fast_compile import ENV as FAST_COMPILE_ENV
 
 import fanion_optax as fo
 
@@ -34,17 +31,9 @@ DUMP = (
 )
 
 
-def run_notebook(name, tmp_path, monkeypatch, fast_compile=True):
-  """Executes notebooks/NAME.ipynb in tmp_path; returns its RESULTS dict.
-
-  `fast_compile`: the kernel compiles with most optimisations off, which
-  halves the compile time that dominates a small run; least_squares, whose
-  thousands of small iterations would run slower, passes False.
-  """
+def run_notebook(name, tmp_path, monkeypatch):
+  """Executes notebooks/NAME.ipynb in tmp_path; returns its RESULTS dict."""
   monkeypatch.setenv('FANION_NOTEBOOK_SMALL', '1')
-  if fast_compile:
-    for key, value in FAST_COMPILE_ENV.items():
-      monkeypatch.setenv(key, value)
   nb = nbformat.read(NOTEBOOKS / f'{name}.ipynb', as_version=4)
   nb.cells.append(nbformat.v4.new_code_cell(DUMP))
   client = nbclient.NotebookClient(
@@ -142,9 +131,7 @@ def test_implicit_constraint(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_least_squares(tmp_path, monkeypatch):
-  results = run_notebook(
-    'least_squares', tmp_path, monkeypatch, fast_compile=False
-  )
+  results = run_notebook('least_squares', tmp_path, monkeypatch)
   for name in ('Muon', 'F-Muon', 'S-Muon', 'NSGD'):
     assert results[name]['iters'] is not None, name
   muon = results['Muon']['iters']
