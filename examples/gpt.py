@@ -294,8 +294,11 @@ def restore(manager, args, tx):
       f' settings (saved, now): {changed}.'
     )
   model, optimizer = build(args, tx)
-  nnx.update(model, restored.state['model'])
-  nnx.update(optimizer, restored.state['optimizer'])
+  # Host copies: orbax's arrays are committed to the device, and jit
+  # compiles the steps again for committed arguments (same values).
+  state = jax.device_get(restored.state)
+  nnx.update(model, state['model'])
+  nnx.update(optimizer, state['optimizer'])
   return model, optimizer, history
 
 

@@ -127,18 +127,28 @@ def train_compressed(mesh):
   return params
 
 
-def train(name, mesh=None, place=lambda t: t):
-  params = place(initial_params())
+def train(name, mesh=None, place=None):
+  params = initial_params()
   x, y = data()
   tx = make_optimizer(name, mesh)
   state = tx.init(params)
 
-  @jax.jit
   def step(params, state):
     grads = jax.grad(loss_fn)(params, x, y)
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
+  if place is None:
+    step = jax.jit(step)
+  else:
+    # The state placed like the parameters, and the step's outputs pinned to
+    # the inputs' shardings, so that every call runs the first call's
+    # program (GSPMD laid the momenta out anew, and the second call
+    # compiled again).
+    params, state = place((params, jax.device_get(state)))
+    step = jax.jit(
+      step, out_shardings=jax.tree.map(lambda a: a.sharding, (params, state))
+    )
   for _ in range(STEPS):
     params, state = step(params, state)
   return params
@@ -161,7 +171,8 @@ def main(argv):
 
     def place(tree):
       def put(x):
-        spec = P('fsdp') if x.shape[0] % jax.device_count() == 0 else P()
+        sharded = x.ndim and x.shape[0] % jax.device_count() == 0
+        spec = P('fsdp') if sharded else P()
         sharding = NamedSharding(mesh, spec)
         return jax.make_array_from_callback(
           x.shape, sharding, lambda idx: x[idx]

@@ -185,6 +185,9 @@ def main(argv=None):
     state = initial_state(args.width)
     print('fresh start', flush=True)
   else:
+    # Host copies: orbax's arrays are committed to the device, and jit
+    # compiles the step again for committed arguments (same values).
+    state = jax.device_get(state)
     print(f'restored step {step}', flush=True)
 
   options = ocp.CheckpointManagerOptions(

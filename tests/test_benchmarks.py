@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from fast_compile import ENV as FAST_COMPILE_ENV
 
 from benchmarks import report
 
@@ -15,7 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 @pytest.mark.parametrize('name', report.benchmark_names())
 def test_benchmark_quick_mode(name, tmp_path):
-  env = dict(os.environ, OPENBLAS_NUM_THREADS='1')
+  # A smoke test: the quick numbers are not read, so the subprocess
+  # compiles with most optimisations off (tests/fast_compile.py).
+  env = dict(os.environ, OPENBLAS_NUM_THREADS='1', **FAST_COMPILE_ENV)
   subprocess.run(
     [
       sys.executable,

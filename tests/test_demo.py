@@ -5,11 +5,13 @@ import math
 import os
 
 import pytest
+from fast_compile import fast_compile
 
 from fanion_optax import demo
 
 
 @pytest.mark.slow
+@fast_compile()
 def test_demo_trains_and_writes_results(tmp_path):
   results = demo.main(
     [

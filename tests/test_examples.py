@@ -16,6 +16,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from fast_compile import fast_compile
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / 'examples'
 
@@ -121,6 +122,7 @@ def test_cnn_conv():
 
 
 @pytest.mark.slow
+@fast_compile()
 def test_gpt_resumes_from_its_checkpoint_and_clips_logits(tmp_path):
   example = _load('gpt')
   tau = 3.0  # below the quick model's logits (about 4-6), so QK-clip acts
@@ -168,6 +170,7 @@ def test_distributed_cpu_device_flag(monkeypatch):
 @pytest.mark.skipif(
   jax.device_count() < 8, reason='needs the 8 CPU devices of tests/conftest.py'
 )
+@fast_compile()
 def test_distributed_train_matches_single_device():
   example = _load('distributed_train')
   out = example.main(['--quick'])

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from fast_compile import ENV as FAST_COMPILE_ENV
 
 WORKER = os.path.join(os.path.dirname(__file__), 'multihost_worker.py')
 
@@ -24,6 +25,7 @@ def _env():
   env = dict(os.environ)
   env.pop('XLA_FLAGS', None)  # the worker sets its own device count
   env['JAX_PLATFORMS'] = 'cpu'
+  env.update(FAST_COMPILE_ENV)  # every process alike: results stay comparable
   return env
 
 

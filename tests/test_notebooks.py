@@ -3,7 +3,9 @@
 Each notebook ends with a `RESULTS` dict; the test appends a cell that prints
 it as JSON and checks a few facts the notebook demonstrates. The kernel
 inherits this process's environment, so `FANION_NOTEBOOK_SMALL=1` (set here)
-selects the small sizes, and the XLA flags from conftest.py apply too.
+selects the small sizes, and the XLA flags from conftest.py apply too. Every
+notebook but least_squares compiles with most optimisations off
+(tests/fast_compile.py).
 
 Each notebook is a jupytext pair: notebooks/<name>.py (py:percent) is the
 source, notebooks/<name>.ipynb holds the same cells with their outputs;
@@ -14,6 +16,7 @@ import json
 import pathlib
 
 import pytest
+from fast_compile import ENV as FAST_COMPILE_ENV
 
 import fanion_optax as fo
 
@@ -31,9 +34,17 @@ DUMP = (
 )
 
 
-def run_notebook(name, tmp_path, monkeypatch):
-  """Executes notebooks/NAME.ipynb in tmp_path; returns its RESULTS dict."""
+def run_notebook(name, tmp_path, monkeypatch, fast_compile=True):
+  """Executes notebooks/NAME.ipynb in tmp_path; returns its RESULTS dict.
+
+  `fast_compile`: the kernel compiles with most optimisations off, which
+  halves the compile time that dominates a small run; least_squares, whose
+  thousands of small iterations would run slower, passes False.
+  """
   monkeypatch.setenv('FANION_NOTEBOOK_SMALL', '1')
+  if fast_compile:
+    for key, value in FAST_COMPILE_ENV.items():
+      monkeypatch.setenv(key, value)
   nb = nbformat.read(NOTEBOOKS / f'{name}.ipynb', as_version=4)
   nb.cells.append(nbformat.v4.new_code_cell(DUMP))
   client = nbclient.NotebookClient(
@@ -131,7 +142,9 @@ def test_implicit_constraint(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_least_squares(tmp_path, monkeypatch):
-  results = run_notebook('least_squares', tmp_path, monkeypatch)
+  results = run_notebook(
+    'least_squares', tmp_path, monkeypatch, fast_compile=False
+  )
   for name in ('Muon', 'F-Muon', 'S-Muon', 'NSGD'):
     assert results[name]['iters'] is not None, name
   muon = results['Muon']['iters']

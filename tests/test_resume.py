@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 import pytest
+from fast_compile import ENV as FAST_COMPILE_ENV
 
 # Subprocesses killed mid-run and resumed: slow, run by `pytest -m slow`.
 pytestmark = pytest.mark.slow
@@ -31,10 +32,17 @@ KILL_AFTER = 'saved step 8'
 TIMEOUT = 240
 
 
-def _env():
+def _env(cache=None):
   env = dict(os.environ)
   env.pop('XLA_FLAGS', None)  # one CPU device, as a plain training script
   env['JAX_PLATFORMS'] = 'cpu'
+  env.update(FAST_COMPILE_ENV)  # every worker alike: results stay comparable
+  if cache is not None:
+    # JAX's persistent compilation cache: a worker after the first loads
+    # the compiled programs (the same ones, bit for bit) instead of
+    # compiling them again, which is most of its run time.
+    env['JAX_COMPILATION_CACHE_DIR'] = str(cache)
+    env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   return env
 
 
@@ -54,13 +62,13 @@ def _command(ckpt, out, *extra):
   ]
 
 
-def _popen(ckpt, out, *extra):
+def _popen(ckpt, out, *extra, cache=None):
   # stderr goes to a file: a full pipe would block the worker while the
   # test reads its stdout line by line.
   err = open(f'{out}.stderr', 'w+')  # noqa: SIM115 (closed in _finish)
   proc = subprocess.Popen(
     _command(ckpt, out, *extra),
-    env=_env(),
+    env=_env(cache),
     stdout=subprocess.PIPE,
     stderr=err,
     text=True,
@@ -107,12 +115,22 @@ def _load_worker():
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
-  """An uninterrupted run and a killed-then-resumed one (run concurrently)."""
+  """An uninterrupted run, then a killed one, then its resumption.
+
+  The uninterrupted run goes first and fills the compilation cache that the
+  other two read.
+  """
   root = tmp_path_factory.mktemp('resume')
-  reference = _popen(root / 'ref_ckpt', root / 'ref.npz')
+  cache = root / 'jax_cache'
+  ref_rc, ref_out, ref_err = _finish(
+    _popen(root / 'ref_ckpt', root / 'ref.npz', cache=cache)
+  )
+  assert ref_rc == 0, ref_err[-3000:]
   # The delay (after each step, outside the numerics) keeps the run alive
   # long enough to be killed half-way.
-  victim = _popen(root / 'ckpt', root / 'killed.npz', '--step-delay', '0.1')
+  victim = _popen(
+    root / 'ckpt', root / 'killed.npz', '--step-delay', '0.1', cache=cache
+  )
   seen = []
   try:
     deadline = time.monotonic() + TIMEOUT
@@ -127,14 +145,12 @@ def runs(tmp_path_factory):
     killed_stderr = _stderr(victim)
   finally:
     victim.kill()
-  ref_rc, ref_out, ref_err = _finish(reference)
-  assert ref_rc == 0, ref_err[-3000:]
   assert KILL_AFTER in seen, (seen, killed_stderr[-3000:])
   assert alive_at_kill, seen
   assert victim.returncode == -signal.SIGKILL
   assert not (root / 'killed.npz').exists()
   steps_at_kill = _steps(root / 'ckpt')
-  resumed = _popen(root / 'ckpt', root / 'resumed.npz')
+  resumed = _popen(root / 'ckpt', root / 'resumed.npz', cache=cache)
   res_rc, res_out, res_err = _finish(resumed)
   assert res_rc == 0, res_err[-3000:]
   return dict(
