@@ -86,12 +86,14 @@ from fanion_optax.polar import JORDAN_COEFFICIENTS  # noqa: E402
 
 FULL_SIZES = ((256, 256), (1024, 1024), (768, 3072))
 QUICK_SIZES = ((128, 256),)
-FULL_KS, QUICK_KS = (8, 32, 64, 128), (4, 16)
+# Quick: one rank and three step counts (the same code paths as the others;
+# the full run adds k = 8, 32, 64, 128 and 4, 6, 7 steps).
+FULL_KS, QUICK_KS = (8, 32, 64, 128), (16,)
+FULL_PE_STEPS, QUICK_PE_STEPS = (3, 4, 5, 6, 7, 8), (3, 5, 8)
 FULL_K, QUICK_K = 64, 8  # drift experiment and the timed exact top-k SVD
 FULL_REPS, QUICK_REPS = 5, 2
 FULL_DRIFT_SHAPE, QUICK_DRIFT_SHAPE = (2048, 2048), (128, 256)
 FULL_DRIFT_STEPS, QUICK_DRIFT_STEPS = 6, 3
-PE_STEPS = (3, 4, 5, 6, 7, 8)
 DTYPES = ('float32', 'bfloat16')
 DECAY_CONDITION = 1e3
 DRIFT_RATE = 0.01
@@ -140,7 +142,7 @@ def _top_k_warm(k: int):
 
 
 def _methods(
-  ks: Sequence[int], k_svd: int, dtype: str
+  ks: Sequence[int], k_svd: int, dtype: str, pe_steps: Sequence[int]
 ) -> dict[str, dict[str, Any]]:
   """name -> {fn, kind, label[, k, steps]}; kind: polar, topk or topk_warm.
 
@@ -163,7 +165,7 @@ def _methods(
       label='optax orthogonalize_via_newton_schulz (5)',
     ),
   }
-  for s in PE_STEPS:
+  for s in pe_steps:
     methods[f'polar_express{s}'] = dict(
       fn=_polar_fn('polar_express', s, compute),
       kind='polar',
@@ -263,7 +265,14 @@ def _fmt_size(m: int, n: int) -> str:
 
 
 def bench_size(
-  m: int, n: int, dtype: str, ks: Sequence[int], k_svd: int, reps: int, bar
+  m: int,
+  n: int,
+  dtype: str,
+  ks: Sequence[int],
+  k_svd: int,
+  pe_steps: Sequence[int],
+  reps: int,
+  bar,
 ) -> dict[str, Any]:
   """Times every method at one shape and input dtype; measures its quality.
 
@@ -272,7 +281,7 @@ def bench_size(
   """
   t0 = time.perf_counter()
   tag = f'[{_fmt_size(m, n)} {dtype}]'
-  methods = _methods(ks, k_svd, dtype)
+  methods = _methods(ks, k_svd, dtype, pe_steps)
   g32, g32_decay = gaussian(m, n), decaying(m, n)
   g, g_decay = g32.astype(dtype), g32_decay.astype(dtype)
   # Warm-start states: a cold start (10 iterations) on the same matrix.
@@ -328,11 +337,11 @@ def bench_size(
         row[f'kyfan_gap_{matrix}'] = 1.0 - capture
   bar.update()
   pe = ', '.join(
-    f'{rows[f"polar_express{s}"]["lmo_gap_gaussian"]:.1e}' for s in PE_STEPS
+    f'{rows[f"polar_express{s}"]["lmo_gap_gaussian"]:.1e}' for s in pe_steps
   )
   bar.write(
     f'  {tag} done in {time.perf_counter() - t0:.0f}s; Polar Express'
-    f' {PE_STEPS[0]}..{PE_STEPS[-1]} gaps: {pe}'
+    f' {", ".join(map(str, pe_steps))} steps, gaps: {pe}'
   )
   return {
     'size': _fmt_size(m, n),
@@ -482,17 +491,23 @@ def bench_drift(
 # Targets, tables, plot.
 
 
+def pe_steps_of(methods: dict[str, Any]) -> list[int]:
+  """The Polar Express step counts among a result's rows, ascending."""
+  return [row['steps'] for row in methods.values() if 'steps' in row]
+
+
 def _pe_monotone(entry: dict[str, Any], matrix: str) -> dict[str, Any]:
   """Polar Express gaps by steps; each step must lower the gap until the
   float32 floor is reached."""
+  steps = pe_steps_of(entry['methods'])
   gaps = [
-    entry['methods'][f'polar_express{s}'][f'lmo_gap_{matrix}'] for s in PE_STEPS
+    entry['methods'][f'polar_express{s}'][f'lmo_gap_{matrix}'] for s in steps
   ]
   ok = all(
     after < before or before <= F32_GAP_FLOOR
     for before, after in zip(gaps, gaps[1:])
   )
-  return {'passed': ok, 'gaps': dict(zip(map(str, PE_STEPS), gaps))}
+  return {'passed': ok, 'gaps': dict(zip(map(str, steps), gaps))}
 
 
 def evaluate_targets(
@@ -547,7 +562,7 @@ def evaluate_targets(
     'polar_express_gap_decreases_with_steps_f32': {
       'passed': all(v['passed'] for v in monotone.values()),
       'floor': F32_GAP_FLOOR,
-      'steps': list(PE_STEPS),
+      'steps': pe_steps_of(f32[0]['methods']),
       'per_size_matrix': monotone,
     },
     'bf16_polar_express5_gap_le_1.25x_f32': {
@@ -640,7 +655,8 @@ def _method_colors(names: Sequence[str]) -> dict[str, Any]:
       colors[name] = fixed[name]
     elif name.startswith('polar_express'):
       s = int(name[len('polar_express') :])
-      colors[name] = viridis((s - PE_STEPS[0]) / (len(PE_STEPS) - 1) * 0.9)
+      first, last = FULL_PE_STEPS[0], FULL_PE_STEPS[-1]
+      colors[name] = viridis((s - first) / (last - first) * 0.9)
     elif name.endswith('_svd'):
       colors[name] = 'black'
     else:
@@ -681,7 +697,7 @@ def _frontier_panel(
               s['methods'][f'polar_express{st}'][f'lmo_gap_{matrix}'], GAP_FLOOR
             ),
           )
-          for st in PE_STEPS
+          for st in pe_steps_of(s['methods'])
         ]
         ax.plot(*zip(*pts), style, color='gray', alpha=0.6, lw=1)
   for name in names:
@@ -777,7 +793,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = _timing.benchmark_parser(
     'lmo',
     __doc__,
-    'tiny sizes and reps (a smoke test, a few seconds)',
+    f'tiny sizes and reps, k={",".join(map(str, QUICK_KS))} and Polar'
+    f' Express {",".join(map(str, QUICK_PE_STEPS))} steps (a smoke test)',
     reps=(FULL_REPS, QUICK_REPS),
     replot=True,
   )
@@ -829,6 +846,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   if args.dtypes[:1] != ['float32'] or not set(args.dtypes) <= set(DTYPES):
     parser.error(f'--dtypes must start with float32 and be among {DTYPES}')
   args.ks = args.ks or list(QUICK_KS if quick else FULL_KS)
+  args.pe_steps = QUICK_PE_STEPS if quick else FULL_PE_STEPS
   args.k = args.k or (QUICK_K if quick else FULL_K)
   args.drift_size = (
     args.drift_size[0]
@@ -882,7 +900,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for m, n in args.sizes:
       for dtype in args.dtypes:
         sweeps[dtype].append(
-          bench_size(m, n, dtype, args.ks, args.k, args.reps, bar)
+          bench_size(
+            m, n, dtype, args.ks, args.k, args.pe_steps, args.reps, bar
+          )
         )
     drift = bench_drift(args.drift_size, args.k, args.drift_steps, bar)
   targets = evaluate_targets(sweeps, drift)
@@ -902,7 +922,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       'warmup': 1,
       'ks': args.ks,
       'k': args.k,
-      'polar_express_steps': list(PE_STEPS),
+      'polar_express_steps': list(args.pe_steps),
       'baseline': OPTAX_NS,
       'decay_condition': DECAY_CONDITION,
       'drift_shape': _fmt_size(*args.drift_size),
@@ -925,7 +945,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     'methods': {
       dtype: {
         name: spec['label']
-        for name, spec in _methods(args.ks, args.k, dtype).items()
+        for name, spec in _methods(
+          args.ks, args.k, dtype, args.pe_steps
+        ).items()
       }
       for dtype in args.dtypes
     },
@@ -976,9 +998,11 @@ def markdown(d: dict[str, Any]) -> str:
     out.extend(_frontier_table(sizes, d['methods'][dtype]))
     out.append('')
   f32 = d['sweeps']['float32'][-1]
-  pe = {s: f32['methods'][f'polar_express{s}'] for s in PE_STEPS}
+  pe = {
+    s: f32['methods'][f'polar_express{s}'] for s in pe_steps_of(f32['methods'])
+  }
   svd = f32['methods']['svd']
-  good = [s for s in PE_STEPS if pe[s]['lmo_gap_gaussian'] < 1e-3]
+  good = [s for s in pe if pe[s]['lmo_gap_gaussian'] < 1e-3]
   if good:
     out.append(
       f'At {f32["size"]} (float32) Polar Express reaches a gap below 1e-3'

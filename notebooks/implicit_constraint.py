@@ -89,7 +89,7 @@ plt.rcParams.update(
 # %%
 D, DEPTH, K = 64, 3, 8
 LAMBDA, LR = 0.5, 0.04  # radius s/λ = 2 (s = 1 for square layers)
-STEPS = 150 if SMALL else 800
+STEPS = 50 if SMALL else 800
 EVERY = 5  # record the spectra every EVERY steps
 INIT = 3.0  # every singular value of W_i(0) is 3
 RADIUS = 1.0 / LAMBDA

@@ -104,9 +104,9 @@ plt.rcParams.update(
 FULL = os.environ.get('FANION_NOTEBOOK_FULL', '0') == '1'
 SQRT2 = np.sqrt(2.0)
 if SMALL:
-  N, T = 48, 2000
+  N, T = 48, 1000
   LR_GRID = 0.01 * SQRT2 ** np.arange(6)  # 0.01 ... 0.057
-  MOMENTA = (0.5, 0.9)
+  MOMENTA = (0.9,)
 elif FULL:
   N, T = 500, 5000
   LR_GRID = 0.00125 * SQRT2 ** np.arange(11)  # 0.00125 ... 0.04

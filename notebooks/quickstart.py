@@ -207,7 +207,7 @@ print('rank of the Fanion-4 update:', int(jnp.linalg.matrix_rank(updates['w'])))
 
 # %%
 D_IN, WIDTH, CLASSES = 32, 256, 10
-STEPS = 40 if SMALL else 500
+STEPS = 25 if SMALL else 500
 BATCH = 256
 
 teacher_key = jax.random.PRNGKey(42)
