@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from typing import Any
 from typing import Literal
 
+from fanion_optax import _validate
+
 Collective = Literal[
   'all-reduce',
   'all-gather',
@@ -115,10 +117,14 @@ def collective_bytes(
     The bytes summed over those instructions' results.
 
   Raises:
-    ValueError: an opcode outside `COLLECTIVES`, or text without an ENTRY
-      computation (pass the compiled module, not the lowered one).
+    ValueError: an opcode outside `COLLECTIVES`, a negative
+      `unknown_trip_count`, or text without an ENTRY computation (pass the
+      compiled module, not the lowered one).
   """
   wanted = _wanted(opcodes)
+  unknown_trip_count = _validate.check_int(
+    'unknown_trip_count', unknown_trip_count, minimum=0
+  )
   bodies: dict[str, list[str]] = {}
   entry = None
   body: list[str] | None = None
@@ -187,8 +193,16 @@ def largest_collective(
 
   Returns:
     `(bytes, instruction text)`; `(0, '')` when there is none.
+
+  Raises:
+    ValueError: an opcode outside `COLLECTIVES`, or a negative
+      `trailing_dims`.
   """
   wanted = _wanted(opcodes)
+  if trailing_dims is not None:
+    trailing_dims = _validate.check_int(
+      'trailing_dims', trailing_dims, minimum=0
+    )
   largest = (0, '')
   for line in _text(compiled).splitlines():
     match = _INSTRUCTION.match(line)

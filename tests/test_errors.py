@@ -46,6 +46,7 @@ def _namespace() -> dict[str, Any]:
     partition=partition,
     diagnostics=diagnostics,
     distributed=distributed,
+    communication=fo.communication,
     jax=jax,
     jnp=jnp,
     optax=optax,
@@ -57,8 +58,8 @@ def _namespace() -> dict[str, Any]:
 
 
 NAMESPACE_DOC = """\
-In the calls: `fo` is `fanion_optax`, `lmo`, `partition`, `diagnostics` and
-`distributed` its modules, `DN` is `fo.DimensionNumbers`,
+In the calls: `fo` is `fanion_optax`, `lmo`, `partition`, `diagnostics`,
+`distributed` and `communication` its modules, `DN` is `fo.DimensionNumbers`,
 `G = jnp.ones((4, 3))`, `P = {'w': jnp.ones((3, 4)), 'b': jnp.ones(4)}` and
 `MESH` a one-device `jax.sharding.Mesh` with axis `'d'`."""
 
@@ -1908,6 +1909,66 @@ CASES = [
     'Frobenius()',
     'a compressible LMO, ky_fan(k)',
   ),
+  Case(
+    'communication',
+    "communication.collective_bytes('', ('send',))",
+    ValueError,
+    "opcodes must be among ('all-reduce', 'all-gather', 'all-to-all',"
+    " 'reduce-scatter', 'collective-permute'), got ['send'] in ('send',).",
+    'opcodes',
+    "['send']",
+    "('all-reduce', 'all-gather', 'all-to-all', 'reduce-scatter',"
+    " 'collective-permute')",
+  ),
+  Case(
+    'communication',
+    "communication.largest_collective('', ('all-reduce-start',))",
+    ValueError,
+    "opcodes must be among ('all-reduce', 'all-gather', 'all-to-all',"
+    " 'reduce-scatter', 'collective-permute'), got ['all-reduce-start'] in"
+    " ('all-reduce-start',).",
+    'opcodes',
+    "['all-reduce-start']",
+    "('all-reduce', 'all-gather', 'all-to-all', 'reduce-scatter',"
+    " 'collective-permute')",
+  ),
+  Case(
+    'communication',
+    "communication.collective_bytes('HloModule m', unknown_trip_count=-1)",
+    ValueError,
+    'unknown_trip_count must be an int >= 0, got -1.',
+    'unknown_trip_count',
+    '-1',
+    'int >= 0',
+  ),
+  Case(
+    'communication',
+    "communication.collective_bytes('HloModule m')",
+    ValueError,
+    'compiled has no ENTRY computation: pass jax.jit(f).lower(...).compile()'
+    ' or its as_text().',
+    'compiled',
+    None,
+    'jax.jit(f).lower(...).compile() or its as_text()',
+  ),
+  Case(
+    'communication',
+    "communication.largest_collective('', trailing_dims=-2)",
+    ValueError,
+    'trailing_dims must be an int >= 0, got -2.',
+    'trailing_dims',
+    '-2',
+    'int >= 0',
+  ),
+  Case(
+    'communication',
+    "communication.largest_collective('', trailing_dims=1.5)",
+    TypeError,
+    'trailing_dims must be an int >= 0, got 1.5.',
+    'trailing_dims',
+    '1.5',
+    'int >= 0',
+  ),
 ]
 
 
@@ -1960,6 +2021,8 @@ def test_cases_cover_every_public_entry_point():
     'distributed.compressed(',
     'distributed.check_split(',
     'distributed.apply_lmo(',
+    'communication.collective_bytes(',
+    'communication.largest_collective(',
   ]
   names += [
     f'lmo.{n}('
@@ -2013,6 +2076,8 @@ SECTIONS = {
   'attention': 'QK-clip (`qk_clip`, `QKLayout`)',
   'distributed': 'Work-split values (`fanion_optax.distributed`:'
   ' `over_axis`, `over_mesh`, `compressed`, `check_split`, `apply_lmo`)',
+  'communication': 'HLO byte counts (`fanion_optax.communication`:'
+  ' `collective_bytes`, `largest_collective`)',
 }
 
 
@@ -2064,10 +2129,12 @@ def test_docs_table_is_current():
   with open(DOCS, encoding='utf-8') as f:
     text = f.read()
   assert NAMESPACE_DOC in text
-  assert markdown() in text, (
+  # The tables end the page, once each (a stale copy is not left behind).
+  assert text.endswith('\n\n' + markdown()), (
     'docs/errors.md is out of date: regenerate the table with'
     ' `python tests/test_errors.py`'
   )
+  assert text.count('| call | exception | message | gaps |') == len(SECTIONS)
 
 
 if __name__ == '__main__':
