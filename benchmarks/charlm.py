@@ -48,10 +48,14 @@ NorMuon (`fo.normuon`, Li et al., arXiv:2510.05491; its update has RMS
 0.2·lr per matrix, so its 1x is 0.01), adaptive Muon (`fo.muon(adaptive=
 True)`, the direction times the nuclear norm of the momentum), per-head Muon
 (the attention kernels' head axis a batch axis: each head's `(64, 16)` block
-its own matrix) and Fanion-8 with Dion's error feedback
-(`fo.fanion(8, error_feedback=True)`, arXiv:2504.05295). They have no target
-but issue 14's: error-feedback Fanion-8 within 2·pooled std of Muon
-(one-sided).
+its own matrix), Fanion-8 with Dion's error feedback
+(`fo.fanion(8, error_feedback=True)`, arXiv:2504.05295), and Muon with its
+polar factor computed in bfloat16 (`compute_dtype="bfloat16"`: bf16
+operands, float32 accumulation, as a GPU user would run it) or by Gram
+Newton–Schulz (`gram="auto"`: the 64x256 MLP matrices; SPEC §3.4). They
+have no target but issue 14's: error-feedback Fanion-8 within 2·pooled std
+of Muon (one-sided); the bf16 and Gram rows are reported beside Muon
+(issue 13: the default compute dtype is chosen on them).
 
 Targets: Muon beats AdamW (mean held-out loss, the established
 language-model result); F-Muon and S-Muon match Muon within
@@ -94,6 +98,8 @@ OPTIMIZERS = (
   'normuon',
   'muon_adaptive',
   'muon_heads',
+  'muon_bf16',
+  'muon_gram',
 )
 """Named rows; `fanion<k>` and `fanion<k>_ef` (error feedback) take any k,
 and a suffix `_i<t>` fixes the subspace iterations per step (`_i1`: Dion's
@@ -110,6 +116,8 @@ LABELS = {
   'normuon': 'NorMuon',
   'muon_adaptive': 'Muon, adaptive',
   'muon_heads': 'Muon, per head',
+  'muon_bf16': 'Muon, bf16 compute',
+  'muon_gram': 'Muon, Gram NS',
 }
 DEFAULT_LR = {'adamw': 3e-3, 'normuon': 1e-2, 'muon_adaptive': 0.4}
 """Peak learning rates of `demo.make_optimizer` (0.02 for the LMO ones).
@@ -208,6 +216,10 @@ def make_optimizer(
   if name == 'muon_heads':
     common['dimension_numbers'] = per_head_dimension_numbers
     return fo.muon(schedule, **common)
+  if name == 'muon_bf16':
+    return fo.muon(schedule, compute_dtype='bfloat16', **common)
+  if name == 'muon_gram':
+    return fo.muon(schedule, gram='auto', **common)
   match = _FANION.fullmatch(name)
   if match is None:
     raise ValueError(f'unknown optimizer {name!r}')

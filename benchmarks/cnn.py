@@ -102,6 +102,9 @@ OPTIMIZERS = {
   # Dion's error feedback (issue 14): the grid reaches one step further up,
   # since the fed-back momentum grows larger than the plain one.
   'fanion_ef': dict(label=f'Fanion-{FANION_K} EF', lrs=(3e-3, 0.01, 0.03, 0.1)),
+  # Muon's polar factor in bfloat16 (bf16 operands, float32 accumulation),
+  # as a GPU user would run it (issue 13): no target, reported beside Muon.
+  'muon_bf16': dict(label='Muon, bf16 compute', lrs=(3e-3, 0.01, 0.03, 0.1)),
 }
 CONSTRAINT_LMOS = {
   'muon': fo.lmo.spectral(),
@@ -257,6 +260,10 @@ def make_optimizer(
   )
   if name == 'muon':
     return fo.inject_hyperparams(fo.muon)(learning_rate=0.0, **common)
+  if name == 'muon_bf16':
+    return fo.inject_hyperparams(fo.muon)(
+      learning_rate=0.0, compute_dtype='bfloat16', **common
+    )
   if name == 'f_muon':
     return fo.inject_hyperparams(fo.f_muon)(
       learning_rate=0.0, alpha=MIX_ALPHA, **common

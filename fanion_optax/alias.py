@@ -196,8 +196,9 @@ def muon(
     polar_method: `"polar_express"` (default), `"newton_schulz"` (Jordan's
       quintic, as `optax.contrib.muon`), `"svd"`, or `(a, b, c)` rows.
     polar_steps: polar iteration count (default 5).
-    compute_dtype: arithmetic dtype of the polar iteration (`jnp.bfloat16`
-      is fast on GPU/TPU; default float32).
+    compute_dtype: arithmetic dtype of the polar iteration (default
+      bfloat16 on GPU/TPU, with float32 accumulation, and float32 on CPU;
+      `jnp.float32` forces float32 everywhere).
     gram: Gram Newton–Schulz: iterate on the m×m Gram matrix and apply the
       polynomial once (the same direction to ~1e-4, 0.56x the FLOPs at
       aspect 1:4); `True`, `False` (default) or `"auto"` (where it saves

@@ -221,7 +221,8 @@ class Spectral(LMO):
     polar_method: `"polar_express"`, `"newton_schulz"`, `"svd"` or
       coefficient rows (see `fanion_optax.polar.polar_factor`).
     polar_steps: iteration count (default 5).
-    compute_dtype: arithmetic dtype (default float32).
+    compute_dtype: arithmetic dtype (default: bfloat16 on GPU/TPU, float32
+      on CPU; see `fanion_optax.polar.polar_factor`).
     eps: added to the normaliser.
     gram: Gram Newton–Schulz (`True`, `False` or `"auto"`, see
       `fanion_optax.polar.polar_factor`).

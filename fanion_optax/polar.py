@@ -190,8 +190,9 @@ def polar_factor(
       `"newton_schulz"` (Jordan's quintic), `"svd"` (exact), or a sequence
       of `(a, b, c)` rows.
     polar_steps: iteration count (default 5 for the named iterations).
-    compute_dtype: dtype of the arithmetic; default float32 (float64 inputs
-      stay float64). `jnp.bfloat16` is much faster on GPU/TPU.
+    compute_dtype: dtype of the arithmetic; default bfloat16 operands on
+      GPU/TPU (products accumulate in float32) and float32 on CPU; float64
+      inputs stay float64 (see `docs/math.md`, "What is rounded where").
     eps: added to the normaliser, finite and >= 0.
     gram: run the iteration on the m×m Gram matrix of the wide orientation
       and apply the accumulated polynomial once (Gram Newton–Schulz, with

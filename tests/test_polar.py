@@ -22,6 +22,7 @@ from reference import x64
 from fanion_optax import coefficient_schedule
 from fanion_optax import lmo_gap
 from fanion_optax import polar_factor
+from fanion_optax._linalg import compute_dtype_of
 
 EPS = 1e-7
 METHODS = ('svd', 'newton_schulz', 'polar_express')
@@ -387,6 +388,38 @@ def test_bfloat16_compute_dtype_iterations(method):
   exact = np.asarray(polar_factor(g, polar_method=method))
   np.testing.assert_allclose(np.asarray(o), exact, atol=0.1)
   assert _np_gap(g, o) < 0.3
+
+
+@pytest.mark.parametrize('backend', ['gpu', 'tpu', 'cpu'])
+def test_default_compute_dtype_follows_the_platform(backend, monkeypatch):
+  """bfloat16 operands by default on GPU/TPU, float32 on CPU; float64 and
+  an explicit `compute_dtype` are kept everywhere."""
+  g = gaussian(WIDE, seed=21)
+  expected = {
+    method: np.asarray(
+      polar_factor(
+        g,
+        polar_method=method,
+        compute_dtype=jnp.float32 if backend == 'cpu' else jnp.bfloat16,
+      )
+    )
+    for method in ITERATIVE
+  }
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  half = backend != 'cpu'
+  assert compute_dtype_of(jnp.float32, None) == (
+    jnp.bfloat16 if half else jnp.float32
+  )
+  assert compute_dtype_of(jnp.float16, None) == (
+    jnp.bfloat16 if half else jnp.float32
+  )
+  assert compute_dtype_of(jnp.float64, None) == jnp.float64
+  assert compute_dtype_of(jnp.float32, 'float32') == jnp.float32
+  for method in ITERATIVE:
+    # Eager calls: the rule is read when the computation is traced.
+    o = polar_factor(g, polar_method=method)
+    assert o.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(o), expected[method])
 
 
 def test_bfloat16_compute_dtype_svd():
