@@ -48,9 +48,16 @@ The paper used n = 500. The iterations needed grow about linearly with n
 (the singular values of X₀ grow like √n, each step moves them by about
 c/√n) and the cost per iteration like n³, so the full grid costs about n⁴:
 at 500 some 45× the default n = 192, which does not fit a CPU budget (n = 256
-would take over half an hour on 2 shared cores). Full run at n = 192:
-973 s (16 min) on 2 CPU cores shared with other
-work at load average 12-14.
+would take over half an hour on 2 shared cores). Full run at n = 192 with
+the error-feedback rows: 1321 s (22 min) on 2 CPU cores shared with two
+other benchmarks (load average about 5).
+
+Error feedback does not help here: Fanion-24 with it needs 1489 iterations
+against 1293 without, and Fanion-6 and Neon reach the target in neither
+form within 5000 (`error_feedback_no_slower_per_k` fails). A likely
+reason: with full, noise-free gradients nothing the top-k step leaves out
+is lost (it is still in the next gradient, until the top directions have
+shrunk), so the fed-back residual only adds stale mass to the momentum.
 """
 
 from __future__ import annotations
