@@ -92,6 +92,16 @@ def flops_of(compiled: Any) -> float | None:
   return float(cost['flops'])
 
 
+LOOP_FLOPS_NOTE = (
+  "XLA's cost analysis counts a while loop's body once, whatever its trip"
+  ' count: the Ky Fan subspace iteration (a loop of subspace_iters - 1'
+  ' power steps, 10 on the cold first step and 2 on warm ones, decided at'
+  ' run time) is counted as one loop trip plus the final Ritz step, i.e.'
+  ' as a warm step of 2 iterations.'
+)
+"""How to read `flops_of` for the low-rank optimizers (stored in the JSON)."""
+
+
 def text_table(
   header: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1
 ) -> str:

@@ -26,8 +26,8 @@ same-shape matrices (N = 8, 16 and the uneven 11; shapes 256x256 and
   jit_explicit[_split]  the same two with `AxisType.Explicit`
 
 and `fo.fanion(0.02, k=16)` in the single and split modes (its T is its own
-single-device count; for the cold/warm-start `lax.cond` of its first step
-XLA's cost analysis reports the costlier, cold branch). It reports
+single-device count; XLA's cost analysis counts its subspace-iteration
+loop once, i.e. a warm step, `_timing.LOOP_FLOPS_NOTE`). It reports
 per-device FLOPs divided by T/8 (1.0 is a perfect split; the target is
 <= 1.3 for the split modes with >= 8 same-shape matrices; an uneven N cannot
 beat `ceil(N/8)*8/N` with whole matrices), and the wall-clock ms/step of
@@ -1067,12 +1067,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       'warmup': 1,
       'dtype': 'float32',
       'optimizers': {k: v[0] for k, v in OPTIMIZERS.items()},
-      'fanion_flops_note': (
-        'KyFan.update picks 10 (cold) or 2 (warm) subspace iterations'
-        " with lax.cond; XLA's cost analysis reports the costlier"
-        ' branch, so the fanion FLOPs are those of the cold first'
-        ' step (about 3.5x a warm step at 256x256, k=16).'
-      ),
+      'fanion_flops_note': _timing.LOOP_FLOPS_NOTE,
       'modes': MODE_LABELS,
       'mesh': (
         f"jax.make_mesh(({N_DEVICES},), ('{AXIS}',),"
