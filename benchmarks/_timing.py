@@ -92,6 +92,22 @@ def flops_of(compiled: Any) -> float | None:
   return float(cost['flops'])
 
 
+def memory_of(compiled) -> dict[str, int] | None:
+  """XLA's buffer sizes of a compiled step, or None where not reported."""
+  try:
+    stats = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001 - memory analysis is best-effort
+    return None
+  if stats is None:
+    return None
+  out = {
+    key: int(getattr(stats, f'{key}_size_in_bytes'))
+    for key in ('argument', 'output', 'temp', 'alias')
+  }
+  out['total'] = out['argument'] + out['output'] + out['temp'] - out['alias']
+  return out
+
+
 LOOP_FLOPS_NOTE = (
   "XLA's cost analysis counts a while loop's body once, whatever its trip"
   ' count: the Ky Fan subspace iteration (a loop of subspace_iters - 1'

@@ -141,22 +141,6 @@ def fanion_candidate(k: int) -> dict[str, Any]:
 # Measurement.
 
 
-def memory_of(compiled) -> dict[str, int] | None:
-  """XLA's buffer sizes of a compiled step, or None where not reported."""
-  try:
-    stats = compiled.memory_analysis()
-  except Exception:  # noqa: BLE001 - memory analysis is best-effort
-    return None
-  if stats is None:
-    return None
-  out = {
-    key: int(getattr(stats, f'{key}_size_in_bytes'))
-    for key in ('argument', 'output', 'temp', 'alias')
-  }
-  out['total'] = out['argument'] + out['output'] + out['temp'] - out['alias']
-  return out
-
-
 def _matmul(a, b):
   return a @ b
 
@@ -187,7 +171,7 @@ def bench_point(
     candidates[name] = lambda s=step, st=state: s(params, st, grads)
     extra[name] = {
       'label': spec['label'],
-      'memory': memory_of(step),
+      'memory': _timing.memory_of(step),
       'flops': _timing.flops_of(step),
     }
     bar.update()

@@ -51,3 +51,46 @@ def test_report_renders_committed_results(tmp_path):
   text = report.main(['--out', str(tmp_path / 'README.md')])
   assert '## lmo' in text
   assert '| `ns_vs_optax_ratio_le_1.05` |' in text
+
+
+def test_minimal_muon_kernel_does_what_muon_newton_schulz_does():
+  """The step benchmark's reference kernel is a fair baseline: the same
+  update as `fo.muon(polar_method="newton_schulz")` over a few steps."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  import fanion_optax as fo
+  from benchmarks import step
+
+  for tree in step.QUICK_TREES.values():
+    shapes = tree.shapes()
+    leaves, treedef = jax.tree.flatten(
+      shapes, is_leaf=lambda x: isinstance(x, tuple)
+    )
+    keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
+    params = jax.tree.unflatten(
+      treedef, [0.1 * jax.random.normal(k, s) for k, s in zip(keys, leaves)]
+    )
+    ours = fo.muon(
+      0.02,
+      polar_method='newton_schulz',
+      fallback=fo.adamw_fallback(0.02, b2=0.999),
+      **tree.fo_kwargs(),
+    )
+    minimal = step.minimal_muon(tree)
+    states = [ours.init(params), minimal.init(params)]
+    for t in range(3):
+      grads = jax.tree.map(
+        lambda p, t=t: jnp.sin(p * (t + 3.0)) + 0.1 * p, params
+      )
+      (u_ours, states[0]) = ours.update(grads, states[0], params)
+      (u_min, states[1]) = minimal.update(grads, states[1], params)
+      for a, b in zip(jax.tree.leaves(u_ours), jax.tree.leaves(u_min)):
+        assert a.shape == b.shape
+        assert jnp.allclose(a, b, rtol=1e-4, atol=1e-6), (
+          tree.name,
+          t,
+          float(jnp.max(jnp.abs(a - b))),
+        )
+      params = optax.apply_updates(params, u_ours)
