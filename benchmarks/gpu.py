@@ -76,8 +76,9 @@ fallback, passed explicitly as AdamW at the matrix learning rate with
 `b2 = 0.999`, the default before API 1.0): `optax.adamw`,
 `optax.contrib.muon`, `fo.muon(newton_schulz)`,
 `fo.muon` (Polar Express; bf16 arithmetic by default on an accelerator),
-`fo.muon(compute_dtype=float32)` and `fo.fanion(k=64)`, timed with `benchmarks.step.bench_tree` (update +
-apply_updates, compiled ahead of time, interleaved rounds), as ratios to
+`fo.muon(compute_dtype=float32)` and `fo.fanion(k=64)`, timed with
+`benchmarks.step.bench_tree` (update + apply_updates, compiled ahead of
+time, interleaved rounds), as ratios to
 `optax.adamw`. The float32 rows use JAX's default matmul precision, which
 XLA:GPU may run as TF32.
 
@@ -426,7 +427,8 @@ def step_specs(
   if quick:
     # Compilation dominates a smoke test: only what the target needs.
     return {name: specs[name] for name in keep}
-  out = {name: specs[name] for name in [*keep, 'fo.muon', f'fo.fanion(k={k})']}
+  extra = [step_bench.OURS, step_bench.OURS_FANION.format(k=k)]
+  out = {name: specs[name] for name in [*keep, *extra]}
   # The fallback before API 1.0 (AdamW at the matrix learning rate, b2 =
   # 0.999), explicit as in `benchmarks.step.candidates`, so the results stay
   # comparable.

@@ -61,17 +61,11 @@ def test_minimal_muon_kernel_does_what_muon_newton_schulz_does():
   import optax
 
   import fanion_optax as fo
+  from benchmarks import _timing
   from benchmarks import step
 
   for tree in step.QUICK_TREES.values():
-    shapes = tree.shapes()
-    leaves, treedef = jax.tree.flatten(
-      shapes, is_leaf=lambda x: isinstance(x, tuple)
-    )
-    keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
-    params = jax.tree.unflatten(
-      treedef, [0.1 * jax.random.normal(k, s) for k, s in zip(keys, leaves)]
-    )
+    params = _timing.random_tree(tree.shapes(), seed=0, scale=0.1)
     ours = fo.muon(
       0.02,
       polar_method='newton_schulz',
