@@ -1,7 +1,9 @@
 """Applying an LMO to many matrices, with the work split across devices.
 
-Same-shape matrices are stacked into one batch `(B, m, n)` (one batched
-kernel instead of many small ones). On several devices each device would
+On an accelerator, same-shape matrices are stacked into one batch
+`(B, m, n)` (one batched kernel instead of many small ones); on the CPU
+backend without a split, each matrix is its own 2-D problem, which XLA:CPU
+runs faster than a batched one. On several devices each device would
 otherwise orthogonalise every matrix; a **split** value says how to share
 the work instead:
 
@@ -421,6 +423,22 @@ def _update_mesh(lmo: lmo_lib.LMO, x, state, split: OverMesh):
   return _take((out, new_state), 0, batch)
 
 
+def _update_per_matrix(lmo: lmo_lib.LMO, x: jax.Array, state: Any):
+  """`lmo.update` on each 2-D matrix of a `(b, m, n)` stack, restacked.
+
+  XLA:CPU runs `b` separate 2-D matmuls faster than one batched
+  `(b, m, n)` matmul, and frees each matrix's temporaries sooner: on four
+  GPT-2-small layers `fo.muon(polar_method="newton_schulz")` takes 1.01x
+  the time and 0.85x the temp memory of a hand-written per-matrix kernel,
+  against 1.10x and 1.27x stacked (`benchmarks/step.py`).
+  """
+  parts = [
+    lmo.update(x[j], jax.tree.map(lambda s: s[j], state))
+    for j in range(x.shape[0])
+  ]
+  return jax.tree.map(lambda *p: jnp.stack(p), *parts)
+
+
 def apply_lmo(
   lmo: lmo_lib.LMO,
   matrices: Sequence[jax.Array],
@@ -429,6 +447,8 @@ def apply_lmo(
   split: Split = None,
 ) -> tuple[list[jax.Array], list[Any]]:
   """`lmo.update` on each `(batch, m, n)` matrix stack, grouped by shape.
+
+  Without a split on the CPU backend, one 2-D matrix at a time instead.
 
   Args:
     lmo: the oracle. Its state arrays must have the matrix batch axis first
@@ -454,6 +474,8 @@ def apply_lmo(
   for i, m in enumerate(matrices):
     if _linalg.is_empty(m):
       out[i] = m
+    elif split is None and jax.default_backend() == 'cpu':
+      out[i], new_states[i] = _update_per_matrix(lmo, m, states[i])
     else:
       groups.setdefault((m.shape[1:], m.dtype), []).append(i)
   for members in groups.values():
