@@ -31,7 +31,7 @@ Mean = Callable[[jax.Array], jax.Array]
 METHODS = ('subspace', 'svd')
 WARM_ITERS = 2
 COLD_ITERS = 10
-_COLD_START_SEED = 0
+_COLD_START_SEED = 0x9E3779B9
 
 
 def effective_rank(shape: tuple[int, ...], k: int) -> int:
@@ -51,14 +51,49 @@ def initial_subspace(
 
   Returns:
     `(..., n, min(k, m, n))` with orthonormal columns, identical for every
-    matrix of the batch (deterministic: seed 0).
+    matrix of the batch and on every platform (the orthonormalised
+    `_hashed_uniform` matrix).
   """
   k = effective_rank(shape, k)
   dtype = jnp.promote_types(dtype, jnp.float32)
   n = shape[-1]
-  gauss = jax.random.normal(jax.random.PRNGKey(_COLD_START_SEED), (n, k), dtype)
-  q, _ = _linalg.qr(gauss)
+  q, _ = _linalg.orthonormalize(_hashed_uniform((n, k), dtype))
   return jnp.broadcast_to(q, (*shape[:-2], n, k))
+
+
+def _hashed_uniform(shape: tuple[int, int], dtype: jnp.dtype) -> jax.Array:
+  """Uniform entries in `[-1, 1)` from a hash of their index.
+
+  MurmurHash3's 32-bit finaliser of `index + seed`: a dozen integer ops,
+  the same on every platform and sharding, where `jax.random` would add a
+  Threefry implementation (a third of a Ky Fan update's HLO) to the step
+  of every matrix.
+  """
+  index = jax.lax.broadcasted_iota(jnp.uint32, shape, 0) * jnp.uint32(shape[1])
+  x = index + jax.lax.broadcasted_iota(jnp.uint32, shape, 1)
+  x = x + jnp.uint32(_COLD_START_SEED)
+  for shift, factor in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
+    x = (x ^ (x >> shift)) * jnp.uint32(factor)
+  x = x ^ (x >> 16)
+  # The top 24 bits, exactly representable in float32.
+  return (x >> 8).astype(dtype) * (2.0**-23) - 1.0
+
+
+def _cold_start(
+  shape: tuple[int, ...], k: int, dtype: jnp.dtype, iters: int | jax.Array
+) -> jax.Array:
+  """`initial_subspace`, orthonormalised only where that matters.
+
+  A power step keeps only the span of its input, so with at least one
+  iteration the hashed matrix itself starts the same iteration (up to
+  rounding) without a Cholesky-QR in every step's program; a static 0
+  iterations uses the start as the Ritz basis, which must be orthonormal.
+  """
+  if isinstance(iters, int) and iters == 0:
+    return initial_subspace(shape, k, dtype)
+  n = shape[-1]
+  start = _hashed_uniform((n, k), jnp.promote_types(dtype, jnp.float32))
+  return jnp.broadcast_to(start, (*shape[:-2], n, k))
 
 
 def top_k_svd(g: jax.Array, k: int) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -79,13 +114,26 @@ def _reduced(mean: Mean | None, x: jax.Array) -> jax.Array:
   return x if mean is None else mean(x)
 
 
+def _thin_svd(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The thin SVD `(u, s, vh)` of `(..., n, k)` blocks through a `k×k` one.
+
+  `x = Q T` (`_linalg.orthonormalize`) and `T = A Σ Bᵀ` give `x = (Q A) Σ
+  Bᵀ`: LAPACK only sees `T`.
+  """
+  q, t = _linalg.orthonormalize(x)
+  a, s, bh = _linalg.svd(t)
+  return q @ a, s, bh
+
+
 def _power_step(
-  mean: Mean | None, _, carry: tuple[jax.Array, jax.Array]
-) -> tuple[jax.Array, jax.Array]:
-  g, q = carry
-  a = _reduced(mean, g @ q)
-  q, _ = _linalg.qr(_reduced(mean, _linalg.swap_last(g) @ a))
-  return g, q
+  mean: Mean | None,
+  _,
+  carry: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  g, q, _, _ = carry
+  p, _ = _linalg.orthonormalize(_reduced(mean, g @ q))
+  q, t = _linalg.orthonormalize(_reduced(mean, _linalg.swap_last(g) @ p))
+  return g, q, p, t
 
 
 # Module level (not a closure over `g`): eagerly, `fori_loop` then finds its
@@ -100,17 +148,20 @@ def subspace_iteration(
   *,
   mean: Mean | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Block power iteration `Q ← orth(Gᵀ(G Q))` ending in a Rayleigh–Ritz step.
+  """Block power iteration `P = orth(G Q)`, `Q = orth(Gᵀ P)`, then Rayleigh–Ritz.
 
-  The last iteration's `Gᵀ` product is the Rayleigh–Ritz step: with
-  `P = orth(G Q)` (`m×k`) and `R = Gᵀ P = Y Σ Zᵀ` (a thin SVD of an `n×k`
-  block), the Ritz triplets of `Pᵀ G` are `(P Z, Σ, Y)`. So `t` iterations
-  cost `2t` products with `G` and, with `mean`, all-reduce `t` blocks of
-  `m×k` and `t` of `n×k`: one power step per optimizer step (warm) is the
-  thin-factor traffic of Dion, `(m + n)·k` numbers per matrix. At
-  convergence `P Z Yᵀ = U_k V_kᵀ` exactly: `P` spans the top-k left
-  subspace, and for any orthonormal basis `P = U_k W` the factor `Z Yᵀ`
-  undoes `W`.
+  Each iteration orthonormalises both thin blocks, so each has condition
+  number `σ₁/σ_k` of `G` restricted to the subspace, not its square (as
+  `orth(Gᵀ G Q)` would), within reach of Cholesky-QR
+  (`_linalg.orthonormalize`: matmuls, and LAPACK on `k×k` only). The last
+  iteration's `Gᵀ` product is the Rayleigh–Ritz step: with `R = Gᵀ P = Q T`
+  and the `k×k` SVD `T = A Σ Bᵀ`, the Ritz triplets of `Pᵀ G` are
+  `(P B, Σ, Q A)`. So `t` iterations cost `2t` products with `G` and, with
+  `mean`, all-reduce `t` blocks of `m×k` and `t` of `n×k`: one power step
+  per optimizer step (warm) is the thin-factor traffic of Dion,
+  `(m + n)·k` numbers per matrix. At convergence `P B (Q A)ᵀ = U_k V_kᵀ`
+  exactly: `P` spans the top-k left subspace, and for any orthonormal
+  basis `P = U_k W` the Ritz factors undo `W`.
 
   With `mean`, `G` is the mean of the devices' `g` (each device passes its
   own) and only thin products cross devices: `mean(g Q)` and `mean(gᵀ P)`.
@@ -118,8 +169,9 @@ def subspace_iteration(
 
   Args:
     g: `(..., m, n)`.
-    q: `(..., n, k)` starting right subspace (orthonormal columns), the same
-      on every device.
+    q: `(..., n, k)` starting right subspace, the same on every device;
+      only its span matters, except with a static 0 iterations, which needs
+      orthonormal columns.
     subspace_iters: number of `Gᵀ G` multiplications. A traced count must be
       at least 1 (one loop body serves every count); a static 0 keeps `q`
       and takes the Ritz triplets of `G Q`.
@@ -135,17 +187,23 @@ def subspace_iteration(
     all-reducing the thin factors).
   """
   if isinstance(subspace_iters, int) and subspace_iters == 0:
-    u, s, wh = _linalg.svd(_reduced(mean, g @ q), full_matrices=False)
+    u, s, wh = _thin_svd(_reduced(mean, g @ q))
     return u, s, q @ _linalg.swap_last(wh)
   body = (
     _local_power_step if mean is None else functools.partial(_power_step, mean)
   )
-  _, q = jax.lax.fori_loop(0, subspace_iters - 1, body, (g, q))
-  p, _ = _linalg.qr(_reduced(mean, g @ q))
-  y, s, zh = _linalg.svd(
-    _reduced(mean, _linalg.swap_last(g) @ p), full_matrices=False
+  # Zeros typed like the loop's outputs (inside a checked `shard_map`,
+  # varying over the axes `g @ q` varies over; replicated after a `mean`),
+  # as the loop requires; the body overwrites them.
+  corner = (
+    q[..., :1, :1] if mean is not None else g[..., :1, :1] * q[..., :1, :1]
   )
-  return p @ _linalg.swap_last(zh), s, y
+  corner = jnp.zeros_like(corner)
+  p = corner + jnp.zeros((g.shape[-2], q.shape[-1]), q.dtype)
+  t = corner + jnp.zeros((q.shape[-1],) * 2, q.dtype)
+  _, q, p, t = jax.lax.fori_loop(0, subspace_iters, body, (g, q, p, t))
+  a, s, bh = _linalg.svd(t)
+  return p @ _linalg.swap_last(bh), s, q @ a
 
 
 def _common_scaled(x: jax.Array, mean: Mean) -> jax.Array:
@@ -340,10 +398,9 @@ def top_k_polar_with_basis(
   if top_k_method == 'svd' or full_rank:
     u, s, v = top_k_svd(x, k)
   else:
-    start = initial_subspace(x.shape, k, dtype)
     if state is None:
-      q = start
       iters = COLD_ITERS if iters is None else iters
+      q = _cold_start(x.shape, k, dtype, iters)
     else:
       expected = (*x.shape[:-2], x.shape[-1], k)
       if tuple(state.shape) != expected:
@@ -355,9 +412,10 @@ def top_k_polar_with_basis(
       # start, matrix by matrix; the count is decided at run time, so one
       # loop body serves the cold first step and the warm ones.
       cold = jnp.all(state == 0, axis=(-2, -1), keepdims=True)
-      q = jnp.where(cold, start, state.astype(dtype))
       if iters is None:
         iters = jnp.where(jnp.any(cold), COLD_ITERS, WARM_ITERS)
+      start = _cold_start(x.shape, k, dtype, iters)
+      q = jnp.where(cold, start, state.astype(dtype))
     u, s, v = subspace_iteration(x, q, iters, mean=mean)
   keep = _linalg.singular_value_mask(s, x.shape).astype(dtype)
   basis = u * keep[..., None, :]

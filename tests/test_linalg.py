@@ -99,3 +99,67 @@ def test_max_abs_scaled_of_an_empty_matrix_is_empty():
   assert y.shape == (0, 5) and y.dtype == jnp.float32
   y = jax.jit(_linalg.max_abs_scaled)(jnp.zeros((0, 5)))
   assert y.shape == (0, 5)
+
+
+# ---------------------------------------------------------------------------
+# Cholesky-QR orthonormalisation.
+
+
+def _planted(n, k, condition, rank=None, seed=0):
+  """`(n, k)` float64 with singular values geometric from 1 to 1/condition."""
+  rng = np.random.default_rng(seed)
+  u, _ = np.linalg.qr(rng.standard_normal((n, k)))
+  v, _ = np.linalg.qr(rng.standard_normal((k, k)))
+  s = np.geomspace(1.0, 1.0 / condition, k)
+  if rank is not None:
+    s[rank:] = 0.0
+  return (u * s) @ v.T
+
+
+def _check_thin_qr(x, q, r):
+  q, r = np.asarray(q, np.float64), np.asarray(r, np.float64)
+  k = q.shape[-1]
+  np.testing.assert_allclose(
+    np.swapaxes(q, -1, -2) @ q, np.broadcast_to(np.eye(k), r.shape), atol=2e-6
+  )
+  scale = max(np.abs(x).max(), 1e-30)
+  np.testing.assert_allclose(q @ r / scale, x / scale, atol=3e-6)
+
+
+@pytest.mark.parametrize('condition', [1.0, 1e2, 1e4])
+@pytest.mark.parametrize('n, k', [(300, 16), (3072, 64)])
+def test_orthonormalize_is_cholesky_qr_on_well_conditioned_blocks(
+  n, k, condition
+):
+  x = _planted(n, k, condition)
+  q, r = _linalg.orthonormalize(jnp.asarray(x, jnp.float32))
+  _check_thin_qr(x, q, r)
+  # The Cholesky path: R is NumPy's R with its signs made positive.
+  r_ref = np.linalg.qr(x)[1]
+  r_ref *= np.sign(np.diag(r_ref))[:, None]
+  np.testing.assert_allclose(r, r_ref, atol=1e-5 * condition)
+
+
+@pytest.mark.parametrize(
+  'condition, rank', [(1e6, None), (1e9, None), (1e3, 8), (1.0, 0)]
+)
+def test_orthonormalize_falls_back_on_ill_conditioned_and_rank_deficient(
+  condition, rank
+):
+  x = _planted(300, 16, condition, rank)
+  q, r = _linalg.orthonormalize(jnp.asarray(x, jnp.float32))
+  _check_thin_qr(x, q, r)
+
+
+def test_orthonormalize_batch_and_jit():
+  x = np.stack([_planted(40, 5, 10.0, seed=i) for i in range(3)])
+  x[1] = 0.0  # one degenerate matrix sends the batch to Householder QR
+  q, r = jax.jit(_linalg.orthonormalize)(jnp.asarray(x, jnp.float32))
+  assert q.shape == (3, 40, 5) and r.shape == (3, 5, 5)
+  _check_thin_qr(x, q, r)
+
+
+def test_orthonormalize_propagates_nan():
+  x = jnp.asarray(_planted(30, 4, 1.0), jnp.float32).at[3, 2].set(jnp.nan)
+  q, _ = _linalg.orthonormalize(x)
+  assert q.shape == (30, 4) and np.isnan(np.asarray(q)).any()

@@ -103,6 +103,64 @@ def test_exact_state_with_zero_iterations_is_exact(shape):
   np.testing.assert_allclose(np.asarray(d), np_top_k(g, 4), atol=1e-5)
 
 
+_PLANTED = {
+  # top 8 well separated from the rest
+  'gapped': np.concatenate(
+    [np.geomspace(10, 5, 8), 0.5 * 0.9 ** np.arange(88)]
+  ),
+  # condition 100 inside the top 8, a tail down to 1e-7
+  'ill_conditioned': np.concatenate(
+    [np.geomspace(1, 1e-2, 8), np.geomspace(1e-3, 1e-7, 88)]
+  ),
+  # rank 5 < k: the direction is U_5 V_5ᵀ
+  'rank_deficient': np.geomspace(1, 0.1, 5),
+}
+
+
+@pytest.mark.parametrize(
+  'spectrum, dtype',
+  [(s, jnp.float32) for s in _PLANTED]
+  # bf16 rounding makes a rank-5 matrix full rank: no bf16 rank_deficient.
+  + [('gapped', jnp.bfloat16), ('ill_conditioned', jnp.bfloat16)],
+)
+def test_subspace_matches_exact_top_k_on_planted_spectra(spectrum, dtype):
+  sigma = _PLANTED[spectrum]
+  g = jnp.asarray(with_spectrum((96, 160), sigma, seed=11), dtype)
+  d = top_k_polar(g, 8, subspace_iters=30)
+  assert d.dtype == dtype
+  reference = np_top_k(np.asarray(g, np.float64), min(8, len(sigma)))
+  atol = 1e-4 if dtype == jnp.float32 else 1e-2
+  np.testing.assert_allclose(np.asarray(d, np.float64), reference, atol=atol)
+
+
+_LAPACK = {'svd', 'qr', 'geqrf', 'householder_product', 'cholesky', 'eigh'}
+_LAPACK |= {'triangular_solve', 'lu'}
+
+
+def _solver_shapes(jaxpr, shapes):
+  """Operand shapes of the solver calls, outside the fallback branches."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in _LAPACK:
+      shapes.update(v.aval.shape[-2:] for v in eqn.invars)
+    for name, value in eqn.params.items():
+      subs = value if isinstance(value, (tuple, list)) else (value,)
+      if eqn.primitive.name == 'cond' and name == 'branches':
+        subs = subs[1:]  # branches[0] is the false branch: Householder QR
+      for sub in subs:
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          _solver_shapes(inner, shapes)
+  return shapes
+
+
+@pytest.mark.parametrize('cold', [True, False])
+def test_subspace_iteration_gives_lapack_only_k_by_k_blocks(cold):
+  g = jnp.ones((2, 30, 50))
+  state = jnp.zeros((2, 50, 4)) if cold else jnp.ones((2, 50, 4))
+  jaxpr = jax.make_jaxpr(lambda g, s: top_k_polar(g, 4, state=s))(g, state)
+  assert _solver_shapes(jaxpr.jaxpr, set()) == {(4, 4)}
+
+
 # ---------------------------------------------------------------------------
 # Warm start.
 
