@@ -60,7 +60,12 @@ kernel's first axis sharded over 8 devices (FSDP; Auto and Explicit axes),
 collective of the compiled HLO, and the largest array any one collective
 moves, per matrix of a stacked batch (its last two axes), against the
 largest thin block `max(m, n)*k*4`: no whole matrix.
-`--communication-only` runs only this part and merges it into an existing
+Balance (issue 12): GPT-2 small's kernels alone (4 per layer, width 768)
+for 4, 12 and 48 layers, `fo.muon` per-device FLOPs with the pmap split
+(and the Explicit mesh split up to 12 layers) over T/8, beside the ratio
+`fo.distributed.balance` predicts from `matrix_cost`; targets <= 1.15 at
+4 layers and <= 1.05 at 12 for the pmap split.
+`--communication-only` runs only the communication part and merges it into an existing
 `<out>/distributed.json`.
 
 `--quick`: 64x64 matrices, N = 8, no mixed tree, 1 rep; for the
@@ -115,6 +120,15 @@ FULL_COUNTS = (8, 16, 11)
 QUICK_COUNTS = (8,)
 FULL_REPS, QUICK_REPS = 3, 1
 FULL_MIXED_WIDTH, FULL_MIXED_LAYERS = 256, 6
+
+FULL_BALANCE = {'width': 768, 'layers': (4, 12, 48)}
+QUICK_BALANCE = {'width': 64, 'layers': (1,)}
+BALANCE_TARGETS = {4: 1.15, 12: 1.05}
+"""Issue 12: per-device FLOPs of the split on GPT-2 small's matrices
+(4 and 12 layers) over (single-device FLOPs / 8)."""
+BALANCE_MODES = ('pmap_split', 'jit_explicit_split')
+BALANCE_MESH_LAYERS_MAX = 12
+"""The mesh split is compiled up to this many layers (its compile time)."""
 
 DATA_AXIS = 'data'
 FLOAT_BYTES = 4
@@ -779,6 +793,100 @@ def print_communication(comm: dict[str, Any]) -> None:
 # Targets, table, plot.
 
 
+def gpt2_matrix_shapes(width: int, layers: int) -> dict[str, Any]:
+  """GPT-2's four kernels per layer, `(fan_in, fan_out)`; nothing else."""
+  d = width
+  return {
+    f'h{i}': {
+      'c_attn': (d, 3 * d),
+      'attn_proj': (d, d),
+      'c_fc': (d, 4 * d),
+      'mlp_proj': (4 * d, d),
+    }
+    for i in range(layers)
+  }
+
+
+def bench_balance(width: int, layers: Sequence[int]) -> dict[str, Any]:
+  """`fo.muon`'s per-device FLOPs with a split on GPT-2's matrices, and
+  what `fo.distributed.balance` predicts from `matrix_cost`."""
+  make = OPTIMIZERS['muon'][1]
+  rows = {}
+  for count in layers:
+    shapes = gpt2_matrix_shapes(width, count)
+    params = _timing.random_tree(shapes, seed=0)
+    grads = _timing.random_tree(shapes, seed=1)
+    total = _timing.flops_of(
+      compile_mode(make, 'single', params, grads, None)[0]
+    )
+    matrices = jax.tree.leaves(shapes, is_leaf=_timing.is_shape)
+    owners = fo.distributed.balance(matrices, N_DEVICES)
+    cost = fo.distributed.matrix_cost
+    loads = [sum(cost(matrices[i]) for i in own) for own in owners]
+    row: dict[str, Any] = {
+      'matrices': len(matrices),
+      'single_flops': total,
+      'predicted_ratio_to_ideal': max(loads) / (sum(loads) / N_DEVICES),
+    }
+    for mode in BALANCE_MODES:
+      if mode != 'pmap_split' and count > BALANCE_MESH_LAYERS_MAX:
+        continue
+      compiled, _, seconds, _ = compile_mode(make, mode, params, grads, None)
+      flops = _timing.flops_of(compiled)
+      row[mode] = {
+        'flops_per_device': flops,
+        'ratio_to_ideal': flops / (total / N_DEVICES),
+        'compile_s': seconds,
+      }
+    rows[str(count)] = row
+  return {
+    'tree': f"GPT-2's kernels, width {width} (no embeddings or vectors)",
+    'optimizer': OPTIMIZERS['muon'][0],
+    'rows': rows,
+  }
+
+
+def evaluate_balance(balance: dict[str, Any]) -> dict[str, Any]:
+  """Issue 12's per-device FLOP targets for the pmap split."""
+  targets = {}
+  for count, threshold in BALANCE_TARGETS.items():
+    row = balance['rows'].get(str(count))
+    if row is None:
+      continue
+    ratio = row['pmap_split']['ratio_to_ideal']
+    targets[
+      f'gpt2_{count}_layers_pmap_split_flops_per_device_le_{threshold}x_ideal'
+    ] = {
+      'passed': ratio <= threshold,
+      'threshold': threshold,
+      'ratio_to_ideal': ratio,
+      'summary': f'{ratio:.3f} (balance predicts'
+      f' {row["predicted_ratio_to_ideal"]:.3f})',
+    }
+  return targets
+
+
+def balance_markdown(balance: dict[str, Any]) -> str:
+  lines = [
+    '### Balancing whole matrices\n',
+    f'`{balance["optimizer"]}` on {balance["tree"]}: per-device FLOPs'
+    ' over (single-device FLOPs / 8), and the ratio `balance` predicts'
+    ' from `matrix_cost`. The mesh split still pads each shape to a'
+    ' multiple of the device count.\n',
+    '| layers | matrices | pmap split | mesh split (Explicit) | predicted |',
+    '|---|---|---|---|---|',
+  ]
+  for count, row in balance['rows'].items():
+    mesh = row.get('jit_explicit_split')
+    mesh_ratio = '—' if mesh is None else f'{mesh["ratio_to_ideal"]:.3f}'
+    lines.append(
+      f'| {count} | {row["matrices"]} |'
+      f' {row["pmap_split"]["ratio_to_ideal"]:.3f} | {mesh_ratio} |'
+      f' {row["predicted_ratio_to_ideal"]:.3f} |'
+    )
+  return '\n'.join(lines) + '\n'
+
+
 def evaluate_targets(cases: list[dict[str, Any]]) -> dict[str, Any]:
   """Split-mode FLOPs per device <= 1.3 * T/8, same-shape N >= 8 (muon)."""
   targets = {}
@@ -1029,8 +1137,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       results.append(bench_case(case, args.reps, log=bar.write))
       bar.update()
   comm = bench_communication(**(QUICK_COMM if args.quick else FULL_COMM))
+  balance = bench_balance(**(QUICK_BALANCE if args.quick else FULL_BALANCE))
   targets = evaluate_targets(results)
   targets.update(evaluate_communication(comm))
+  targets.update(evaluate_balance(balance))
   elapsed = time.perf_counter() - start
 
   print()
@@ -1095,6 +1205,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     },
     'cases': results,
     'communication': comm,
+    'balance': balance,
     'targets': {name: t['passed'] for name, t in targets.items()},
     'target_details': targets,
     'elapsed_s': elapsed,
@@ -1123,6 +1234,8 @@ def markdown(d: dict[str, Any]) -> str:
     ' ceil(N/n) whole matrices, so an uneven N = 11 on 8 devices costs'
     ' 2/1.375 = 1.45× the ideal by construction.\n\n' + '\n'.join(lines) + '\n'
   )
+  if 'balance' in d:
+    text += '\n' + balance_markdown(d['balance'])
   if 'communication' in d:
     text += '\n' + communication_markdown(d['communication'])
   return text

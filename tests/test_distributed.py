@@ -314,6 +314,69 @@ def test_shard_map_split_divides_flops_per_device():
   assert split <= 1.3 * single_flops / N_DEV
 
 
+def test_matrix_cost_is_newton_schulz_flops_in_the_wide_orientation():
+  # X Xᵀ and (b A + c A²) X: 2·m²n each; A²: 2·m³ (m <= n).
+  assert (
+    fo.distributed.matrix_cost((768, 3072)) == 4 * 768**2 * 3072 + 2 * 768**3
+  )
+  assert fo.distributed.matrix_cost((3072, 768)) == fo.distributed.matrix_cost(
+    (768, 3072)
+  )
+  assert fo.distributed.matrix_cost((5, 12, 20)) == 4 * 144 * 20 + 2 * 12**3
+
+
+@pytest.mark.parametrize('layers, devices', [(1, 8), (4, 8), (12, 8), (12, 3)])
+def test_balance_shares_gpt2_matrices_evenly(layers, devices):
+  shapes = [(768, 2304), (768, 768), (768, 3072), (3072, 768)] * layers
+  owners = fo.distributed.balance(shapes, devices)
+  assert sorted(i for own in owners for i in own) == list(range(len(shapes)))
+  cost = fo.distributed.matrix_cost
+  loads = [sum(cost(shapes[i]) for i in own) for own in owners]
+  total = sum(map(cost, shapes))
+  # Largest first is within 4/3 of the optimum (Graham), which is at least
+  # the mean and at least the largest matrix.
+  assert max(loads) <= 4 / 3 * max(total / devices, max(map(cost, shapes)))
+  if layers == 12:
+    assert max(loads) <= 1.05 * total / devices
+
+
+def test_pmap_split_balances_mixed_shapes_by_flops():
+  """GPT-2-like shapes (scaled down 1/16), 4 layers: the padded per-shape
+  split ran 8 matrices of each shape as 8 slots; the balance packs the 16
+  matrices by their cost."""
+  shapes = [(48, 144), (48, 48), (48, 192), (192, 48)] * 4
+  params = {
+    f'w{i:02d}': jax.random.normal(jax.random.PRNGKey(i), s)
+    for i, s in enumerate(shapes)
+  }
+  grads = _grads(params, 0)
+  single = fo.muon(0.02)
+  state = single.init(params)
+  single_flops = _flops(
+    jax.jit(single.update).lower(grads, state, params).compile()
+  )
+  replicate = lambda t: jax.tree.map(
+    lambda x: jnp.broadcast_to(x, (N_DEV,) + x.shape), t
+  )
+  tx = fo.muon(0.02, split=fo.distributed.over_axis('d'))
+  args = (replicate(grads), replicate(state), replicate(params))
+  split = _flops(jax.pmap(tx.update, axis_name='d').lower(*args).compile())
+  cost = fo.distributed.matrix_cost
+  owners = fo.distributed.balance(shapes, N_DEV)
+  best = max(sum(cost(shapes[i]) for i in own) for own in owners)
+  ideal = sum(map(cost, shapes)) / N_DEV
+  assert best <= 1.15 * ideal
+  # The device program costs its largest share (plus the elementwise rest).
+  assert split <= 1.2 * single_flops / N_DEV
+  updates = jax.pmap(tx.update, axis_name='d')(*args)[0]
+  reference = jax.jit(single.update)(grads, state, params)[0]
+  for name in params:
+    for device in (0, N_DEV - 1):
+      np.testing.assert_allclose(
+        updates[name][device], reference[name], atol=1e-5, rtol=1e-4
+      )
+
+
 @pytest.mark.slow
 def test_mesh_split_divides_flops_per_device():
   params = _same_shape_params()
