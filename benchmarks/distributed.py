@@ -62,7 +62,7 @@ moves, per matrix of a stacked batch (its last two axes), against the
 largest thin block `max(m, n)*k*4`: no whole matrix.
 Balance (issue 12): GPT-2 small's kernels alone (4 per layer, width 768)
 for 4, 12 and 48 layers, `fo.muon` per-device FLOPs with the pmap split
-(and the Explicit mesh split up to 12 layers) over T/8, beside the ratio
+(compiled from shapes only) over T/8, beside the ratio
 `fo.distributed.balance` predicts from `matrix_cost`; targets <= 1.15 at
 4 layers and <= 1.05 at 12 for the pmap split.
 `--communication-only` runs only the communication part and merges it into an existing
@@ -126,9 +126,6 @@ QUICK_BALANCE = {'width': 64, 'layers': (1,)}
 BALANCE_TARGETS = {4: 1.15, 12: 1.05}
 """Issue 12: per-device FLOPs of the split on GPT-2 small's matrices
 (4 and 12 layers) over (single-device FLOPs / 8)."""
-BALANCE_MODES = ('pmap_split', 'jit_explicit_split')
-BALANCE_MESH_LAYERS_MAX = 12
-"""The mesh split is compiled up to this many layers (its compile time)."""
 
 DATA_AXIS = 'data'
 FLOAT_BYTES = 4
@@ -520,7 +517,7 @@ def bench_sharded(
       hlo = sharded_hlo(fo.fanion(0.02, k, **options), params, axis_type)
       iters = options.get('subspace_iters', lowrank.WARM_ITERS)
       moved = fo.communication.collective_bytes(
-        hlo, fo.communication.COLLECTIVES, unknown_trip_count=iters - 1
+        hlo, fo.communication.COLLECTIVES, unknown_trip_count=iters
       )
       largest, line = fo.communication.largest_collective(hlo, trailing_dims=2)
       rows[name] = {
@@ -535,7 +532,7 @@ def bench_sharded(
         'bytes_per_step': moved,
         'by_collective': {
           op: fo.communication.collective_bytes(
-            hlo, (op,), unknown_trip_count=iters - 1
+            hlo, (op,), unknown_trip_count=iters
           )
           for op in fo.communication.COLLECTIVES
         },
@@ -616,11 +613,9 @@ def bench_communication(
     warm = lowrank.WARM_ITERS if iters is None else iters
     cold = lowrank.COLD_ITERS if iters is None else iters
     thin = sum((m + n) * k * FLOAT_BYTES for m, n in matrices)
-    # The loop runs all but the last iteration (see
-    # `lowrank.subspace_iteration`).
-    measured = fo.communication.collective_bytes(
-      hlo, unknown_trip_count=warm - 1
-    )
+    # The loop runs every iteration, its trip count decided at run time
+    # (see `lowrank.subspace_iteration`).
+    measured = fo.communication.collective_bytes(hlo, unknown_trip_count=warm)
     rows[name] = {
       'label': (
         f'fo.fanion(0.02, {k}, split=compressed(...)'
@@ -632,7 +627,7 @@ def bench_communication(
       'subspace_iters_cold': cold,
       'bytes_per_step': measured,
       'bytes_cold_first_step': fo.communication.collective_bytes(
-        hlo, unknown_trip_count=cold - 1
+        hlo, unknown_trip_count=cold
       ),
       'analytic_bytes_per_step': analytic_bytes(matrices, k, warm),
       'analytic_bytes_cold_first_step': analytic_bytes(matrices, k, cold),
@@ -808,37 +803,48 @@ def gpt2_matrix_shapes(width: int, layers: int) -> dict[str, Any]:
 
 
 def bench_balance(width: int, layers: Sequence[int]) -> dict[str, Any]:
-  """`fo.muon`'s per-device FLOPs with a split on GPT-2's matrices, and
-  what `fo.distributed.balance` predicts from `matrix_cost`."""
+  """`fo.muon`'s per-device FLOPs with the pmap split on GPT-2's matrices,
+  and what `fo.distributed.balance` predicts from `matrix_cost`.
+
+  Compiled from shapes only (`jax.ShapeDtypeStruct`): 48 layers replicated
+  on 8 devices would not fit in memory, and only the FLOPs are read.
+  """
   make = OPTIMIZERS['muon'][1]
   rows = {}
   for count in layers:
     shapes = gpt2_matrix_shapes(width, count)
-    params = _timing.random_tree(shapes, seed=0)
-    grads = _timing.random_tree(shapes, seed=1)
-    total = _timing.flops_of(
-      compile_mode(make, 'single', params, grads, None)[0]
+    params = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s, jnp.float32),
+      shapes,
+      is_leaf=_timing.is_shape,
     )
+    tx = make()
+    args = (params, jax.eval_shape(tx.init, params), params)
+    total = _timing.flops_of(jax.jit(tx.update).lower(*args).compile())
+    split = make(split=fo.distributed.over_axis(PMAP_AXIS))
+    replicated = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct((N_DEVICES, *a.shape), a.dtype), args
+    )
+    start = time.perf_counter()
+    compiled = (
+      jax.pmap(split.update, axis_name=PMAP_AXIS).lower(*replicated).compile()
+    )
+    seconds = time.perf_counter() - start
+    flops = _timing.flops_of(compiled)
     matrices = jax.tree.leaves(shapes, is_leaf=_timing.is_shape)
     owners = fo.distributed.balance(matrices, N_DEVICES)
     cost = fo.distributed.matrix_cost
     loads = [sum(cost(matrices[i]) for i in own) for own in owners]
-    row: dict[str, Any] = {
+    rows[str(count)] = {
       'matrices': len(matrices),
       'single_flops': total,
       'predicted_ratio_to_ideal': max(loads) / (sum(loads) / N_DEVICES),
-    }
-    for mode in BALANCE_MODES:
-      if mode != 'pmap_split' and count > BALANCE_MESH_LAYERS_MAX:
-        continue
-      compiled, _, seconds, _ = compile_mode(make, mode, params, grads, None)
-      flops = _timing.flops_of(compiled)
-      row[mode] = {
+      'pmap_split': {
         'flops_per_device': flops,
         'ratio_to_ideal': flops / (total / N_DEVICES),
         'compile_s': seconds,
-      }
-    rows[str(count)] = row
+      },
+    }
   return {
     'tree': f"GPT-2's kernels, width {width} (no embeddings or vectors)",
     'optimizer': OPTIMIZERS['muon'][0],
@@ -869,19 +875,18 @@ def evaluate_balance(balance: dict[str, Any]) -> dict[str, Any]:
 def balance_markdown(balance: dict[str, Any]) -> str:
   lines = [
     '### Balancing whole matrices\n',
-    f'`{balance["optimizer"]}` on {balance["tree"]}: per-device FLOPs'
-    ' over (single-device FLOPs / 8), and the ratio `balance` predicts'
-    ' from `matrix_cost`. The mesh split still pads each shape to a'
-    ' multiple of the device count.\n',
-    '| layers | matrices | pmap split | mesh split (Explicit) | predicted |',
-    '|---|---|---|---|---|',
+    f'`{balance["optimizer"]}` on {balance["tree"]}, pmap split over'
+    f' {N_DEVICES} devices: per-device FLOPs over (single-device FLOPs /'
+    f' {N_DEVICES}), and the ratio `fo.distributed.balance` predicts from'
+    ' `matrix_cost`. The mesh split (`over_mesh`) still pads each shape to'
+    ' a multiple of the device count (the mixed case above).\n',
+    '| layers | matrices | pmap split | predicted |',
+    '|---|---|---|---|',
   ]
   for count, row in balance['rows'].items():
-    mesh = row.get('jit_explicit_split')
-    mesh_ratio = '—' if mesh is None else f'{mesh["ratio_to_ideal"]:.3f}'
     lines.append(
       f'| {count} | {row["matrices"]} |'
-      f' {row["pmap_split"]["ratio_to_ideal"]:.3f} | {mesh_ratio} |'
+      f' {row["pmap_split"]["ratio_to_ideal"]:.3f} |'
       f' {row["predicted_ratio_to_ideal"]:.3f} |'
     )
   return '\n'.join(lines) + '\n'

@@ -32,7 +32,7 @@ the work instead:
   computed from all-reduces of thin blocks only: per subspace iteration
   `mean(N_i Q)` (`m×k`) and `mean(N_iᵀ P)` (`n×k`, in the last iteration
   the Rayleigh–Ritz step), plus one scalar per matrix (the shared scale;
-  with `adaptive=True` also `⟨N̄, D⟩`) — never `m×n`. The QR and small SVD
+  with `adaptive=True` also `⟨N̄, D⟩`) — never `m×n`. The Cholesky-QR and small SVD
   run identically on every device, so the directions, the left bases and
   the warm-start subspaces are the same everywhere. The momentum update is
   linear (with error feedback too: every device applies the same
@@ -54,8 +54,8 @@ the work instead:
 * `None` — one device, or let XLA decide. Under `jax.jit` with sharded
   matrices (FSDP or tensor parallel, Auto or Explicit axes) a low-rank
   LMO (`ky_fan` with `k < min(m, n)`) runs its power iteration on the
-  shards: thin products against the local rows or columns, the QR and
-  small SVD on `m×k`/`n×k` blocks, and only those blocks (and, with error
+  shards: thin products against the local rows or columns, Cholesky-QR
+  (`k×k` Gram products) and a `k×k` SVD, and only those blocks (and, with error
   feedback, `Pᵀ E`) cross devices, never a matrix (Explicit axes need a
   mesh context, `jax.set_mesh`, on a jax without
   `jax.sharding.use_abstract_mesh`). Full-rank LMOs get their matrices

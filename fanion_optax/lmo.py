@@ -291,7 +291,7 @@ class KyFan(LMO):
     polar_method: polar method for matrices with `min(m, n) <= k` under
       `top_k_method="subspace"`; `"svd"` keeps those exact too.
     polar_steps: polar iteration count.
-    compute_dtype: arithmetic dtype (at least float32 for QR/SVD).
+    compute_dtype: arithmetic dtype (at least float32 for Cholesky-QR/SVD).
     eps: added to the polar normaliser.
     gram: Gram Newton–Schulz for that polar factor (see
       `fanion_optax.polar.polar_factor`).

@@ -290,8 +290,8 @@ def top_k_polar(
       (`return_state=True`); `None`, or zeros for a matrix, starts from a
       fixed random subspace (cold).
     return_state: also return the new right subspace (`V_k`, in float32).
-    compute_dtype: dtype of the arithmetic (at least float32; the QR and SVD
-      steps have no half-precision kernels).
+    compute_dtype: dtype of the arithmetic (at least float32; the Cholesky
+      and SVD steps have no half-precision kernels).
 
   Returns:
     The direction, of `g`'s shape and dtype, and with `return_state=True`

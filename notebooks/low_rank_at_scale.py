@@ -316,10 +316,10 @@ def compressed_step_bytes(k, **options):
   )
   grads = {n: local(s) for n, s in SHAPES.items()}
   compiled = jax.jit(update).lower(grads, state, params).compile()
-  # The warm loop runs all but the last of its iterations.
+  # The warm loop runs all of its iterations, a count set at run time.
   iters = options.get('subspace_iters', 2)
   return fo.communication.collective_bytes(
-    compiled, unknown_trip_count=iters - 1
+    compiled, unknown_trip_count=iters
   )
 
 
