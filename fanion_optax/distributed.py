@@ -460,24 +460,9 @@ def _update_balanced(
   owners = balance([m.shape for m in matrices], devices)
   specs: dict[Any, Any] = {}
   for m, s in zip(matrices, states):
-    key = (
-      m.shape,
-      m.dtype,
-      jax.tree.structure(s),
-      *map(jnp.shape, jax.tree.leaves(s)),
-    )
-    specs.setdefault(key, jax.eval_shape(lmo.update, m, s))
-  outs = [
-    specs[
-      (
-        m.shape,
-        m.dtype,
-        jax.tree.structure(s),
-        *map(jnp.shape, jax.tree.leaves(s)),
-      )
-    ]
-    for m, s in zip(matrices, states)
-  ]
+    if _signature(m, s) not in specs:
+      specs[_signature(m, s)] = jax.eval_shape(lmo.update, m, s)
+  outs = [specs[_signature(m, s)] for m, s in zip(matrices, states)]
   dtypes = sorted(
     {leaf.dtype for o in outs for leaf in jax.tree.leaves(o)}, key=str
   )
@@ -539,16 +524,17 @@ def _update_balanced(
   return results
 
 
+def _signature(matrix: jax.Array, state: Any) -> tuple[Any, ...]:
+  """What `lmo.update`'s output shapes depend on."""
+  leaves, structure = jax.tree.flatten(state)
+  return (matrix.shape, matrix.dtype, structure, *map(jnp.shape, leaves))
+
+
 def _same_shape(own: list[int], matrices, states) -> list[list[int]]:
-  """`own` grouped by matrix shape and dtype (and state shapes)."""
+  """`own` grouped by `_signature` (matrices that stack together)."""
   groups: dict[Any, list[int]] = {}
   for i in own:
-    key = (
-      matrices[i].shape,
-      matrices[i].dtype,
-      *map(jnp.shape, jax.tree.leaves(states[i])),
-    )
-    groups.setdefault(key, []).append(i)
+    groups.setdefault(_signature(matrices[i], states[i]), []).append(i)
   return list(groups.values())
 
 
