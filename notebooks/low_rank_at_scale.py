@@ -318,9 +318,7 @@ def compressed_step_bytes(k, **options):
   compiled = jax.jit(update).lower(grads, state, params).compile()
   # The warm loop runs all of its iterations, a count set at run time.
   iters = options.get('subspace_iters', 2)
-  return fo.communication.collective_bytes(
-    compiled, unknown_trip_count=iters
-  )
+  return fo.communication.collective_bytes(compiled, unknown_trip_count=iters)
 
 
 mean = jax.shard_map(
