@@ -32,9 +32,9 @@ the work instead:
   computed from all-reduces of thin blocks only: per subspace iteration
   `mean(N_i Q)` (`m×k`) and `mean(N_iᵀ P)` (`n×k`, in the last iteration
   the Rayleigh–Ritz step), plus one scalar per matrix (the shared scale;
-  with `adaptive=True` also `⟨N̄, D⟩`) — never `m×n`. The Cholesky-QR and small SVD
-  run identically on every device, so the directions, the left bases and
-  the warm-start subspaces are the same everywhere. The momentum update is
+  with `adaptive=True` also `⟨N̄, D⟩`) — never `m×n`. The Cholesky-QR and
+  small SVD run identically on every device, so the directions, the left
+  bases and the warm-start subspaces are the same everywhere. The momentum update is
   linear (with error feedback too: every device applies the same
   `Π = P Pᵀ`), so `mean_i M_i` evolves exactly as the one-device momentum
   on the mean gradient, and the parameters equal the one-device run's.
@@ -55,8 +55,8 @@ the work instead:
   matrices (FSDP or tensor parallel, Auto or Explicit axes) a low-rank
   LMO (`ky_fan` with `k < min(m, n)`) runs its power iteration on the
   shards: thin products against the local rows or columns, Cholesky-QR
-  (`k×k` Gram products) and a `k×k` SVD, and only those blocks (and, with error
-  feedback, `Pᵀ E`) cross devices, never a matrix (Explicit axes need a
+  (`k×k` Gram products) and a `k×k` SVD, and only those blocks (and, with
+  error feedback, `Pᵀ E`) cross devices, never a matrix (Explicit axes need a
   mesh context, `jax.set_mesh`, on a jax without
   `jax.sharding.use_abstract_mesh`). Full-rank LMOs get their matrices
   whole.
@@ -459,10 +459,12 @@ def _update_balanced(
   devices = jax.lax.axis_size(axis_name)
   owners = balance([m.shape for m in matrices], devices)
   specs: dict[Any, Any] = {}
+  outs = []
   for m, s in zip(matrices, states):
-    if _signature(m, s) not in specs:
-      specs[_signature(m, s)] = jax.eval_shape(lmo.update, m, s)
-  outs = [specs[_signature(m, s)] for m, s in zip(matrices, states)]
+    key = _signature(m, s)
+    if key not in specs:
+      specs[key] = jax.eval_shape(lmo.update, m, s)
+    outs.append(specs[key])
   dtypes = sorted(
     {leaf.dtype for o in outs for leaf in jax.tree.leaves(o)}, key=str
   )
@@ -591,11 +593,9 @@ def apply_lmo(
   if isinstance(split, Compressed):
     lmo_lib.check_compressible(lmo, f'split={split!r}')
   groups: dict[Any, list[int]] = {}
-  out: list[Any] = [None] * len(matrices)
+  out: list[Any] = list(matrices)  # empty matrices are their own direction
   new_states: list[Any] = list(states)
   live = [i for i, m in enumerate(matrices) if not _linalg.is_empty(m)]
-  for i in set(range(len(matrices))) - set(live):
-    out[i] = matrices[i]
   if isinstance(split, OverAxis):
     items = [(i, j) for i in live for j in range(matrices[i].shape[0])]
     results = _update_balanced(

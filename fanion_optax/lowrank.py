@@ -54,11 +54,7 @@ def initial_subspace(
     matrix of the batch and on every platform (the orthonormalised
     `_hashed_uniform` matrix).
   """
-  k = effective_rank(shape, k)
-  dtype = jnp.promote_types(dtype, jnp.float32)
-  n = shape[-1]
-  q, _ = _linalg.orthonormalize(_hashed_uniform((n, k), dtype))
-  return jnp.broadcast_to(q, (*shape[:-2], n, k))
+  return _cold_start(shape, effective_rank(shape, k), dtype, 0)
 
 
 def _hashed_uniform(shape: tuple[int, int], dtype: jnp.dtype) -> jax.Array:
@@ -80,7 +76,10 @@ def _hashed_uniform(shape: tuple[int, int], dtype: jnp.dtype) -> jax.Array:
 
 
 def _cold_start(
-  shape: tuple[int, ...], k: int, dtype: jnp.dtype, iters: int | jax.Array
+  shape: tuple[int, ...],
+  k: int,
+  dtype: jax.typing.DTypeLike,
+  iters: int | jax.Array,
 ) -> jax.Array:
   """`initial_subspace`, orthonormalised only where that matters.
 
@@ -89,10 +88,10 @@ def _cold_start(
   rounding) without a Cholesky-QR in every step's program; a static 0
   iterations uses the start as the Ritz basis, which must be orthonormal.
   """
-  if isinstance(iters, int) and iters == 0:
-    return initial_subspace(shape, k, dtype)
   n = shape[-1]
   start = _hashed_uniform((n, k), jnp.promote_types(dtype, jnp.float32))
+  if isinstance(iters, int) and iters == 0:
+    start, _ = _linalg.orthonormalize(start)
   return jnp.broadcast_to(start, (*shape[:-2], n, k))
 
 
