@@ -57,24 +57,56 @@ def power_of_two_scaled(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   scaling of a value computed from the result (a norm, say).
   """
   peak = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True, initial=0)
-  usable = (peak > 0) & jnp.isfinite(peak)
-  _, exponent = jnp.frexp(jnp.where(usable, peak, jnp.ones_like(peak)))
+  exponent = peak_exponent(peak)
   scaled = times_power_of_two(x, -exponent)
   # A matrix holding Inf or NaN becomes all NaN: LAPACK's SVD can loop
   # forever on Inf, and no direction is meaningful there.
   return jnp.where(jnp.isfinite(peak), scaled, jnp.nan), exponent
 
 
+_UNSIGNED = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
+
+
+def _float_layout(dtype: Any) -> tuple[Any, int, int]:
+  """(unsigned type of the same width, mantissa bits, exponent bias)."""
+  info = jnp.finfo(dtype)
+  return _UNSIGNED[jnp.dtype(dtype).itemsize], info.nmant, info.maxexp - 1
+
+
+def peak_exponent(peak: jax.Array) -> jax.Array:
+  """`e` with `peak = f·2^e`, `f ∈ [0.5, 1)` (`frexp`'s exponent), as int32.
+
+  Read from the exponent bits: `jnp.frexp` also handles subnormals, which
+  costs a few dozen HLO ops per matrix (each matrix's program carries its
+  own copy). Zero, subnormal and non-finite peaks get `e = 1`, the exponent
+  of 1, so they are left as they are.
+  """
+  usable = (peak >= jnp.finfo(peak.dtype).tiny) & jnp.isfinite(peak)
+  unsigned, mantissa_bits, bias = _float_layout(peak.dtype)
+  bits = jax.lax.bitcast_convert_type(peak, unsigned) >> mantissa_bits
+  return jnp.where(usable, bits.astype(jnp.int32) - (bias - 1), 1)
+
+
+def _power_of_two(exponent: jax.Array, dtype: Any) -> jax.Array:
+  """`2^exponent` in `dtype`, built from its bits: 0 below the normal range
+  and Inf above it (as `ldexp` gives, subnormals flushed)."""
+  unsigned, mantissa_bits, bias = _float_layout(dtype)
+  biased = jnp.clip(exponent + bias, 0, 2 * bias + 1).astype(unsigned)
+  return jax.lax.bitcast_convert_type(biased << mantissa_bits, dtype)
+
+
 def times_power_of_two(x: jax.Array, exponent: jax.Array) -> jax.Array:
   """`x·2^exponent`, in two halves so that no factor leaves the normal range.
 
-  Each half is an exact power-of-two factor made once per matrix and
-  multiplied in: XLA:CPU's elementwise `ldexp` costs about 4x a multiply,
-  which made the pre-scaling ~10% of a Newton–Schulz polar factor.
+  Each half is an exact power-of-two factor made once per matrix from its
+  bits and multiplied in: XLA:CPU's elementwise `ldexp` costs about 4x a
+  multiply, which made the pre-scaling ~10% of a Newton–Schulz polar
+  factor.
   """
   half = exponent // 2
-  one = jnp.ones((), x.dtype)
-  return x * jnp.ldexp(one, half) * jnp.ldexp(one, exponent - half)
+  return (
+    x * _power_of_two(half, x.dtype) * _power_of_two(exponent - half, x.dtype)
+  )
 
 
 def frobenius_normalized(
@@ -140,14 +172,42 @@ def per_matrix_on_cpu(fn: Callable[..., Any]) -> Callable[..., Any]:
 svd = per_matrix_on_cpu(jnp.linalg.svd)
 qr = per_matrix_on_cpu(jnp.linalg.qr)
 _cholesky = per_matrix_on_cpu(jnp.linalg.cholesky)
-_lower_inverse = per_matrix_on_cpu(
-  lambda lower: jax.lax.linalg.triangular_solve(
-    lower,
-    jnp.broadcast_to(jnp.eye(lower.shape[-1], dtype=lower.dtype), lower.shape),
-    left_side=True,
-    lower=True,
-  )
-)
+
+
+def _lower_inverse(lower: jax.Array) -> jax.Array:
+  """`L⁻¹` of `(..., k, k)` lower-triangular matrices, with matmuls only.
+
+  Block doubling: if `D` holds the inverses of `L`'s diagonal blocks of
+  size `b` (zero elsewhere), the inverses of its blocks of size `2b` are
+  `D − D·M·D`, where `M` is `L` restricted to the lower off-diagonal `b×b`
+  block inside each `2b` block (`[[A, 0], [C, B]]⁻¹ = [[A⁻¹, 0], [−B⁻¹ C
+  A⁻¹, B⁻¹]]`). Starting from `1/diag(L)`, `⌈log₂ k⌉` doublings give
+  `L⁻¹` (the last blocks may be partial, which the formula allows), with
+  the rounding of a blocked triangular inverse. LAPACK's `trsm` would do
+  it in `k²·k/3` flops instead of `~4k³·log₂ k`, but on a loaded CPU its
+  OpenBLAS threads made each `k×k` call 4.4x slower (a Fanion step makes
+  ~600 of them), and each LAPACK call costs more to compile than this
+  loop.
+  """
+  k = lower.shape[-1]
+  rows = jax.lax.broadcasted_iota(jnp.int32, (k, k), 0)
+  cols = jax.lax.broadcasted_iota(jnp.int32, (k, k), 1)
+  diagonal = jnp.diagonal(lower, axis1=-2, axis2=-1)[..., None, :]
+  inverse = jnp.where(rows == cols, 1 / diagonal, 0).astype(lower.dtype)
+
+  def double(level, inverse):
+    block_row, block_col = rows >> level, cols >> level
+    # The lower `b×b` block of each `2b×2b` block, `b = 2^level`.
+    off = (block_row == (block_col ^ 1)) & ((block_row & 1) == 1)
+    m = jnp.where(off, lower, 0)
+    highest = jax.lax.Precision.HIGHEST
+    return inverse - matmul(
+      inverse, matmul(m, inverse, lower.dtype, highest), lower.dtype, highest
+    )
+
+  return jax.lax.fori_loop(0, (k - 1).bit_length(), double, inverse)
+
+
 _CHOLESKY_QR_PASSES = 3
 _ORTHONORMAL_TOL = 0.5
 """`max|QᵀQ − I|` of the last pass's input above which `orthonormalize`

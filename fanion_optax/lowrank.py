@@ -216,9 +216,7 @@ def _common_scaled(x: jax.Array, mean: Mean) -> jax.Array:
   every device's matrix NaN, as `max_abs_scaled` does for one matrix.
   """
   peak = mean(jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True, initial=0))
-  usable = (peak > 0) & jnp.isfinite(peak)
-  _, exponent = jnp.frexp(jnp.where(usable, peak, jnp.ones_like(peak)))
-  scaled = _linalg.times_power_of_two(x, -exponent)
+  scaled = _linalg.times_power_of_two(x, -_linalg.peak_exponent(peak))
   return jnp.where(jnp.isfinite(peak), scaled, jnp.nan)
 
 

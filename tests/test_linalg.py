@@ -101,6 +101,55 @@ def test_max_abs_scaled_of_an_empty_matrix_is_empty():
   assert y.shape == (0, 5)
 
 
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_peak_exponent_and_power_of_two_match_frexp_and_ldexp(dtype):
+  info = jnp.finfo(dtype)
+  normal = [float(info.tiny), 1.0, 0.75, 3.0, 1000.0, float(info.max)]
+  peaks = jnp.asarray(normal, dtype)
+  _, expected = np.frexp(np.asarray(peaks, np.float64))
+  np.testing.assert_array_equal(_linalg.peak_exponent(peaks), expected)
+  # Zero, subnormal and non-finite peaks are left unscaled (exponent of 1).
+  odd = jnp.asarray([0.0, float(info.tiny) / 4, np.inf, np.nan], dtype)
+  np.testing.assert_array_equal(_linalg.peak_exponent(odd), [1, 1, 1, 1])
+  # Powers of two over the normal range, 0 below it and Inf above it.
+  exponents = jnp.arange(int(info.minexp) - 3, int(info.maxexp) + 3)
+  got = np.asarray(_linalg._power_of_two(exponents, dtype), np.float64)
+  want = np.ldexp(1.0, np.asarray(exponents))
+  want = np.where(want < float(info.tiny), 0.0, want)
+  want = np.where(want > float(info.max), np.inf, want)
+  np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize('k', [1, 2, 3, 5, 8, 37, 64, 100])
+def test_lower_inverse_matches_numpy(k):
+  rng = np.random.default_rng(k)
+  x = rng.standard_normal((3, 4 * k + 8, k))
+  lower = np.linalg.cholesky(np.swapaxes(x, -1, -2) @ x)
+  got = jax.jit(_linalg._lower_inverse)(jnp.asarray(lower, jnp.float32))
+  want = np.linalg.inv(lower)
+  scale = np.abs(want).max(axis=(-2, -1), keepdims=True)
+  np.testing.assert_allclose(np.asarray(got) / scale, want / scale, atol=2e-6)
+  assert np.all(np.triu(np.asarray(got), 1) == 0)
+
+
+def test_lower_inverse_is_matmuls_only():
+  # No LAPACK/BLAS solver call: OpenBLAS threads oversubscribe a busy CPU.
+  jaxpr = jax.make_jaxpr(_linalg._lower_inverse)(jnp.eye(16))
+  names = set()
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      names.add(eqn.primitive.name)
+      for value in eqn.params.values():
+        inner = getattr(value, 'jaxpr', value)
+        if hasattr(inner, 'eqns'):
+          walk(inner)
+
+  walk(jaxpr.jaxpr)
+  assert 'dot_general' in names
+  assert not names & {'triangular_solve', 'cholesky', 'lu', 'custom_call'}
+
+
 # ---------------------------------------------------------------------------
 # Cholesky-QR orthonormalisation.
 
