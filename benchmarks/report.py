@@ -25,6 +25,7 @@ ORDER = (
   'scaling',
   'distributed',
   'quadratic',
+  'quadratic_paper',
   'charlm',
   'cnn',
   'gpu',
