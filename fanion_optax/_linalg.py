@@ -103,7 +103,7 @@ def times_power_of_two(x: jax.Array, exponent: jax.Array) -> jax.Array:
   multiply, which made the pre-scaling ~10% of a Newton–Schulz polar
   factor.
   """
-  half = exponent // 2
+  half = exponent >> 1  # floor(exponent / 2), in one op
   return (
     x * _power_of_two(half, x.dtype) * _power_of_two(exponent - half, x.dtype)
   )
@@ -192,8 +192,8 @@ def _lower_inverse(lower: jax.Array) -> jax.Array:
   k = lower.shape[-1]
   rows = jax.lax.broadcasted_iota(jnp.int32, (k, k), 0)
   cols = jax.lax.broadcasted_iota(jnp.int32, (k, k), 1)
-  diagonal = jnp.diagonal(lower, axis1=-2, axis2=-1)[..., None, :]
-  inverse = jnp.where(rows == cols, 1 / diagonal, 0).astype(lower.dtype)
+  # Off the diagonal `1 / lower` is never selected (no gather of the diagonal).
+  inverse = jnp.where(rows == cols, 1 / lower, 0).astype(lower.dtype)
 
   def double(level, inverse):
     block_row, block_col = rows >> level, cols >> level
@@ -250,16 +250,18 @@ def orthonormalize(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   shift = (n * k + k * (k + 1)) * eps * norm2
 
   # One loop body for the three passes: a third of the program to compile.
-  def one_pass(i, carry):
-    q, r, _ = carry
-    q, r_next, gram = _cholesky_qr_pass(q, jnp.where(i == 0, shift, 0))
-    return q, matmul(r_next, r, x.dtype, jax.lax.Precision.HIGHEST), gram
+  # The shift rides in the carry and is zero after the first pass.
+  def one_pass(_, carry):
+    q, r, _, shift = carry
+    q, r_next, gram = _cholesky_qr_pass(q, shift)
+    r = matmul(r_next, r, x.dtype, jax.lax.Precision.HIGHEST)
+    return q, r, gram, jnp.zeros_like(shift)
 
   # `+ zeros_like(norm2)` types the carry like `x` (varying over the axes
   # `x` varies over inside a checked `shard_map`), as the loop requires.
   eye = jnp.eye(k, dtype=x.dtype) + jnp.zeros_like(norm2)
-  q, r, gram = jax.lax.fori_loop(
-    0, _CHOLESKY_QR_PASSES, one_pass, (x, eye, eye)
+  q, r, gram, _ = jax.lax.fori_loop(
+    0, _CHOLESKY_QR_PASSES, one_pass, (x, eye, eye, shift)
   )
   error = jnp.max(jnp.abs(gram - eye))
   ok = jnp.all(jnp.isfinite(q)) & (error <= _ORTHONORMAL_TOL)
