@@ -184,16 +184,15 @@ def _lower_inverse(lower: jax.Array) -> jax.Array:
   A⁻¹, B⁻¹]]`). Starting from `1/diag(L)`, `⌈log₂ k⌉` doublings give
   `L⁻¹` (the last blocks may be partial, which the formula allows), with
   the rounding of a blocked triangular inverse. LAPACK's `trsm` would do
-  it in `k²·k/3` flops instead of `~4k³·log₂ k`, but on a loaded CPU its
-  OpenBLAS threads made each `k×k` call 4.4x slower (a Fanion step makes
-  ~600 of them), and each LAPACK call costs more to compile than this
-  loop.
+  it in `k³` flops instead of `~4k³·log₂ k`, but on a loaded CPU its
+  OpenBLAS threads made each `k×k` call 4.4x slower (a warm Fanion step
+  on GPT-2 small makes ~600 of them).
   """
   k = lower.shape[-1]
   rows = jax.lax.broadcasted_iota(jnp.int32, (k, k), 0)
   cols = jax.lax.broadcasted_iota(jnp.int32, (k, k), 1)
-  # Off the diagonal `1 / lower` is never selected (no gather of the diagonal).
-  inverse = jnp.where(rows == cols, 1 / lower, 0).astype(lower.dtype)
+  diagonal = rows == cols  # a mask, not a gather of the diagonal
+  inverse = jnp.where(diagonal, 1 / jnp.where(diagonal, lower, 1), 0)
 
   def double(level, inverse):
     block_row, block_col = rows >> level, cols >> level
