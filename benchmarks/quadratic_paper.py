@@ -104,6 +104,14 @@ def _paper_chain(lmo: fo.lmo.LMO) -> Factory:
   )
 
 
+def _plain(lmo: fo.lmo.LMO) -> dict[str, Factory]:
+  """Both settings of an LMO without a polar factor (NSGD, signSGD)."""
+  return {
+    'paper': _paper_chain(lmo),
+    'library': lambda lr, mu: fo.lion_k(lr, lmo, mu * mu, mu, shape_scale=None),
+  }
+
+
 def fanion_ks(n: int) -> list[int]:
   """The paper's ranks 1, 2, 10, 100 at n = 500, scaled to n."""
   return sorted({max(1, round(k * n / PAPER_N)) for k in PAPER_KS})
@@ -117,12 +125,7 @@ def rows(n: int) -> dict[str, dict[str, Any]]:
       'paper': _paper_chain(spectral),
       'library': lambda lr, mu: fo.muon(lr, momentum=mu, shape_scale=None),
     },
-    'NSGD': {
-      'paper': _paper_chain(fo.lmo.frobenius()),
-      'library': lambda lr, mu: fo.lion_k(
-        lr, fo.lmo.frobenius(), mu * mu, mu, shape_scale=None
-      ),
-    },
+    'NSGD': _plain(fo.lmo.frobenius()),
     'F-Muon': {
       'paper': _paper_chain(
         fo.lmo.mix((ALPHA, spectral), (1 - ALPHA, fo.lmo.frobenius()))
@@ -131,12 +134,7 @@ def rows(n: int) -> dict[str, dict[str, Any]]:
         lr, ALPHA, momentum=mu, shape_scale=None
       ),
     },
-    'signSGD': {
-      'paper': _paper_chain(fo.lmo.sign()),
-      'library': lambda lr, mu: fo.lion_k(
-        lr, fo.lmo.sign(), mu * mu, mu, shape_scale=None
-      ),
-    },
+    'signSGD': _plain(fo.lmo.sign()),
     'S-Muon': {
       'paper': _paper_chain(
         fo.lmo.mix((ALPHA, spectral), (1 - ALPHA, fo.lmo.sign(SIGN_SCALE)))
