@@ -62,9 +62,11 @@ moves, per matrix of a stacked batch (its last two axes), against the
 largest thin block `max(m, n)*k*4`: no whole matrix.
 Balance (issue 12): GPT-2 small's kernels alone (4 per layer, width 768)
 for 4, 12 and 48 layers, `fo.muon` per-device FLOPs with the pmap split
-(compiled from shapes only) over T/8, beside the ratio
+and with the mesh split (kernels FSDP-sharded, Auto and Explicit axes;
+compiled from shapes only) over T/8, beside the ratio
 `fo.distributed.balance` predicts from `matrix_cost`; targets <= 1.15 at
-4 layers and <= 1.05 at 12 for the pmap split.
+4 layers and <= 1.05 at 12 for every split, and no all-gather in the mesh
+split's HLO (matrices move to their owners by all-to-all).
 `--communication-only` runs only the communication part and merges it into an existing
 `<out>/distributed.json`.
 
@@ -90,6 +92,7 @@ if _DEVICE_FLAG not in os.environ.get('XLA_FLAGS', ''):
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
@@ -802,12 +805,25 @@ def gpt2_matrix_shapes(width: int, layers: int) -> dict[str, Any]:
   }
 
 
-def bench_balance(width: int, layers: Sequence[int]) -> dict[str, Any]:
-  """`fo.muon`'s per-device FLOPs with the pmap split on GPT-2's matrices,
-  and what `fo.distributed.balance` predicts from `matrix_cost`.
+def _fsdp(x: jax.ShapeDtypeStruct, mesh: jax.sharding.Mesh) -> Any:
+  """`x` with its first axis sharded over the mesh (FSDP)."""
+  spec = PartitionSpec(AXIS, *([None] * (x.ndim - 1)))
+  return jax.ShapeDtypeStruct(
+    x.shape, x.dtype, sharding=NamedSharding(mesh, spec)
+  )
 
-  Compiled from shapes only (`jax.ShapeDtypeStruct`): 48 layers replicated
-  on 8 devices would not fit in memory, and only the FLOPs are read.
+
+def bench_balance(width: int, layers: Sequence[int]) -> dict[str, Any]:
+  """`fo.muon`'s per-device FLOPs with each split on GPT-2's matrices, and
+  what `fo.distributed.balance` predicts from `matrix_cost`.
+
+  The pmap split on replicated matrices; the mesh split (`over_mesh`) under
+  jit with every kernel's first axis sharded over 8 devices (FSDP), Auto
+  and Explicit axes, with its compiled temp memory per device and the
+  count of all-gathers in its HLO (each matrix should travel to its owner
+  and back by all-to-all, never gathered whole). Compiled from shapes only
+  (`jax.ShapeDtypeStruct`): 48 layers replicated on 8 devices would not
+  fit in memory, and only the FLOPs are read.
   """
   make = OPTIMIZERS['muon'][1]
   rows = {}
@@ -845,6 +861,28 @@ def bench_balance(width: int, layers: Sequence[int]) -> dict[str, Any]:
         'compile_s': seconds,
       },
     }
+    for axis_type in (AxisType.Auto, AxisType.Explicit):
+      mesh = _mesh(axis_type)
+      tx = make(split=fo.distributed.over_mesh(mesh))
+      sharded = jax.tree.map(lambda a: _fsdp(a, mesh), params)
+      with jax.set_mesh(mesh):
+        start = time.perf_counter()
+        compiled = (
+          jax.jit(tx.update)
+          .lower(sharded, jax.eval_shape(tx.init, params), sharded)
+          .compile()
+        )
+        seconds = time.perf_counter() - start
+      flops = _timing.flops_of(compiled)
+      moved = functools.partial(fo.communication.collective_bytes, compiled)
+      rows[str(count)][f'jit_{axis_type.name.lower()}_split'] = {
+        'flops_per_device': flops,
+        'ratio_to_ideal': flops / (total / N_DEVICES),
+        'compile_s': seconds,
+        'temp_bytes_per_device': compiled.memory_analysis().temp_size_in_bytes,
+        'all_gather_bytes': moved(('all-gather',)),
+        'all_to_all_bytes': moved(('all-to-all',)),
+      }
   return {
     'tree': f"GPT-2's kernels, width {width} (no embeddings or vectors)",
     'optimizer': OPTIMIZERS['muon'][0],
@@ -852,42 +890,70 @@ def bench_balance(width: int, layers: Sequence[int]) -> dict[str, Any]:
   }
 
 
+BALANCE_MODES = ('pmap_split', 'jit_auto_split', 'jit_explicit_split')
+
+
 def evaluate_balance(balance: dict[str, Any]) -> dict[str, Any]:
-  """Issue 12's per-device FLOP targets for the pmap split."""
+  """Issue 12's per-device FLOP targets for the pmap and mesh splits, and
+  no whole-matrix all-gather in the mesh split."""
   targets = {}
   for count, threshold in BALANCE_TARGETS.items():
     row = balance['rows'].get(str(count))
     if row is None:
       continue
-    ratio = row['pmap_split']['ratio_to_ideal']
-    targets[
-      f'gpt2_{count}_layers_pmap_split_flops_per_device_le_{threshold}x_ideal'
-    ] = {
-      'passed': ratio <= threshold,
-      'threshold': threshold,
-      'ratio_to_ideal': ratio,
-      'summary': f'{ratio:.3f} (balance predicts'
-      f' {row["predicted_ratio_to_ideal"]:.3f})',
-    }
+    for mode in BALANCE_MODES:
+      ratio = row[mode]['ratio_to_ideal']
+      targets[
+        f'gpt2_{count}_layers_{mode}_flops_per_device_le_{threshold}x_ideal'
+      ] = {
+        'passed': ratio <= threshold,
+        'threshold': threshold,
+        'ratio_to_ideal': ratio,
+        'summary': f'{ratio:.3f} (balance predicts'
+        f' {row["predicted_ratio_to_ideal"]:.3f})',
+      }
+  gathers = {
+    f'{count} layers {mode}': row[mode]['all_gather_bytes']
+    for count, row in balance['rows'].items()
+    for mode in BALANCE_MODES[1:]
+  }
+  targets['mesh_split_gathers_no_matrix'] = {
+    'passed': not any(gathers.values()),
+    'all_gathers': gathers,
+    'summary': f'{sum(gathers.values())} bytes all-gathered by the mesh splits',
+  }
   return targets
+
+
+def _pair(auto: dict[str, Any], explicit: dict[str, Any], key: str) -> str:
+  return f'{auto[key] / 1e6:.0f} / {explicit[key] / 1e6:.0f}'
 
 
 def balance_markdown(balance: dict[str, Any]) -> str:
   lines = [
     '### Balancing whole matrices\n',
-    f'`{balance["optimizer"]}` on {balance["tree"]}, pmap split over'
+    f'`{balance["optimizer"]}` on {balance["tree"]}, split over'
     f' {N_DEVICES} devices: per-device FLOPs over (single-device FLOPs /'
-    f' {N_DEVICES}), and the ratio `fo.distributed.balance` predicts from'
-    ' `matrix_cost`. The mesh split (`over_mesh`) still pads each shape to'
-    ' a multiple of the device count (the mixed case above).\n',
-    '| layers | matrices | pmap split | predicted |',
-    '|---|---|---|---|',
+    f' {N_DEVICES}) with the pmap split and with the mesh split under jit'
+    ' (kernels FSDP-sharded on their first axis, Auto and Explicit axes),'
+    ' and the ratio `fo.distributed.balance` predicts from `matrix_cost`.'
+    ' Temp memory and bytes moved are per device, from the compiled mesh'
+    ' split (Auto / Explicit); the matrices themselves are'
+    ' `sum m·n·4 / 8` bytes per device.\n',
+    '| layers | matrices | pmap split | mesh split Auto | mesh split'
+    ' Explicit | predicted | temp MB | all-to-all MB | all-gather MB |',
+    '|---|---|---|---|---|---|---|---|---|',
   ]
   for count, row in balance['rows'].items():
+    auto, explicit = row['jit_auto_split'], row['jit_explicit_split']
     lines.append(
       f'| {count} | {row["matrices"]} |'
       f' {row["pmap_split"]["ratio_to_ideal"]:.3f} |'
+      f' {auto["ratio_to_ideal"]:.3f} | {explicit["ratio_to_ideal"]:.3f} |'
       f' {row["predicted_ratio_to_ideal"]:.3f} |'
+      f' {_pair(auto, explicit, "temp_bytes_per_device")} |'
+      f' {_pair(auto, explicit, "all_to_all_bytes")} |'
+      f' {_pair(auto, explicit, "all_gather_bytes")} |'
     )
   return '\n'.join(lines) + '\n'
 

@@ -18,10 +18,14 @@ the work instead:
   Per-device LMO FLOPs ≈ total / n when there are many matrices (GPT-2
   small on 8 devices: `benchmarks/distributed.py`).
 * `over_mesh(mesh, axes)` — sharded jit: under `jax.jit` with parameters
-  sharded by `NamedSharding`, each stack is resharded along its batch axis
-  over `axes` (XLA moves whole matrices to their owners with all-to-all),
-  orthogonalised locally inside `jax.shard_map` (no cross-device Gram
-  products), and resharded back. Without it GSPMD partitions every
+  sharded by `NamedSharding` (Auto or Explicit axes), whole matrices are
+  shared out by `balance` as above; each shape's matrices are laid out in
+  one stack sharded over `axes`, every device's own in its slots, so XLA
+  moves each matrix from its shards to its owner with all-to-all (never an
+  all-gather: no device holds another's matrices), the owner runs the LMO
+  inside `jax.shard_map` (`lax.switch` on the device index, its own slots
+  only: the padding of a shape's stack costs bytes, not FLOPs), and the
+  results go back the same way. Without a split GSPMD partitions every
   Newton–Schulz matmul of a sharded matrix and all-reduces partial Gram
   products every step.
 * `compressed("batch")` — compressed data parallel, for Ky Fan LMOs
@@ -77,7 +81,6 @@ from collections.abc import Callable
 from collections.abc import Hashable
 from collections.abc import Sequence
 from typing import Any
-from typing import Literal
 from typing import cast
 
 import jax
@@ -318,17 +321,6 @@ def _take(tree: Any, start: int, size: int) -> Any:
   return jax.tree.map(lambda x: x[start : start + size], tree)
 
 
-def _pad_batch(tree: Any, total: int, mode: Literal['constant', 'edge']) -> Any:
-  def pad(x):
-    extra = total - x.shape[0]
-    if extra == 0:
-      return x
-    widths = [(0, extra)] + [(0, 0)] * (x.ndim - 1)
-    return jnp.pad(x, widths, mode=mode)
-
-  return jax.tree.map(pad, tree)
-
-
 def _varies_over(x: jax.Array, axis_name: Any) -> bool:
   """Whether `x` is typed as varying over `axis_name` (checked shard_map)."""
   names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
@@ -375,39 +367,114 @@ def _check_replicated(state: Any, split: Compressed) -> None:
     )
 
 
-def _update_mesh(lmo: lmo_lib.LMO, x, state, split: OverMesh):
-  mesh = split.mesh
+def _update_owned(
+  lmo: lmo_lib.LMO,
+  matrices: list[jax.Array],
+  states: list[Any],
+  split: OverMesh,
+) -> list[tuple[jax.Array, Any]]:
+  """`lmo.update` of each 2-D matrix on its owner device, under sharded jit.
+
+  `balance` gives each device its share of whole matrices. Per shape, the
+  matrices are laid out in one stack of `devices × slots` entries, device
+  `d`'s own in its `slots` (zeros fill the rest), and the stack is sharded
+  along that axis: XLA moves each matrix from its shards to its owner with
+  all-to-all, and back the same way, no device holding a copy of another's
+  share. Inside `jax.shard_map`, `lax.switch` on the device index runs the
+  LMO on the device's own slots only, so padding costs bytes, not FLOPs.
+  """
   axes = cast(tuple[str, ...], split.axes)  # a tuple after __post_init__
-  devices = math.prod(mesh.shape[a] for a in axes)
-  batch = x.shape[0]
-  total = math.ceil(batch / devices) * devices
-  x = _pad_batch(x, total, 'constant')
-  state = _pad_batch(state, total, 'edge')
-  spec = lambda t: PartitionSpec(axes, *([None] * (t.ndim - 1)))
+  context = jax.sharding.get_abstract_mesh()
+  # Inside `auto_axes` (Explicit meshes, see `on_shards`) the context mesh
+  # has Auto axes; older jax keeps them Explicit there.
+  mesh = context if context.axis_names else split.mesh
   explicit = jax.sharding.AxisType.Explicit
-  if any(t == explicit for t in getattr(mesh, 'axis_types', ())):
-    constrain = lambda t: jax.sharding.reshard(t, NamedSharding(mesh, spec(t)))
-  else:
-    constrain = lambda t: jax.lax.with_sharding_constraint(
-      t, NamedSharding(mesh, spec(t))
-    )
-  x = constrain(x)
-  state = jax.tree.map(constrain, state)
-  local = jax.shard_map(
-    lmo.update,
+  reshard = any(t == explicit for t in getattr(mesh, 'axis_types', ()))
+  devices = math.prod(split.mesh.shape[a] for a in axes)
+  owners = balance([m.shape for m in matrices], devices)
+  signatures = [_signature(m, s) for m, s in zip(matrices, states)]
+  keys = list(dict.fromkeys(signatures))
+  # owned[d][g]: device d's matrices of shape group g, in slot order.
+  owned = [
+    [[i for i in own if signatures[i] == key] for key in keys] for own in owners
+  ]
+  slots = [max(len(o[g]) for o in owned) for g in range(len(keys))]
+  first = {key: signatures.index(key) for key in keys}
+  outs = [
+    jax.eval_shape(lmo.update, matrices[first[k]], states[first[k]])
+    for k in keys
+  ]
+
+  def layout(g, tree_of):
+    pad = jax.tree.map(jnp.zeros_like, tree_of(first[keys[g]]))
+    rows = []
+    for d in range(devices):
+      rows.extend(tree_of(i) for i in owned[d][g])
+      rows.extend([pad] * (slots[g] - len(owned[d][g])))
+    return jax.tree.map(lambda *t: jnp.stack(t), *rows)
+
+  spec = lambda t: PartitionSpec(axes, *([None] * (t.ndim - 1)))
+
+  def place(t, to):
+    to = to if context.axis_names else NamedSharding(mesh, to)
+    if reshard:
+      return jax.sharding.reshard(t, to)
+    return jax.lax.with_sharding_constraint(t, to)
+
+  def unbatched(t):
+    # Explicit typing forbids taking one slot of a stack sharded along the
+    # slots: move the sharding onto a matrix axis that divides evenly.
+    dims = [a for a in range(1, t.ndim) if t.shape[a] % devices == 0]
+    to = [None] * t.ndim
+    if dims:
+      to[dims[0]] = axes
+    return place(t, PartitionSpec(*to))
+
+  constrain = lambda t: place(t, spec(t))
+  xs = [
+    jax.tree.map(constrain, layout(g, lambda i: matrices[i]))
+    for g in range(len(keys))
+  ]
+  ss = [
+    jax.tree.map(constrain, layout(g, lambda i: states[i]))
+    for g in range(len(keys))
+  ]
+
+  def branch(device):
+    def run(xs, ss):
+      results = []
+      for g, (x, s) in enumerate(zip(xs, ss)):
+        count = len(owned[device][g])
+        zeros = jax.tree.map(
+          lambda o: jnp.zeros((slots[g], *o.shape), o.dtype), outs[g]
+        )
+        if count:
+          done = _update_stack(lmo, x[:count], _take(s, 0, count))
+          zeros = jax.tree.map(lambda z, r: z.at[:count].set(r), zeros, done)
+        results.append(zeros)
+      return results
+
+    return run
+
+  def local(xs, ss):
+    index = jax.lax.axis_index(axes)
+    return jax.lax.switch(index, [branch(d) for d in range(devices)], xs, ss)
+
+  out_specs = [jax.tree.map(lambda o: PartitionSpec(axes), o) for o in outs]
+  results_by_group = jax.shard_map(
+    local,
     mesh=mesh,
-    in_specs=(spec(x), jax.tree.map(spec, state)),
-    out_specs=(spec(x), jax.tree.map(spec, state)),
+    in_specs=(jax.tree.map(spec, xs), jax.tree.map(spec, ss)),
+    out_specs=out_specs,
     check_vma=False,
-  )
-  out, new_state = local(x, state)
-  if any(t == explicit for t in getattr(mesh, 'axis_types', ())):
-    # Explicit sharding forbids slicing a sharded axis unevenly.
-    whole = NamedSharding(mesh, PartitionSpec())
-    out, new_state = jax.tree.map(
-      lambda t: jax.sharding.reshard(t, whole), (out, new_state)
-    )
-  return _take((out, new_state), 0, batch)
+  )(xs, ss)
+  results: list[Any] = [None] * len(matrices)
+  for g, stacked in enumerate(results_by_group):
+    stacked = jax.tree.map(unbatched if reshard else constrain, stacked)
+    for d in range(devices):
+      for r, i in enumerate(owned[d][g]):
+        results[i] = jax.tree.map(lambda t: t[d * slots[g] + r], stacked)
+  return results
 
 
 def matrix_cost(shape: Sequence[int]) -> int:
@@ -596,13 +663,14 @@ def apply_lmo(
   out: list[Any] = list(matrices)  # empty matrices are their own direction
   new_states: list[Any] = list(states)
   live = [i for i, m in enumerate(matrices) if not _linalg.is_empty(m)]
-  if isinstance(split, OverAxis):
+  if isinstance(split, (OverAxis, OverMesh)) and live:
     items = [(i, j) for i in live for j in range(matrices[i].shape[0])]
-    results = _update_balanced(
-      lmo,
-      [matrices[i][j] for i, j in items],
-      [jax.tree.map(lambda s: s[j], states[i]) for i, j in items],
-      split.axis_name,
+    each = [matrices[i][j] for i, j in items]
+    each_state = [jax.tree.map(lambda s: s[j], states[i]) for i, j in items]
+    results = (
+      _update_balanced(lmo, each, each_state, split.axis_name)
+      if isinstance(split, OverAxis)
+      else _update_owned(lmo, each, each_state, split)
     )
     for i in live:
       rows = [r for (owner, _), r in zip(items, results) if owner == i]
@@ -619,9 +687,7 @@ def apply_lmo(
     sizes = [matrices[i].shape[0] for i in members]
     x = _concat([matrices[i] for i in members])
     state = _concat([states[i] for i in members])
-    if isinstance(split, OverMesh):
-      d, s = _update_mesh(lmo, x, state, split)
-    elif isinstance(split, Compressed):
+    if isinstance(split, Compressed):
       _check_replicated(state, split)
       d, s = lmo.update(x, state, mean=split.mean)
     else:

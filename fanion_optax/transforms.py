@@ -154,7 +154,8 @@ def _apply_lmo(lmo, specs, directions, states, split):
     apply,
     (matrices, tuple(states)),
     (matrices, tuple(states)),
-    gather=split is not None or not lmo.compressible,
+    gather=isinstance(split, (distributed.OverAxis, distributed.Compressed))
+    or (split is None and not lmo.compressible),
   )
   merged = [None] * len(leaves)
   for i, out in zip(matrix_ids, outs):

@@ -340,21 +340,28 @@ def test_balance_shares_gpt2_matrices_evenly(layers, devices):
     assert max(loads) <= 1.05 * total / devices
 
 
-def test_pmap_split_balances_mixed_shapes_by_flops():
-  """GPT-2-like shapes (scaled down 1/16), 4 layers: the padded per-shape
-  split ran 8 matrices of each shape as 8 slots; the balance packs the 16
-  matrices by their cost."""
-  shapes = [(48, 144), (48, 48), (48, 192), (192, 48)] * 4
+_MIXED_SHAPES = [(48, 144), (48, 48), (48, 192), (192, 48)] * 4
+"""GPT-2's four kernels per layer, scaled down 1/16, 4 layers."""
+
+
+def _mixed_muon():
+  """`fo.muon`'s arguments on `_MIXED_SHAPES` and its single-device FLOPs."""
   params = {
     f'w{i:02d}': jax.random.normal(jax.random.PRNGKey(i), s)
-    for i, s in enumerate(shapes)
+    for i, s in enumerate(_MIXED_SHAPES)
   }
   grads = _grads(params, 0)
   single = fo.muon(0.02)
   state = single.init(params)
-  single_flops = _flops(
-    jax.jit(single.update).lower(grads, state, params).compile()
-  )
+  flops = _flops(jax.jit(single.update).lower(grads, state, params).compile())
+  return params, grads, single, state, flops
+
+
+def test_pmap_split_balances_mixed_shapes_by_flops():
+  """GPT-2-like shapes (scaled down 1/16), 4 layers: the padded per-shape
+  split ran 8 matrices of each shape as 8 slots; the balance packs the 16
+  matrices by their cost."""
+  params, grads, single, state, single_flops = _mixed_muon()
   replicate = lambda t: jax.tree.map(
     lambda x: jnp.broadcast_to(x, (N_DEV,) + x.shape), t
   )
@@ -362,9 +369,9 @@ def test_pmap_split_balances_mixed_shapes_by_flops():
   args = (replicate(grads), replicate(state), replicate(params))
   split = _flops(jax.pmap(tx.update, axis_name='d').lower(*args).compile())
   cost = fo.distributed.matrix_cost
-  owners = fo.distributed.balance(shapes, N_DEV)
-  best = max(sum(cost(shapes[i]) for i in own) for own in owners)
-  ideal = sum(map(cost, shapes)) / N_DEV
+  owners = fo.distributed.balance(_MIXED_SHAPES, N_DEV)
+  best = max(sum(cost(_MIXED_SHAPES[i]) for i in own) for own in owners)
+  ideal = sum(map(cost, _MIXED_SHAPES)) / N_DEV
   assert best <= 1.15 * ideal
   # The device program costs its largest share (plus the elementwise rest).
   assert split <= 1.2 * single_flops / N_DEV
@@ -397,6 +404,40 @@ def test_mesh_split_divides_flops_per_device():
     )
     # GSPMD alone replicates at least the Gram products on every device.
     assert no_split > 2 * split, axis_type
+
+
+@pytest.mark.parametrize(
+  'axis_type',
+  [AxisType.Explicit, pytest.param(AxisType.Auto, marks=pytest.mark.slow)],
+)
+def test_mesh_split_balances_mixed_shapes_and_moves_matrices_to_owners(
+  axis_type,
+):
+  """GPT-2-like shapes (scaled down 1/16), 4 layers, sharded over 8 devices.
+
+  Padding each shape to 8 slots ran a matrix of every shape on every device
+  (2x the ideal share); owners by `balance` cost their largest share. Each
+  matrix travels from its shards to its owner and back by all-to-all: no
+  device gathers a whole matrix (Explicit axes replicated every matrix).
+  """
+  params, grads, single, state, single_flops = _mixed_muon()
+  reference = jax.jit(single.update)(grads, state, params)[0]
+  mesh = _mesh((N_DEV,), ('fsdp',), axis_type)
+  sp, sg = (_shard_params(t, mesh, 'fsdp') for t in (params, grads))
+  tx = fo.muon(0.02, split=fo.distributed.over_mesh(mesh))
+  with jax.set_mesh(mesh):
+    update = jax.jit(tx.update)
+    compiled = update.lower(sg, tx.init(sp), sp).compile()
+    updates = update(sg, tx.init(sp), sp)[0]
+  assert _flops(compiled) <= 1.2 * single_flops / N_DEV
+  hlo = compiled.as_text()
+  assert ' all-to-all(' in hlo
+  assert ' all-gather(' not in hlo
+  for name in params:
+    np.testing.assert_allclose(
+      updates[name], reference[name], atol=1e-5, rtol=1e-4
+    )
+    assert updates[name].sharding.is_equivalent_to(sp[name].sharding, 2)
 
 
 def test_split_values_validate_themselves():
