@@ -50,13 +50,21 @@ def max_abs_scaled(x: jax.Array) -> jax.Array:
   return power_of_two_scaled(x)[0]
 
 
-def power_of_two_scaled(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+def power_of_two_scaled(
+  x: jax.Array, mean: Callable[[jax.Array], jax.Array] | None = None
+) -> tuple[jax.Array, jax.Array]:
   """`(max_abs_scaled(x), e)`: `x == ldexp(result, e)` per matrix, exactly.
 
   `e` has shape `x.shape[:-2] + (1, 1)`; `times_power_of_two` undoes the
-  scaling of a value computed from the result (a norm, say).
+  scaling of a value computed from the result (a norm, say). With `mean`
+  (the mean over data-parallel devices) `e` comes from the mean of the
+  devices' peaks: every device's `x` is scaled by the same power of two,
+  which keeps products linear in `x` across devices (a per-device peak
+  would not), and the mean peak bounds the mean matrix's entries.
   """
   peak = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True, initial=0)
+  if mean is not None:
+    peak = mean(peak)
   exponent = peak_exponent(peak)
   scaled = times_power_of_two(x, -exponent)
   # A matrix holding Inf or NaN becomes all NaN: LAPACK's SVD can loop

@@ -205,21 +205,6 @@ def subspace_iteration(
   return p @ _linalg.swap_last(bh), s, q @ a
 
 
-def _common_scaled(x: jax.Array, mean: Mean) -> jax.Array:
-  """Every device's `x` over one power of two, from the mean of their peaks.
-
-  `_linalg.max_abs_scaled` per device would scale each local matrix by its
-  own peak, and the mean of those is not a multiple of the mean matrix. A
-  shared power of two keeps the thin products linear in `x` (and exact: a
-  power of two only moves exponents); the mean peak bounds the mean
-  matrix's entries, so none overflows. A non-finite peak anywhere makes
-  every device's matrix NaN, as `max_abs_scaled` does for one matrix.
-  """
-  peak = mean(jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True, initial=0))
-  scaled = _linalg.times_power_of_two(x, -_linalg.peak_exponent(peak))
-  return jnp.where(jnp.isfinite(peak), scaled, jnp.nan)
-
-
 @overload
 def top_k_polar(
   g: jax.typing.ArrayLike,
@@ -388,10 +373,9 @@ def top_k_polar_with_basis(
   x = g.astype(dtype)
   if mean is not None and (top_k_method == 'svd' or full_rank):
     x, mean = mean(x), None
-  if mean is None:
-    x = _linalg.max_abs_scaled(x)
-  else:
-    x = _common_scaled(x, mean)
+  # With `mean`, one power of two for every device (see
+  # `_linalg.power_of_two_scaled`).
+  x = _linalg.power_of_two_scaled(x, mean)[0]
   if top_k_method == 'svd' or full_rank:
     u, s, v = top_k_svd(x, k)
   else:
