@@ -9,10 +9,12 @@ the work instead:
 
 * `over_axis("batch")` — data parallel: inside `jax.pmap(...,
   axis_name="batch")` or `jax.shard_map`, with replicated updates, whole
-  matrices of every shape are shared out by their Newton–Schulz cost in
-  the wide orientation (`balance`: largest first to the least loaded
-  device, so a `(768, 3072)` and a `(3072, 768)` count alike and no stack
-  is padded), each device runs the LMO on its own matrices only
+  matrices of every shape are shared out by their cost (`balance` on
+  `LMO.cost`: largest first to the least loaded device; a polar factor
+  costs its Newton–Schulz FLOPs in the wide orientation, so a
+  `(768, 3072)` and a `(3072, 768)` count alike, a Ky Fan direction its
+  `O(m·n·k)`; no stack is padded), each device runs the LMO on its own
+  matrices only
   (`lax.switch` on the device index), and the directions (and warm-start
   states) are gathered back to every device, typed as replicated.
   Per-device LMO FLOPs ≈ total / n when there are many matrices (GPT-2
@@ -391,7 +393,7 @@ def _update_owned(
   explicit = jax.sharding.AxisType.Explicit
   reshard = any(t == explicit for t in getattr(mesh, 'axis_types', ()))
   devices = math.prod(split.mesh.shape[a] for a in axes)
-  owners = balance([m.shape for m in matrices], devices)
+  owners = balance([m.shape for m in matrices], devices, lmo.cost)
   signatures = [_signature(m, s) for m, s in zip(matrices, states)]
   keys = list(dict.fromkeys(signatures))
   # owned[d][g]: device d's matrices of shape group g, in slot order.
@@ -477,39 +479,38 @@ def _update_owned(
   return results
 
 
-def matrix_cost(shape: Sequence[int]) -> int:
-  """Newton–Schulz FLOPs of one iteration on an `(m, n)` matrix.
-
-  `4·a²·b + 2·a³` with `a = min(m, n)`, `b = max(m, n)`: the iteration
-  runs in the wide orientation, so `(768, 3072)` and `(3072, 768)` cost
-  the same. The work `balance` shares out (every LMO's cost grows with the
-  matrix alike, up to a factor).
-  """
-  a, b = sorted(shape[-2:])
-  return 4 * a * a * b + 2 * a**3
+matrix_cost = lmo_lib.matrix_cost
 
 
-def balance(shapes: Sequence[Sequence[int]], devices: int) -> list[list[int]]:
+def balance(
+  shapes: Sequence[Sequence[int]],
+  devices: int,
+  cost: Callable[[Sequence[int]], int] = matrix_cost,
+) -> list[list[int]]:
   """Whole matrices to devices, largest first to the least loaded.
 
-  Greedy longest-processing-time scheduling on `matrix_cost`: the largest
-  load is at most 4/3 of the optimum (Graham), and for GPT-2 small's 48
-  matrices on 8 devices within 3% of an even split, where padding each
-  shape to a multiple of the device count costs up to 1.33x.
+  Greedy longest-processing-time scheduling on `cost`: the largest load is
+  at most 4/3 of the optimum (Graham), and for GPT-2 small's 48 matrices on
+  8 devices within 3% of an even split, where padding each shape to a
+  multiple of the device count costs up to 1.33x.
 
   Args:
     shapes: the `(..., m, n)` shape of each matrix.
     devices: how many devices share the work.
+    cost: the work of one matrix (the splits pass their LMO's `cost`; a
+      low-rank direction costs `O(m·n·k)`, not a polar factor's
+      `O(min(m, n)²·max(m, n))`).
 
   Returns:
     For each device, the indices of its matrices, in increasing order.
   """
   loads = [0] * devices
   owners: list[list[int]] = [[] for _ in range(devices)]
-  for i in sorted(range(len(shapes)), key=lambda i: -matrix_cost(shapes[i])):
+  costs = [cost(shape) for shape in shapes]
+  for i in sorted(range(len(shapes)), key=lambda i: -costs[i]):
     device = loads.index(min(loads))
     owners[device].append(i)
-    loads[device] += matrix_cost(shapes[i])
+    loads[device] += costs[i]
   return [sorted(own) for own in owners]
 
 
@@ -524,7 +525,7 @@ def _update_balanced(
   dtype of flat buffers brings every result to every device.
   """
   devices = jax.lax.axis_size(axis_name)
-  owners = balance([m.shape for m in matrices], devices)
+  owners = balance([m.shape for m in matrices], devices, lmo.cost)
   specs: dict[Any, Any] = {}
   outs = []
   for m, s in zip(matrices, states):

@@ -63,6 +63,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 from typing import cast
 
@@ -115,6 +116,17 @@ def check_low_rank(lmo: LMO, name: str = 'error_feedback=True') -> None:
       f' {lmo!r}. A full-rank direction uses the whole momentum: there is'
       ' nothing to feed back.'
     )
+
+
+def matrix_cost(shape: Sequence[int]) -> int:
+  """Newton–Schulz FLOPs of one iteration on an `(m, n)` matrix.
+
+  `4·a²·b + 2·a³` with `a = min(m, n)`, `b = max(m, n)`: the iteration
+  runs in the wide orientation, so `(768, 3072)` and `(3072, 768)` cost
+  the same. `LMO.cost` of a polar factor (and the default).
+  """
+  a, b = sorted(shape[-2:])
+  return 4 * a * a * b + 2 * a**3
 
 
 def check_compressible(lmo: LMO, name: str) -> None:
@@ -206,6 +218,15 @@ class LMO(abc.ABC):
       ' ball is a Minkowski sum of balls is an infimal convolution. Use the'
       ' norms of its terms (or dual_norm) instead.'
     )
+
+  def cost(self, shape: Sequence[int]) -> int:
+    """FLOPs of one direction of an `(m, n)` matrix, up to a constant.
+
+    What `fanion_optax.distributed.balance` shares out between devices;
+    only ratios between shapes matter. Default: `matrix_cost`, the
+    Newton–Schulz cost of a polar factor.
+    """
+    return matrix_cost(shape)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -326,8 +347,18 @@ class KyFan(LMO):
   def stateful(self) -> bool:  # type: ignore[override]
     return self.top_k_method == 'subspace'
 
-  def _is_full_rank(self, shape: Shape) -> bool:
+  def _is_full_rank(self, shape: Sequence[int]) -> bool:
     return self.k >= min(shape[-2], shape[-1])
+
+  def cost(self, shape):
+    if self._is_full_rank(shape) or self.top_k_method == 'svd':
+      return matrix_cost(shape)
+    # Per warm iteration two thin products (`A Q`, `Aᵀ P`) and Cholesky-QR
+    # of the `(m + n) × k` blocks; then the Rayleigh–Ritz product and the
+    # direction `P Qᵀ`.
+    m, n = shape[-2:]
+    iters = self.subspace_iters or lowrank.WARM_ITERS
+    return (4 * iters + 4) * m * n * self.k + 4 * iters * (m + n) * self.k**2
 
   def __call__(self, g):
     g = _validate.check_matrix('g', g)
@@ -426,6 +457,9 @@ class Frobenius(LMO):
   def norm(self, x):
     return _frobenius_norm(_validate.check_matrix('x', x))
 
+  def cost(self, shape):
+    return 2 * shape[-2] * shape[-1]
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Sign(LMO):
@@ -461,6 +495,9 @@ class Sign(LMO):
     x = _validate.check_matrix('x', x)
     x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     return jnp.max(jnp.abs(x), axis=(-2, -1), initial=0) / self.scale
+
+  def cost(self, shape):
+    return shape[-2] * shape[-1]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -505,6 +542,9 @@ class Mixture(LMO):
   def low_rank(self) -> bool:  # type: ignore[override]
     # With two low-rank terms the step uses two subspaces: no single `P`.
     return sum(bool(term.low_rank) for _, term in self.terms) == 1
+
+  def cost(self, shape):
+    return sum(term.cost(shape) for _, term in self.terms)
 
   def _combine(self, g, directions):
     wide = jnp.promote_types(g.dtype, jnp.float32)

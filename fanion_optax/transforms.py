@@ -186,6 +186,9 @@ class _Step(lmo_lib.LMO):
   def compressible(self) -> bool:  # type: ignore[override]
     return self.lmo.compressible
 
+  def cost(self, shape):
+    return self.lmo.cost(shape)
+
   def _scale(self, g, direction, mean=None):
     if not self.adaptive:
       return direction

@@ -340,6 +340,17 @@ def test_balance_shares_gpt2_matrices_evenly(layers, devices):
     assert max(loads) <= 1.05 * total / devices
 
 
+def test_balance_follows_the_given_cost():
+  # A polar factor of the square (8, 8) matrix costs more than those of the
+  # three thin (2, 32) ones together (Newton–Schulz: min(m, n)² max(m, n));
+  # a rank-one Ky Fan direction costs O(m·n·k), about the same for all four.
+  shapes = [(8, 8), (2, 32), (2, 32), (2, 32)]
+  assert fo.distributed.balance(shapes, 2) == [[0], [1, 2, 3]]
+  oracle = fo.lmo.ky_fan(1)
+  assert oracle.cost((2, 32)) <= 1.25 * oracle.cost((8, 8))
+  assert fo.distributed.balance(shapes, 2, oracle.cost) == [[1, 3], [0, 2]]
+
+
 _MIXED_SHAPES = [(48, 144), (48, 48), (48, 192), (192, 48)] * 4
 """GPT-2's four kernels per layer, scaled down 1/16, 4 layers."""
 

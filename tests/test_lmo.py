@@ -626,3 +626,31 @@ def test_ky_fan_first_update_after_init_uses_cold_iterations():
     g, 4, state=state, subspace_iters=lowrank.WARM_ITERS
   )
   np.testing.assert_allclose(second, warm, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+  'oracle',
+  [
+    lmo.ky_fan(8),
+    lmo.spectral(polar_method='newton_schulz'),
+    lmo.mix((0.5, lmo.spectral()), (0.5, lmo.frobenius())),
+    lmo.sign(),
+  ],
+  ids=['ky_fan', 'spectral', 'f_mix', 'sign'],
+)
+def test_cost_tracks_xla_flops_across_shapes(oracle):
+  """`LMO.cost` (what the device splits balance) is XLA's FLOP count up to
+  one factor per LMO. A Ky Fan direction costs `O(m·n·k)`: a `(32, 2048)`
+  matrix about what a `(256, 256)` one does, where its polar factor costs
+  8x less (`matrix_cost`)."""
+  shapes = [(32, 2048), (256, 256), (2048, 32)]
+  ratios = []
+  for shape in shapes:
+    update = jax.jit(oracle.update).lower(jnp.ones(shape), oracle.init(shape))
+    cost = update.compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    ratios.append(float(cost['flops']) / oracle.cost(shape))
+  assert max(ratios) <= 1.15 * min(ratios), ratios
+  if isinstance(oracle, lmo.KyFan):
+    assert oracle.cost(shapes[0]) <= 1.25 * oracle.cost(shapes[1])
+    assert lmo.matrix_cost(shapes[1]) >= 8 * lmo.matrix_cost(shapes[0])
