@@ -379,7 +379,9 @@ def _update_owned(
 
   `balance` gives each device its share of whole matrices. Per shape, the
   matrices are laid out in one stack of `devices × slots` entries, device
-  `d`'s own in its `slots` (zeros fill the rest), and the stack is sharded
+  `d`'s own in its `slots` (zeros fill the rest; a tall matrix is stacked
+  transposed with the wide ones where `lmo.transposable` and it has no
+  state), and the stack is sharded
   along that axis: XLA moves each matrix from its shards to its owner with
   all-to-all, and back the same way, no device holding a copy of another's
   share. Inside `jax.shard_map`, `lax.switch` on the device index runs the
@@ -393,6 +395,13 @@ def _update_owned(
   explicit = jax.sharding.AxisType.Explicit
   reshard = any(t == explicit for t in getattr(mesh, 'axis_types', ()))
   devices = math.prod(split.mesh.shape[a] for a in axes)
+  # A tall matrix joins the wide ones of its transposed shape (c_fc and
+  # c_proj in one stack: less padding) where that gives the same result.
+  flipped = [
+    lmo.transposable and not jax.tree.leaves(s) and m.shape[0] > m.shape[1]
+    for m, s in zip(matrices, states)
+  ]
+  matrices = [m.T if f else m for m, f in zip(matrices, flipped)]
   owners = balance([m.shape for m in matrices], devices, lmo.cost)
   signatures = [_signature(m, s) for m, s in zip(matrices, states)]
   keys = list(dict.fromkeys(signatures))
@@ -475,7 +484,8 @@ def _update_owned(
     stacked = jax.tree.map(unbatched if reshard else constrain, stacked)
     for d in range(devices):
       for r, i in enumerate(owned[d][g]):
-        results[i] = jax.tree.map(lambda t: t[d * slots[g] + r], stacked)
+        direction, state = jax.tree.map(lambda t: t[d * slots[g] + r], stacked)
+        results[i] = (direction.T if flipped[i] else direction, state)
   return results
 
 

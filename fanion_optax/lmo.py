@@ -157,6 +157,10 @@ class LMO(abc.ABC):
   """Whether `update(g, state, mean=mean)` computes the direction of the
   mean over data-parallel devices from all-reduced thin products (what
   `fanion_optax.distributed.compressed` needs)."""
+  transposable: bool = False
+  """Whether `lmo(gᵀ) = lmo(g)ᵀ` (true of every unitarily invariant or
+  entrywise ball): `fanion_optax.distributed.over_mesh` then stacks a tall
+  stateless matrix with the wide ones of its transposed shape."""
 
   @abc.abstractmethod
   def __call__(self, g: jax.typing.ArrayLike) -> jax.Array:
@@ -249,6 +253,7 @@ class Spectral(LMO):
       `fanion_optax.polar.polar_factor`).
   """
 
+  transposable = True
   polar_method: polar_lib.PolarMethod = 'polar_express'
   polar_steps: int | None = None
   compute_dtype: Any = None
@@ -346,6 +351,12 @@ class KyFan(LMO):
   @property
   def stateful(self) -> bool:  # type: ignore[override]
     return self.top_k_method == 'subspace'
+
+  @property
+  def transposable(self) -> bool:  # type: ignore[override]
+    # The subspace iteration starts from one side: only the exact top-k
+    # commutes with transposition.
+    return self.top_k_method == 'svd'
 
   def _is_full_rank(self, shape: Sequence[int]) -> bool:
     return self.k >= min(shape[-2], shape[-1])
@@ -446,6 +457,8 @@ class Frobenius(LMO):
   Zero maps to zero.
   """
 
+  transposable = True
+
   def __call__(self, g):
     g = _validate.check_matrix('g', g)
     x = g.astype(jnp.promote_types(g.dtype, jnp.float32))
@@ -473,6 +486,7 @@ class Sign(LMO):
       `optax.inject_hyperparams`).
   """
 
+  transposable = True
   scale: jax.typing.ArrayLike = 1.0
 
   def __post_init__(self):
@@ -537,6 +551,10 @@ class Mixture(LMO):
   @property
   def stateful(self) -> bool:  # type: ignore[override]
     return any(term.stateful for _, term in self.terms)
+
+  @property
+  def transposable(self) -> bool:  # type: ignore[override]
+    return all(term.transposable for _, term in self.terms)
 
   @property
   def low_rank(self) -> bool:  # type: ignore[override]
@@ -615,6 +633,7 @@ class SpectralFunction(LMO):
       overflow; otherwise the true ones (infinite past the dtype's range).
   """
 
+  transposable = True
   h_prime: Callable[[jax.Array], jax.Array] = jnp.ones_like
   value: Callable[[jax.Array], jax.Array] | None = None
   ball_norm: Callable[[jax.Array], jax.Array] | None = None

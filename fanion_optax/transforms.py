@@ -186,6 +186,10 @@ class _Step(lmo_lib.LMO):
   def compressible(self) -> bool:  # type: ignore[override]
     return self.lmo.compressible
 
+  @property
+  def transposable(self) -> bool:  # type: ignore[override]
+    return self.lmo.transposable
+
   def cost(self, shape):
     return self.lmo.cost(shape)
 

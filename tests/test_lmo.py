@@ -654,3 +654,34 @@ def test_cost_tracks_xla_flops_across_shapes(oracle):
   if isinstance(oracle, lmo.KyFan):
     assert oracle.cost(shapes[0]) <= 1.25 * oracle.cost(shapes[1])
     assert lmo.matrix_cost(shapes[1]) >= 8 * lmo.matrix_cost(shapes[0])
+
+
+@pytest.mark.parametrize('name', sorted(catalogue.LMOS))
+def test_transposable_lmos_commute_with_transposition(name):
+  """`transposable` lets the mesh split stack a tall matrix transposed; it
+  must hold for the LMOs that claim it (the package's unitarily invariant
+  and entrywise balls, solved exactly or by a polar iteration)."""
+  oracle = catalogue.LMOS[name]()
+  # The Ky Fan subspace iteration starts from one side (it is stateful, so
+  # the split never transposes it anyway); the exact top-k commutes.
+  assert oracle.transposable == (name not in {'ky_fan', 's_fanion_mix'})
+  if not oracle.transposable:
+    oracle = lmo.ky_fan(2, top_k_method='svd')
+  g = jnp.asarray(gaussian((24, 9), seed=7))
+  np.testing.assert_allclose(
+    np.asarray(oracle(g.T).T), np.asarray(oracle(g)), atol=2e-5, rtol=1e-4
+  )
+
+
+def test_an_lmo_is_not_transposable_unless_it_says_so():
+  class RowNormalised(lmo.LMO):
+    def __call__(self, g):
+      return g / jnp.linalg.norm(g, axis=-1, keepdims=True)
+
+    def dual_norm(self, g):
+      return jnp.sum(jnp.linalg.norm(g, axis=-1), axis=-1)
+
+  assert not RowNormalised().transposable
+  mixture = lmo.mix((0.5, lmo.spectral()), (0.5, RowNormalised()))
+  assert not mixture.transposable
+  assert lmo.mix((0.5, lmo.spectral()), (0.5, lmo.sign())).transposable
