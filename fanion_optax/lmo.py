@@ -427,19 +427,13 @@ class KyFan(LMO):
     subspace = cast(jax.Array, subspace)  # None only for an empty g
     # A zero or non-finite input carries no information about the subspace:
     # keep the previous one rather than a QR of zeros (or NaN) for the next
-    # warm start.
-    finite = jnp.all(jnp.isfinite(subspace), axis=(-2, -1), keepdims=True)
-    if mean is None:
-      informative = (
-        finite
-        & jnp.any(g != 0, axis=(-2, -1), keepdims=True)
-        & jnp.all(jnp.isfinite(g), axis=(-2, -1), keepdims=True)
-      )
-    else:
-      # Only the mean input counts, and no device sees it; its Ritz values
-      # (the same everywhere) are all zero exactly when the basis is, and a
-      # non-finite mean input makes the subspace NaN.
-      informative = finite & jnp.any(basis != 0, axis=(-2, -1), keepdims=True)
+    # warm start. The basis is zero exactly when every Ritz value is (it is
+    # the same on every device with `mean`, where no device sees the mean
+    # input), and a non-finite input makes the subspace NaN: an `m×k` test
+    # in place of two passes over `g`.
+    informative = jnp.all(
+      jnp.isfinite(subspace), axis=(-2, -1), keepdims=True
+    ) & jnp.any(basis != 0, axis=(-2, -1), keepdims=True)
     return direction, basis, jnp.where(informative, subspace, state)
 
   def dual_norm(self, g):
