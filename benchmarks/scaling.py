@@ -608,13 +608,15 @@ def markdown(d: dict[str, Any]) -> str:
     f' all: one 1024² float32 matrix), which would steepen its fitted n'
     f' slope above 2 (its FLOP slope is'
     f' {_slope_text(fits["flops"].get(FANION))}).'
-    f' The O(nk²) QR and small SVD of the n×k block make the k curve bend'
+    f' The O(nk²) Cholesky-QR of the n×k blocks and the k×k SVD make the'
+    f' k curve bend'
     f' upwards at large k (local slope {_last_k_slope(ks):.2f} over the'
     f" last two k). Memory is XLA's compiled argument + output +"
-    f' temp bytes (LAPACK workspace of the SVD and QR not included). The'
-    f" FLOP slope is that of XLA's `cost_analysis()` estimate, which is"
-    f' load-independent (for Fanion it counts both branches of the'
-    f' cold/warm `lax.cond`, so its level, not its slope, is inflated).'
+    f' temp bytes (LAPACK workspace of the k×k Cholesky and SVD not'
+    f" included). The FLOP slope is that of XLA's `cost_analysis()`"
+    f' estimate, which is load-independent (for Fanion it counts the'
+    f" subspace iteration's loop body once whatever its trip count, so"
+    f' its level, not its slope, is off).'
   )
   return (
     '\n'.join(lines)
