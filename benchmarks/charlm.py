@@ -29,7 +29,10 @@ min(m, n) = 64 (attention 64x64, MLP 64x256 and 256x64), so Fanion-64 would
 be the full polar factor, i.e. exactly Muon (the library routes
 k ≥ min(m, n) to the polar factor): it is left out of the default run
 (`--optimizers ...,fanion64` adds it). A width at which rank 64 is a real
-restriction (d_model ≥ 128, 4x the FLOPs) does not fit the CPU budget.
+restriction (d_model ≥ 128, 4x the FLOPs) does not fit the CPU budget
+of the full table; `--d-model N` runs a few rows at another width (for
+the low-rank rows at a fixed rank fraction k/d_model, written to its own
+`<out>`).
 
 Protocol: for each optimizer a 4-point learning-rate sweep (0.5x, 1x, 2x, 4x
 the demo's default: 3e-3 for AdamW, 0.02 for the others) with seed 0 (a
@@ -490,6 +493,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     help=f'training steps per run (default {FULL["steps"]})',
   )
   parser.add_argument(
+    '--d-model',
+    type=int,
+    default=None,
+    help=f'model width (default {FULL["d_model"]}; a multiple of the'
+    f' {FULL["heads"]} heads): the low-rank rows at a fixed rank fraction'
+    ' k/d_model across widths',
+  )
+  parser.add_argument(
     '--optimizers',
     default=None,
     help=f'comma-separated subset of {",".join(OPTIMIZERS)}'
@@ -516,6 +527,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
   if args.steps is not None and args.steps < 1:
     parser.error('--steps must be >= 1')
+  heads = (QUICK if args.quick else FULL)['heads']
+  if args.d_model is not None and (args.d_model < 1 or args.d_model % heads):
+    parser.error(
+      f'--d-model must be a positive multiple of {heads} (the heads),'
+      f' got {args.d_model}'
+    )
   return args
 
 
@@ -550,6 +567,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   cfg = dict(QUICK if args.quick else FULL)
   if args.steps is not None:
     cfg['steps'] = args.steps
+  if args.d_model is not None:
+    cfg['d_model'] = args.d_model
   start = time.perf_counter()
   load_start = _timing.load_average()
   corpus = demo.load_corpus()
