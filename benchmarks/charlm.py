@@ -539,24 +539,69 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 _CONFIG_KEYS = tuple(FULL)
 
 
-def _merged_rows(args: argparse.Namespace, cfg: dict[str, Any]) -> dict:
-  """The rows of `<out>/charlm.json` that this run does not redo."""
-  path = os.path.join(args.out, 'charlm.json')
+def _existing(out: str) -> dict[str, Any]:
+  path = os.path.join(out, 'charlm.json')
+  if not os.path.exists(path):
+    raise SystemExit(f'--merge: there is no {path} to merge into.')
   with open(path, encoding='utf-8') as f:
-    old = json.load(f)
+    return json.load(f)
+
+
+def _other_width(args: argparse.Namespace, cfg: dict[str, Any]) -> bool:
+  """`--merge` into a document measured at another `d_model`."""
+  return (
+    args.merge and _existing(args.out)['config']['d_model'] != cfg['d_model']
+  )
+
+
+def _check_config(old: dict[str, Any], cfg: dict[str, Any], skip=()) -> None:
   for key in _CONFIG_KEYS:
     mine, theirs = cfg[key], old['config'][key]
-    if (list(mine) if isinstance(mine, tuple) else mine) != theirs:
+    if (
+      key not in skip
+      and (list(mine) if isinstance(mine, tuple) else mine) != theirs
+    ):
       raise SystemExit(
-        f'--merge: {path} has {key}={theirs!r}, this run {mine!r}.'
+        f'--merge: {old["path"]} has {key}={theirs!r}, this run {mine!r}.'
       )
+
+
+def _merged_rows(args: argparse.Namespace, cfg: dict[str, Any]) -> dict:
+  """The rows of `<out>/charlm.json` that this run does not redo."""
+  old = _existing(args.out)
+  _check_config({**old, 'path': args.out}, cfg)
   if 'muon' not in old['results'] and 'muon' not in args.optimizer_names:
-    raise SystemExit(f'--merge: {path} has no muon row; add muon.')
+    raise SystemExit(f'--merge: {args.out} has no muon row; add muon.')
   return {
     name: row
     for name, row in old['results'].items()
     if name not in args.optimizer_names
   }
+
+
+def _store_width(
+  args: argparse.Namespace, payload: dict[str, Any], argv: Sequence[str]
+) -> dict[str, Any]:
+  """Adds a run at another width to `<out>/charlm.json` under `widths`.
+
+  The document's own table, metadata and targets stay those of its width;
+  the entry keeps this run's metadata, config and rows.
+  """
+  old = _existing(args.out)
+  cfg = payload['config']
+  _check_config({**old, 'path': args.out}, cfg, skip=('d_model',))
+  if 'muon' not in payload['results']:
+    raise SystemExit('--merge at another width: add muon.')
+  entry = {'metadata': _timing.metadata(['-m', 'benchmarks.charlm', *argv])}
+  entry.update(payload)
+  old.setdefault('widths', {})[str(cfg['d_model'])] = entry
+  path = os.path.join(args.out, 'charlm.json')
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(old, f, indent=2)
+    f.write('\n')
+  plot(old, os.path.join(args.out, 'charlm.png'))
+  _timing.log(f'stored d_model {cfg["d_model"]} under widths in {path}')
+  return old
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -588,7 +633,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     f' optimizers, {runs} runs of {cfg["steps"]} steps, corpus'
     f' {len(corpus):,} bytes, device {jax.devices()[0].device_kind}'
   )
-  results = _merged_rows(args, cfg) if args.merge else {}
+  width_run = _other_width(args, cfg)
+  results = _merged_rows(args, cfg) if args.merge and not width_run else {}
   with _timing.progress_bar(runs * cfg['steps'], 'charlm', unit='step') as bar:
     for name in names:
       results[name] = bench_optimizer(name, cfg, data, bar)
@@ -630,6 +676,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     'target_details': targets,
     'elapsed_s': elapsed,
   }
+  if width_run:
+    return _store_width(args, payload, argv)
   return _timing.save_results('charlm', args.out, payload, argv, plot)
 
 
@@ -700,7 +748,54 @@ def markdown(document: dict[str, Any]) -> str:
       f' The best learning rate lies at an edge of the grid for'
       f' {", ".join(edge)}: their optimum may lie outside it.'
     )
-  return text + '\n'
+  return text + '\n' + _width_markdown(document)
+
+
+def _rank_fraction(name: str, d_model: int) -> float | None:
+  match = _FANION.fullmatch(name)
+  return None if match is None else int(match.group(1)) / d_model
+
+
+def _width_markdown(document: dict[str, Any]) -> str:
+  """The low-rank rows at other widths (`--d-model N --merge`), beside
+  this width's rows at the same rank fractions k/d_model."""
+  widths, cfg = document.get('widths', {}), document['config']
+  if not widths:
+    return ''
+  fractions = {
+    _rank_fraction(name, entry['config']['d_model'])
+    for entry in widths.values()
+    for name in entry['results']
+  } - {None}
+  docs = [
+    document,
+    *sorted(widths.values(), key=lambda e: e['config']['d_model']),
+  ]
+  lines = [
+    '| d_model | optimizer | best lr | held-out loss | vs Muon (2·pooled std) |',
+    '|---|---|---|---|---|',
+  ]
+  for doc in docs:
+    d, rows = doc['config']['d_model'], doc['results']
+    muon = rows['muon']
+    for name, r in rows.items():
+      if name != 'muon' and _rank_fraction(name, d) not in fractions:
+        continue
+      if name == 'muon':
+        vs = '—'
+      else:
+        band = NOISE_SIGMAS * _pooled_std(r, muon)
+        vs = f'{r["test_mean"] - muon["test_mean"]:+.4f} ({band:.4f})'
+      lines.append(
+        f'| {d} | {r["label"]} | {r["best_lr"]:.3g} |'
+        f' {r["test_mean"]:.4f} ± {r["test_std"]:.4f} | {vs} |'
+      )
+  ks = ', '.join(f'k/d_model = {f:g}' for f in sorted(fractions))
+  return (
+    f'\n**Other widths** ({ks}; `--d-model N --merge`, the same protocol,'
+    f' {cfg["layers"]} layers and {cfg["heads"]} heads, so an LMO matrix is'
+    ' d×d, d×4d or 4d×d):\n\n' + '\n'.join(lines) + '\n'
+  )
 
 
 if __name__ == '__main__':

@@ -88,3 +88,41 @@ def test_minimal_muon_kernel_does_what_muon_newton_schulz_does():
           float(jnp.max(jnp.abs(a - b))),
         )
       params = optax.apply_updates(params, u_ours)
+
+
+@pytest.mark.slow
+def test_charlm_merges_a_run_at_another_width(tmp_path):
+  env = dict(os.environ, OPENBLAS_NUM_THREADS='1', **FAST_COMPILE_ENV)
+
+  def charlm(*args, check=True):
+    return subprocess.run(
+      [sys.executable, '-m', 'benchmarks.charlm', '--quick', '--out']
+      + [str(tmp_path), *args],
+      cwd=ROOT,
+      env=env,
+      check=check,
+      timeout=600,
+      capture_output=True,
+      text=True,
+    )
+
+  charlm()
+  with open(tmp_path / 'charlm.json', encoding='utf-8') as f:
+    base = json.load(f)
+  bad = charlm('--d-model', '15', '--merge', check=False)
+  assert bad.returncode == 2 and '--d-model must be' in bad.stderr
+  charlm('--d-model', '16', '--optimizers', 'muon,fanion2_ef', '--merge')
+  with open(tmp_path / 'charlm.json', encoding='utf-8') as f:
+    merged = json.load(f)
+  # The document's own width, rows and metadata are untouched.
+  for key in ('config', 'results', 'targets', 'metadata'):
+    assert merged[key] == base[key]
+  entry = merged['widths']['16']
+  assert entry['config']['d_model'] == 16
+  assert set(entry['results']) == {'muon', 'fanion2_ef'}
+  assert '--d-model 16' in entry['metadata']['command']
+  from benchmarks import charlm as module
+
+  table = module.markdown(merged)
+  assert '**Other widths** (k/d_model = 0.125' in table
+  assert '| 16 | Fanion-2 EF |' in table and '| 32 | Muon |' in table
