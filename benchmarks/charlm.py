@@ -778,7 +778,8 @@ def _width_markdown(document: dict[str, Any]) -> str:
   for doc in docs:
     d, rows = doc['config']['d_model'], doc['results']
     muon = rows['muon']
-    for name, r in rows.items():
+    # Muon first, then the low-rank rows in the order they were run.
+    for name, r in sorted(rows.items(), key=lambda item: item[0] != 'muon'):
       if name != 'muon' and _rank_fraction(name, d) not in fractions:
         continue
       if name == 'muon':
