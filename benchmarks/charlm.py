@@ -399,7 +399,8 @@ def plot(document: dict[str, Any], path: str) -> None:
   results = document['results']
   names = list(results)
   colors = {n: f'C{i}' for i, n in enumerate(names)}
-  fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+  wide = bool(_width_rows(document)[0])
+  fig, axes = plt.subplots(1, 4 if wide else 3, figsize=(23 if wide else 17, 5))
   ax = axes[0]
   for n in names:
     sweep = [r for r in results[n]['sweep'] if math.isfinite(r['val_loss'])]
@@ -467,6 +468,8 @@ def plot(document: dict[str, Any], path: str) -> None:
   # The first fifth (from ln 256 = 5.5 down) would flatten the comparison.
   if tails and all(map(math.isfinite, tails)):
     ax.set_ylim(min(tails) - 0.05, max(tails) + 0.05)
+  if wide:
+    _plot_widths(axes[3], document)
   for ax in axes:
     ax.grid(alpha=0.3)
   axes[0].legend(
@@ -756,12 +759,13 @@ def _rank_fraction(name: str, d_model: int) -> float | None:
   return None if match is None else int(match.group(1)) / d_model
 
 
-def _width_markdown(document: dict[str, Any]) -> str:
-  """The low-rank rows at other widths (`--d-model N --merge`), beside
-  this width's rows at the same rank fractions k/d_model."""
-  widths, cfg = document.get('widths', {}), document['config']
-  if not widths:
-    return ''
+def _width_rows(
+  document: dict[str, Any],
+) -> tuple[set[float], list[tuple[int, str, dict[str, Any]]]]:
+  """The rank fractions `k/d_model` run at other widths (`--d-model N
+  --merge`), and `(d_model, name, row)` for Muon and the rows at those
+  fractions, this width's first, Muon first within each width."""
+  widths = document.get('widths', {})
   fractions = {
     _rank_fraction(name, entry['config']['d_model'])
     for entry in widths.values()
@@ -771,32 +775,70 @@ def _width_markdown(document: dict[str, Any]) -> str:
     document,
     *sorted(widths.values(), key=lambda e: e['config']['d_model']),
   ]
+  rows = []
+  for doc in docs:
+    d = doc['config']['d_model']
+    for name, r in sorted(doc['results'].items(), key=lambda i: i[0] != 'muon'):
+      if name == 'muon' or _rank_fraction(name, d) in fractions:
+        rows.append((d, name, r))
+  return fractions, rows
+
+
+def _width_markdown(document: dict[str, Any]) -> str:
+  """The low-rank rows at other widths beside this width's."""
+  fractions, rows = _width_rows(document)
+  if not fractions:
+    return ''
+  cfg = document['config']
+  muons = {d: r for d, name, r in rows if name == 'muon'}
   lines = [
     '| d_model | optimizer | best lr | held-out loss | vs Muon (2·pooled std) |',
     '|---|---|---|---|---|',
   ]
-  for doc in docs:
-    d, rows = doc['config']['d_model'], doc['results']
-    muon = rows['muon']
-    # Muon first, then the low-rank rows in the order they were run.
-    for name, r in sorted(rows.items(), key=lambda item: item[0] != 'muon'):
-      if name != 'muon' and _rank_fraction(name, d) not in fractions:
-        continue
-      if name == 'muon':
-        vs = '—'
-      else:
-        band = NOISE_SIGMAS * _pooled_std(r, muon)
-        vs = f'{r["test_mean"] - muon["test_mean"]:+.4f} ({band:.4f})'
-      lines.append(
-        f'| {d} | {r["label"]} | {r["best_lr"]:.3g} |'
-        f' {r["test_mean"]:.4f} ± {r["test_std"]:.4f} | {vs} |'
-      )
+  for d, name, r in rows:
+    vs = '—'
+    if name != 'muon':
+      band = NOISE_SIGMAS * _pooled_std(r, muons[d])
+      vs = f'{r["test_mean"] - muons[d]["test_mean"]:+.4f} ({band:.4f})'
+    lines.append(
+      f'| {d} | {r["label"]} | {r["best_lr"]:.3g} |'
+      f' {r["test_mean"]:.4f} ± {r["test_std"]:.4f} | {vs} |'
+    )
   ks = ', '.join(f'k/d_model = {f:g}' for f in sorted(fractions))
   return (
     f'\n**Other widths** ({ks}; `--d-model N --merge`, the same protocol,'
     f' {cfg["layers"]} layers and {cfg["heads"]} heads, so an LMO matrix is'
     ' d×d, d×4d or 4d×d):\n\n' + '\n'.join(lines) + '\n'
   )
+
+
+def _plot_widths(ax, document: dict[str, Any]) -> None:
+  """Held-out loss against the width, one line per row kind."""
+  series: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+  for d, _, r in _width_rows(document)[1]:
+    series.setdefault(re.sub(r'Fanion-\d+', 'Fanion-k', r['label']), []).append(
+      (d, r)
+    )
+  for label, points in series.items():
+    points.sort(key=lambda p: p[0])
+    ax.errorbar(
+      [d for d, _ in points],
+      [r['test_mean'] for _, r in points],
+      yerr=[r['test_std'] for _, r in points],
+      marker='o',
+      capsize=4,
+      label=label,
+    )
+  ax.set_xscale('log', base=2)
+  widths = sorted({d for points in series.values() for d, _ in points})
+  ax.set_xticks(widths, [str(d) for d in widths])
+  fractions = ', '.join(f'{f:g}' for f in sorted(_width_rows(document)[0]))
+  ax.set(
+    title=f'held-out loss vs width (k/d_model = {fractions})',
+    xlabel='d_model',
+    ylabel='test loss (nats/byte)',
+  )
+  ax.legend(fontsize=8)
 
 
 if __name__ == '__main__':
