@@ -550,31 +550,31 @@ def _existing(out: str) -> dict[str, Any]:
     return json.load(f)
 
 
-def _other_width(args: argparse.Namespace, cfg: dict[str, Any]) -> bool:
-  """`--merge` into a document measured at another `d_model`."""
-  return (
-    args.merge and _existing(args.out)['config']['d_model'] != cfg['d_model']
-  )
-
-
-def _check_config(old: dict[str, Any], cfg: dict[str, Any], skip=()) -> None:
+def _check_merge(
+  args: argparse.Namespace, old: dict[str, Any], cfg: dict[str, Any]
+) -> bool:
+  """Whether `--merge` adds a run at another `d_model` (under `widths`);
+  raises `SystemExit`, before any training, unless the rest of the config
+  matches and the merged document will have a Muon row."""
+  width_run = old['config']['d_model'] != cfg['d_model']
   for key in _CONFIG_KEYS:
     mine, theirs = cfg[key], old['config'][key]
-    if (
-      key not in skip
-      and (list(mine) if isinstance(mine, tuple) else mine) != theirs
-    ):
+    if (key != 'd_model' or not width_run) and (
+      list(mine) if isinstance(mine, tuple) else mine
+    ) != theirs:
       raise SystemExit(
-        f'--merge: {old["path"]} has {key}={theirs!r}, this run {mine!r}.'
+        f'--merge: {args.out} has {key}={theirs!r}, this run {mine!r}.'
       )
+  if 'muon' not in args.optimizer_names:
+    if width_run:
+      raise SystemExit('--merge at another width: add muon.')
+    if 'muon' not in old['results']:
+      raise SystemExit(f'--merge: {args.out} has no muon row; add muon.')
+  return width_run
 
 
-def _merged_rows(args: argparse.Namespace, cfg: dict[str, Any]) -> dict:
+def _merged_rows(args: argparse.Namespace, old: dict[str, Any]) -> dict:
   """The rows of `<out>/charlm.json` that this run does not redo."""
-  old = _existing(args.out)
-  _check_config({**old, 'path': args.out}, cfg)
-  if 'muon' not in old['results'] and 'muon' not in args.optimizer_names:
-    raise SystemExit(f'--merge: {args.out} has no muon row; add muon.')
   return {
     name: row
     for name, row in old['results'].items()
@@ -583,18 +583,17 @@ def _merged_rows(args: argparse.Namespace, cfg: dict[str, Any]) -> dict:
 
 
 def _store_width(
-  args: argparse.Namespace, payload: dict[str, Any], argv: Sequence[str]
+  args: argparse.Namespace,
+  old: dict[str, Any],
+  payload: dict[str, Any],
+  argv: Sequence[str],
 ) -> dict[str, Any]:
   """Adds a run at another width to `<out>/charlm.json` under `widths`.
 
   The document's own table, metadata and targets stay those of its width;
   the entry keeps this run's metadata, config and rows.
   """
-  old = _existing(args.out)
   cfg = payload['config']
-  _check_config({**old, 'path': args.out}, cfg, skip=('d_model',))
-  if 'muon' not in payload['results']:
-    raise SystemExit('--merge at another width: add muon.')
   entry = {'metadata': _timing.metadata(['-m', 'benchmarks.charlm', *argv])}
   entry.update(payload)
   old.setdefault('widths', {})[str(cfg['d_model'])] = entry
@@ -636,8 +635,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     f' optimizers, {runs} runs of {cfg["steps"]} steps, corpus'
     f' {len(corpus):,} bytes, device {jax.devices()[0].device_kind}'
   )
-  width_run = _other_width(args, cfg)
-  results = _merged_rows(args, cfg) if args.merge and not width_run else {}
+  old = _existing(args.out) if args.merge else None
+  width_run = old is not None and _check_merge(args, old, cfg)
+  results = _merged_rows(args, old) if old is not None and not width_run else {}
   with _timing.progress_bar(runs * cfg['steps'], 'charlm', unit='step') as bar:
     for name in names:
       results[name] = bench_optimizer(name, cfg, data, bar)
@@ -679,8 +679,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     'target_details': targets,
     'elapsed_s': elapsed,
   }
-  if width_run:
-    return _store_width(args, payload, argv)
+  if old is not None and width_run:
+    return _store_width(args, old, payload, argv)
   return _timing.save_results('charlm', args.out, payload, argv, plot)
 
 
