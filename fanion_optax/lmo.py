@@ -368,7 +368,9 @@ class KyFan(LMO):
     # of the `(m + n) × k` blocks; then the Rayleigh–Ritz product and the
     # direction `P Qᵀ`.
     m, n = shape[-2:]
-    iters = self.subspace_iters or lowrank.WARM_ITERS
+    iters = (
+      lowrank.WARM_ITERS if self.subspace_iters is None else self.subspace_iters
+    )
     return (4 * iters + 4) * m * n * self.k + 4 * iters * (m + n) * self.k**2
 
   def __call__(self, g):
