@@ -221,7 +221,7 @@ def _lower_inverse(lower: jax.Array) -> jax.Array:
 
 _CHOLESKY_QR_PASSES = 3
 _ORTHONORMAL_TOL = 0.5
-"""`max|QᵀQ − I|` of the last pass's input above which `orthonormalize`
+"""`‖QᵀQ − I‖_F` of the last pass's input above which `orthonormalize`
 falls back to Householder QR: below it `κ(Q) < √3`, and one Cholesky-QR
 pass then leaves `Q` orthonormal to a few units of rounding."""
 
@@ -274,8 +274,11 @@ def orthonormalize(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   q, r, gram, _ = jax.lax.fori_loop(
     0, _CHOLESKY_QR_PASSES, one_pass, (x, eye, eye, shift)
   )
-  # False for a NaN error too: a non-finite `x` makes the Gram non-finite.
-  ok = jnp.max(jnp.abs(gram - eye)) <= _ORTHONORMAL_TOL
+  # ‖QᵀQ − I‖_F ≤ tol bounds the spectral norm too, so the last pass's
+  # Cholesky succeeded; an entrywise bound does not (64×64 Grams within 0.5
+  # of I entrywise can be indefinite, and their Cholesky returns NaN). False
+  # for a NaN error too: a non-finite `x` makes the Gram non-finite.
+  ok = jnp.sum(jnp.square(gram - eye)) <= _ORTHONORMAL_TOL**2
   return jax.lax.cond(ok, lambda x: (q, r), lambda x: tuple(qr(x)), x)
 
 

@@ -190,12 +190,23 @@ def test_orthonormalize_is_cholesky_qr_on_well_conditioned_blocks(
 
 
 @pytest.mark.parametrize(
-  'condition, rank', [(1e6, None), (1e9, None), (1e3, 8), (1.0, 0)]
+  'n, k, condition, rank',
+  [
+    (300, 16, 1e6, None),
+    (300, 16, 1e9, None),
+    (300, 16, 1e3, 8),
+    (300, 16, 1.0, 0),
+    # At k = 64 the last pass's Gram can be within 0.5 of I entrywise and
+    # still indefinite: an entrywise test let NaN through here.
+    (3072, 64, 1e3, 20),
+    (768, 64, 1e2, 1),
+    (3072, 64, 1e9, None),
+  ],
 )
 def test_orthonormalize_falls_back_on_ill_conditioned_and_rank_deficient(
-  condition, rank
+  n, k, condition, rank
 ):
-  x = _planted(300, 16, condition, rank)
+  x = _planted(n, k, condition, rank)
   q, r = _linalg.orthonormalize(jnp.asarray(x, jnp.float32))
   _check_thin_qr(x, q, r)
 

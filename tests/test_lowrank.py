@@ -233,6 +233,15 @@ def test_rank_deficient_input_gives_rank_r_output(method, k, shape):
   np.testing.assert_allclose(d, np_top_k(g, 2), atol=1e-5)
 
 
+def test_rank_deficient_gradient_at_gpt2_size():
+  # A rank-20 768×3072 matrix and k = 64: 44 directions of the subspace
+  # are numerically null in every iteration.
+  rng = np.random.default_rng(0)
+  g = rng.standard_normal((768, 20)) @ rng.standard_normal((20, 3072))
+  d = np.asarray(top_k_polar(jnp.asarray(g, jnp.float32), 64))
+  np.testing.assert_allclose(d, np_top_k(g, 20), atol=1e-5)
+
+
 @pytest.mark.parametrize('method', METHODS)
 @pytest.mark.parametrize(
   'spectrum,k,ky_fan',
