@@ -160,22 +160,33 @@ def per_matrix_on_cpu(fn: Callable[..., Any]) -> Callable[..., Any]:
   calls run at once as the pool has threads (one per device under `pmap` or
   `shard_map` on emulated CPU devices, or independent shape groups of one
   program), every thread waits and the program hangs (jaxlib 0.10). A single
-  matrix runs inline, so one call per matrix cannot deadlock, and the
-  independent calls still run in parallel. GPU and TPU solvers keep the
-  batched call.
+  matrix runs inline, so a loop over the matrices (`lax.map`) cannot
+  deadlock, and its one call keeps the program the size of a single
+  matrix's. GPU and TPU solvers keep the batched call.
   """
 
   def per_matrix(x: jax.Array, **kwargs: Any) -> Any:
     batch = x.shape[:-2]
     if math.prod(batch) <= 1 or jax.default_backend() != 'cpu':
       return fn(x, **kwargs)
-    flat = x.reshape(-1, *x.shape[-2:])
-    outs = [fn(flat[i], **kwargs) for i in range(flat.shape[0])]
-    return jax.tree.map(
-      lambda *o: jnp.stack(o).reshape(*batch, *o[0].shape), *outs
+    outs = jax.lax.map(
+      functools.partial(fn, **kwargs), x.reshape(-1, *x.shape[-2:])
     )
+    return jax.tree.map(lambda o: o.reshape(*batch, *o.shape[1:]), outs)
 
   return per_matrix
+
+
+def matmul_per_matrix(a: jax.Array, b: jax.Array) -> jax.Array:
+  """`a @ b`, one 2-D product per matrix of the batch on the CPU backend,
+  where that is faster than XLA:CPU's batched matmul."""
+  batch = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+  if math.prod(batch) <= 1 or jax.default_backend() != 'cpu':
+    return a @ b
+  a = jnp.broadcast_to(a, (*batch, *a.shape[-2:])).reshape(-1, *a.shape[-2:])
+  b = jnp.broadcast_to(b, (*batch, *b.shape[-2:])).reshape(-1, *b.shape[-2:])
+  out = jnp.stack([ai @ bi for ai, bi in zip(a, b)])
+  return out.reshape(*batch, *out.shape[-2:])
 
 
 svd = per_matrix_on_cpu(jnp.linalg.svd)
@@ -251,8 +262,8 @@ def orthonormalize(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   exists for any full-rank `x` up to `κ(x) ≈ 1/ε`; it keeps the span, and
   the two unshifted passes restore orthonormality. Whenever that fails —
   `x` numerically rank-deficient (a zero matrix, a gradient of rank < k) or
-  non-finite — the whole batch takes Householder QR instead (`qr`), whose
-  `q` has orthonormal columns even then. `r`'s diagonal is positive on the
+  non-finite — that block takes Householder QR instead (`qr`), whose `q`
+  has orthonormal columns even then. `r`'s diagonal is positive on the
   Cholesky path; either way `q r = x`.
   """
   n, k = x.shape[-2:]
@@ -278,8 +289,16 @@ def orthonormalize(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   # Cholesky succeeded; an entrywise bound does not (64×64 Grams within 0.5
   # of I entrywise can be indefinite, and their Cholesky returns NaN). False
   # for a NaN error too: a non-finite `x` makes the Gram non-finite.
-  ok = jnp.sum(jnp.square(gram - eye)) <= _ORTHONORMAL_TOL**2
-  return jax.lax.cond(ok, lambda x: (q, r), lambda x: tuple(qr(x)), x)
+  error = jnp.sum(jnp.square(gram - eye), axis=(-2, -1), keepdims=True)
+  ok = error <= _ORTHONORMAL_TOL**2
+
+  def householder(x):
+    # Only the blocks that failed: the others keep their Cholesky-QR
+    # factors, bit for bit, whatever their neighbours in the batch hold.
+    q_h, r_h = qr(x)
+    return jnp.where(ok, q, q_h), jnp.where(ok, r, r_h)
+
+  return jax.lax.cond(jnp.all(ok), lambda x: (q, r), householder, x)
 
 
 def singular_values(x: jax.typing.ArrayLike) -> jax.Array:

@@ -618,9 +618,14 @@ def _same_shape(own: list[int], matrices, states) -> list[list[int]]:
   return list(groups.values())
 
 
+def _per_matrix(lmo: lmo_lib.LMO, shape: tuple[int, ...]) -> bool:
+  """Whether `lmo` runs faster on each matrix of a stack than on the stack."""
+  return jax.default_backend() == 'cpu' and not lmo.stacks_on_cpu(shape)
+
+
 def _update_stack(lmo: lmo_lib.LMO, x: jax.Array, state: Any):
-  """`lmo.update` on a `(b, m, n)` stack: batched, or per matrix on CPU."""
-  if jax.default_backend() == 'cpu':
+  """`lmo.update` on a `(b, m, n)` stack, or per matrix (`_per_matrix`)."""
+  if _per_matrix(lmo, x.shape):
     return _update_per_matrix(lmo, x, state)
   return lmo.update(x, state)
 
@@ -650,7 +655,8 @@ def apply_lmo(
 ) -> tuple[list[jax.Array], list[Any]]:
   """`lmo.update` on each `(batch, m, n)` matrix stack, grouped by shape.
 
-  Without a split on the CPU backend, one 2-D matrix at a time instead.
+  Without a split on the CPU backend, one 2-D matrix at a time instead,
+  unless `lmo.stacks_on_cpu(shape)`.
 
   Args:
     lmo: the oracle. Its state arrays must have the matrix batch axis first
@@ -688,7 +694,7 @@ def apply_lmo(
       out[i], new_states[i] = jax.tree.map(lambda *t: jnp.stack(t), *rows)
     return out, new_states
   for i in live:
-    if split is None and jax.default_backend() == 'cpu':
+    if split is None and _per_matrix(lmo, matrices[i].shape):
       out[i], new_states[i] = _update_per_matrix(lmo, matrices[i], states[i])
     else:
       groups.setdefault((matrices[i].shape[1:], matrices[i].dtype), []).append(

@@ -223,6 +223,18 @@ class LMO(abc.ABC):
       ' norms of its terms (or dual_norm) instead.'
     )
 
+  def stacks_on_cpu(self, shape: Sequence[int]) -> bool:
+    """Whether `update` on a `(b, m, n)` stack is as fast on the CPU
+    backend as `b` calls on its matrices.
+
+    `fanion_optax.distributed.apply_lmo` then hands it each group of
+    same-shape matrices in one stack, which it compiles once, rather than
+    each matrix alone (XLA:CPU's batched matmul is slower than separate
+    2-D ones). Default: false.
+    """
+    del shape
+    return False
+
   def cost(self, shape: Sequence[int]) -> int:
     """FLOPs of one direction of an `(m, n)` matrix, up to a constant.
 
@@ -360,6 +372,11 @@ class KyFan(LMO):
 
   def _is_full_rank(self, shape: Sequence[int]) -> bool:
     return self.k >= min(shape[-2], shape[-1])
+
+  def stacks_on_cpu(self, shape):
+    # The subspace iteration multiplies each matrix of a stack alone and
+    # batches only the thin blocks (`lowrank.per_matrix`).
+    return self.top_k_method == 'subspace' and not self._is_full_rank(shape)
 
   def cost(self, shape):
     if self._is_full_rank(shape) or self.top_k_method == 'svd':
@@ -556,6 +573,9 @@ class Mixture(LMO):
   def low_rank(self) -> bool:  # type: ignore[override]
     # With two low-rank terms the step uses two subspaces: no single `P`.
     return sum(bool(term.low_rank) for _, term in self.terms) == 1
+
+  def stacks_on_cpu(self, shape):
+    return all(term.stacks_on_cpu(shape) for _, term in self.terms)
 
   def cost(self, shape):
     return sum(term.cost(shape) for _, term in self.terms)

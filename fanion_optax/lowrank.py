@@ -15,6 +15,7 @@ References:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Literal
 from typing import overload
@@ -124,14 +125,49 @@ def _thin_svd(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   return q @ a, s, bh
 
 
+Matrices = jax.Array | tuple[jax.Array, ...]
+"""A batch of `(m, n)` matrices as the subspace iteration multiplies them:
+one `(..., m, n)` array, or a tuple of 2-D matrices (`per_matrix`)."""
+
+
+def per_matrix(x: jax.Array) -> Matrices:
+  """`x`, as a tuple of its 2-D matrices on the CPU backend.
+
+  XLA:CPU multiplies `b` separate 2-D matrices faster than one `(b, m, n)`
+  batch, while the thin `(b, ·, k)` work stays batched: the program then
+  holds one copy of the Cholesky-QR and Rayleigh–Ritz steps per shape
+  rather than per matrix (compile time), and XLA folds the slices of a
+  stack built by concatenating matrices back into those matrices.
+  """
+  batch = x.shape[:-2]
+  if math.prod(batch) <= 1 or jax.default_backend() != 'cpu':
+    return x
+  flat = x.reshape(-1, *x.shape[-2:])
+  return tuple(flat[i] for i in range(flat.shape[0]))
+
+
+def _map(fn: Callable[[jax.Array], jax.Array], x: Matrices) -> Matrices:
+  return tuple(map(fn, x)) if isinstance(x, tuple) else fn(x)
+
+
+def times(x: Matrices, y: jax.Array, *, transpose: bool = False) -> jax.Array:
+  """`x @ y` (`xᵀ @ y` with `transpose`) for `y` of `(b, ·, ·)` blocks."""
+  if not isinstance(x, tuple):
+    return (_linalg.swap_last(x) if transpose else x) @ y
+  flat = y.reshape(-1, *y.shape[-2:])
+  return jnp.stack(
+    [(xi.T if transpose else xi) @ yi for xi, yi in zip(x, flat)]
+  ).reshape(*y.shape[:-2], -1, y.shape[-1])
+
+
 def _power_step(
   mean: Mean | None,
   _,
-  carry: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  carry: tuple[Matrices, jax.Array, jax.Array, jax.Array],
+) -> tuple[Matrices, jax.Array, jax.Array, jax.Array]:
   g, q, _, _ = carry
-  p, _ = _linalg.orthonormalize(_reduced(mean, g @ q))
-  q, t = _linalg.orthonormalize(_reduced(mean, _linalg.swap_last(g) @ p))
+  p, _ = _linalg.orthonormalize(_reduced(mean, times(g, q)))
+  q, t = _linalg.orthonormalize(_reduced(mean, times(g, p, transpose=True)))
   return g, q, p, t
 
 
@@ -141,7 +177,7 @@ _local_power_step = functools.partial(_power_step, None)
 
 
 def subspace_iteration(
-  g: jax.Array,
+  g: Matrices,
   q: jax.Array,
   subspace_iters: int | jax.Array,
   *,
@@ -167,7 +203,7 @@ def subspace_iteration(
   Every device then holds the same `(u, s, v)`.
 
   Args:
-    g: `(..., m, n)`.
+    g: `(..., m, n)`, or its matrices as `per_matrix` gives them.
     q: `(..., n, k)` starting right subspace, the same on every device;
       only its span matters, except with a static 0 iterations, which needs
       orthonormal columns.
@@ -186,19 +222,20 @@ def subspace_iteration(
     all-reducing the thin factors).
   """
   if isinstance(subspace_iters, int) and subspace_iters == 0:
-    u, s, wh = _thin_svd(_reduced(mean, g @ q))
+    u, s, wh = _thin_svd(_reduced(mean, times(g, q)))
     return u, s, q @ _linalg.swap_last(wh)
   body = (
     _local_power_step if mean is None else functools.partial(_power_step, mean)
   )
+  first = g[0] if isinstance(g, tuple) else g
   # Zeros typed like the loop's outputs (inside a checked `shard_map`,
   # varying over the axes `g @ q` varies over; replicated after a `mean`),
   # as the loop requires; the body overwrites them.
   corner = (
-    q[..., :1, :1] if mean is not None else g[..., :1, :1] * q[..., :1, :1]
+    q[..., :1, :1] if mean is not None else first[..., :1, :1] * q[..., :1, :1]
   )
   corner = jnp.zeros_like(corner)
-  p = corner + jnp.zeros((g.shape[-2], q.shape[-1]), q.dtype)
+  p = corner + jnp.zeros((first.shape[-2], q.shape[-1]), q.dtype)
   t = corner + jnp.zeros((q.shape[-1],) * 2, q.dtype)
   _, q, p, t = jax.lax.fori_loop(0, subspace_iters, body, (g, q, p, t))
   a, s, bh = _linalg.svd(t)
@@ -369,16 +406,19 @@ def top_k_polar_with_basis(
     basis = jnp.zeros((*g.shape[:-2], m, effective_rank(g.shape, k)), dtype)
     return g, basis, state
   k = effective_rank(g.shape, k)
-  full_rank = k == min(g.shape[-2:])
+  exact = top_k_method == 'svd' or k == min(g.shape[-2:])
   x = g.astype(dtype)
-  if mean is not None and (top_k_method == 'svd' or full_rank):
+  if mean is not None and exact:
     x, mean = mean(x), None
-  # With `mean`, one power of two for every device (see
-  # `_linalg.power_of_two_scaled`).
-  x = _linalg.power_of_two_scaled(x, mean)[0]
-  if top_k_method == 'svd' or full_rank:
-    u, s, v = top_k_svd(x, k)
+  if exact:
+    u, s, v = top_k_svd(_linalg.max_abs_scaled(x), k)
   else:
+    # With `mean`, one power of two for every device (see
+    # `_linalg.power_of_two_scaled`).
+    matrices = _map(
+      lambda x: _linalg.power_of_two_scaled(x, mean)[0],
+      x if mean is not None else per_matrix(x),
+    )
     if state is None:
       iters = COLD_ITERS if iters is None else iters
       q = _cold_start(x.shape, k, dtype, iters)
@@ -397,8 +437,8 @@ def top_k_polar_with_basis(
         iters = jnp.where(jnp.any(cold), COLD_ITERS, WARM_ITERS)
       start = _cold_start(x.shape, k, dtype, iters)
       q = jnp.where(cold, start, state.astype(dtype))
-    u, s, v = subspace_iteration(x, q, iters, mean=mean)
+    u, s, v = subspace_iteration(matrices, q, iters, mean=mean)
   keep = _linalg.singular_value_mask(s, x.shape).astype(dtype)
   basis = u * keep[..., None, :]
-  direction = (basis @ _linalg.swap_last(v)).astype(g.dtype)
-  return direction, basis, v.astype(jnp.float32)
+  direction = _linalg.matmul_per_matrix(basis, _linalg.swap_last(v))
+  return direction.astype(g.dtype), basis, v.astype(jnp.float32)

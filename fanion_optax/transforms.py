@@ -190,6 +190,9 @@ class _Step(lmo_lib.LMO):
   def transposable(self) -> bool:  # type: ignore[override]
     return self.lmo.transposable
 
+  def stacks_on_cpu(self, shape):
+    return self.lmo.stacks_on_cpu(shape)
+
   def cost(self, shape):
     return self.lmo.cost(shape)
 

@@ -13,6 +13,9 @@ import pytest
 from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from reference import gapped_spectrum
+from reference import np_top_k
+from reference import with_spectrum
 from tiers import tiered
 
 import fanion_optax as fo
@@ -493,6 +496,49 @@ def test_apply_lmo_groups_and_restores_order():
   for m, o in zip(mats, outs):
     u, _, vh = np.linalg.svd(np.asarray(m), full_matrices=False)
     np.testing.assert_allclose(o, u @ vh, atol=1e-5)
+
+
+def _compiled_ky_fan(count, shape=(12, 20)):
+  lmo = fo.lmo.ky_fan(3)
+  mats = [jax.ShapeDtypeStruct((1, *shape), jnp.float32)] * count
+  states = [lmo.init((1, *shape))] * count
+  apply = jax.jit(lambda m, s: fo.distributed.apply_lmo(lmo, m, s))
+  return apply.lower(mats, states).compile().as_text()
+
+
+def test_ky_fan_matrices_of_one_shape_share_one_program_on_cpu():
+  """Without a split on CPU, the Ky Fan LMO gets each shape's matrices as
+  one stack (`stacks_on_cpu`): one Cholesky-QR, one Householder fallback
+  and one Rayleigh–Ritz SVD in the program whatever the number of
+  matrices, while each matrix's products with G stay 2-D."""
+  two, eight = _compiled_ky_fan(2), _compiled_ky_fan(8)
+  lapack = lambda hlo: re.findall(r'custom_call_target="(lapack_\w+)"', hlo)
+  assert sorted(lapack(two)) == sorted(lapack(eight))
+  assert {'lapack_spotrf_ffi', 'lapack_sgesdd_ffi'} <= set(lapack(eight))
+  assert two.count(' while(') == eight.count(' while(')
+  # Each matrix's products (G Q, Gᵀ P, the direction P Vᵀ) are 2-D dots;
+  # only k-wide blocks are batched.
+  dots = re.findall(r'= f32\[([\d,]+)\]\{[\d,]*\} dot\(', eight)
+  assert dots.count('12,20') == 8
+  assert dots.count('12,3') >= 8 and dots.count('20,3') >= 8
+  assert all(d.startswith('8,') <= d.endswith(',3') for d in dots), dots
+
+
+def test_ky_fan_stack_equals_each_matrix_alone():
+  lmo = fo.lmo.ky_fan(3)
+  shape = (1, 12, 20)
+  mats = [
+    with_spectrum(shape, gapped_spectrum(shape), seed=i) for i in range(5)
+  ]
+  states = [lmo.init(shape)] * 5
+  outs, new_states = jax.jit(lambda m, s: fo.distributed.apply_lmo(lmo, m, s))(
+    mats, states
+  )
+  for m, s, out, new_state in zip(mats, states, outs, new_states):
+    alone, alone_state = jax.jit(lmo.update)(m, s)
+    np.testing.assert_allclose(out, alone, atol=1e-5)
+    np.testing.assert_allclose(new_state, alone_state, atol=1e-5)
+    np.testing.assert_allclose(out, np_top_k(np.asarray(m), 3), atol=1e-4)
 
 
 HANG_SCRIPT = """

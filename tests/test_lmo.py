@@ -685,3 +685,19 @@ def test_an_lmo_is_not_transposable_unless_it_says_so():
   mixture = lmo.mix((0.5, lmo.spectral()), (0.5, RowNormalised()))
   assert not mixture.transposable
   assert lmo.mix((0.5, lmo.spectral()), (0.5, lmo.sign())).transposable
+
+
+def test_stacks_on_cpu_only_where_the_matrices_stay_2d():
+  """`stacks_on_cpu` hands a shape's matrices over as one stack on CPU: the
+  Ky Fan subspace iteration (its products with G stay 2-D, only the thin
+  blocks are batched), not a batched polar factor or full SVD."""
+  wide, small = (64, 256), (2, 8)
+  assert lmo.ky_fan(4).stacks_on_cpu(wide)
+  assert not lmo.ky_fan(4).stacks_on_cpu(small)  # full polar factor
+  assert not lmo.ky_fan(4, top_k_method='svd').stacks_on_cpu(wide)
+  assert not lmo.spectral().stacks_on_cpu(wide)
+  assert not lmo.frobenius().stacks_on_cpu(wide)
+  assert lmo.mix((0.5, lmo.ky_fan(4)), (0.5, lmo.ky_fan(8))).stacks_on_cpu(wide)
+  assert not lmo.mix(
+    (0.5, lmo.ky_fan(4)), (0.5, lmo.frobenius())
+  ).stacks_on_cpu(wide)
