@@ -618,14 +618,25 @@ def _same_shape(own: list[int], matrices, states) -> list[list[int]]:
   return list(groups.values())
 
 
-def _per_matrix(lmo: lmo_lib.LMO, shape: tuple[int, ...]) -> bool:
-  """Whether `lmo` runs faster on each matrix of a stack than on the stack."""
-  return jax.default_backend() == 'cpu' and not lmo.stacks_on_cpu(shape)
+STACK_ON_CPU_FROM = 8
+"""How many matrices of one shape `apply_lmo` stacks on the CPU backend,
+for an LMO that `stacks_on_cpu`. A stacked group's program costs more to
+compile than one matrix's, and XLA compiles the kernels of identical
+per-matrix programs once: stacking pays for many matrices of a shape
+(GPT-2 small's 12: `fo.fanion` compiles in 1.4x `fo.muon`'s time instead of
+2x, `benchmarks/step.py`), not for ResNet-50's at most 6 (1.4x slower to
+compile stacked)."""
+
+
+def _per_matrix(lmo: lmo_lib.LMO, shape: tuple[int, ...], count: int) -> bool:
+  """Whether `lmo` runs on `count` matrices of `shape` one at a time."""
+  stack = lmo.stacks_on_cpu(shape) and count >= STACK_ON_CPU_FROM
+  return jax.default_backend() == 'cpu' and not stack
 
 
 def _update_stack(lmo: lmo_lib.LMO, x: jax.Array, state: Any):
   """`lmo.update` on a `(b, m, n)` stack, or per matrix (`_per_matrix`)."""
-  if _per_matrix(lmo, x.shape):
+  if _per_matrix(lmo, x.shape[1:], x.shape[0]):
     return _update_per_matrix(lmo, x, state)
   return lmo.update(x, state)
 
@@ -656,7 +667,8 @@ def apply_lmo(
   """`lmo.update` on each `(batch, m, n)` matrix stack, grouped by shape.
 
   Without a split on the CPU backend, one 2-D matrix at a time instead,
-  unless `lmo.stacks_on_cpu(shape)`.
+  unless `lmo.stacks_on_cpu(shape)` and the shape has at least
+  `STACK_ON_CPU_FROM` matrices.
 
   Args:
     lmo: the oracle. Its state arrays must have the matrix batch axis first
@@ -694,12 +706,12 @@ def apply_lmo(
       out[i], new_states[i] = jax.tree.map(lambda *t: jnp.stack(t), *rows)
     return out, new_states
   for i in live:
-    if split is None and _per_matrix(lmo, matrices[i].shape):
-      out[i], new_states[i] = _update_per_matrix(lmo, matrices[i], states[i])
-    else:
-      groups.setdefault((matrices[i].shape[1:], matrices[i].dtype), []).append(
-        i
-      )
+    groups.setdefault((matrices[i].shape[1:], matrices[i].dtype), []).append(i)
+  for key, members in list(groups.items()):
+    count = sum(matrices[i].shape[0] for i in members)
+    if split is None and _per_matrix(lmo, key[0], count):
+      for i in groups.pop(key):
+        out[i], new_states[i] = _update_per_matrix(lmo, matrices[i], states[i])
   for members in groups.values():
     sizes = [matrices[i].shape[0] for i in members]
     x = _concat([matrices[i] for i in members])

@@ -507,30 +507,35 @@ def _compiled_ky_fan(count, shape=(12, 20)):
 
 
 def test_ky_fan_matrices_of_one_shape_share_one_program_on_cpu():
-  """Without a split on CPU, the Ky Fan LMO gets each shape's matrices as
-  one stack (`stacks_on_cpu`): one Cholesky-QR, one Householder fallback
-  and one Rayleigh–Ritz SVD in the program whatever the number of
-  matrices, while each matrix's products with G stay 2-D."""
-  two, eight = _compiled_ky_fan(2), _compiled_ky_fan(8)
+  """Without a split on CPU, the Ky Fan LMO gets a shape's matrices as one
+  stack once there are `STACK_ON_CPU_FROM` of them (`stacks_on_cpu`): one
+  Cholesky-QR, one Householder fallback and one Rayleigh–Ritz SVD in the
+  program whatever the number of matrices, while each matrix's products
+  with G stay 2-D. Fewer run one at a time."""
+  few = fo.distributed.STACK_ON_CPU_FROM
   lapack = lambda hlo: re.findall(r'custom_call_target="(lapack_\w+)"', hlo)
-  assert sorted(lapack(two)) == sorted(lapack(eight))
-  assert {'lapack_spotrf_ffi', 'lapack_sgesdd_ffi'} <= set(lapack(eight))
-  assert two.count(' while(') == eight.count(' while(')
+  one = lapack(_compiled_ky_fan(1))
+  assert len(lapack(_compiled_ky_fan(few - 1))) == (few - 1) * len(one)
+  stacked, more = _compiled_ky_fan(few), _compiled_ky_fan(few + 5)
+  assert sorted(lapack(stacked)) == sorted(lapack(more))
+  assert {'lapack_spotrf_ffi', 'lapack_sgesdd_ffi'} <= set(lapack(more))
+  assert stacked.count(' while(') == more.count(' while(')
   # Each matrix's products (G Q, Gᵀ P, the direction P Vᵀ) are 2-D dots;
   # only k-wide blocks are batched.
-  dots = re.findall(r'= f32\[([\d,]+)\]\{[\d,]*\} dot\(', eight)
-  assert dots.count('12,20') == 8
-  assert dots.count('12,3') >= 8 and dots.count('20,3') >= 8
-  assert all(d.startswith('8,') <= d.endswith(',3') for d in dots), dots
+  dots = re.findall(r'= f32\[([\d,]+)\]\{[\d,]*\} dot\(', more)
+  assert dots.count('12,20') == few + 5
+  assert dots.count('12,3') >= few + 5 and dots.count('20,3') >= few + 5
+  assert all(d.startswith(f'{few + 5},') <= d.endswith(',3') for d in dots)
 
 
 def test_ky_fan_stack_equals_each_matrix_alone():
   lmo = fo.lmo.ky_fan(3)
   shape = (1, 12, 20)
+  count = fo.distributed.STACK_ON_CPU_FROM
   mats = [
-    with_spectrum(shape, gapped_spectrum(shape), seed=i) for i in range(5)
+    with_spectrum(shape, gapped_spectrum(shape), seed=i) for i in range(count)
   ]
-  states = [lmo.init(shape)] * 5
+  states = [lmo.init(shape)] * count
   outs, new_states = jax.jit(lambda m, s: fo.distributed.apply_lmo(lmo, m, s))(
     mats, states
   )
