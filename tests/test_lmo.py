@@ -701,3 +701,19 @@ def test_stacks_on_cpu_only_where_the_matrices_stay_2d():
   assert not lmo.mix(
     (0.5, lmo.ky_fan(4)), (0.5, lmo.frobenius())
   ).stacks_on_cpu(wide)
+
+
+def test_ky_fan_program_has_no_constant_the_size_of_the_matrices():
+  """The cold start is generated in the program (a hash of the index), not
+  baked in as an `n×k` literal, and the cold/warm choice is read from the
+  state: the lowered program is the same size for 16x larger matrices."""
+  oracle = lmo.ky_fan(16)
+
+  def lowered_size(n):
+    shape = (4, 64, n)
+    g = jax.ShapeDtypeStruct(shape, jnp.float32)
+    text = jax.jit(oracle.update).lower(g, oracle.init(shape)).as_text()
+    return len(text)
+
+  small, large = lowered_size(256), lowered_size(4096)
+  assert abs(large - small) <= 0.01 * small, (small, large)
