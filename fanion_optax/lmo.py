@@ -227,10 +227,10 @@ class LMO(abc.ABC):
     """Whether `update` on a `(b, m, n)` stack is as fast on the CPU
     backend as `b` calls on its matrices.
 
-    `fanion_optax.distributed.apply_lmo` then hands it each group of
-    same-shape matrices in one stack, which it compiles once, rather than
-    each matrix alone (XLA:CPU's batched matmul is slower than separate
-    2-D ones). Default: false.
+    `fanion_optax.distributed.apply_lmo` then hands it a shape's matrices
+    in one stack, which it compiles once, rather than each matrix alone
+    (XLA:CPU's batched matmul is slower than separate 2-D ones), when there
+    are at least `distributed.STACK_ON_CPU_FROM` of them. Default: false.
     """
     del shape
     return False
