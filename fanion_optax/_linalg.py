@@ -152,6 +152,12 @@ def singular_value_mask(s: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   return s > tol
 
 
+def one_matrix_at_a_time(x: jax.Array) -> bool:
+  """Whether the kernels take the `(..., m, n)` batch `x` matrix by matrix:
+  on the CPU backend, for more than one matrix."""
+  return math.prod(x.shape[:-2]) > 1 and jax.default_backend() == 'cpu'
+
+
 def per_matrix_on_cpu(fn: Callable[..., Any]) -> Callable[..., Any]:
   """`fn` of `(..., m, n)`, run one matrix at a time on the CPU backend.
 
@@ -166,27 +172,15 @@ def per_matrix_on_cpu(fn: Callable[..., Any]) -> Callable[..., Any]:
   """
 
   def per_matrix(x: jax.Array, **kwargs: Any) -> Any:
-    batch = x.shape[:-2]
-    if math.prod(batch) <= 1 or jax.default_backend() != 'cpu':
+    if not one_matrix_at_a_time(x):
       return fn(x, **kwargs)
+    batch = x.shape[:-2]
     outs = jax.lax.map(
       functools.partial(fn, **kwargs), x.reshape(-1, *x.shape[-2:])
     )
     return jax.tree.map(lambda o: o.reshape(*batch, *o.shape[1:]), outs)
 
   return per_matrix
-
-
-def matmul_per_matrix(a: jax.Array, b: jax.Array) -> jax.Array:
-  """`a @ b`, one 2-D product per matrix of the batch on the CPU backend,
-  where that is faster than XLA:CPU's batched matmul."""
-  batch = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-  if math.prod(batch) <= 1 or jax.default_backend() != 'cpu':
-    return a @ b
-  a = jnp.broadcast_to(a, (*batch, *a.shape[-2:])).reshape(-1, *a.shape[-2:])
-  b = jnp.broadcast_to(b, (*batch, *b.shape[-2:])).reshape(-1, *b.shape[-2:])
-  out = jnp.stack([ai @ bi for ai, bi in zip(a, b)])
-  return out.reshape(*batch, *out.shape[-2:])
 
 
 svd = per_matrix_on_cpu(jnp.linalg.svd)

@@ -15,7 +15,6 @@ References:
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from typing import Literal
 from typing import overload
@@ -139,8 +138,7 @@ def per_matrix(x: jax.Array) -> Matrices:
   rather than per matrix (compile time), and XLA folds the slices of a
   stack built by concatenating matrices back into those matrices.
   """
-  batch = x.shape[:-2]
-  if math.prod(batch) <= 1 or jax.default_backend() != 'cpu':
+  if not _linalg.one_matrix_at_a_time(x):
     return x
   flat = x.reshape(-1, *x.shape[-2:])
   return tuple(flat[i] for i in range(flat.shape[0]))
@@ -440,5 +438,5 @@ def top_k_polar_with_basis(
     u, s, v = subspace_iteration(matrices, q, iters, mean=mean)
   keep = _linalg.singular_value_mask(s, x.shape).astype(dtype)
   basis = u * keep[..., None, :]
-  direction = _linalg.matmul_per_matrix(basis, _linalg.swap_last(v))
+  direction = times(per_matrix(basis), _linalg.swap_last(v))
   return direction.astype(g.dtype), basis, v.astype(jnp.float32)

@@ -31,18 +31,16 @@ def test_per_matrix_qr_matches_single_matrix_calls():
     np.testing.assert_allclose(r[i], r_i, atol=1e-6)
 
 
-def _qr_calls(jaxpr):
-  """Shapes of the `qr` calls in `jaxpr`, inner jaxprs (loops) included."""
-  shapes = []
+def _equations(jaxpr):
+  """Every equation of `jaxpr`, those of inner jaxprs (loops, calls,
+  branches) included."""
   for eqn in jaxpr.eqns:
-    # jnp.linalg.qr is a jitted function named "qr" around the LAPACK call.
-    if eqn.params.get('name') == 'qr':
-      shapes.append(eqn.invars[0].aval.shape)
+    yield eqn
     for value in eqn.params.values():
-      inner = getattr(value, 'jaxpr', value)
-      if hasattr(inner, 'eqns'):
-        shapes += _qr_calls(inner)
-  return shapes
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        inner = getattr(sub, 'jaxpr', sub)
+        if hasattr(inner, 'eqns'):
+          yield from _equations(inner)
 
 
 @pytest.mark.parametrize(
@@ -54,8 +52,14 @@ def test_per_matrix_makes_one_lapack_call_on_a_single_matrix_on_cpu(
 ):
   assert jax.default_backend() == 'cpu'
   jaxpr = jax.make_jaxpr(_linalg.qr)(jnp.ones((*batch, 4, 2)))
-  # One call in the program, on one matrix (inside a loop over the batch).
-  assert _qr_calls(jaxpr.jaxpr) == [shape]
+  # One call in the program, on one matrix (inside a loop over the batch);
+  # jnp.linalg.qr is a jitted function named "qr" around the LAPACK call.
+  calls = [
+    e.invars[0].aval.shape
+    for e in _equations(jaxpr.jaxpr)
+    if e.params.get('name') == 'qr'
+  ]
+  assert calls == [shape]
 
 
 def _power_of_two_scaled(x):
@@ -144,17 +148,7 @@ def test_lower_inverse_matches_numpy(k):
 def test_lower_inverse_is_matmuls_only():
   # No LAPACK/BLAS solver call: OpenBLAS threads oversubscribe a busy CPU.
   jaxpr = jax.make_jaxpr(_linalg._lower_inverse)(jnp.eye(16))
-  names = set()
-
-  def walk(jaxpr):
-    for eqn in jaxpr.eqns:
-      names.add(eqn.primitive.name)
-      for value in eqn.params.values():
-        inner = getattr(value, 'jaxpr', value)
-        if hasattr(inner, 'eqns'):
-          walk(inner)
-
-  walk(jaxpr.jaxpr)
+  names = {eqn.primitive.name for eqn in _equations(jaxpr.jaxpr)}
   assert 'dot_general' in names
   assert not names & {'triangular_solve', 'cholesky', 'lu', 'custom_call'}
 
