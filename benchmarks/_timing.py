@@ -487,3 +487,12 @@ def positive_ints(text: str) -> list[int]:
   if not values or min(values) < 1:
     raise argparse.ArgumentTypeError(f'expected positive integers: {text!r}')
   return sorted(set(values))
+
+
+def split_momentum(name: str) -> tuple[str, float | None]:
+  """A row name's momentum suffix: `'muon_m80'` → `('muon', 0.8)`, and a
+  name without one → `(name, None)` (the optimizer's default momentum)."""
+  base, sep, digits = name.rpartition('_m')
+  if sep and len(digits) == 2 and digits.isdigit():
+    return base, int(digits) / 100
+  return name, None

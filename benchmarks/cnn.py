@@ -25,7 +25,10 @@ Optimizers: AdamW (`optax.adamw`), Muon, F-Muon (α = 0.5), S-Muon (α = 0.5,
 η = 0.01, the Fanions paper's synthetic value), Fanion-k (k = 4, below
 every matrix's smaller side, so the updates really have rank 4) and
 Fanion-4 with Dion's error feedback (`error_feedback=True`, Ahn et al.,
-arXiv:2504.05295). Every
+arXiv:2504.05295); Muon and Fanion-4 EF also at momentum 0.8 instead of
+0.95 (the `_m80` rows: with error feedback the momentum is also the share
+of the used subspace that stays in the buffer, Dion's μ, so it is tuned
+like the learning rate, for Muon as well). Every
 optimizer uses the same decoupled weight decay λ, which for the LMO
 optimizers implies the norm ball `‖X‖ ≤ s/λ` (Chen, Li, Liu,
 arXiv:2506.15054); `fo.diagnostics.constraint_report` checks it on the
@@ -43,7 +46,8 @@ Targets: Muon's mean test accuracy is at least AdamW's minus 1 point (the
 issue); F-Muon and S-Muon are within noise of Muon (|difference| ≤ max(1
 point, 2 standard errors)) and Fanion-4 is below it by more than that, as
 the Fanions paper reports on CIFAR-10; Fanion-4 with error feedback is
-within that noise of Muon (issue 14's bar); every optimizer beats chance by 30
+within that noise of Muon (issue 14's bar; each at its better momentum by
+seed-0 validation accuracy); every optimizer beats chance by 30
 points; the trained Muon and Fanion kernels satisfy the implicit constraint.
 
 Results go to `<out>/cnn.json` and `<out>/cnn.png`.
@@ -102,6 +106,13 @@ OPTIMIZERS = {
   # Dion's error feedback (issue 14): the grid reaches one step further up,
   # since the fed-back momentum grows larger than the plain one.
   'fanion_ef': dict(label=f'Fanion-{FANION_K} EF', lrs=(3e-3, 0.01, 0.03, 0.1)),
+  # Momentum 0.8 instead of 0.95 (suffix _m80): with error feedback the
+  # momentum is also the share of the used subspace kept in the buffer
+  # (Dion's μ), so it is tuned like the learning rate, for Muon as well.
+  'muon_m80': dict(label='Muon, μ=0.8', lrs=(3e-3, 0.01, 0.03, 0.1)),
+  'fanion_ef_m80': dict(
+    label=f'Fanion-{FANION_K} EF, μ=0.8', lrs=(3e-3, 0.01, 0.03, 0.1)
+  ),
   # Muon's polar factor in bfloat16 (bf16 operands, float32 accumulation),
   # as a GPU user would run it (issue 13): no target, reported beside Muon.
   'muon_bf16': dict(label='Muon, bf16 compute', lrs=(3e-3, 0.01, 0.03, 0.1)),
@@ -111,6 +122,8 @@ CONSTRAINT_LMOS = {
   'fanion': fo.lmo.ky_fan(FANION_K),
   # Error feedback changes the momentum, not the ball the steps lie in.
   'fanion_ef': fo.lmo.ky_fan(FANION_K),
+  'muon_m80': fo.lmo.spectral(),
+  'fanion_ef_m80': fo.lmo.ky_fan(FANION_K),
 }
 
 FULL = dict(
@@ -258,6 +271,9 @@ def make_optimizer(
       fallback_lr, b2=0.999, weight_decay=WEIGHT_DECAY
     ),
   )
+  name, momentum = _timing.split_momentum(name)
+  if momentum is not None:
+    common['momentum'] = momentum
   if name == 'muon':
     return fo.inject_hyperparams(fo.muon)(learning_rate=0.0, **common)
   if name == 'muon_bf16':
@@ -394,10 +410,15 @@ def constraint(
   return out
 
 
+def _rank(run: dict[str, Any]) -> tuple[float, float]:
+  """Final validation accuracy, ties broken by validation loss."""
+  return run['val_accuracy'], -run['val_loss']
+
+
 def _pick(sweep: list[dict[str, Any]]) -> dict[str, Any]:
-  """Best final validation accuracy, ties broken by validation loss."""
+  """The best run by `_rank` among the finite ones."""
   finite = [r for r in sweep if r['finite']] or sweep
-  return max(finite, key=lambda r: (r['val_accuracy'], -r['val_loss']))
+  return max(finite, key=_rank)
 
 
 def _strip(run: dict[str, Any]) -> dict[str, Any]:
@@ -484,6 +505,13 @@ def evaluate_targets(
     )
     return max(NOISE_FLOOR, 2 * se)
 
+  def tuned(base):
+    return max(
+      (name for name in results if _timing.split_momentum(name)[0] == base),
+      key=lambda name: _rank(results[name]['runs'][0]),
+    )
+
+  ef, reference = tuned('fanion_ef'), tuned('muon')
   chance = 1 / len(CLASSES)
   mixtures = {
     name: {
@@ -521,12 +549,14 @@ def evaluate_targets(
       'rule': 'Fanion-4 below Muon by more than the noise threshold',
     },
     'fanion_k4_error_feedback_within_2sigma_of_muon': {
-      'passed': acc('fanion_ef') >= acc('muon') - noise('fanion_ef', 'muon'),
-      'difference': acc('fanion_ef') - acc('muon'),
-      'threshold': noise('fanion_ef', 'muon'),
+      'passed': acc(ef) >= acc(reference) - noise(ef, reference),
+      'rows': [ef, reference],
+      'difference': acc(ef) - acc(reference),
+      'threshold': noise(ef, reference),
       'rule': (
         'Fanion-4 with error feedback at most max(1 point, 2 standard'
-        ' errors) below Muon (issue 14)'
+        ' errors) below Muon (issue 14), each at its best momentum by'
+        ' seed-0 validation accuracy'
       ),
     },
     'all_beat_chance_by_30pt': {

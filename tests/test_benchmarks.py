@@ -123,6 +123,82 @@ def test_charlm_merges_a_run_at_another_width(tmp_path):
   assert '--d-model 16' in entry['metadata']['command']
   from benchmarks import charlm as module
 
+  # A width run needs a Muon row at its width, run now or stored.
+  bad = charlm(
+    '--d-model', '8', '--optimizers', 'fanion1', '--merge', check=False
+  )
+  assert bad.returncode != 0 and 'no muon row at d_model 8' in bad.stderr
+  # More rows at a stored width join its rows; rows added later at the
+  # document's own width keep the other widths.
+  charlm('--d-model', '16', '--optimizers', 'fanion1', '--merge')
+  charlm('--optimizers', 'fanion4_ef', '--merge')
+  with open(tmp_path / 'charlm.json', encoding='utf-8') as f:
+    merged = json.load(f)
+  assert set(merged['results']) == set(base['results']) | {'fanion4_ef'}
+  assert set(merged['widths']) == {'16'}
+  entry = merged['widths']['16']
+  assert set(entry['results']) == {'muon', 'fanion2_ef', 'fanion1'}
   table = module.markdown(merged)
-  assert '**Other widths** (k/d_model = 0.125' in table
+  assert '**Other widths** (k/d_model = 0.0625, k/d_model = 0.125' in table
   assert '| 16 | Fanion-2 EF |' in table and '| 32 | Muon |' in table
+
+
+def test_charlm_momentum_rows_and_tuned_target():
+  """`<row>_m<dd>` is the row at momentum 0.dd, and issue 14's target
+  compares each side's best momentum row chosen on validation loss."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  import fanion_optax as fo
+  from benchmarks import charlm
+  from fanion_optax import demo
+
+  params = {'w': jnp.ones((4, 6)), 'b': jnp.ones((6,))}
+  grads = jax.tree.map(
+    lambda p: jnp.cos(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape),
+    params,
+  )
+  common = dict(
+    weight_decay=0.01,
+    exclude=demo.EXCLUDE,
+    dimension_numbers=demo.dimension_numbers,
+    fallback=fo.adamw_fallback(optax.cosine_decay_schedule(3e-3, 10), b2=0.999),
+  )
+  schedule = optax.cosine_decay_schedule(0.05, 10)
+  for name, reference in (
+    ('muon_m80', fo.muon(schedule, momentum=0.8, **common)),
+    (
+      'fanion2_ef_m70',
+      fo.fanion(schedule, 2, momentum=0.7, error_feedback=True, **common),
+    ),
+  ):
+    assert charlm.known(name)
+    ours = charlm.make_optimizer(name, 10, 0.05)
+    s_ours, s_ref = ours.init(params), reference.init(params)
+    for _ in range(3):
+      u_ours, s_ours = ours.update(grads, s_ours, params)
+      u_ref, s_ref = reference.update(grads, s_ref, params)
+      jax.tree.map(
+        lambda a, b: np.testing.assert_array_equal(np.asarray(a), b),
+        u_ours,
+        u_ref,
+      )
+  assert charlm.label('fanion8_ef_i1_m80') == 'Fanion-8 EF, 1 iter, μ=0.8'
+  assert not charlm.known('normuon_m80')
+
+  def row(val, test):
+    sweep = [{'val_loss': val}, {'val_loss': val + 1}]
+    return {'sweep': sweep, 'test_mean': test, 'test_std': 0.01}
+
+  # The m80 rows win on validation; the test losses must not decide.
+  results = {
+    'muon': row(2.3, 1.9),
+    'muon_m80': row(2.2, 2.0),
+    'fanion8_ef': row(2.5, 1.95),
+    'fanion8_ef_m80': row(2.4, 2.1),
+  }
+  target = charlm.evaluate_targets(results)['fanion8_ef_within_2sigma_of_muon']
+  assert target['rows'] == ['fanion8_ef_m80', 'muon_m80']
+  assert not target['passed'] and abs(target['diff'] - 0.1) < 1e-9
