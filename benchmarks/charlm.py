@@ -899,7 +899,8 @@ def _plot_widths(ax, document: dict[str, Any]) -> None:
     xlabel='d_model',
     ylabel='test loss (nats/byte)',
   )
-  ax.legend(fontsize=8)
+  # Below the axes: the lines fill the panel.
+  ax.legend(fontsize=8, loc='upper center', ncol=2, bbox_to_anchor=(0.5, -0.2))
 
 
 if __name__ == '__main__':
