@@ -489,10 +489,11 @@ def positive_ints(text: str) -> list[int]:
   return sorted(set(values))
 
 
-def split_momentum(name: str) -> tuple[str, float | None]:
-  """A row name's momentum suffix: `'muon_m80'` → `('muon', 0.8)`, and a
-  name without one → `(name, None)` (the optimizer's default momentum)."""
-  base, sep, digits = name.rpartition('_m')
+def split_suffix(name: str, key: str) -> tuple[str, float | None]:
+  """A row name's hyperparameter suffix `_<key><dd>`, read as 0.dd:
+  `split_suffix('muon_m80', 'm')` → `('muon', 0.8)`; a name without one →
+  `(name, None)` (the optimizer's default)."""
+  base, sep, digits = name.rpartition(f'_{key}')
   if sep and len(digits) == 2 and digits.isdigit():
     return base, int(digits) / 100
   return name, None

@@ -169,7 +169,10 @@ NOISE_SIGMAS = 2.0
 
 
 _FANION = re.compile(r'fanion([1-9][0-9]*)(_ef)?(?:_i([1-9]))?')
-_momentum = _timing.split_momentum
+
+
+def _momentum(name: str) -> tuple[str, float | None]:
+  return _timing.split_suffix(name, 'm')
 
 
 def known(name: str) -> bool:

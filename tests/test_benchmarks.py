@@ -202,3 +202,45 @@ def test_charlm_momentum_rows_and_tuned_target():
   target = charlm.evaluate_targets(results)['fanion8_ef_within_2sigma_of_muon']
   assert target['rows'] == ['fanion8_ef_m80', 'muon_m80']
   assert not target['passed'] and abs(target['diff'] - 0.1) < 1e-9
+
+
+def test_cnn_rows_set_momentum_and_weight_decay():
+  """`_m<dd>` and `_wd<dd>` set the momentum and the matrices' weight decay
+  (the fallback keeps the benchmark's λ)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  import fanion_optax as fo
+  from benchmarks import cnn
+
+  assert cnn.variant('fanion_ef_m80_wd05') == ('fanion_ef', 0.8, 0.05)
+  assert cnn.variant('muon') == ('muon', None, cnn.WEIGHT_DECAY)
+  params = {'w': jnp.ones((4, 6)), 'b': jnp.ones((6,))}
+  grads = jax.tree.map(
+    lambda p: jnp.sin(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape),
+    params,
+  )
+  # Built as the benchmark builds it (learning rate in the state), so the
+  # arithmetic is the same to the last bit.
+  reference = fo.inject_hyperparams(fo.fanion)(
+    learning_rate=0.05,
+    k=cnn.FANION_K,
+    momentum=0.8,
+    error_feedback=True,
+    weight_decay=0.05,
+    dimension_numbers=cnn.dimension_numbers,
+    exclude=cnn.EXCLUDE,
+    fallback=fo.adamw_fallback(0.01, b2=0.999, weight_decay=cnn.WEIGHT_DECAY),
+  )
+  ours = cnn.make_optimizer('fanion_ef_m80_wd05', 0.01)
+  s_ours, s_ref = ours.init(params), reference.init(params)
+  s_ours.hyperparams['learning_rate'] = jnp.asarray(0.05, jnp.float32)
+  for _ in range(3):
+    u_ours, s_ours = ours.update(grads, s_ours, params)
+    u_ref, s_ref = reference.update(grads, s_ref, params)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_array_equal(np.asarray(a), b),
+      u_ours,
+      u_ref,
+    )
