@@ -617,7 +617,12 @@ def plot(document: dict[str, Any], path: str) -> None:
   meta = document['metadata']
   cfg = document['config']
   names = list(results)
-  colors = {name: f'C{i}' for i, name in enumerate(names)}
+  # Ten default colours; more rows than that would repeat them.
+  palette = plt.get_cmap('tab20').colors if len(names) > 10 else None
+  colors = {
+    name: f'C{i}' if palette is None else palette[i]
+    for i, name in enumerate(names)
+  }
   fig, axes = plt.subplots(2, 3, figsize=(16, 9))
   x = np.arange(len(names))
   for ax, key, title in (
@@ -699,7 +704,8 @@ def plot(document: dict[str, Any], path: str) -> None:
     f'Small CNN on generated {SIZE}×{SIZE} shapes ({len(CLASSES)} classes,'
     f' chance {1 / len(CLASSES):.0%}), conv kernels through'
     f' DimensionNumbers((0, 1, 2) → 3)\n{cfg["steps"]} steps of batch'
-    f' {cfg["batch"]}, weight decay λ={cfg["weight_decay"]};'
+    f' {cfg["batch"]}, weight decay λ={cfg["weight_decay"]} unless a row says'
+    ' otherwise;'
     f' {meta["device_kind"]}, float32{quick}',
     fontsize=11,
   )
