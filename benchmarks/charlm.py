@@ -783,7 +783,10 @@ def markdown(document: dict[str, Any]) -> str:
     ' polar factor, i.e. Muon. Targets: Muon below AdamW; F-/S-Muon within'
     f' max({NOISE_SIGMAS:g}·pooled std, {MATCH_TOL}) of Muon; Fanion-1 above'
     f' Muon by more than {NOISE_SIGMAS:g}·pooled std; Fanion-8 with error'
-    f' feedback ("EF") no more than {NOISE_SIGMAS:g}·pooled std above Muon.'
+    f' feedback ("EF") no more than {NOISE_SIGMAS:g}·pooled std above Muon,'
+    ' each at its best momentum by validation loss (rows marked μ=0.8 use'
+    ' momentum 0.8 instead of 0.95; their "vs Muon" is against Muon at'
+    ' 0.8).'
     ' NorMuon (update RMS 0.2·lr per matrix, hence its smaller default lr),'
     ' adaptive Muon (direction times the nuclear norm of the momentum) and'
     " per-head Muon (each attention head's block its own matrix) are"
