@@ -143,23 +143,45 @@ def test_charlm_merges_a_run_at_another_width(tmp_path):
   assert '| 16 | Fanion-2 EF |' in table and '| 32 | Muon |' in table
 
 
-def test_charlm_momentum_rows_and_tuned_target():
-  """`<row>_m<dd>` is the row at momentum 0.dd, and issue 14's target
-  compares each side's best momentum row chosen on validation loss."""
+def _tiny_tree():
+  """A matrix and a vector, with a fixed gradient for each."""
   import jax
   import jax.numpy as jnp
-  import numpy as np
-  import optax
-
-  import fanion_optax as fo
-  from benchmarks import charlm
-  from fanion_optax import demo
 
   params = {'w': jnp.ones((4, 6)), 'b': jnp.ones((6,))}
   grads = jax.tree.map(
     lambda p: jnp.cos(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape),
     params,
   )
+  return params, grads
+
+
+def _assert_same_updates(ours, s_ours, reference, s_ref, steps=3):
+  """Both transformations give bit-identical updates for `steps` steps."""
+  import jax
+  import numpy as np
+
+  params, grads = _tiny_tree()
+  for _ in range(steps):
+    u_ours, s_ours = ours.update(grads, s_ours, params)
+    u_ref, s_ref = reference.update(grads, s_ref, params)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_array_equal(np.asarray(a), b),
+      u_ours,
+      u_ref,
+    )
+
+
+def test_charlm_momentum_rows_and_tuned_target():
+  """`<row>_m<dd>` is the row at momentum 0.dd, and issue 14's target
+  compares each side's best momentum row chosen on validation loss."""
+  import optax
+
+  import fanion_optax as fo
+  from benchmarks import charlm
+  from fanion_optax import demo
+
+  params, _ = _tiny_tree()
   common = dict(
     weight_decay=0.01,
     exclude=demo.EXCLUDE,
@@ -176,15 +198,9 @@ def test_charlm_momentum_rows_and_tuned_target():
   ):
     assert charlm.known(name)
     ours = charlm.make_optimizer(name, 10, 0.05)
-    s_ours, s_ref = ours.init(params), reference.init(params)
-    for _ in range(3):
-      u_ours, s_ours = ours.update(grads, s_ours, params)
-      u_ref, s_ref = reference.update(grads, s_ref, params)
-      jax.tree.map(
-        lambda a, b: np.testing.assert_array_equal(np.asarray(a), b),
-        u_ours,
-        u_ref,
-      )
+    _assert_same_updates(
+      ours, ours.init(params), reference, reference.init(params)
+    )
   assert charlm.label('fanion8_ef_i1_m80') == 'Fanion-8 EF, 1 iter, μ=0.8'
   assert not charlm.known('normuon_m80')
 
@@ -207,20 +223,14 @@ def test_charlm_momentum_rows_and_tuned_target():
 def test_cnn_rows_set_momentum_and_weight_decay():
   """`_m<dd>` and `_wd<dd>` set the momentum and the matrices' weight decay
   (the fallback keeps the benchmark's λ)."""
-  import jax
   import jax.numpy as jnp
-  import numpy as np
 
   import fanion_optax as fo
   from benchmarks import cnn
 
   assert cnn.variant('fanion_ef_m80_wd05') == ('fanion_ef', 0.8, 0.05)
   assert cnn.variant('muon') == ('muon', None, cnn.WEIGHT_DECAY)
-  params = {'w': jnp.ones((4, 6)), 'b': jnp.ones((6,))}
-  grads = jax.tree.map(
-    lambda p: jnp.sin(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape),
-    params,
-  )
+  params, _ = _tiny_tree()
   # Built as the benchmark builds it (learning rate in the state), so the
   # arithmetic is the same to the last bit.
   reference = fo.inject_hyperparams(fo.fanion)(
@@ -234,13 +244,6 @@ def test_cnn_rows_set_momentum_and_weight_decay():
     fallback=fo.adamw_fallback(0.01, b2=0.999, weight_decay=cnn.WEIGHT_DECAY),
   )
   ours = cnn.make_optimizer('fanion_ef_m80_wd05', 0.01)
-  s_ours, s_ref = ours.init(params), reference.init(params)
+  s_ours = ours.init(params)
   s_ours.hyperparams['learning_rate'] = jnp.asarray(0.05, jnp.float32)
-  for _ in range(3):
-    u_ours, s_ours = ours.update(grads, s_ours, params)
-    u_ref, s_ref = reference.update(grads, s_ref, params)
-    jax.tree.map(
-      lambda a, b: np.testing.assert_array_equal(np.asarray(a), b),
-      u_ours,
-      u_ref,
-    )
+  _assert_same_updates(ours, s_ours, reference, reference.init(params))
